@@ -1,0 +1,16 @@
+"""minillm: a small, fast CPU inference runtime for DeepSeek MLA models in GGUF files."""
+from .config import DeepSeek2Config
+from .errors import GGUFError
+from .model import Model, load
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy: the tokenizer pulls in `tokenizers`
+    if name == "Tokenizer":
+        from .tokenizer import Tokenizer
+        return Tokenizer
+    raise AttributeError(name)
+
+
+__all__ = ["load", "Model", "GGUFError", "DeepSeek2Config", "Tokenizer", "__version__"]
