@@ -1,0 +1,164 @@
+"""Run ik_llama.cpp (the ``ik-llama-cpp-python`` wheel, low-level ctypes API) on token ids.
+
+One call = load the model, make a context with the requested attention path and an f16
+cache, evaluate all tokens in ONE batched ``llama_decode`` (positions 0..T-1, sequence 0,
+logits for every position, no BOS added), read the logits, free everything.
+
+    logits = ik_logits(path, ids, mla_attn=0, flash_attn=False)          # np.ndarray [T, n_vocab]
+    logits, routing = ik_logits(path, ids, mla_attn=3, flash_attn=True, return_routing=True)
+    # routing: {layer: np.ndarray [T, n_expert_used]} of the experts ik chose
+
+The high-level ``ik_llama_cpp.Llama`` class turns flash attention off on CPUs without
+AVX-VNNI, so attention comparisons must go through this module.  Reused by other tests.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import ik_llama_cpp._ctypes_api as C
+except ImportError:  # pragma: no cover - the wheel is a test dependency
+    C = None
+
+GGML_TYPE_F16 = 1
+GGML_TYPE_Q8_0 = 8
+CACHE_TYPES = {"f16": GGML_TYPE_F16, "q8_0": GGML_TYPE_Q8_0}
+
+_state = {"init": False, "log_cb": None, "ggml": None}
+
+
+def available() -> bool:
+    return C is not None
+
+
+def _init() -> None:
+    if _state["init"]:
+        return
+    C.llama_backend_init()
+    # Silence the library's logging (it prints the whole model summary on every load).
+    log_cb_t = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+    cb = log_cb_t(lambda level, text, user: None)
+    C._lib.llama_log_set.argtypes = [log_cb_t, ctypes.c_void_p]
+    C._lib.llama_log_set.restype = None
+    C._lib.llama_log_set(cb, None)
+    _state["log_cb"] = cb  # keep the callback alive
+    ggml = ctypes.CDLL(str(Path(C.__file__).parent / "lib" / "libggml.so"))
+    ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
+    ggml.ggml_get_name.restype = ctypes.c_char_p
+    ggml.ggml_get_i32_nd.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 4
+    ggml.ggml_get_i32_nd.restype = ctypes.c_int32
+    ggml.ggml_nelements.argtypes = [ctypes.c_void_p]
+    ggml.ggml_nelements.restype = ctypes.c_int64
+    _state["ggml"] = ggml
+    _state["init"] = True
+
+
+_TOPK_NAME = re.compile(rb"^ffn_moe_topk-(\d+)$")
+
+
+def ik_logits(path: str | os.PathLike, ids, *, mla_attn: int = 0, flash_attn: bool = False,
+              cache_type: str = "f16", n_threads: int | None = None, return_routing: bool = False,
+              n_expert_used: int | None = None):
+    """Logits [len(ids), n_vocab] float32 of ik_llama.cpp for ``ids`` at positions 0..T-1.
+
+    ``return_routing``: also return {layer: [T, n_expert_used] int} read from ik's
+    ``ffn_moe_topk`` graph tensors through the eval callback (needs ``n_expert_used``).
+    """
+    if C is None:
+        raise RuntimeError("ik-llama-cpp-python is not installed")
+    if cache_type not in CACHE_TYPES:
+        raise ValueError(f"cache_type must be one of {sorted(CACHE_TYPES)}")
+    ids = [int(t) for t in np.asarray(ids).reshape(-1)]
+    n = len(ids)
+    if n == 0:
+        raise ValueError("need at least one token")
+    if return_routing and not n_expert_used:
+        raise ValueError("return_routing needs n_expert_used")
+    _init()
+    n_threads = n_threads or min(os.cpu_count() or 1, 2)
+
+    mparams = C.llama_model_default_params()
+    mparams.n_gpu_layers = 0
+    mparams.mla = mla_attn           # lets ik derive attn_k_b/attn_v_b from attn_kv_b when absent
+    mparams.flash_attn = flash_attn
+    mparams.use_mmap = True
+    model = C.llama_model_load_from_file(os.fspath(path).encode(), mparams)
+    if not model:
+        raise RuntimeError(f"ik_llama.cpp could not load {path}")
+    ctx = None
+    batch = None
+    try:
+        n_ctx = max(256, -(-n // 256) * 256)
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_ctx
+        cparams.n_ubatch = n_ctx          # one micro-batch: the whole sequence in one graph
+        cparams.n_seq_max = 1
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.flash_attn = flash_attn
+        cparams.mla_attn = mla_attn
+        cparams.type_k = CACHE_TYPES[cache_type]
+        cparams.type_v = CACHE_TYPES[cache_type]
+        cparams.logits_all = True
+        cparams.seed = 0
+
+        routing: dict[int, np.ndarray] = {}
+        if return_routing:
+            ggml = _state["ggml"]
+
+            def on_tensor(t, ask, user):
+                m = _TOPK_NAME.match(ggml.ggml_get_name(t) or b"")
+                if ask:
+                    return m is not None
+                if m:
+                    k = n_expert_used
+                    n_tok = ggml.ggml_nelements(t) // k
+                    sel = np.array([[ggml.ggml_get_i32_nd(t, j, i, 0, 0) for j in range(k)]
+                                    for i in range(n_tok)], dtype=np.int64)
+                    routing[int(m.group(1))] = sel
+                return True
+
+            cb = C.ggml_backend_sched_eval_callback(on_tensor)
+            cparams.cb_eval = cb
+            cparams.cb_eval_user_data = None
+
+        ctx = C.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise RuntimeError("ik_llama.cpp could not create a context")
+        n_vocab = C.llama_n_vocab(model) if hasattr(C, "llama_n_vocab") else _n_vocab(model)
+
+        batch = C.llama_batch_init(n, 0, 1)
+        batch.n_tokens = n
+        for i, tok in enumerate(ids):
+            batch.token[i] = tok
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = 1
+        rc = C.llama_decode(ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        out = np.empty((n, n_vocab), dtype=np.float32)
+        for i in range(n):
+            ptr = C.llama_get_logits_ith(ctx, i)
+            out[i] = np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+    finally:
+        if batch is not None:
+            C.llama_batch_free(batch)
+        if ctx:
+            C.llama_free(ctx)
+        C.llama_free_model(model)
+    if return_routing:
+        return out, routing
+    return out
+
+
+def _n_vocab(model) -> int:
+    vocab = C.llama_model_get_vocab(model)
+    return int(C.llama_vocab_n_tokens(vocab))
