@@ -28,8 +28,9 @@ def cmd_info(args) -> int:
     from . import load
     from .kv_cache import CACHE_TYPES
 
+    path = _model_path(args)
     t0 = time.perf_counter()
-    m = load(_model_path(args), n_ctx=args.ctx, cache_type=args.cache_type)
+    m = load(path, n_ctx=args.ctx, cache_type=args.cache_type)
     dt = time.perf_counter() - t0
     c = m.config
     print(f"file:          {m.path}")
