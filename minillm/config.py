@@ -130,6 +130,11 @@ def config_from_metadata(meta: dict, n_vocab_fallback: int = 0) -> DeepSeek2Conf
     qk_head_dim = k("attention.key_length_mla", key_length)
     v_head_dim = k("attention.value_length_mla", value_length)
     rope_dim = k("rope.dimension_count", qk_head_dim)
+    n_head_kv = k("attention.head_count_kv", n_head)
+    if n_head_kv == 1 and f"{arch}.attention.key_length_mla" in meta:
+        # llama.cpp's conversion describes MLA as MQA over the latent: one KV head of
+        # key_length kv_lora+rope; the per-head dims are in the *_mla keys.
+        n_head_kv = n_head
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = k("vocab_size", len(tokens) if tokens else n_vocab_fallback)
 
@@ -143,7 +148,7 @@ def config_from_metadata(meta: dict, n_vocab_fallback: int = 0) -> DeepSeek2Conf
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
-        n_head_kv=k("attention.head_count_kv", n_head),
+        n_head_kv=n_head_kv,
         n_ctx_train=k("context_length", 4096),
         n_ff=k("feed_forward_length", 0),
         rms_eps=k("attention.layer_norm_rms_epsilon", required=True, cast=float),
