@@ -42,7 +42,11 @@ KV layouts (``kv_layout``)
     the same numbers as ``attn_kv_b`` rearranged (see :func:`_kv_group`), up to each
     tensor's own quantization.
 
-Which of these ik_llama.cpp loads is recorded in :data:`IK_COMPATIBLE_LAYOUTS`.
+ik_llama.cpp (the ik-llama-cpp-python 0.1.5 wheel) loads ``kv_b``, ``k_b_v_b`` and
+``k_b_v_b_2d`` files (:data:`IK_COMPATIBLE_LAYOUTS`) and evaluates them with
+``mla_attn`` 3 + flash attention and with ``mla_attn`` 0; it rejects ``both``: when
+``attn_kv_b`` is present it expects 2-D ``attn_k_b``/``attn_v_b`` (``create_deepseek2_tensors``).
+So the default layout is ``k_b_v_b_2d``, which also has all three tensors.
 """
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType, GGUFWriter
 
 from .synthetic_blocks import QUANTIZABLE, dequantize_rows, quantize_rows, random_rows
 
@@ -100,7 +104,7 @@ CONFIGS: dict[str, dict] = {
 }
 
 KV_LAYOUTS = ("both", "kv_b", "k_b_v_b", "k_b_v_b_2d")
-# Filled in from the checks against the ik_llama.cpp wheel (see tests / report).
+# Checked against the ik_llama.cpp wheel (tests/test_synthetic.py, peer tests).
 IK_COMPATIBLE_LAYOUTS = ("kv_b", "k_b_v_b", "k_b_v_b_2d")
 
 # --------------------------------------------------------------------------
@@ -260,7 +264,7 @@ def _resolve_config(config) -> dict:
     return c
 
 
-def plan_tensors(config="tiny", mixture="f16", kv_layout="both", merged_gate_up=False,
+def plan_tensors(config="tiny", mixture="f16", kv_layout="k_b_v_b_2d", merged_gate_up=False,
                  n_layer=None, type_overrides=None) -> list[PlannedTensor]:
     """The tensors :func:`write_model` would write (names, ggml shapes, types), in file order.
 
@@ -300,30 +304,33 @@ def plan_tensors(config="tiny", mixture="f16", kv_layout="both", merged_gate_up=
 # metadata
 # --------------------------------------------------------------------------
 
+_INT_KEY_TYPES = {"tokenizer.ggml.token_type": GGUFValueType.INT32, "tokenizer.ggml.scores": GGUFValueType.FLOAT32}
+
+
 @lru_cache(maxsize=1)
 def _vocab_fields() -> list[tuple[str, object, GGUFValueType, Optional[GGUFValueType]]]:
-    """Every tokenizer.* field of the bundled DeepSeek vocabulary, decoded once."""
-    reader = GGUFReader(VOCAB_PATH)
+    """Every tokenizer.* field of the bundled DeepSeek vocabulary with its GGUF type."""
+    from .gguf_file import GGUFFile
     out = []
-    for key, f in reader.fields.items():
+    for key, value in GGUFFile(VOCAB_PATH).metadata.items():
         if not key.startswith("tokenizer."):
             continue
-        vtype = f.types[0]
-        if vtype == GGUFValueType.ARRAY:
-            sub = f.types[1]
-            if sub == GGUFValueType.STRING:
-                value = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
-            else:
-                value = [f.parts[i][0].item() for i in f.data]
-            out.append((key, value, vtype, sub))
-        elif vtype == GGUFValueType.STRING:
-            out.append((key, bytes(f.parts[f.data[0]]).decode("utf-8"), vtype, None))
+        if isinstance(value, list):
+            sub = (GGUFValueType.STRING if value and isinstance(value[0], str)
+                   else _INT_KEY_TYPES.get(key, GGUFValueType.INT32))
+            out.append((key, value, GGUFValueType.ARRAY, sub))
+        elif isinstance(value, bool):
+            out.append((key, value, GGUFValueType.BOOL, None))
+        elif isinstance(value, str):
+            out.append((key, value, GGUFValueType.STRING, None))
+        elif isinstance(value, int):   # token ids
+            out.append((key, value, GGUFValueType.UINT32, None))
         else:
-            out.append((key, f.parts[f.data[0]][0].item(), vtype, None))
+            out.append((key, value, GGUFValueType.FLOAT32, None))
     return out
 
 
-def _add_metadata(w: GGUFWriter, c: dict, mixture: str, kv_layout: str) -> None:
+def _add_metadata(w: GGUFWriter, c: dict, mixture: str, kv_layout: str, tokenizer: bool = True) -> None:
     a = "deepseek2"
     u32 = lambda k, v: w.add_uint32(f"{a}.{k}", int(v))  # noqa: E731
     f32 = lambda k, v: w.add_float32(f"{a}.{k}", float(v))  # noqa: E731
@@ -374,7 +381,7 @@ def _add_metadata(w: GGUFWriter, c: dict, mixture: str, kv_layout: str) -> None:
         u32("rope.scaling.original_context_length", c["rope_orig_ctx"])
         f32("rope.scaling.yarn_log_multiplier", c["rope_yarn_log_mul"])
 
-    for key, value, vtype, sub in _vocab_fields():
+    for key, value, vtype, sub in (_vocab_fields() if tokenizer else ()):
         if key == "tokenizer.ggml.tokens" and len(value) < c["n_vocab"]:
             value = value + [f"[PAD{i}]" for i in range(len(value), c["n_vocab"])]
         elif key == "tokenizer.ggml.token_type" and len(value) < c["n_vocab"]:
@@ -388,7 +395,7 @@ def _add_metadata(w: GGUFWriter, c: dict, mixture: str, kv_layout: str) -> None:
 # tensor data
 # --------------------------------------------------------------------------
 
-def _std(t: PlannedTensor) -> float:
+def target_std(t: PlannedTensor) -> float:
     """Target weight scale: 1/sqrt(fan-in) keeps activations O(1) through all layers."""
     if t.role == "embd":
         return 1.0
@@ -409,7 +416,7 @@ def _tensor_rows(t: PlannedTensor, seed: int) -> np.ndarray:
         return quantize_rows(x, t.type)
     if t.role == "bias":
         return quantize_rows(0.1 * rng.standard_normal((1, t.ne[0]), dtype=np.float32), t.type)
-    return random_rows(t.type, t.n_rows, t.n_per_row, _std(t), rng)
+    return random_rows(t.type, t.n_rows, t.n_per_row, target_std(t), rng)
 
 
 def _kv_group(kv_b: Optional[PlannedTensor], k_b: Optional[PlannedTensor], v_b: Optional[PlannedTensor],
@@ -457,8 +464,8 @@ def _kv_group(kv_b: Optional[PlannedTensor], k_b: Optional[PlannedTensor], v_b: 
 # writer
 # --------------------------------------------------------------------------
 
-def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="both", merged_gate_up=False,
-                n_layer=None, type_overrides=None, *, progress=None) -> str:
+def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="k_b_v_b_2d", merged_gate_up=False,
+                n_layer=None, type_overrides=None, *, progress=None, tokenizer=True) -> str:
     """Write a synthetic DeepSeek2 GGUF file and return its path.
 
     ``config``: a name in :data:`CONFIGS` (or a dict overriding lite's values);
@@ -469,7 +476,9 @@ def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="both", me
     applies).  The same arguments give the same bytes.  Tensors are generated one at a
     time and streamed to disk, so memory stays small even for the 9 GB lite file.  The
     file appears atomically (written under a temporary name, then renamed).
-    ``progress``: show a tqdm bar (default: for files over 1 GB).
+    ``progress``: show a tqdm bar (default: for files over 1 GB).  ``tokenizer=False``
+    leaves out the tokenizer.* keys (a smaller, faster-to-parse file for loader tests;
+    ik_llama.cpp cannot load it).
     """
     plan = plan_tensors(config, mixture, kv_layout, merged_gate_up, n_layer, type_overrides)
     c = _resolve_config(config)
@@ -486,7 +495,7 @@ def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="both", me
     os.close(fd)
     try:
         w = GGUFWriter(tmp, "deepseek2")
-        _add_metadata(w, c, mixture, kv_layout)
+        _add_metadata(w, c, mixture, kv_layout, tokenizer)
         for t in plan:
             w.add_tensor_info(t.name, tuple(reversed(t.ne)), np.dtype(np.float32), t.nbytes, raw_dtype=t.type)
         w.write_header_to_file()
