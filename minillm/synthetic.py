@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFEndian, GGUFValueType, GGUFWriter
+from gguf import GGUFReader
 
 from .synthetic_blocks import QUANTIZABLE, dequantize_rows, quantize_rows, random_rows
 
@@ -330,6 +332,24 @@ def _vocab_fields() -> list[tuple[str, object, GGUFValueType, Optional[GGUFValue
     return out
 
 
+class _Writer(GGUFWriter):
+    """GGUFWriter with a fast path for long metadata arrays (the 100k-entry tokenizer
+    lists take seconds through the per-item packer); the bytes are the same."""
+
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+        if (vtype != GGUFValueType.ARRAY or sub_type is None or not len(val)
+                or self.endianess != GGUFEndian.LITTLE):
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        head = (struct.pack("<I", vtype) if add_vtype else b"") + struct.pack("<IQ", sub_type, len(val))
+        if sub_type == GGUFValueType.STRING:
+            encoded = [s.encode("utf-8") for s in val]
+            return head + b"".join(struct.pack("<Q", len(e)) + e for e in encoded)
+        dtype = GGUFReader.gguf_scalar_to_np.get(sub_type)
+        if dtype is None:
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        return head + np.asarray(val, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
 def _add_metadata(w: GGUFWriter, c: dict, mixture: str, kv_layout: str, tokenizer: bool = True) -> None:
     a = "deepseek2"
     u32 = lambda k, v: w.add_uint32(f"{a}.{k}", int(v))  # noqa: E731
@@ -419,44 +439,65 @@ def _tensor_rows(t: PlannedTensor, seed: int) -> np.ndarray:
     return random_rows(t.type, t.n_rows, t.n_per_row, target_std(t), rng)
 
 
+def _bits_per_weight(qtype: T) -> float:
+    block, size = GGML_QUANT_SIZES[qtype]
+    return 8.0 * size / block
+
+
 def _kv_group(kv_b: Optional[PlannedTensor], k_b: Optional[PlannedTensor], v_b: Optional[PlannedTensor],
               c: dict, seed: int, layer: int) -> dict[str, np.ndarray]:
     """Consistent bytes for a layer's attn_kv_b / attn_k_b / attn_v_b.
 
     One float matrix per head, ``[k_nope (nope rows) | v (v_head rows)]`` of kv_lora
-    columns (attn_kv_b's row order), is the truth: attn_k_b[h] is the transpose of
-    the head's k_nope block and attn_v_b[h] its v block.  Each present tensor is
-    quantized from it.  A part whose tensor has a type without a float quantizer
-    (IQ1_S) is generated as random blocks first and its dequantized values become
-    the truth for that part; if attn_kv_b itself is IQ1_S it is the truth and
-    IQ1_S k_b/v_b (which would need re-quantization) are left independent.
+    columns (attn_kv_b's row order), holds the truth: attn_k_b[h] is the transpose of
+    the head's k_nope block and attn_v_b[h] its v block.  Tensors are made from it in
+    order of increasing bits per weight; the first tensor to cover a part (k or v)
+    fixes that part to its own dequantized values, so every other tensor differs
+    from it only by its own (finer) quantization.  A type without a float quantizer
+    (IQ1_S) is drawn as random blocks; it stays consistent when it is the first to
+    cover its parts, which is the case in the iq1_s mixture (attn_v_b).
     """
     H, R = c["n_head"], c["kv_lora_rank"]
     nope, v = c["qk_nope_head_dim"], c["v_head_dim"]
     rng = _rng(seed, f"blk.{layer}.attn_kv_group")
     std = 1.0 / math.sqrt(R)
+    full = rng.standard_normal((H, nope + v, R), dtype=np.float32) * np.float32(std)
+    kpart, vpart = full[:, :nope, :], full[:, nope:, :]          # views: (H, nope, R), (H, v, R)
+
+    def rows(t: PlannedTensor) -> np.ndarray:                    # the floats t holds, as its rows
+        if t is kv_b:
+            return full.reshape(H * (nope + v), R)
+        if t is k_b:
+            return kpart.transpose(0, 2, 1).reshape(H * R, nope)
+        return vpart.reshape(H * v, R)
+
+    def set_rows(t: PlannedTensor, x: np.ndarray, parts: set) -> None:
+        if t is kv_b:
+            x = x.reshape(H, nope + v, R)
+            if "k" in parts:
+                kpart[:] = x[:, :nope]
+            if "v" in parts:
+                vpart[:] = x[:, nope:]
+        elif t is k_b:
+            kpart[:] = x.reshape(H, R, nope).transpose(0, 2, 1)
+        else:
+            vpart[:] = x.reshape(H, v, R)
+
+    covers = {}
+    for t, parts in ((kv_b, {"k", "v"}), (k_b, {"k"}), (v_b, {"v"})):
+        if t is not None:
+            covers[t.name] = (t, parts)
+    fixed: set = set()
     out: dict[str, np.ndarray] = {}
-    if kv_b is not None and kv_b.type not in QUANTIZABLE:
-        out[kv_b.name] = random_rows(kv_b.type, kv_b.n_rows, R, std, rng)
-        full = dequantize_rows(out[kv_b.name], kv_b.type, R).reshape(H, nope + v, R)
-    else:
-        full = rng.standard_normal((H, nope + v, R), dtype=np.float32) * np.float32(std)
-    kpart, vpart = full[:, :nope, :], full[:, nope:, :]   # (H, nope, R), (H, v, R)
-    kv_is_truth = bool(out)
-    if k_b is not None and k_b.type not in QUANTIZABLE:
-        out[k_b.name] = random_rows(k_b.type, k_b.n_rows, nope, std, rng)
-        if not kv_is_truth:
-            kpart[:] = dequantize_rows(out[k_b.name], k_b.type, nope).reshape(H, R, nope).transpose(0, 2, 1)
-    if v_b is not None and v_b.type not in QUANTIZABLE:
-        out[v_b.name] = random_rows(v_b.type, v_b.n_rows, R, std, rng)
-        if not kv_is_truth:
-            vpart[:] = dequantize_rows(out[v_b.name], v_b.type, R).reshape(H, v, R)
-    if kv_b is not None and kv_b.name not in out:
-        out[kv_b.name] = quantize_rows(full.reshape(H * (nope + v), R), kv_b.type)
-    if k_b is not None and k_b.name not in out:   # rows: (head, latent column) of nope values
-        out[k_b.name] = quantize_rows(kpart.transpose(0, 2, 1).reshape(H * R, nope), k_b.type)
-    if v_b is not None and v_b.name not in out:   # rows: (head, v row) of kv_lora values
-        out[v_b.name] = quantize_rows(vpart.reshape(H * v, R), v_b.type)
+    for t, parts in sorted(covers.values(), key=lambda tp: (_bits_per_weight(tp[0].type), tp[0].name)):
+        if t.type in QUANTIZABLE:
+            out[t.name] = quantize_rows(rows(t), t.type)
+        else:
+            out[t.name] = random_rows(t.type, t.n_rows, t.n_per_row, std, rng)
+        new = parts - fixed
+        if new:
+            set_rows(t, dequantize_rows(out[t.name], t.type, t.n_per_row), new)
+            fixed |= new
     return out
 
 
@@ -494,7 +535,7 @@ def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="k_b_v_b_2
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=directory)
     os.close(fd)
     try:
-        w = GGUFWriter(tmp, "deepseek2")
+        w = _Writer(tmp, "deepseek2")
         _add_metadata(w, c, mixture, kv_layout, tokenizer)
         for t in plan:
             w.add_tensor_info(t.name, tuple(reversed(t.ne)), np.dtype(np.float32), t.nbytes, raw_dtype=t.type)

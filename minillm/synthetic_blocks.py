@@ -209,6 +209,9 @@ def quantize_rows(x: np.ndarray, qtype: T) -> np.ndarray:
     rb = row_bytes(qtype, n_per_row)
     if qtype == T.F32:
         return x.view(np.uint8).reshape(n_rows, rb)
+    if qtype == T.BF16:   # round to nearest even, like gguf.quants (inputs are finite)
+        u = x.view(np.uint32)
+        return ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16).view(np.uint8).reshape(n_rows, rb)
     if qtype in GGUF_QUANTIZABLE:
         out = quants.quantize(x, qtype)
         return out.view(np.uint8).reshape(n_rows, rb)

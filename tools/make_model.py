@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-layer", type=int, default=None, help="override the layer count")
     ap.add_argument("--type", action="append", default=[], metavar="NAME=TYPE",
                     help="override a tensor's type, e.g. ffn_down_exps=q4_k (repeatable)")
+    ap.add_argument("--no-tokenizer", action="store_true",
+                    help="leave out the tokenizer (small test files; ik_llama.cpp cannot load them)")
     ap.add_argument("--plan", action="store_true", help="print the tensor types and sizes, write nothing")
     args = ap.parse_args(argv)
     kw = dict(config=args.config, mixture=args.mixture, kv_layout=args.kv_layout,
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     if not args.output:
         ap.error("-o/--output is required unless --plan is given")
     t0 = time.perf_counter()
-    path = write_model(args.output, seed=args.seed, progress=True, **kw)
+    path = write_model(args.output, seed=args.seed, progress=True, tokenizer=not args.no_tokenizer, **kw)
     dt = time.perf_counter() - t0
     print(f"wrote {path}: {os.path.getsize(path) / 1e9:.3f} GB in {dt:.1f} s")
     return 0
