@@ -106,6 +106,8 @@ CONFIGS: dict[str, dict] = {
 }
 
 KV_LAYOUTS = ("both", "kv_b", "k_b_v_b", "k_b_v_b_2d")
+# Bump when the bytes write_model produces for given arguments change (names cached files).
+GENERATOR_VERSION = 1
 # Checked against the ik_llama.cpp wheel (tests/test_synthetic.py, peer tests).
 IK_COMPATIBLE_LAYOUTS = ("kv_b", "k_b_v_b", "k_b_v_b_2d")
 
@@ -565,6 +567,7 @@ def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="k_b_v_b_2
         w.close()
         if bar is not None:
             bar.close()
+        os.chmod(tmp, 0o644)   # mkstemp makes 0600 files; models are shared read-only
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -576,15 +579,16 @@ def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="k_b_v_b_2
 def default_model_path() -> str:
     """A small default model (config "tiny", mixture "q8_0", seed 0), made on first use.
 
-    Cached in ``$MINILLM_CACHE`` (default ``~/.cache/minillm``).  Concurrent first
+    Cached in ``$MINILLM_CACHE`` (default ``~/.cache/minillm``) under a name that
+    carries :data:`GENERATOR_VERSION`, so a changed generator never serves a stale file.  Concurrent first
     uses are safe: each writes a temporary file and renames it into place.
     """
     cache = os.environ.get("MINILLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minillm")
-    path = os.path.join(cache, "tiny-q8_0-seed0.gguf")
+    path = os.path.join(cache, f"tiny-q8_0-seed0-v{GENERATOR_VERSION}.gguf")
     if not os.path.isfile(path):
         write_model(path, config="tiny", mixture="q8_0", seed=0)
     return path
 
 
-__all__ = ["write_model", "plan_tensors", "default_model_path", "CONFIGS", "MIXTURES", "KV_LAYOUTS",
-           "PlannedTensor"]
+__all__ = ["write_model", "plan_tensors", "default_model_path", "target_std", "CONFIGS", "MIXTURES", "KV_LAYOUTS",
+           "IK_COMPATIBLE_LAYOUTS", "GENERATOR_VERSION", "PlannedTensor"]
