@@ -42,6 +42,20 @@ KV layouts (``kv_layout``)
     the same numbers as ``attn_kv_b`` rearranged (see :func:`_kv_group`), up to each
     tensor's own quantization.
 
+Weights (:func:`target_std`): linear weights have std 1/sqrt(fan-in) so activations
+stay O(1) through all layers; token embeddings std 1; the router std 3/sqrt(n_embd)
+(logits of std ~3, so expert choices are rarely near ties); norms 1 + 0.1·N(0,1);
+``exp_probs_b`` 0.1·N(0,1).  Float types hold Gaussian values; quantized tensors are
+random valid blocks (:mod:`minillm.synthetic_blocks`), except the attn_kv_b / k_b / v_b
+group, made from shared floats.  Every tensor has its own random stream (seed, name),
+so e.g. the f32 and f16 files of a config hold the same weights.
+
+Sizes: tiny (27 layers) is 653 MB in f32, 327 MB in f16, 174 MB in q8_0, 112 MB in
+iq4_nl, 71 MB in iq1_s (the attention at the real head dims and the 102400-row
+embedding and output dominate); tiny-qlora and tiny-v3 (4 layers) 268 / 134 / 71 / 46 /
+33 MB; lite 9.01 GB in iq4_nl and 5.16 GB in iq1_s.  :func:`plan_tensors` lists any
+file's tensors without writing it.
+
 ik_llama.cpp (the ik-llama-cpp-python 0.1.5 wheel) loads ``kv_b``, ``k_b_v_b`` and
 ``k_b_v_b_2d`` files (:data:`IK_COMPATIBLE_LAYOUTS`) and evaluates them with
 ``mla_attn`` 3 + flash attention and with ``mla_attn`` 0; it rejects ``both``: when
