@@ -195,9 +195,10 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) 
     q, k: [T, H, Dk]; v: [T, H, Dv] -> [T, H, Dv].  Query i sits at position i.
     """
     n = q.shape[0]
-    scores = np.einsum("ihd,jhd->hij", q, k, dtype=np.float32) * np.float32(scale)
+    qh, kh, vh = (np.ascontiguousarray(a.transpose(1, 0, 2), dtype=np.float32) for a in (q, k, v))
+    scores = (qh @ kh.transpose(0, 2, 1)) * np.float32(scale)                  # [H, T, T]
     scores = np.where(np.tri(n, dtype=bool)[None], scores, -np.inf)
-    return np.einsum("hij,jhd->ihd", softmax(scores, axis=-1).astype(np.float32), v)
+    return (softmax(scores, axis=-1) @ vh).transpose(1, 0, 2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -302,7 +303,11 @@ def quantize_activations_like_ik(x: np.ndarray, weight_type: T) -> np.ndarray:
 class LayerTrace:
     """Per-layer intermediate results kept by :meth:`ReferenceModel.eval` when asked."""
 
-    routing: Optional[Routing] = None
+    routing: Optional[Routing] = None          # this model's own choice at this layer
+    used_experts: Optional[np.ndarray] = None  # the experts actually evaluated (forced or own)
+    attn_out: Optional[np.ndarray] = None      # [T, n_embd] attention block output (before the residual add)
+    ffn_out: Optional[np.ndarray] = None       # [T, n_embd] FFN block output (before the residual add)
+    hidden: Optional[np.ndarray] = None        # [T, n_embd] residual stream after the layer
 
 
 class ReferenceModel:
@@ -314,7 +319,7 @@ class ReferenceModel:
     """
 
     def __init__(self, path: str | os.PathLike, quantize_activations: bool = False,
-                 kv_source: str = "auto"):
+                 kv_source: str = "auto", f16_kv: bool = False):
         self.file = GGUFFile(path)
         token_embd = self.file.tensors.get("token_embd.weight")
         self.config: DeepSeek2Config = config_from_metadata(
@@ -324,10 +329,31 @@ class ReferenceModel:
             raise ValueError(f"kv_source must be 'auto', 'kv_b' or 'k_b_v_b', not {kv_source!r}")
         self.kv_source = kv_source
         self.quantize_activations = quantize_activations
+        self.f16_kv = f16_kv
         self.rope_params = deepseek2_rope_params(self.config)
         self.kq_scale = deepseek2_kq_scale(self.config)
         self._cache: dict[str, np.ndarray] = {}
         self.trace: list[LayerTrace] = []
+
+    def with_options(self, quantize_activations: Optional[bool] = None,
+                     kv_source: Optional[str] = None, f16_kv: Optional[bool] = None) -> "ReferenceModel":
+        """A view of the same file with other options, sharing the dequantized-weight cache."""
+        other = object.__new__(ReferenceModel)
+        other.__dict__.update(self.__dict__)
+        if quantize_activations is not None:
+            other.quantize_activations = quantize_activations
+        if f16_kv is not None:
+            other.f16_kv = f16_kv
+        if kv_source is not None:
+            if kv_source not in ("auto", "kv_b", "k_b_v_b"):
+                raise ValueError(f"kv_source must be 'auto', 'kv_b' or 'k_b_v_b', not {kv_source!r}")
+            other.kv_source = kv_source
+        other.trace = []
+        return other
+
+    def has_quantized_matmuls(self) -> bool:
+        """Whether any matmul weight is of a type whose activations ik quantizes."""
+        return any(t.type in _Q8_BLOCK32 or t.type in _Q8_BLOCK256 for t in self.file.tensors.values())
 
     # -- weights ------------------------------------------------------------------------
     def w(self, t: Tensor) -> np.ndarray:
@@ -364,6 +390,8 @@ class ReferenceModel:
         k_nope, v = self.decompress(lw, latent)                          # [T, H, nope], [T, H, v]
         q_full = np.concatenate([q[..., :nope], q_pe], axis=-1)
         k_full = np.concatenate([k_nope, np.broadcast_to(k_pe, (n_tok, H, c.qk_rope_head_dim))], axis=-1)
+        if self.f16_kv:      # what ik stores in an f16 K/V cache (its mla=0 path)
+            k_full, v = (a.astype(np.float16).astype(np.float32) for a in (k_full, v))
         o = causal_attention(q_full, k_full, v, self.kq_scale)
         return self.mm(o.reshape(n_tok, H * c.v_head_dim), lw.attn_output)
 
@@ -384,8 +412,8 @@ class ReferenceModel:
         v_b = self.w(lw.attn_v_b).reshape(H, dv, R)
         xk = quantize_activations_like_ik(latent, lw.attn_k_b.type) if self.quantize_activations else latent
         xv = quantize_activations_like_ik(latent, lw.attn_v_b.type) if self.quantize_activations else latent
-        k_nope = np.einsum("tr,hrn->thn", xk, k_b)
-        v = np.einsum("tr,hvr->thv", xv, v_b)
+        k_nope = (xk @ k_b.transpose(1, 0, 2).reshape(R, H * nope)).reshape(n_tok, H, nope)
+        v = (xv @ v_b.reshape(H * dv, R).T).reshape(n_tok, H, dv)
         return k_nope, v
 
     def dense_ffn(self, lw: LayerWeights, h: np.ndarray) -> np.ndarray:
@@ -407,10 +435,12 @@ class ReferenceModel:
         bias = self.w(lw.exp_probs_b) if lw.exp_probs_b is not None else None
         r = route_experts(logits, c.n_expert_used, c.expert_gating_func, bias, c.expert_weights_norm,
                           c.expert_weights_scale, c.expert_group_count, c.expert_group_used_count)
+        if trace is not None:
+            trace.routing = r
         if forced_experts is not None:           # replay another engine's choice, same weight rule
             r = _weights_for(logits, forced_experts, c, bias_free_choice=r)
         if trace is not None:
-            trace.routing = r
+            trace.used_experts = r.experts
         gate_t = lw.ffn_gate_up_exps if lw.ffn_gate_up_exps is not None else lw.ffn_gate_exps
         out = np.zeros_like(h)
         for e in np.unique(r.experts):
@@ -446,13 +476,17 @@ class ReferenceModel:
         self.trace = [LayerTrace() for _ in range(c.n_layer)] if keep_trace else []
         x = self.embed(ids)
         for il, lw in enumerate(self.weights.layers):
-            x = x + self.attention(lw, rms_norm(x, self.w(lw.attn_norm), c.rms_eps), positions)
+            attn = self.attention(lw, rms_norm(x, self.w(lw.attn_norm), c.rms_eps), positions)
+            x = x + attn
             h = rms_norm(x, self.w(lw.ffn_norm), c.rms_eps)
             if c.is_moe_layer(il):
                 forced = None if forced_experts is None else forced_experts.get(il)
-                x = x + self.moe_ffn(lw, h, self.trace[il] if keep_trace else None, forced)
+                ffn = self.moe_ffn(lw, h, self.trace[il] if keep_trace else None, forced)
             else:
-                x = x + self.dense_ffn(lw, h)
+                ffn = self.dense_ffn(lw, h)
+            x = x + ffn
+            if keep_trace:
+                self.trace[il].attn_out, self.trace[il].ffn_out, self.trace[il].hidden = attn, ffn, x
         x = rms_norm(x, self.w(self.weights.output_norm), c.rms_eps)
         return self.mm(x, self.weights.output).astype(np.float32)
 
@@ -469,3 +503,43 @@ def _weights_for(logits: np.ndarray, experts: np.ndarray, c: DeepSeek2Config,
         w = w / w.sum(axis=-1, keepdims=True)
     return Routing(experts, (w * np.float32(c.expert_weights_scale)).astype(np.float32),
                    bias_free_choice.margin)
+
+
+# ----------------------------------------------------------------------------------------
+# Comparing logits
+# ----------------------------------------------------------------------------------------
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    z = x - x.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class LogitDistance:
+    """Per-position distances of logits ``x`` from target logits ``y`` (both [T, n_vocab])."""
+
+    rel_rms: np.ndarray     # [T] sqrt(mean((x - y)^2) / mean(y^2))
+    logprob: np.ndarray     # [T] max |log p_x - log p_y| over y's top tokens
+    top1: np.ndarray        # [T] bool: argmax x == argmax y
+
+    def summary(self, mask: Optional[np.ndarray] = None) -> dict:
+        m = np.ones(len(self.rel_rms), bool) if mask is None else np.asarray(mask, bool)
+        return dict(n=int(m.sum()),
+                    rel_rms_median=float(np.median(self.rel_rms[m])), rel_rms_max=float(self.rel_rms[m].max()),
+                    logprob_median=float(np.median(self.logprob[m])), logprob_max=float(self.logprob[m].max()),
+                    top1=float(self.top1[m].mean()))
+
+
+def logit_distance(x: np.ndarray, y: np.ndarray, n_top: int = 10) -> LogitDistance:
+    """How far logits ``x`` are from the target ``y``, position by position."""
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    if x.shape != y.shape:
+        raise ValueError(f"shapes differ: {x.shape} vs {y.shape}")
+    rel = np.sqrt(np.mean(np.square(x - y, dtype=np.float64), axis=-1) /
+                  np.mean(np.square(y, dtype=np.float64), axis=-1))
+    top = np.argsort(-y, axis=-1)[:, :n_top]
+    lp = np.abs(np.take_along_axis(log_softmax(x), top, -1) - np.take_along_axis(log_softmax(y), top, -1))
+    return LogitDistance(rel, lp.max(axis=-1), x.argmax(-1) == y.argmax(-1))

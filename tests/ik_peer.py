@@ -54,6 +54,8 @@ def _init() -> None:
     ggml.ggml_get_i32_nd.restype = ctypes.c_int32
     ggml.ggml_nelements.argtypes = [ctypes.c_void_p]
     ggml.ggml_nelements.restype = ctypes.c_int64
+    ggml.ggml_get_data.argtypes = [ctypes.c_void_p]
+    ggml.ggml_get_data.restype = ctypes.c_void_p
     _state["ggml"] = ggml
     _state["init"] = True
 
@@ -61,13 +63,39 @@ def _init() -> None:
 _TOPK_NAME = re.compile(rb"^ffn_moe_topk-(\d+)$")
 
 
+class _TensorHead(ctypes.Structure):
+    """The leading fields of ggml's ``struct ggml_tensor`` (ggml.h): type, shape, strides."""
+
+    _fields_ = [("type", ctypes.c_int), ("backend", ctypes.c_int), ("buffer", ctypes.c_void_p),
+                ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4)]
+
+
+def _f32_tensor(t) -> np.ndarray | None:
+    """Copy of an F32 graph tensor in numpy order (reversed ne), or None for other types."""
+    head = _TensorHead.from_address(t)
+    if head.type != 0:
+        return None
+    ne, nb = list(head.ne), list(head.nb)
+    data = _state["ggml"].ggml_get_data(t)
+    span = sum((n - 1) * b for n, b in zip(ne, nb)) + 4
+    buf = np.ctypeslib.as_array((ctypes.c_uint8 * span).from_address(data))
+    view = np.lib.stride_tricks.as_strided(buf.view(np.float32) if span % 4 == 0 else
+                                           np.frombuffer(buf.tobytes(), np.float32),
+                                           shape=tuple(reversed(ne)), strides=tuple(reversed(nb)))
+    return np.array(view)
+
+
 def ik_logits(path: str | os.PathLike, ids, *, mla_attn: int = 0, flash_attn: bool = False,
               cache_type: str = "f16", n_threads: int | None = None, return_routing: bool = False,
-              n_expert_used: int | None = None):
+              n_expert_used: int | None = None, capture=None):
     """Logits [len(ids), n_vocab] float32 of ik_llama.cpp for ``ids`` at positions 0..T-1.
 
     ``return_routing``: also return {layer: [T, n_expert_used] int} read from ik's
     ``ffn_moe_topk`` graph tensors through the eval callback (needs ``n_expert_used``).
+    ``capture``: optional predicate on graph tensor names (e.g. "attn_norm-0"); the F32 tensors
+    it accepts are copied into the dict ``capture.found`` (a debugging aid).
+    Evaluating with a callback splits ik's graph at the inspected tensors, which can change
+    its op fusion and so its rounding slightly: compare logits from runs made the same way.
     """
     if C is None:
         raise RuntimeError("ik-llama-cpp-python is not installed")
@@ -109,13 +137,17 @@ def ik_logits(path: str | os.PathLike, ids, *, mla_attn: int = 0, flash_attn: bo
         cparams.seed = 0
 
         routing: dict[int, np.ndarray] = {}
-        if return_routing:
+        if return_routing or capture is not None:
             ggml = _state["ggml"]
 
             def on_tensor(t, ask, user):
-                m = _TOPK_NAME.match(ggml.ggml_get_name(t) or b"")
+                name = ggml.ggml_get_name(t) or b""
+                m = _TOPK_NAME.match(name) if return_routing else None
+                wanted = capture is not None and capture(name.decode())
                 if ask:
-                    return m is not None
+                    return m is not None or wanted
+                if wanted:
+                    capture.found[name.decode()] = _f32_tensor(t)
                 if m:
                     k = n_expert_used
                     n_tok = ggml.ggml_nelements(t) // k
@@ -162,3 +194,77 @@ def ik_logits(path: str | os.PathLike, ids, *, mla_attn: int = 0, flash_attn: bo
 def _n_vocab(model) -> int:
     vocab = C.llama_model_get_vocab(model)
     return int(C.llama_vocab_n_tokens(vocab))
+
+
+# --------------------------------------------------------------------------------------
+# Reference-vs-ik comparison harness (used by tests/test_reference_peer.py and
+# tools/compare_ik.py)
+# --------------------------------------------------------------------------------------
+
+IK_PATHS = {"mla0": dict(mla_attn=0, flash_attn=False),   # plain attention through attn_kv_b
+            "mla3": dict(mla_attn=3, flash_attn=True)}    # absorbed MLA, flash attention
+
+
+def routing_differs(a: dict, b: dict, n_tokens: int) -> np.ndarray:
+    """[T, n_layers] bool: whether the chosen expert sets differ, per position and MoE layer."""
+    layers = sorted(set(a) & set(b))
+    out = np.zeros((n_tokens, len(layers)), dtype=bool)
+    for j, il in enumerate(layers):
+        out[:, j] = (np.sort(a[il], axis=1) != np.sort(b[il], axis=1)).any(axis=1)
+    return out
+
+
+class PeerComparison:
+    """ik_llama.cpp's two attention paths against each other and against the reference.
+
+    For each ik path the reference is evaluated with ik's expert choices forced
+    (``ReferenceModel.eval(forced_experts=...)``), so a near-tie that went the other way does
+    not masquerade as a numerical error; how often the reference's own choice differs is
+    counted separately (``ref_flips``).  Distances are taken on the positions where ik's two
+    paths chose the same experts in every layer (``clean``), so that ik's self-distance is
+    not a routing artefact either.
+    """
+
+    def __init__(self, path, n_tokens: int = 256, seed: int = 0, modes=(False, True),
+                 n_threads: int | None = None, reference=None):
+        from minillm.reference import ReferenceModel, logit_distance
+
+        self.path = os.fspath(path)
+        ref = reference if reference is not None else ReferenceModel(self.path)
+        c = ref.config
+        self.config = c
+        self.ids = np.random.default_rng(seed).integers(0, c.n_vocab, n_tokens)
+        k = c.n_expert_used
+        self.ik, self.routing = {}, {}
+        for name, kw in IK_PATHS.items():
+            self.ik[name], self.routing[name] = ik_logits(
+                self.path, self.ids, n_threads=n_threads, return_routing=True, n_expert_used=k, **kw)
+        self.self_flips = routing_differs(self.routing["mla0"], self.routing["mla3"], n_tokens)
+        self.clean = ~self.self_flips.any(axis=1)
+        self.self_distance = logit_distance(self.ik["mla3"], self.ik["mla0"])
+        if not ref.has_quantized_matmuls():
+            modes = tuple(m for m in modes if not m) or (False,)
+        self.modes = modes
+        self.ref_distance, self.ref_flips, self.ref_logits = {}, {}, {}
+        for q in modes:
+            r = ref.with_options(quantize_activations=q)
+            for name in IK_PATHS:
+                x = r.eval(self.ids, keep_trace=True, forced_experts=self.routing[name])
+                own = {il: r.trace[il].routing.experts for il in self.routing[name]}
+                self.ref_logits[q, name] = x
+                self.ref_flips[q, name] = routing_differs(own, self.routing[name], n_tokens)
+                self.ref_distance[q, name] = logit_distance(x, self.ik[name])
+
+    def rows(self) -> list[dict]:
+        """One summary row per comparison (self, then reference per mode and ik path)."""
+        n = len(self.ids)
+        rows = [dict(what="ik mla3+fa vs ik mla0", flip_positions=int(self.self_flips.any(1).sum()),
+                     flip_pairs=int(self.self_flips.sum()), **self.self_distance.summary(self.clean))]
+        for (q, name), d in self.ref_distance.items():
+            f = self.ref_flips[q, name]
+            rows.append(dict(what=f"ref{'(q8 act)' if q else ''} vs ik {name}",
+                             flip_positions=int(f.any(1).sum()), flip_pairs=int(f.sum()),
+                             **d.summary(self.clean)))
+        for r in rows:
+            r["n_tokens"] = n
+        return rows
