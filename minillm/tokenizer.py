@@ -126,6 +126,39 @@ PRE_TOKENIZER_SPLITS: dict[str, list[str]] = {
 # cut after any newline and the pieces encoded in parallel with identical results.
 _SPLITS_AT_NEWLINES = frozenset({"deepseek-llm", "deepseek-coder"})
 
+# The DeepSeek CJK rule only ever matches characters in U+0800..U+D7FF: texts
+# without any can skip that pass.
+_CJK_RULE = _cls(_DEEPSEEK_CJK) + "+"
+_MAYBE_CJK = re.compile("[\u0800-\ud7ff]")
+
+
+def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
+    """The regexes of PRE_TOKENIZER_SPLITS[pre] as run in HF ``tokenizers``: the same
+    splits in fewer passes, since each pass costs ~0.1 s per MB whatever it does.
+
+    For deepseek-llm/-coder the newline rule and the letter-run rule become one
+    alternation: a letter run never holds a newline, and inside a line "\s?" is
+    "[^\S\r\n]?" on the whole text.  For deepseek-llm the punctuation rule
+    "\s?P+" and the trailing-space rule "\s+$" become one too: the only pieces
+    that can end in whitespace are the gaps between punctuation runs, and a gap's
+    trailing run is the whitespace before a punctuation run less the one character
+    "\s?" takes, or the whitespace at the end.  A gap never starts inside a
+    whitespace run, hence the "(?<!\s)" (which also keeps long runs linear).
+    ``skip_cjk`` drops the CJK rule (for texts without a character it matches).
+    tests/test_tokenizer.py checks these passes against the rules one by one.
+    """
+    rules = list(PRE_TOKENIZER_SPLITS[pre])
+    if pre in _SPLITS_AT_NEWLINES:
+        assert rules[0] == r"[\r\n]" and rules[1].startswith(r"\s?")
+        rules = [r"[\r\n]|[^\S\r\n]?" + rules[1][3:], *rules[2:]]
+    if pre == "deepseek-llm":
+        punct, trailing = rules[1], rules[2]
+        assert punct.startswith(r"\s?[") and punct.endswith("]+") and trailing == r"\s+$"
+        rules[1:3] = [punct + r"|(?<!\s)\s+(?=\s" + punct[3:-1] + r")|(?<!\s)\s+$"]
+    if skip_cjk:
+        rules.remove(_CJK_RULE)
+    return rules
+
 # Token texts llama.cpp marks as control (so never parsed from plain text, never
 # printed) whatever type the file gives them: end-of-turn / fill-in-the-middle
 # markers it finds by name (llama_vocab::impl::load).  Only the DeepSeek and the
@@ -209,12 +242,18 @@ class Tokenizer:
             | {i for i, t in enumerate(tokens) if t in _EOG_NAMES})
 
         if self.model == "gpt2":
-            self._hf = _build_byte_level_bpe(tokens, _require(meta, "tokenizer.ggml.merges", list), self.pre)
+            self._hf = _build_byte_level_bpe(tokens, _require(meta, "tokenizer.ggml.merges", list))
+            self._hf.pre_tokenizer = _byte_level_pre_tokenizer(hf_split_passes(self.pre))
+            self._hf_no_cjk = None
+            if _CJK_RULE in PRE_TOKENIZER_SPLITS[self.pre]:  # same BPE, pre-tokenizer without the CJK pass
+                self._hf_no_cjk = _HFTokenizer(self._hf.model)
+                self._hf_no_cjk.pre_tokenizer = _byte_level_pre_tokenizer(hf_split_passes(self.pre, True))
         else:
             scores = meta.get("tokenizer.ggml.scores")
             if scores is None or len(scores) != len(tokens):
                 raise GGUFError("a 'llama' vocabulary needs tokenizer.ggml.scores, one per token")
             self._hf = _build_score_bpe(tokens, scores, self.token_types)
+            self._hf_no_cjk = None
         self._init_special_matcher()
         self._pieces: list[bytes] | None = None  # id -> bytes, built on first decode
 
@@ -304,9 +343,26 @@ class Tokenizer:
         if self.model == "llama":  # SentencePiece: escape spaces, one leading space per piece
             prefix = "▁" if self.add_space_prefix else ""
             pieces = [prefix + p.replace(" ", "▁") for p in pieces]
+        if self._hf_no_cjk is None:
+            return self._encode_batch(self._hf, pieces)
+        plain = [i for i, p in enumerate(pieces) if not _MAYBE_CJK.search(p)]
+        if not plain:
+            return self._encode_batch(self._hf, pieces)
+        out: list = [None] * len(pieces)
+        for i, ids in zip(plain, self._encode_batch(self._hf_no_cjk, [pieces[i] for i in plain])):
+            out[i] = ids
+        rest = [i for i in range(len(pieces)) if out[i] is None]
+        for i, ids in zip(rest, self._encode_batch(self._hf, [pieces[i] for i in rest])):
+            out[i] = ids
+        return out
+
+    @staticmethod
+    def _encode_batch(hf: _HFTokenizer, pieces: list[str]) -> list[list[int]]:
+        if not pieces:
+            return []
         if len(pieces) == 1:
-            return [self._hf.encode(pieces[0], add_special_tokens=False).ids]
-        return [e.ids for e in self._hf.encode_batch_fast(pieces, add_special_tokens=False)]
+            return [hf.encode(pieces[0], add_special_tokens=False).ids]
+        return [e.ids for e in hf.encode_batch_fast(pieces, add_special_tokens=False)]
 
     def _chunks(self, text: str, size: int = 1 << 14) -> list[str]:
         """Cut a long raw text after newlines where that cannot change the result."""
@@ -521,7 +577,12 @@ class StreamDecoder:
 # Builders for the HF tokenizers models
 # ---------------------------------------------------------------------------
 
-def _build_byte_level_bpe(tokens: list[str], merges: list[str], pre: str) -> _HFTokenizer:
+def _byte_level_pre_tokenizer(split_regexes: list[str]):
+    splits = [hf_pre.Split(Regex(r), behavior="isolated") for r in split_regexes]
+    return hf_pre.Sequence([*splits, hf_pre.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def _build_byte_level_bpe(tokens: list[str], merges: list[str]) -> _HFTokenizer:
     vocab = {t: i for i, t in enumerate(tokens)}  # duplicate texts: the last id wins, as in llama.cpp
     pairs = []
     for m in merges:
@@ -531,10 +592,7 @@ def _build_byte_level_bpe(tokens: list[str], merges: list[str], pre: str) -> _HF
         left, right = m[:cut], m[cut + 1:]
         if left in vocab and right in vocab and left + right in vocab:
             pairs.append((left, right))
-    hf = _HFTokenizer(hf_models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False))
-    splits = [hf_pre.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_SPLITS[pre]]
-    hf.pre_tokenizer = hf_pre.Sequence([*splits, hf_pre.ByteLevel(add_prefix_space=False, use_regex=False)])
-    return hf
+    return _HFTokenizer(hf_models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False))
 
 
 def _build_score_bpe(tokens: list[str], scores: list[float], types: list[int]) -> _HFTokenizer:

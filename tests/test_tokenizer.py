@@ -323,3 +323,31 @@ def test_any_byte_stream_decodes_the_same_streamed(llm, data, extra):
 
 
 _BYTE_IDS: dict[str, dict[int, int]] = {}
+
+
+# -- the fused split passes equal llama.cpp's rules applied one by one ----------------
+
+# Runs of characters from every class the rules tell apart (letters, punctuation,
+# whitespace, CJK, numbers, others), glued in random orders.
+_ATOMS = [" ", "  ", "   ", "\t", " \t", "\u3000", "\u00a0", "\n", "\r\n", "!", ",", "...", "(", "_", "a",
+          "Zz", "é", "ß", "Ḁ", "ἀ", "ж", "中", "文字", "한", "か", "1", "42", "٣", "①", "Ⅻ", "²", "©", "🦙", "+",
+          "\u0301", "、", "。", "！", "‘", "\u200b", "\x0b"]
+_TEXTS = st.one_of(st.lists(st.sampled_from(_ATOMS), max_size=14).map("".join), st.text(max_size=40))
+
+
+@pytest.mark.parametrize("pre", ["deepseek-llm", "deepseek-coder"])
+@settings(max_examples=600, deadline=None)
+@given(text=_TEXTS)
+def test_fused_split_passes_equal_rule_by_rule(pre, text):
+    from tokenizers import Regex
+    from tokenizers import pre_tokenizers as hp
+
+    from minillm.tokenizer import PRE_TOKENIZER_SPLITS, hf_split_passes
+
+    def pieces(rules):
+        return hp.Sequence([hp.Split(Regex(r), "isolated") for r in rules]).pre_tokenize_str(text)
+
+    reference = pieces(PRE_TOKENIZER_SPLITS[pre])
+    assert pieces(hf_split_passes(pre)) == reference
+    if not any("\u0800" <= c <= "\ud7ff" for c in text):
+        assert pieces(hf_split_passes(pre, skip_cjk=True)) == reference
