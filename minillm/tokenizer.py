@@ -122,6 +122,28 @@ PRE_TOKENIZER_SPLITS: dict[str, list[str]] = {
     ],
 }
 
+# Code points Unicode 16.0 assigns (Oniguruma in HF tokenizers knows them) but the
+# tables llama.cpp classifies with (src/unicode-data.cpp, Unicode 15.1) leave
+# unassigned, so for llama.cpp they are in no \p{..} category.  Found by comparing
+# the two tables; every \p{X} below is run as [\p{X}&&[^these]].
+_UNASSIGNED_IN_LLAMA_CPP = (
+    "\U00000897\U00001b4e-\U00001b4f\U00001b7f\U00001c89-\U00001c8a\U00002427-\U00002429"
+    "\U000031e4-\U000031e5\U0000a7cb-\U0000a7cd\U0000a7da-\U0000a7dc\U000105c0-\U000105f3"
+    "\U00010d40-\U00010d65\U00010d69-\U00010d85\U00010d8e-\U00010d8f\U00010ec2-\U00010ec4\U00010efc"
+    "\U00011380-\U00011389\U0001138b\U0001138e\U00011390-\U000113b5\U000113b7-\U000113c0\U000113c2"
+    "\U000113c5\U000113c7-\U000113ca\U000113cc-\U000113d5\U000113d7-\U000113d8\U000113e1-\U000113e2"
+    "\U000116d0-\U000116e3\U00011bc0-\U00011be1\U00011bf0-\U00011bf9\U00011f5a\U00013460-\U000143fa"
+    "\U00016100-\U00016139\U00016d40-\U00016d79\U00018cff\U0001cc00-\U0001ccf9\U0001cd00-\U0001ceb3"
+    "\U0001e5d0-\U0001e5fa\U0001e5ff\U0001f8b2-\U0001f8bb\U0001f8c0-\U0001f8c1\U0001fa89\U0001fa8f"
+    "\U0001fabe\U0001fac6\U0001fadc\U0001fadf\U0001fae9\U0001fbcb-\U0001fbef"
+)
+
+
+def _llama_cpp_categories(regex: str) -> str:
+    """Make each \\p{N|L|P|S|M} of ``regex`` mean what it means in llama.cpp."""
+    return re.sub(r"\\p\{([NLPSM])\}", lambda m: f"[\\p{{{m.group(1)}}}&&[^{_UNASSIGNED_IN_LLAMA_CPP}]]", regex)
+
+
 # Pre-tokenizers whose first split isolates every "\r" and "\n": long texts may be
 # cut after any newline and the pieces encoded in parallel with identical results.
 _SPLITS_AT_NEWLINES = frozenset({"deepseek-llm", "deepseek-coder"})
@@ -145,6 +167,7 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
     "\s?" takes, or the whitespace at the end.  A gap never starts inside a
     whitespace run, hence the "(?<!\s)" (which also keeps long runs linear).
     ``skip_cjk`` drops the CJK rule (for texts without a character it matches).
+    Unicode categories are narrowed to llama.cpp's (``_llama_cpp_categories``).
     tests/test_tokenizer.py checks these passes against the rules one by one.
     """
     rules = list(PRE_TOKENIZER_SPLITS[pre])
@@ -157,7 +180,7 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
         rules[1:3] = [punct + r"|(?<!\s)\s+(?=\s" + punct[3:-1] + r")|(?<!\s)\s+$"]
     if skip_cjk:
         rules.remove(_CJK_RULE)
-    return rules
+    return [_llama_cpp_categories(r) for r in rules]
 
 # Token texts llama.cpp marks as control (so never parsed from plain text, never
 # printed) whatever type the file gives them: end-of-turn / fill-in-the-middle

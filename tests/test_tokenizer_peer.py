@@ -75,10 +75,21 @@ PLAIN = [
 POOLS = [CODE, CJK, EMOJI, WHITESPACE, DIGITS, SCRIPTS, SPECIALS, PLAIN]
 
 
+def unicode16_strings() -> list[str]:
+    """Characters new in Unicode 16 (letters, digits, marks, punctuation, symbols):
+    Oniguruma puts them in categories, llama.cpp's tables do not."""
+    chars = [0x897, 0x1B4E, 0x1C89, 0x2427, 0x31E4, 0xA7CB, 0x105C0, 0x10D40, 0x10D69, 0x11380, 0x116D0,
+             0x11BF0, 0x13460, 0x16100, 0x16D40, 0x1CC00, 0x1E5D0, 0x1FA89, 0x1FBCB]
+    out = []
+    for c in map(chr, chars):
+        out += [" " + c, "  " + c * 3, "ab" + c + "cd", "1" + c + "2", "!" + c + "?", "x " + c + c, c + "\n"]
+    return out
+
+
 def corpus(n: int = 400, seed: int = 1234) -> list[str]:
     """Every listed fragment, then ``n`` random concatenations of them."""
     rng = random.Random(seed)
-    out = [s for pool in POOLS for s in pool]
+    out = [s for pool in POOLS for s in pool] + unicode16_strings()
     while len(out) < n:
         parts = [rng.choice(rng.choice(POOLS)) for _ in range(rng.randint(2, 6))]
         glue = rng.choice(["", " ", "\n", "  ", "\t"])
