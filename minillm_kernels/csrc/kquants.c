@@ -1,0 +1,495 @@
+/* Kernels of the 256-value super-block types: Q2_K, Q4_K, Q5_K, Q6_K, IQ1_S,
+ * and the q8_K activation quantizer they pair with.
+ *
+ * Block formats (quants.h) and the IQ1_S grid (iq1s_grid.h) are facts of the
+ * ggml file format (ggml / llama.cpp, MIT); the code here is our own.
+ *
+ * Every weight value is  scale * q - offset  with a small integer q, so a dot
+ * product with a q8_K activation block (d_a * int8) is
+ *     d_a * (d_w * sum_j sc_j * <q_j, a_j>  -  dmin_w * sum_j m_j * sum(a_j)).
+ * The integer sums are exact; the per-sub-block activation sums (the offset
+ * terms) come precomputed in q8_K's bsums. The AVX2 bodies feed the unsigned
+ * weight codes to _mm256_maddubs_epi16 (u8 x s8 -> pairwise s16 sums, which
+ * cannot overflow for these small codes), then _mm256_madd_epi16 applies the
+ * sub-block scale and widens to int32; floats appear once per super-block.
+ */
+#include <math.h>
+
+#include "kquants.h"
+#include "iq1s_grid.h"
+
+/* ---- shared helpers ---------------------------------------------------- */
+
+/* Q4_K / Q5_K pack eight 6-bit scales and eight 6-bit mins into 12 bytes:
+ * bytes 0-3 hold scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7,
+ * bytes 4-7 the same for the mins, bytes 8-11 the low nibbles of scales 4-7
+ * (low half) and mins 4-7 (high half). Out: sc[0..7], m[0..7]. */
+static inline void unpack_scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *m) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0xF) | ((s[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
+}
+
+/* ---- q8_K activation quantizer ----------------------------------------- */
+
+static void q8_K_finish_block(const float *x, block_q8_K *y, float amax) {
+    if (amax == 0.0f) {
+        memset(y, 0, sizeof(*y));
+        return;
+    }
+    float max = 0.0f; /* the first value of largest magnitude, with its sign */
+    for (int j = 0; j < QK_K; j++)
+        if (fabsf(x[j]) == amax) { max = x[j]; break; }
+    const float iscale = -127.0f / max;
+#if MINILLM_AVX2
+    const __m256 vs = _mm256_set1_ps(iscale);
+    const __m256i unzip = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int j = 0; j < QK_K; j += 32) {
+        __m256i i[4];
+        for (int k = 0; k < 4; k++) {
+            __m256 v = _mm256_mul_ps(vs, _mm256_loadu_ps(x + j + 8 * k));
+            i[k] = _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+        /* packs saturate to 127, matching the reference's MIN(127, q) */
+        __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(q, unzip));
+    }
+#else
+    for (int j = 0; j < QK_K; j++) {
+        int v = (int)nearbyintf(iscale * x[j]);
+        y->qs[j] = (int8_t)(v > 127 ? 127 : v);
+    }
+#endif
+    for (int j = 0; j < QK_K / 16; j++) {
+        int sum = 0;
+        for (int l = 0; l < 16; l++) sum += y->qs[16 * j + l];
+        y->bsums[j] = (int16_t)sum;
+    }
+    y->d = 1.0f / iscale;
+}
+
+void quantize_row_q8_K(const float *x, void *vy, int n) {
+    block_q8_K *y = (block_q8_K *)vy;
+    for (int b = 0; b < n / QK_K; b++, x += QK_K) {
+        float amax = 0.0f;
+#if MINILLM_AVX2
+        const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+        __m256 vmax = _mm256_setzero_ps();
+        for (int j = 0; j < QK_K; j += 8)
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(absmask, _mm256_loadu_ps(x + j)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        amax = _mm_cvtss_f32(m4);
+#else
+        for (int j = 0; j < QK_K; j++) {
+            float ax = fabsf(x[j]);
+            if (ax > amax) amax = ax;
+        }
+#endif
+        q8_K_finish_block(x, y + b, amax);
+    }
+}
+
+/* ---- dequantization (scalar; the compiler vectorizes the inner loops) ----
+ * Products are formed in the same order as gguf.quants, and each one is
+ * exact in float32 (fp16 scale x small integers), so the results are
+ * bit-identical to gguf.quants.dequantize. */
+
+void dequantize_row_q2_K(const void *vw, float *y, int n) {
+    const block_q2_K *w = (const block_q2_K *)vw;
+    for (int b = 0; b < n / QK_K; b++) {
+        const float d = fp16_to_fp32(w[b].d), dmin = fp16_to_fp32(w[b].dmin);
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int half = 0; half < 2; half++) {
+                    const int j = 8 * h + 2 * k + half; /* sub-block of 16 values */
+                    const float dl = d * (float)(w[b].scales[j] & 0xF);
+                    const float ml = dmin * (float)(w[b].scales[j] >> 4);
+                    const uint8_t *q = w[b].qs + 32 * h + 16 * half;
+                    for (int l = 0; l < 16; l++) y[16 * j + l] = dl * (float)((q[l] >> (2 * k)) & 3) - ml;
+                }
+        y += QK_K;
+    }
+}
+
+/* Q4_K and Q5_K: eight sub-blocks of 32; Q5_K adds a fifth bit from qh. */
+static void dequantize_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
+                          float d, float dmin, float *y) {
+    uint8_t sc[8], m[8];
+    unpack_scales_k4(scales, sc, m);
+    for (int j = 0; j < 8; j++) {
+        const float dl = d * (float)sc[j], ml = dmin * (float)m[j];
+        const uint8_t *q = qs + 32 * (j / 2);
+        const int shift = 4 * (j & 1);
+        for (int l = 0; l < 32; l++) {
+            int v = (q[l] >> shift) & 0xF;
+            if (qh) v |= ((qh[l] >> j) & 1) << 4;
+            y[32 * j + l] = dl * (float)v - ml;
+        }
+    }
+}
+
+void dequantize_row_q4_K(const void *vw, float *y, int n) {
+    const block_q4_K *w = (const block_q4_K *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K)
+        dequantize_k4(w[b].scales, w[b].qs, NULL, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin), y);
+}
+
+void dequantize_row_q5_K(const void *vw, float *y, int n) {
+    const block_q5_K *w = (const block_q5_K *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K)
+        dequantize_k4(w[b].scales, w[b].qs, w[b].qh, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin), y);
+}
+
+/* Q6_K value i of half h (128 values): low nibble from ql, top two bits from qh,
+ * minus 32. Within a half, the 32-value group k takes ql bytes (k&1)*32 + l,
+ * nibble k/2, and qh bits 2k..2k+1. */
+static inline int q6_K_value(const block_q6_K *w, int h, int k, int l) {
+    const int lo = (w->ql[64 * h + 32 * (k & 1) + l] >> (4 * (k >> 1))) & 0xF;
+    const int hi = (w->qh[32 * h + l] >> (2 * k)) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+void dequantize_row_q6_K(const void *vw, float *y, int n) {
+    const block_q6_K *w = (const block_q6_K *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K) {
+        const float d = fp16_to_fp32(w[b].d);
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < 32; l++) {
+                    const int i = 128 * h + 32 * k + l;
+                    y[i] = (d * (float)w[b].scales[i / 16]) * (float)q6_K_value(w + b, h, k, l);
+                }
+    }
+}
+
+/* IQ1_S: eight groups of 32; group ib has a 3-bit scale (qh bits 12-14, used as
+ * 2s+1), a delta sign (bit 15: set means -1/8) and four 11-bit grid indices
+ * (8 bits from qs, 3 more from qh bits 3l..3l+2). */
+static inline int iq1s_index(const block_iq1_s *w, int ib, int l) {
+    return w->qs[4 * ib + l] | (((w->qh[ib] >> (3 * l)) & 7) << 8);
+}
+
+void dequantize_row_iq1_s(const void *vw, float *y, int n) {
+    const block_iq1_s *w = (const block_iq1_s *)vw;
+    for (int b = 0; b < n / QK_K; b++) {
+        const float d = fp16_to_fp32(w[b].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const uint16_t qh = w[b].qh[ib];
+            const float dl = d * (float)(2 * ((qh >> 12) & 7) + 1);
+            const float delta = (qh & 0x8000) ? -0.125f : 0.125f;
+            for (int l = 0; l < 4; l++) {
+                const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
+                for (int j = 0; j < 8; j++) *y++ = dl * ((float)((int)g[j] - 1) + delta);
+            }
+        }
+    }
+}
+
+/* ---- AVX2 helpers ------------------------------------------------------ */
+#if MINILLM_AVX2
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* pshufb controls replicating 16-bit element j of each 128-bit half */
+#define REP16(j) _mm256_set1_epi16((short)((2 * (j)) | ((2 * (j) + 1) << 8)))
+
+/* 16 bytes (s0..s15) -> (s0, s2, ..., s14, s1, s3, ..., s15): widened to int16,
+ * the low half of the ymm then holds the even sub-block scales and the high half
+ * the odd ones, so REP16(m) yields [s_2m x 8 | s_2m+1 x 8] for a 32-value group
+ * made of two 16-value sub-blocks. */
+static inline __m128i even_odd_bytes(__m128i s) {
+    return _mm_shuffle_epi8(s, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+}
+
+#endif
+
+/* ---- Q2_K -------------------------------------------------------------- */
+
+float vec_dot_q2_K(int n, const void *vw, const void *va) {
+    const block_q2_K *w = (const block_q2_K *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    const int nb = n / QK_K;
+#if MINILLM_AVX2
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)w[b].scales);
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m4));
+        const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[b].bsums), mins16);
+        const __m256i sc = _mm256_cvtepu8_epi16(even_odd_bytes(_mm_and_si128(sc8, m4)));
+        const int8_t *q8 = a[b].qs;
+        __m256i isum = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * h));
+            for (int k = 0; k < 4; k++) {
+                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+                __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
+                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, REP16(4 * h + k)));
+                isum = _mm256_add_epi32(isum, p);
+            }
+        }
+        const float da = a[b].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(da * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(isum), acc);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(da * fp16_to_fp32(w[b].dmin)), _mm256_cvtepi32_ps(mins), accm);
+    }
+    return hsum_ps(acc) - hsum_ps(accm);
+#else
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0, msum = 0;
+        for (int j = 0; j < 16; j++) {
+            const int h = j / 8, k = (j % 8) / 2, half = j & 1;
+            const uint8_t *q = w[b].qs + 32 * h + 16 * half;
+            const int8_t *q8 = a[b].qs + 16 * j;
+            int s = 0;
+            for (int l = 0; l < 16; l++) s += ((q[l] >> (2 * k)) & 3) * q8[l];
+            isum += (w[b].scales[j] & 0xF) * s;
+            msum += (w[b].scales[j] >> 4) * a[b].bsums[j];
+        }
+        sum += a[b].d * (fp16_to_fp32(w[b].d) * (float)isum - fp16_to_fp32(w[b].dmin) * (float)msum);
+    }
+    return sum;
+#endif
+}
+
+/* ---- Q4_K and Q5_K ------------------------------------------------------- */
+
+#if MINILLM_AVX2
+/* scales and mins of a Q4_K/Q5_K block as bytes: sc0..sc7, m0..m7 */
+static inline __m128i scales_k4_bytes(const uint8_t *s) {
+    uint32_t u[3];
+    memcpy(u, s, 12);
+    const uint32_t sc_lo = u[0] & 0x3f3f3f3f, m_lo = u[1] & 0x3f3f3f3f;
+    const uint32_t sc_hi = (u[2] & 0x0f0f0f0f) | ((u[0] >> 2) & 0x30303030);
+    const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 2) & 0x30303030);
+    return _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi);
+}
+
+/* Shared body: qh == NULL for Q4_K. Returns nothing, accumulates into acc/accm. */
+static inline void dot_k4_block(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
+                                const block_q8_K *a, float dd, float dm, __m256 *acc, __m256 *accm) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), bit4 = _mm256_set1_epi8(0x10);
+    const __m128i scm = scales_k4_bytes(scales);
+    /* mins: m_j * (bsums[2j] + bsums[2j+1]) */
+    const __m128i mdup = _mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15));
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), _mm256_cvtepu8_epi16(mdup));
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(_mm256_cvtepu8_epi16(scm)));
+    __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    __m256i isum = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(qv, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        if (qh) { /* bits 2c and 2c+1 of each qh byte (hb is pre-shifted by 2c) -> bit 4 */
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
+            hb = _mm256_srli_epi16(hb, 2);
+        }
+        __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(a->qs + 64 * c)));
+        __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a->qs + 64 * c + 32)));
+        plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, REP16(2 * c)));
+        phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, REP16(2 * c + 1)));
+        isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(isum), *acc);
+    *accm = _mm256_fmadd_ps(_mm256_set1_ps(dm), _mm256_cvtepi32_ps(mins), *accm);
+}
+#else
+static inline float dot_k4_block(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
+                                 const block_q8_K *a, float d, float dmin) {
+    uint8_t sc[8], m[8];
+    unpack_scales_k4(scales, sc, m);
+    int isum = 0, msum = 0;
+    for (int j = 0; j < 8; j++) {
+        const uint8_t *q = qs + 32 * (j / 2);
+        const int shift = 4 * (j & 1);
+        int s = 0;
+        for (int l = 0; l < 32; l++) {
+            int v = (q[l] >> shift) & 0xF;
+            if (qh) v |= ((qh[l] >> j) & 1) << 4;
+            s += v * a->qs[32 * j + l];
+        }
+        isum += sc[j] * s;
+        msum += m[j] * (a->bsums[2 * j] + a->bsums[2 * j + 1]);
+    }
+    return a->d * (d * (float)isum - dmin * (float)msum);
+}
+#endif
+
+float vec_dot_q4_K(int n, const void *vw, const void *va) {
+    const block_q4_K *w = (const block_q4_K *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+#if MINILLM_AVX2
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++)
+        dot_k4_block(w[b].scales, w[b].qs, NULL, a + b, a[b].d * fp16_to_fp32(w[b].d),
+                     a[b].d * fp16_to_fp32(w[b].dmin), &acc, &accm);
+    return hsum_ps(acc) - hsum_ps(accm);
+#else
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK_K; b++)
+        sum += dot_k4_block(w[b].scales, w[b].qs, NULL, a + b, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin));
+    return sum;
+#endif
+}
+
+float vec_dot_q5_K(int n, const void *vw, const void *va) {
+    const block_q5_K *w = (const block_q5_K *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+#if MINILLM_AVX2
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++)
+        dot_k4_block(w[b].scales, w[b].qs, w[b].qh, a + b, a[b].d * fp16_to_fp32(w[b].d),
+                     a[b].d * fp16_to_fp32(w[b].dmin), &acc, &accm);
+    return hsum_ps(acc) - hsum_ps(accm);
+#else
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK_K; b++)
+        sum += dot_k4_block(w[b].scales, w[b].qs, w[b].qh, a + b, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin));
+    return sum;
+#endif
+}
+
+/* ---- Q6_K -------------------------------------------------------------- */
+
+float vec_dot_q6_K(int n, const void *vw, const void *va) {
+    const block_q6_K *w = (const block_q6_K *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    const int nb = n / QK_K;
+#if MINILLM_AVX2
+    /* codes are fed unsigned (0..63); the -32 offset is taken off with the bsums */
+    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)w[b].scales);
+        const __m256i offs = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[b].bsums), _mm256_cvtepi8_epi16(sc8));
+        const __m256i sc = _mm256_cvtepi8_epi16(even_odd_bytes(sc8));
+        const int8_t *q8 = a[b].qs;
+        __m256i isum = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(w[b].ql + 64 * h));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(w[b].ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+            for (int k = 0; k < 4; k++) {
+                __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
+                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, REP16(4 * h + k)));
+                isum = _mm256_add_epi32(isum, p);
+            }
+        }
+        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(offs, 5));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(a[b].d * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(isum), acc);
+    }
+    return hsum_ps(acc);
+#else
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0;
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int half = 0; half < 2; half++) {
+                    const int j = 8 * h + 2 * k + half;
+                    int s = 0;
+                    for (int l = 16 * half; l < 16 * half + 16; l++)
+                        s += q6_K_value(w + b, h, k, l) * a[b].qs[128 * h + 32 * k + l];
+                    isum += w[b].scales[j] * s;
+                }
+        sum += a[b].d * fp16_to_fp32(w[b].d) * (float)isum;
+    }
+    return sum;
+#endif
+}
+
+/* ---- IQ1_S ------------------------------------------------------------- */
+/* Group ib contributes d*ls * sum (g + delta) * a  with ls = 2s+1, delta = +-1/8.
+ * Scaled by 8 this is all-integer:  ls * (8 * <g, a> +- sum(a)), so a block costs
+ * one float multiply-add. The AVX2 body multiplies the stored codes g+1 (0..2)
+ * with maddubs, which adds sum(a) once more: ls * (8 <g+1, a> + (-8 +- 1) sum(a)). */
+
+float vec_dot_iq1_s(int n, const void *vw, const void *va) {
+    const block_iq1_s *w = (const block_iq1_s *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    const int nb = n / QK_K;
+#if MINILLM_AVX2
+    /* Byte offsets idx*8 into the grid, for the 32 indices of a block: entry
+     * e = 4ib + l is qs[e] << 3 | ((qh[ib] >> 3l) & 7) << 11; the shift of qh by
+     * 11 - 3l is a 16-bit multiply, the mask keeps bits 11..13. */
+    const __m256i qh_mul = _mm256_setr_epi16(1 << 11, 1 << 8, 1 << 5, 1 << 2, 1 << 11, 1 << 8, 1 << 5, 1 << 2,
+                                             1 << 11, 1 << 8, 1 << 5, 1 << 2, 1 << 11, 1 << 8, 1 << 5, 1 << 2);
+    const __m256i rep_lo = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                            4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7);
+    const __m256i rep_hi = _mm256_add_epi8(rep_lo, _mm256_set1_epi8(8));
+    const __m256i hmask = _mm256_set1_epi16(0x3800);
+    const char *grid = (const char *)iq1s_grid_u;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m128i qh = _mm_loadu_si128((const __m128i *)w[b].qh);
+        const __m256i qhb = _mm256_broadcastsi128_si256(qh);
+        uint16_t off[32] __attribute__((aligned(32)));
+        const __m256i qs0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w[b].qs));
+        const __m256i qs1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w[b].qs + 16)));
+        const __m256i h0 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_lo), qh_mul), hmask);
+        const __m256i h1 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_hi), qh_mul), hmask);
+        _mm256_store_si256((__m256i *)off, _mm256_or_si256(_mm256_slli_epi16(qs0, 3), h0));
+        _mm256_store_si256((__m256i *)(off + 16), _mm256_or_si256(_mm256_slli_epi16(qs1, 3), h1));
+
+        /* ls = 2s+1 per group, and the sum(a) coefficient ls * (-8 +- 1) */
+        const __m128i ls = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qh, 11), _mm_set1_epi16(0xE)), _mm_set1_epi16(1));
+        const __m128i neg = _mm_srai_epi16(qh, 15); /* -1 where delta is -1/8 */
+        const __m128i coef = _mm_mullo_epi16(ls, _mm_add_epi16(_mm_set1_epi16(-7), _mm_add_epi16(neg, neg)));
+        const __m256i coef2 = _mm256_setr_m128i(_mm_unpacklo_epi16(coef, coef), _mm_unpackhi_epi16(coef, coef));
+        const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[b].bsums), coef2);
+        const __m256i lsb = _mm256_broadcastsi128_si256(ls);
+
+        const int8_t *q8 = a[b].qs;
+        __m256i isum = _mm256_setzero_si256();
+        for (int ib = 0; ib < 8; ib++) {
+            const uint16_t *o = off + 4 * ib;
+            const __m256i g0 = _mm256_set1_epi64x(*(const int64_t *)(grid + o[0]));
+            const __m256i g1 = _mm256_set1_epi64x(*(const int64_t *)(grid + o[1]));
+            const __m256i g2 = _mm256_set1_epi64x(*(const int64_t *)(grid + o[2]));
+            const __m256i g3 = _mm256_set1_epi64x(*(const int64_t *)(grid + o[3]));
+            const __m256i g = _mm256_blend_epi32(_mm256_blend_epi32(g0, g1, 0x0C), _mm256_blend_epi32(g2, g3, 0xC0), 0xF0);
+            __m256i p = _mm256_maddubs_epi16(g, _mm256_loadu_si256((const __m256i *)(q8 + 32 * ib)));
+            p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(lsb, REP16(ib)));
+            isum = _mm256_add_epi32(isum, p);
+        }
+        const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(isum, 3), corr);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a[b].d * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(t), acc);
+    }
+    return hsum_ps(acc);
+#else
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const uint16_t qh = w[b].qh[ib];
+            int s = 0;
+            for (int l = 0; l < 4; l++) {
+                const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
+                const int8_t *q8 = a[b].qs + 32 * ib + 8 * l;
+                for (int j = 0; j < 8; j++) s += ((int)g[j] - 1) * q8[j];
+            }
+            const int asum = a[b].bsums[2 * ib] + a[b].bsums[2 * ib + 1];
+            isum += (2 * ((qh >> 12) & 7) + 1) * (8 * s + ((qh & 0x8000) ? -asum : asum));
+        }
+        sum += 0.125f * a[b].d * fp16_to_fp32(w[b].d) * (float)isum;
+    }
+    return sum;
+#endif
+}
