@@ -60,6 +60,20 @@ typedef void (*dequantize_row_fn)(const void *w, float *y, int n);
 typedef float (*vec_dot_fn)(int n, const void *w, const void *a);
 typedef void (*quantize_row_fn)(const float *x, void *y, int n);
 
+/* ---- the float and 32-value types (quants_scalar.c / quants_avx2.c, selected in type_table.c) ---- */
+void quantize_row_q8_0(const float *x, void *y, int n);
+#define MINILLM_DECLARE_CONTRACT(t)                                  \
+    void dequantize_row_##t(const void *w, float *y, int n);        \
+    float vec_dot_##t(int n, const void *w, const void *a);
+MINILLM_DECLARE_CONTRACT(f32)
+MINILLM_DECLARE_CONTRACT(f16)
+MINILLM_DECLARE_CONTRACT(bf16)
+MINILLM_DECLARE_CONTRACT(q8_0)
+MINILLM_DECLARE_CONTRACT(q4_0)
+MINILLM_DECLARE_CONTRACT(q5_0)
+MINILLM_DECLARE_CONTRACT(iq4_nl)
+#undef MINILLM_DECLARE_CONTRACT
+
 /* ---- half precision conversion (F16C when available) ---- */
 static inline float fp16_to_fp32(fp16_t h) {
 #if MINILLM_AVX2
