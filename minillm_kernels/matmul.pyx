@@ -1,4 +1,4 @@
-# distutils: sources = minillm_kernels/csrc/quants_scalar.c minillm_kernels/csrc/quants_avx2.c minillm_kernels/csrc/type_table.c minillm_kernels/csrc/matmul_driver.c minillm_kernels/csrc/kquants_link.c
+# distutils: sources = minillm_kernels/csrc/quants_scalar.c minillm_kernels/csrc/quants_avx2.c minillm_kernels/csrc/type_table.c minillm_kernels/csrc/matmul_driver.c minillm_kernels/csrc/kquants_link.c minillm_kernels/csrc/membench.c
 """Matrix products with ggml-quantized weights: one call per layer operation.
 
 Weights are raw GGUF bytes: a uint8 array whose last axis is one row of
@@ -17,9 +17,15 @@ count (each output element is computed by one thread, in a fixed order).
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 
 cnp.import_array()
+
+cdef extern from * nogil:
+    """
+    uint64_t stream_read_sum(const uint8_t *buf, size_t n, int n_threads);
+    """
+    uint64_t stream_read_sum(const uint8_t *buf, size_t n, int n_threads)
 
 _ACT_NAMES = {0: "F32", 8: "Q8_0", 15: "Q8_K"}
 
@@ -336,3 +342,19 @@ def quantize_activations(x, int wtype, n_threads=0):
 def quantize_q8_0(x):
     """x float32 [N, K] (K a multiple of 32) -> q8_0 blocks uint8 [N, K / 32 * 34]."""
     return quantize_activations(x, 8)
+
+
+def stream_read(buf, n_threads=1):
+    """Read every byte of buf (uint8, C-contiguous; whole 4 KiB chunks) once, with the GIL
+    released: time it to measure the memory read bandwidth.  Returns a checksum."""
+    _check_array(buf, "buf", np.uint8)
+    cdef int nth = _check_threads(n_threads)
+    if nth == 0:
+        nth = mm_max_threads()
+    cdef cnp.ndarray ab = buf
+    cdef const uint8_t *p = _u8(ab)
+    cdef size_t n = ab.size
+    cdef uint64_t s
+    with nogil:
+        s = stream_read_sum(p, n, nth)
+    return int(s)
