@@ -266,14 +266,19 @@ float vec_dot_q2_K(int n, const void *vw, const void *va) {
 /* ---- Q4_K and Q5_K ------------------------------------------------------- */
 
 #if MINILLM_AVX2
-/* scales and mins of a Q4_K/Q5_K block as bytes: sc0..sc7, m0..m7 */
+/* scales and mins of a Q4_K/Q5_K block as bytes sc0..sc7, m0..m7. With the
+ * 12 bytes as 32-bit words u0, u1, u2 the four output words are
+ *   u0 & 0x3f3f3f3f,  (u2 & 0x0f0f0f0f) | ((u0 >> 2) & 0x30303030),
+ *   u1 & 0x3f3f3f3f,  ((u2 >> 4) & 0x0f0f0f0f) | ((u1 >> 2) & 0x30303030).
+ * Reads 16 bytes from s (the 4 after the scales are quants of the same block). */
 static inline __m128i scales_k4_bytes(const uint8_t *s) {
-    uint32_t u[3];
-    memcpy(u, s, 12);
-    const uint32_t sc_lo = u[0] & 0x3f3f3f3f, m_lo = u[1] & 0x3f3f3f3f;
-    const uint32_t sc_hi = (u[2] & 0x0f0f0f0f) | ((u[0] >> 2) & 0x30303030);
-    const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 2) & 0x30303030);
-    return _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi);
+    const __m128i v = _mm_loadu_si128((const __m128i *)s);
+    const __m128i x = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    const __m128i y = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(x, _mm_setr_epi32(0, 0, 0, 4)),
+                                     _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(y, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+    return _mm_or_si128(lo, hi);
 }
 
 /* Shared body: qh == NULL for Q4_K. Returns nothing, accumulates into acc/accm. */
@@ -440,13 +445,11 @@ float vec_dot_iq1_s(int n, const void *vw, const void *va) {
     for (int b = 0; b < nb; b++) {
         const __m128i qh = _mm_loadu_si128((const __m128i *)w[b].qh);
         const __m256i qhb = _mm256_broadcastsi128_si256(qh);
-        uint16_t off[32] __attribute__((aligned(32)));
         const __m256i qs0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w[b].qs));
         const __m256i qs1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w[b].qs + 16)));
         const __m256i h0 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_lo), qh_mul), hmask);
         const __m256i h1 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_hi), qh_mul), hmask);
-        _mm256_store_si256((__m256i *)off, _mm256_or_si256(_mm256_slli_epi16(qs0, 3), h0));
-        _mm256_store_si256((__m256i *)(off + 16), _mm256_or_si256(_mm256_slli_epi16(qs1, 3), h1));
+        const __m256i off16[2] = {_mm256_or_si256(_mm256_slli_epi16(qs0, 3), h0), _mm256_or_si256(_mm256_slli_epi16(qs1, 3), h1)};
 
         /* ls = 2s+1 per group, and the sum(a) coefficient ls * (-8 +- 1) */
         const __m128i ls = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qh, 11), _mm_set1_epi16(0xE)), _mm_set1_epi16(1));
@@ -458,16 +461,18 @@ float vec_dot_iq1_s(int n, const void *vw, const void *va) {
 
         const int8_t *q8 = a[b].qs;
         __m256i isum = _mm256_setzero_si256();
-        for (int ib = 0; ib < 8; ib++) {
-            const uint16_t *o = off + 4 * ib;
-            const __m256i g0 = _mm256_set1_epi64x(*(const int64_t *)(grid + o[0]));
-            const __m256i g1 = _mm256_set1_epi64x(*(const int64_t *)(grid + o[1]));
-            const __m256i g2 = _mm256_set1_epi64x(*(const int64_t *)(grid + o[2]));
-            const __m256i g3 = _mm256_set1_epi64x(*(const int64_t *)(grid + o[3]));
-            const __m256i g = _mm256_blend_epi32(_mm256_blend_epi32(g0, g1, 0x0C), _mm256_blend_epi32(g2, g3, 0xC0), 0xF0);
-            __m256i p = _mm256_maddubs_epi16(g, _mm256_loadu_si256((const __m256i *)(q8 + 32 * ib)));
-            p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(lsb, REP16(ib)));
-            isum = _mm256_add_epi32(isum, p);
+        for (int ib = 0; ib < 8; ib += 2) {
+            /* offsets of groups ib, ib+1 as 32-bit; each gather fetches one group's 4 grid points.
+             * (On this CPU gathers beat 4 scalar loads + blends: fewer uops per group.) */
+            const __m128i o16 = (ib & 2) ? _mm256_extracti128_si256(off16[ib / 4], 1) : _mm256_castsi256_si128(off16[ib / 4]);
+            const __m256i o32 = _mm256_cvtepu16_epi32(o16);
+            const __m256i g0 = _mm256_i32gather_epi64((const long long *)grid, _mm256_castsi256_si128(o32), 1);
+            const __m256i g1 = _mm256_i32gather_epi64((const long long *)grid, _mm256_extracti128_si256(o32, 1), 1);
+            __m256i p0 = _mm256_maddubs_epi16(g0, _mm256_loadu_si256((const __m256i *)(q8 + 32 * ib)));
+            __m256i p1 = _mm256_maddubs_epi16(g1, _mm256_loadu_si256((const __m256i *)(q8 + 32 * ib + 32)));
+            p0 = _mm256_madd_epi16(p0, _mm256_shuffle_epi8(lsb, REP16(ib)));
+            p1 = _mm256_madd_epi16(p1, _mm256_shuffle_epi8(lsb, REP16(ib + 1)));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
         }
         const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(isum, 3), corr);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a[b].d * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(t), acc);
