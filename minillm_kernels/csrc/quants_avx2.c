@@ -72,9 +72,11 @@ void dequantize_row_f16_avx2(const void *w, float *y, int n) {
 /* ---- block unpackers: one 32-value weight block -> 32 signed bytes in value order ---- */
 
 ALWAYS_INLINE __m256i nibbles_32(const uint8_t *qs) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
-    const __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q); /* low nibbles: values 0-15, high: 16-31 */
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+    /* both 128-bit lanes get the 16 bytes; the high lane is shifted right by 4:
+     * low nibbles are values 0-15, high nibbles values 16-31 */
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    const __m256i shifted = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
 }
 
 ALWAYS_INLINE __m256i unpack_q8_0(const block_q8_0 *b) { return _mm256_loadu_si256((const __m256i *)b->qs); }
@@ -112,21 +114,21 @@ ALWAYS_INLINE __m256i unpack_q5_0(const block_q5_0 *b) {
             for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();                         \
         for (int i = 0; i < n / QK; i++) {                                                       \
             __m256i q[TILE_MAX_R], aq[TILE_MAX_R];                                               \
-            float dw[TILE_MAX_R];                                                                \
+            __m256 dw[TILE_MAX_R];                                                               \
             for (int r = 0; r < R; r++) {                                                        \
                 const block_t *b = (const block_t *)(w + r * ws) + i;                            \
                 q[r] = unpack(b);                                                                \
                 aq[r] = _mm256_sign_epi8(q[r], q[r]);                                            \
-                dw[r] = fp16_to_fp32(b->d);                                                      \
+                dw[r] = _mm256_set1_ps(fp16_to_fp32(b->d));                                      \
             }                                                                                    \
             for (int c = 0; c < C; c++) {                                                        \
                 const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                      \
                 const __m256i yq = _mm256_loadu_si256((const __m256i *)y->qs);                   \
-                const float dy = fp16_to_fp32(y->d);                                             \
+                const __m256 dy = _mm256_set1_ps(fp16_to_fp32(y->d));                            \
                 for (int r = 0; r < R; r++) {                                                    \
                     const __m256i p16 = _mm256_maddubs_epi16(aq[r], _mm256_sign_epi8(yq, q[r])); \
                     const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));           \
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * dy), p, acc[r][c]);       \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), p, acc[r][c]);         \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \

@@ -35,12 +35,12 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 
 static const type_traits TABLE[] = {
     OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4),
-    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 3, 4),
-    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 3, 4),
-    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 2, 4, 4),
-    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 2, 4, 4),
-    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 2, 4, 4),
-    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 2, 4, 4),
+    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4),
+    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4),
 #if HAVE_KQUANTS
     K_TYPE(GGML_Q2_K, q2_K, 84),
     K_TYPE(GGML_Q4_K, q4_K, 144),
