@@ -7,7 +7,10 @@ fused MoE op (8 and 6 active of 64 experts for one token; 6 of 64 for 512
 tokens).  Weights are random valid blocks; for GEMV and decode MoE several
 copies are cycled so that the weights come from RAM, not the last-level cache.
 Every figure is the median of repetitions; ik_llama.cpp's figures for the same
-op (IK_OPS below) are printed beside ours with the ratio.
+op (IK_OPS below) are printed beside ours with the ratio, and with --ik its
+mul_mat is also timed in this run, alternating with ours on the same weights
+(the fairest comparison on a shared machine).  On an oversubscribed machine
+set OMP_WAIT_POLICY=passive: spinning OpenMP workers then stall each other.
 
     python tools/bench_kernels.py                      # all types, table
     python tools/bench_kernels.py --types Q8_0,IQ4_NL --ops gemv --json out.json
@@ -109,6 +112,74 @@ IK_OPS = {  # (type, op name): (N=1 1thr GB/s, N=1 2thr GB/s, N=512 1thr GFLOP/s
     ("BF16", "moe_down"): (14.1, 21.2, 45.9, 91.1),
 }
 
+class IkGgml:
+    """ik_llama.cpp's ggml_mul_mat through the ik-llama-cpp-python wheel's libggml (ctypes), timed in
+    the same run as ours on the same weight bytes: a side-by-side ratio that the machine's load
+    affects equally (the IK_OPS figures come from another session)."""
+
+    def __init__(self):
+        import ctypes
+        import ik_llama_cpp
+
+        self.c = ctypes
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(ik_llama_cpp.__file__), "lib", "libggml.so"))
+
+        class InitParams(ctypes.Structure):
+            _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+        self.InitParams = InitParams
+        vp = ctypes.c_void_p
+        for name, res, args in [("ggml_init", vp, [InitParams]),
+                                ("ggml_new_tensor_2d", vp, [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
+                                ("ggml_mul_mat", vp, [vp, vp, vp]), ("ggml_new_graph", vp, [vp]),
+                                ("ggml_build_forward_expand", None, [vp, vp]),
+                                ("ggml_graph_compute_with_ctx", ctypes.c_int, [vp, vp, ctypes.c_int]),
+                                ("ggml_get_data", vp, [vp]), ("ggml_free", None, [vp])]:
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        self.lib = lib
+
+    def prepare(self, ws, t, x):
+        """one graph per weight copy: y = W x; returns (ctx, graphs, out pointers)"""
+        lib, c = self.lib, self.c
+        n, k = x.shape
+        m = ws[0].shape[0]
+        mem = sum(w.nbytes for w in ws) + len(ws) * (x.nbytes + n * m * 4 + 4096) + n * k * 4 + (64 << 20)
+        ctx = lib.ggml_init(self.InitParams(int(mem), None, False))
+        if not ctx:
+            raise MemoryError("ggml_init")
+        graphs = []
+        for w in ws:
+            a = lib.ggml_new_tensor_2d(ctx, t, k, m)
+            b = lib.ggml_new_tensor_2d(ctx, 0, k, n)
+            c.memmove(lib.ggml_get_data(a), w.ctypes.data, w.nbytes)
+            c.memmove(lib.ggml_get_data(b), x.ctypes.data, x.nbytes)
+            g = lib.ggml_new_graph(ctx)
+            lib.ggml_build_forward_expand(g, lib.ggml_mul_mat(ctx, a, b))
+            graphs.append(g)
+        return ctx, graphs
+
+    def compute(self, ctx, graph, n_threads):
+        self.lib.ggml_graph_compute_with_ctx(ctx, graph, n_threads)
+
+    def free(self, ctx):
+        self.lib.ggml_free(ctx)
+
+
+def paired_median_times(ours, theirs, min_reps, min_seconds):
+    """alternate our call and ik's so both see the same machine load; medians of each"""
+    a, b, start = [], [], time.perf_counter()
+    while len(a) < min_reps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        ours(len(a))
+        t1 = time.perf_counter()
+        theirs(len(b))
+        t2 = time.perf_counter()
+        a.append(t1 - t0)
+        b.append(t2 - t1)
+    return statistics.median(a), statistics.median(b)
+
+
 # (name, K, M): weight [K -> M]; the ik row with the same name is the comparison
 SHAPES = [("attn_q", 2048, 3072), ("attn_output", 2048, 2048), ("exp_up", 2048, 1408),
           ("exp_down", 1408, 2048), ("dense", 2048, 10944), ("dense_down", 10944, 2048),
@@ -160,23 +231,39 @@ def bench_type(tname, args, bw, records, rows):
             ws = copies_of(w, args.pool_bytes)
             x = rng.standard_normal(K, dtype=np.float32)
             out = np.empty(M, np.float32)
+            ikc = args.ik.prepare(ws, t, x.reshape(1, K)) if args.ik else None
             for nth in args.threads:
-                s = median_time(lambda i: mm.matmul(ws[i % len(ws)], t, x, out=out, n_threads=nth),
-                                args.reps, args.min_seconds)
+                ours = lambda i: mm.matmul(ws[i % len(ws)], t, x, out=out, n_threads=nth)  # noqa: E731
+                if ikc:
+                    s, s_ik = paired_median_times(ours, lambda i: args.ik.compute(ikc[0], ikc[1][i % len(ws)], nth),
+                                                  args.reps, args.min_seconds)
+                else:
+                    s, s_ik = median_time(ours, args.reps, args.min_seconds), None
                 gbps = w.nbytes / s / 1e9
                 ik = ik_fig(tname, name, 0 if nth == 1 else 1) if nth <= 2 else None
                 add(records, rows, "gemv", tname, f"{K}x{M}", 1, nth, s, gbps, gbps * 1e9 / bw[nth],
-                    None, ik, gbps / ik if ik else None, name)
+                    None, ik, gbps / ik if ik else None, name, s_ik / s if s_ik else None)
+            if ikc:
+                args.ik.free(ikc[0])
             del ws
         if "gemm" in args.ops and not (name == "output" and not args.gemm_output):
             x = rng.standard_normal((args.tokens, K), dtype=np.float32)
             out = np.empty((args.tokens, M), np.float32)
+            ikc = args.ik.prepare([w], t, x) if args.ik else None
             for nth in args.threads:
-                s = median_time(lambda i: mm.matmul(w, t, x, out=out, n_threads=nth), args.gemm_reps, 0)
+                ours = lambda i: mm.matmul(w, t, x, out=out, n_threads=nth)  # noqa: E731
+                if ikc:
+                    s, s_ik = paired_median_times(ours, lambda i: args.ik.compute(ikc[0], ikc[1][0], nth),
+                                                  args.gemm_reps, 0)
+                else:
+                    s, s_ik = median_time(ours, args.gemm_reps, 0), None
                 gflops = 2.0 * K * M * args.tokens / s / 1e9
                 ik = ik_fig(tname, name, 2 if nth == 1 else 3) if nth <= 2 else None
                 add(records, rows, "gemm", tname, f"{K}x{M}", args.tokens, nth, s, w.nbytes / s / 1e9,
-                    w.nbytes / s / bw[nth], gflops, ik, gflops / ik if ik else None, name)
+                    w.nbytes / s / bw[nth], gflops, ik, gflops / ik if ik else None, name,
+                    s_ik / s if s_ik else None)
+            if ikc:
+                args.ik.free(ikc[0])
         del w
     if "moe" in args.ops:
         bench_moe(tname, args, bw, records, rows)
@@ -225,22 +312,24 @@ def bench_moe(tname, args, bw, records, rows):
                 wbytes / s / bw[nth], flops / s / 1e9, ik, ours / ik if ik else None, "moe")
 
 
-def add(records, rows, op, tname, shape, tokens, nth, s, gbps, frac, gflops, ik, ratio, label):
+def add(records, rows, op, tname, shape, tokens, nth, s, gbps, frac, gflops, ik, ratio, label, same_run=None):
     records.append({"op": op, "type": tname, "shape": shape, "tokens": tokens, "threads": nth,
                     "seconds": s, "gbps": gbps, "bw_fraction": frac})
-    rows.append((op, tname, label, shape, tokens, nth, s * 1e3, gbps, frac, gflops, ik, ratio))
+    rows.append((op, tname, label, shape, tokens, nth, s * 1e3, gbps, frac, gflops, ik, ratio, same_run))
     if not rows_quiet[0]:
         print_row(rows[-1], sys.stderr)
 
 
 rows_quiet = [False]
-HEADER = ("op", "type", "name", "shape", "tok", "thr", "ms", "GB/s", "bw%", "GFLOP/s", "ik", "ratio")
+HEADER = ("op", "type", "name", "shape", "tok", "thr", "ms", "GB/s", "bw%", "GFLOP/s", "ik fig", "ratio",
+          "ik same run: t_ik/t_ours")
 
 
 def print_row(r, f):
-    op, tname, label, shape, tok, nth, ms, gbps, frac, gflops, ik, ratio = r
+    op, tname, label, shape, tok, nth, ms, gbps, frac, gflops, ik, ratio, same_run = r
     cells = [op, tname, label, shape, str(tok), str(nth), f"{ms:.3f}", f"{gbps:.2f}", f"{100 * frac:.0f}",
-             f"{gflops:.1f}" if gflops else "", f"{ik:.1f}" if ik else "", f"{ratio:.2f}" if ratio else ""]
+             f"{gflops:.1f}" if gflops else "", f"{ik:.1f}" if ik else "", f"{ratio:.2f}" if ratio else "",
+             f"{same_run:.2f}" if same_run else ""]
     print("| " + " | ".join(cells) + " |", file=f, flush=True)
 
 
@@ -258,9 +347,12 @@ def main():
     ap.add_argument("--max-weight-bytes", type=float, default=600e6, help="skip larger weight tensors")
     ap.add_argument("--skip-output", action="store_true", help="skip the 2048x102400 output shape")
     ap.add_argument("--gemm-output", action="store_true", help="also GEMM the output shape (slow)")
+    ap.add_argument("--ik", action="store_true",
+                    help="also time ik_llama.cpp's mul_mat (ik-llama-cpp-python wheel) in the same run")
     ap.add_argument("--json", nargs="?", const="-", help="write the records as JSON (to stdout with no file)")
     args = ap.parse_args()
     args.ops = set(args.ops.split(","))
+    args.ik = IkGgml() if args.ik else None
     args.threads = [int(v) for v in args.threads.split(",")]
     types = [v.strip().upper() for v in args.types.split(",")]
     for tn in types:
