@@ -65,6 +65,12 @@ def _build(tmpdir, scalar):
         dot = getattr(lib, f"vec_dot_{name}")
         dot.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         dot.restype = ctypes.c_float
+    lib.repack_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.repack_row_iq1_s_u.restype = None
+    lib.dequantize_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.dequantize_row_iq1_s_u.restype = None
+    lib.vec_dot_iq1_s_u.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.vec_dot_iq1_s_u.restype = ctypes.c_float
     return lib
 
 
@@ -330,3 +336,36 @@ def test_vec_dot_matches_ggml(libs, ggml, name):
         r = np.ascontiguousarray(r)
         fn(n, ctypes.byref(s), 0, ptr(r), 0, ptr(a_ik), 0, 1)
         assert abs(dot(libs["simd"], name, r, a_raw) - s.value) <= 2e-6 * scale[i], (name, i)
+
+
+# ---- IQ1_S repacked to 2-bit codes (load-time conversion) -------------------
+
+IQ1_S_U_BYTES = 74
+
+
+def repack_iq1_s_u(lib, raw_row):
+    n = raw_row.size // block_bytes("iq1_s") * QK_K
+    out = np.zeros(n // QK_K * IQ1_S_U_BYTES, dtype=np.uint8)
+    lib.repack_row_iq1_s_u(ptr(raw_row), ptr(out), n)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["simd", "scalar"])
+def test_iq1_s_u_repack_is_exact(libs, kind):
+    """Repacked rows dequantize like gguf.quants does the IQ1_S row, and their dot
+    products are bit-identical to vec_dot_iq1_s on the original row."""
+    rng = np.random.default_rng(9)
+    lib = libs[kind]
+    for n in LENGTHS:
+        x = activations(rng, n)
+        a_raw = q8_K(lib, x)
+        raw = random_blocks(rng, "iq1_s", 4 * (n // QK_K)).reshape(4, -1)
+        raw[0, :50] = 0                                  # an all-zero block
+        for r in raw:
+            r = np.ascontiguousarray(r)
+            u = repack_iq1_s_u(lib, r)
+            out = np.empty(n, dtype=np.float32)
+            lib.dequantize_row_iq1_s_u(ptr(u), ptr(out), n)
+            np.testing.assert_array_equal(out.view(np.uint32), gguf_dequant("iq1_s", r).view(np.uint32))
+            got = np.float32(lib.vec_dot_iq1_s_u(n, ptr(u), ptr(a_raw)))
+            assert got.view(np.uint32) == np.float32(dot(lib, "iq1_s", r, a_raw)).view(np.uint32)

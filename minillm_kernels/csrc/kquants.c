@@ -147,11 +147,11 @@ void dequantize_row_q5_K(const void *vw, float *y, int n) {
 
 /* Q6_K value i of half h (128 values): low nibble from ql, top two bits from qh,
  * minus 32. Within a half, the 32-value group k takes ql bytes (k&1)*32 + l,
- * nibble k/2, and qh bits 2k..2k+1. */
-static inline int q6_K_value(const block_q6_K *w, int h, int k, int l) {
+ * nibble k/2, and qh bits 2k..2k+1 (the code; the value is code - 32). */
+static inline int q6_K_code(const block_q6_K *w, int h, int k, int l) {
     const int lo = (w->ql[64 * h + 32 * (k & 1) + l] >> (4 * (k >> 1))) & 0xF;
     const int hi = (w->qh[32 * h + l] >> (2 * k)) & 3;
-    return (lo | (hi << 4)) - 32;
+    return lo | (hi << 4);
 }
 
 void dequantize_row_q6_K(const void *vw, float *y, int n) {
@@ -162,7 +162,7 @@ void dequantize_row_q6_K(const void *vw, float *y, int n) {
             for (int k = 0; k < 4; k++)
                 for (int l = 0; l < 32; l++) {
                     const int i = 128 * h + 32 * k + l;
-                    y[i] = (d * (float)w[b].scales[i / 16]) * (float)q6_K_value(w + b, h, k, l);
+                    y[i] = (d * (float)w[b].scales[i / 16]) * (float)(q6_K_code(w + b, h, k, l) - 32);
                 }
     }
 }
@@ -189,6 +189,12 @@ void dequantize_row_iq1_s(const void *vw, float *y, int n) {
         }
     }
 }
+
+/* Note on the scalar dot products: they multiply the unsigned codes (before any
+ * offset is subtracted) with the int8 activations and take offsets off through
+ * the activation sums. Besides matching the SIMD bodies, this sidesteps a gcc 12
+ * miscompilation (-O3 -march=native with AVX-VNNI) that vectorizes
+ * sum((code - 1) * q8) into an unsigned x signed byte dot product. */
 
 /* ---- AVX2 helpers ------------------------------------------------------ */
 #if MINILLM_AVX2
@@ -411,8 +417,8 @@ float vec_dot_q6_K(int n, const void *vw, const void *va) {
                     const int j = 8 * h + 2 * k + half;
                     int s = 0;
                     for (int l = 16 * half; l < 16 * half + 16; l++)
-                        s += q6_K_value(w + b, h, k, l) * a[b].qs[128 * h + 32 * k + l];
-                    isum += w[b].scales[j] * s;
+                        s += q6_K_code(w + b, h, k, l) * a[b].qs[128 * h + 32 * k + l];
+                    isum += w[b].scales[j] * (s - 32 * a[b].bsums[j]);
                 }
         sum += a[b].d * fp16_to_fp32(w[b].d) * (float)isum;
     }
@@ -488,10 +494,96 @@ float vec_dot_iq1_s(int n, const void *vw, const void *va) {
             for (int l = 0; l < 4; l++) {
                 const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
                 const int8_t *q8 = a[b].qs + 32 * ib + 8 * l;
-                for (int j = 0; j < 8; j++) s += ((int)g[j] - 1) * q8[j];
+                for (int j = 0; j < 8; j++) s += g[j] * q8[j];
             }
             const int asum = a[b].bsums[2 * ib] + a[b].bsums[2 * ib + 1];
+            s -= asum; /* the grid stores g + 1 */
             isum += (2 * ((qh >> 12) & 7) + 1) * (8 * s + ((qh & 0x8000) ? -asum : asum));
+        }
+        sum += 0.125f * a[b].d * fp16_to_fp32(w[b].d) * (float)isum;
+    }
+    return sum;
+#endif
+}
+
+/* ---- IQ1_S repacked to 2-bit codes (block_iq1_s_u, see kquants.h) -------- */
+
+void repack_row_iq1_s_u(const void *vw, void *vy, int n) {
+    const block_iq1_s *w = (const block_iq1_s *)vw;
+    block_iq1_s_u *y = (block_iq1_s_u *)vy;
+    for (int b = 0; b < n / QK_K; b++) {
+        y[b].d = w[b].d;
+        memset(y[b].qs, 0, sizeof(y[b].qs));
+        for (int ib = 0; ib < 8; ib++) {
+            const uint16_t qh = w[b].qh[ib];
+            y[b].sc[ib] = (uint8_t)(((qh >> 12) & 7) | ((qh >> 15) << 3));
+            for (int l = 0; l < 4; l++) {
+                const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
+                for (int j = 0; j < 8; j++) {
+                    const int i = 32 * ib + 8 * l + j, h = i / 128, k = (i % 128) / 32;
+                    y[b].qs[32 * h + i % 32] |= (uint8_t)(g[j] << (2 * k));
+                }
+            }
+        }
+    }
+}
+
+void dequantize_row_iq1_s_u(const void *vw, float *y, int n) {
+    const block_iq1_s_u *w = (const block_iq1_s_u *)vw;
+    for (int b = 0; b < n / QK_K; b++) {
+        const float d = fp16_to_fp32(w[b].d);
+        for (int ib = 0; ib < 8; ib++) {
+            const float dl = d * (float)(2 * (w[b].sc[ib] & 7) + 1);
+            const float delta = (w[b].sc[ib] & 8) ? -0.125f : 0.125f;
+            const int h = ib / 4, k = ib % 4;
+            for (int l = 0; l < 32; l++)
+                *y++ = dl * ((float)((int)((w[b].qs[32 * h + l] >> (2 * k)) & 3) - 1) + delta);
+        }
+    }
+}
+
+float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
+    const block_iq1_s_u *w = (const block_iq1_s_u *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    const int nb = n / QK_K;
+#if MINILLM_AVX2
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        /* same integer terms as vec_dot_iq1_s: ls * (8 <g+1, a> + (-8 +- 1) sum(a)) */
+        const __m128i sc = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)w[b].sc));
+        const __m128i ls = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(sc, _mm_set1_epi16(7)), 1), _mm_set1_epi16(1));
+        const __m128i neg = _mm_srli_epi16(sc, 3); /* 1 where delta is -1/8 */
+        const __m128i coef = _mm_mullo_epi16(ls, _mm_sub_epi16(_mm_set1_epi16(-7), _mm_add_epi16(neg, neg)));
+        const __m256i coef2 = _mm256_setr_m128i(_mm_unpacklo_epi16(coef, coef), _mm_unpackhi_epi16(coef, coef));
+        const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[b].bsums), coef2);
+        const __m256i lsb = _mm256_broadcastsi128_si256(ls);
+        const int8_t *q8 = a[b].qs;
+        __m256i isum = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * h));
+            for (int k = 0; k < 4; k++) {
+                const __m256i g = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+                __m256i p = _mm256_maddubs_epi16(g, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
+                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(lsb, REP16(4 * h + k)));
+                isum = _mm256_add_epi32(isum, p);
+            }
+        }
+        const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(isum, 3), corr);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a[b].d * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(t), acc);
+    }
+    return hsum_ps(acc);
+#else
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const int h = ib / 4, k = ib % 4;
+            int s = 0;
+            for (int l = 0; l < 32; l++) s += ((w[b].qs[32 * h + l] >> (2 * k)) & 3) * a[b].qs[32 * ib + l];
+            const int asum = a[b].bsums[2 * ib] + a[b].bsums[2 * ib + 1];
+            s -= asum; /* codes are g + 1 */
+            isum += (2 * (w[b].sc[ib] & 7) + 1) * (8 * s + ((w[b].sc[ib] & 8) ? -asum : asum));
         }
         sum += 0.125f * a[b].d * fp16_to_fp32(w[b].d) * (float)isum;
     }
