@@ -217,40 +217,246 @@ static inline __m128i even_odd_bytes(__m128i s) {
     return _mm_shuffle_epi8(s, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
 }
 
+/* ---- AVX2 bodies: decode a weight block once, dot it with any activation ----
+ * decode_<t> turns one weight block into unsigned byte codes q[j] for its eight
+ * 32-value groups (in q8_K order) and the matching int16 scale vectors s[j];
+ * dot_<t> adds one block's contribution to a float accumulator. vec_dot runs
+ * them per block; the tiles decode each weight block once for several
+ * activation rows, with the very same float operations per (row, activation). */
+
+/* scales and mins of a Q4_K/Q5_K block as bytes sc0..sc7, m0..m7. With the
+ * 12 bytes as 32-bit words u0, u1, u2 the four output words are
+ *   u0 & 0x3f3f3f3f,  (u2 & 0x0f0f0f0f) | ((u0 >> 2) & 0x30303030),
+ *   u1 & 0x3f3f3f3f,  ((u2 >> 4) & 0x0f0f0f0f) | ((u1 >> 2) & 0x30303030).
+ * Reads 16 bytes from s (the 4 after the scales are quants of the same block). */
+static inline __m128i scales_k4_bytes(const uint8_t *s) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)s);
+    const __m128i x = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    const __m128i y = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(x, _mm_setr_epi32(0, 0, 0, 4)),
+                                     _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(y, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+    return _mm_or_si128(lo, hi);
+}
+
+/* sum_j s[j] * <q[j], a[32j .. 32j+31]>, exact in int32 lanes */
+static inline __m256i dot_groups(const __m256i *q, const __m256i *s, const int8_t *a) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j += 2) {
+        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i *)(a + 32 * j))), s[j]);
+        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j + 1], _mm256_loadu_si256((const __m256i *)(a + 32 * j + 32))), s[j + 1]);
+        isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+    }
+    return isum;
+}
+
+/* Q2_K: 16 sub-blocks of 16; a 32-value group spans two, so s[j] is [sc x 8 | sc' x 8]. */
+typedef struct { __m256i q[8], s[8], m; float d, dmin; } dec_q2_K;
+
+static inline void decode_q2_K(const block_q2_K *w, dec_q2_K *D) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)w->scales);
+    D->m = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m4));
+    const __m256i sc = _mm256_cvtepu8_epi16(even_odd_bytes(_mm_and_si128(sc8, m4)));
+    for (int h = 0; h < 2; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * h));
+        for (int k = 0; k < 4; k++) {
+            D->q[4 * h + k] = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+            D->s[4 * h + k] = _mm256_shuffle_epi8(sc, REP16(4 * h + k));
+        }
+    }
+    D->d = fp16_to_fp32(w->d);
+    D->dmin = fp16_to_fp32(w->dmin);
+}
+
+static inline __m256 dot_q2_K(const dec_q2_K *D, const block_q8_K *a, __m256 acc) {
+    const __m256i isum = dot_groups(D->q, D->s, a->qs);
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->m);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * D->d), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * D->dmin), _mm256_cvtepi32_ps(mins), acc);
+}
+
+/* Q4_K / Q5_K: eight sub-blocks of 32 with 6-bit scales and mins; m holds each
+ * min twice (int16) to pair with the two bsums of its sub-block. */
+typedef struct { __m256i q[8], s[8], m; float d, dmin; } dec_k4;
+typedef dec_k4 dec_q4_K, dec_q5_K;
+
+static inline void decode_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, fp16_t d, fp16_t dmin,
+                             dec_k4 *D) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), bit4 = _mm256_set1_epi8(0x10);
+    const __m128i scm = scales_k4_bytes(scales);
+    D->m = _mm256_cvtepu8_epi16(
+        _mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(_mm256_cvtepu8_epi16(scm)));
+    __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(qv, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        if (qh) { /* bits 2c and 2c+1 of each qh byte (hb is pre-shifted by 2c) -> bit 4 */
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
+            hb = _mm256_srli_epi16(hb, 2);
+        }
+        D->q[2 * c] = lo;
+        D->q[2 * c + 1] = hi;
+        D->s[2 * c] = _mm256_shuffle_epi8(sc, REP16(2 * c));
+        D->s[2 * c + 1] = _mm256_shuffle_epi8(sc, REP16(2 * c + 1));
+    }
+    D->d = fp16_to_fp32(d);
+    D->dmin = fp16_to_fp32(dmin);
+}
+
+static inline void decode_q4_K(const block_q4_K *w, dec_k4 *D) { decode_k4(w->scales, w->qs, NULL, w->d, w->dmin, D); }
+static inline void decode_q5_K(const block_q5_K *w, dec_k4 *D) { decode_k4(w->scales, w->qs, w->qh, w->d, w->dmin, D); }
+
+static inline __m256 dot_k4(const dec_k4 *D, const block_q8_K *a, __m256 acc) {
+    const __m256i isum = dot_groups(D->q, D->s, a->qs);
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->m);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * D->d), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * D->dmin), _mm256_cvtepi32_ps(mins), acc);
+}
+#define dot_q4_K dot_k4
+#define dot_q5_K dot_k4
+
+/* Q6_K: codes 0..63 fed unsigned; the -32 offset is taken off with the bsums. */
+typedef struct { __m256i q[8], s[8], sc; float d; } dec_q6_K;
+
+static inline void decode_q6_K(const block_q6_K *w, dec_q6_K *D) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)w->scales);
+    D->sc = _mm256_cvtepi8_epi16(sc8);
+    const __m256i sc = _mm256_cvtepi8_epi16(even_odd_bytes(sc8));
+    for (int h = 0; h < 2; h++) {
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w->qh + 32 * h));
+        __m256i *q = D->q + 4 * h;
+        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+        for (int k = 0; k < 4; k++) D->s[4 * h + k] = _mm256_shuffle_epi8(sc, REP16(4 * h + k));
+    }
+    D->d = fp16_to_fp32(w->d);
+}
+
+static inline __m256 dot_q6_K(const dec_q6_K *D, const block_q8_K *a, __m256 acc) {
+    const __m256i offs = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->sc);
+    const __m256i isum = _mm256_sub_epi32(dot_groups(D->q, D->s, a->qs), _mm256_slli_epi32(offs, 5));
+    return _mm256_fmadd_ps(_mm256_set1_ps(a->d * D->d), _mm256_cvtepi32_ps(isum), acc);
+}
+
+/* IQ1_S: group ib contributes d*ls * sum (g + delta) * a  with ls = 2s+1, delta = +-1/8.
+ * Scaled by 8 this is all-integer: ls * (8 <g, a> +- sum(a)). The codes are g + 1
+ * (0..2, the unsigned maddubs operand), which adds sum(a) once more:
+ * ls * (8 <g+1, a> + (-8 +- 1) sum(a)); coef holds ls * (-8 +- 1) per bsum. */
+typedef struct { __m256i q[8], s[8], coef; float d; } dec_iq1_s;
+typedef dec_iq1_s dec_iq1_s_u;
+
+/* ls and coef from the eight groups' 3-bit scales (int16) and delta signs (1 = -1/8) */
+static inline void iq1_scales(__m128i s3, __m128i neg, dec_iq1_s *D) {
+    const __m128i ls = _mm_or_si128(_mm_slli_epi16(s3, 1), _mm_set1_epi16(1));
+    const __m128i coef = _mm_mullo_epi16(ls, _mm_sub_epi16(_mm_set1_epi16(-7), _mm_add_epi16(neg, neg)));
+    D->coef = _mm256_setr_m128i(_mm_unpacklo_epi16(coef, coef), _mm_unpackhi_epi16(coef, coef));
+    const __m256i lsb = _mm256_broadcastsi128_si256(ls);
+    for (int ib = 0; ib < 8; ib++) D->s[ib] = _mm256_shuffle_epi8(lsb, REP16(ib));
+}
+
+static inline void decode_iq1_s(const block_iq1_s *w, dec_iq1_s *D) {
+    /* Byte offsets idx*8 into the grid of the 32 indices: entry e = 4ib + l is
+     * qs[e] << 3 | ((qh[ib] >> 3l) & 7) << 11; the shift of qh by 11 - 3l is a
+     * 16-bit multiply and the mask keeps bits 11..13. Gathers then fetch each
+     * group's four grid points (fewer uops here than 4 loads and 3 blends). */
+    const __m256i qh_mul = _mm256_setr_epi16(1 << 11, 1 << 8, 1 << 5, 1 << 2, 1 << 11, 1 << 8, 1 << 5, 1 << 2,
+                                             1 << 11, 1 << 8, 1 << 5, 1 << 2, 1 << 11, 1 << 8, 1 << 5, 1 << 2);
+    const __m256i rep_lo = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                            4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7);
+    const __m256i rep_hi = _mm256_add_epi8(rep_lo, _mm256_set1_epi8(8));
+    const __m256i hmask = _mm256_set1_epi16(0x3800);
+    const long long *grid = (const long long *)iq1s_grid_u;
+    const __m128i qh = _mm_loadu_si128((const __m128i *)w->qh);
+    const __m256i qhb = _mm256_broadcastsi128_si256(qh);
+    const __m256i qs0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w->qs));
+    const __m256i qs1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w->qs + 16)));
+    const __m256i h0 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_lo), qh_mul), hmask);
+    const __m256i h1 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_hi), qh_mul), hmask);
+    const __m256i off16[2] = {_mm256_or_si256(_mm256_slli_epi16(qs0, 3), h0), _mm256_or_si256(_mm256_slli_epi16(qs1, 3), h1)};
+    for (int ib = 0; ib < 8; ib += 2) {
+        const __m128i o16 = (ib & 2) ? _mm256_extracti128_si256(off16[ib / 4], 1) : _mm256_castsi256_si128(off16[ib / 4]);
+        const __m256i o32 = _mm256_cvtepu16_epi32(o16);
+        D->q[ib] = _mm256_i32gather_epi64(grid, _mm256_castsi256_si128(o32), 1);
+        D->q[ib + 1] = _mm256_i32gather_epi64(grid, _mm256_extracti128_si256(o32, 1), 1);
+    }
+    iq1_scales(_mm_and_si128(_mm_srli_epi16(qh, 12), _mm_set1_epi16(7)), _mm_srli_epi16(qh, 15), D);
+    D->d = fp16_to_fp32(w->d);
+}
+
+static inline void decode_iq1_s_u(const block_iq1_s_u *w, dec_iq1_s *D) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * h));
+        for (int k = 0; k < 4; k++) D->q[4 * h + k] = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+    }
+    const __m128i sc = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)w->sc));
+    iq1_scales(_mm_and_si128(sc, _mm_set1_epi16(7)), _mm_srli_epi16(sc, 3), D);
+    D->d = fp16_to_fp32(w->d);
+}
+
+static inline __m256 dot_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m256 acc) {
+    const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->coef);
+    const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(dot_groups(D->q, D->s, a->qs), 3), corr);
+    return _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a->d * D->d), _mm256_cvtepi32_ps(t), acc);
+}
+#define dot_iq1_s_u dot_iq1_s
+
+/* one row (vec_dot) and a tile of rows x activation rows, from decode_<t> and dot_<t> */
+#define DEFINE_AVX2_ROW_AND_TILE(t)                                                                   \
+    static float avx2_row_##t(int n, const void *vw, const void *va) {                                \
+        const block_##t *w = (const block_##t *)vw;                                                    \
+        const block_q8_K *a = (const block_q8_K *)va;                                                  \
+        __m256 acc = _mm256_setzero_ps();                                                              \
+        for (int b = 0; b < n / QK_K; b++) {                                                           \
+            dec_##t D;                                                                                 \
+            decode_##t(w + b, &D);                                                                     \
+            acc = dot_##t(&D, a + b, acc);                                                             \
+        }                                                                                              \
+        return hsum_ps(acc);                                                                           \
+    }                                                                                                  \
+    static void avx2_tile_##t(int n, const char *w, size_t ws, const char *a, size_t as, float *out,  \
+                              size_t os, int nr, int nc) {                                             \
+        __m256 acc[KQ_TILE_MAX * KQ_TILE_MAX];                                                         \
+        for (int i = 0; i < nr * nc; i++) acc[i] = _mm256_setzero_ps();                                \
+        for (int b = 0; b < n / QK_K; b++)                                                             \
+            for (int r = 0; r < nr; r++) {                                                             \
+                dec_##t D;                                                                             \
+                decode_##t((const block_##t *)(w + r * ws) + b, &D);                                   \
+                for (int c = 0; c < nc; c++)                                                           \
+                    acc[r * nc + c] = dot_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[r * nc + c]); \
+            }                                                                                          \
+        for (int r = 0; r < nr; r++)                                                                   \
+            for (int c = 0; c < nc; c++) out[c * os + r] = hsum_ps(acc[r * nc + c]);                  \
+    }
+
+DEFINE_AVX2_ROW_AND_TILE(q2_K)
+DEFINE_AVX2_ROW_AND_TILE(q4_K)
+DEFINE_AVX2_ROW_AND_TILE(q5_K)
+DEFINE_AVX2_ROW_AND_TILE(q6_K)
+DEFINE_AVX2_ROW_AND_TILE(iq1_s)
+DEFINE_AVX2_ROW_AND_TILE(iq1_s_u)
+
 #endif
 
 /* ---- Q2_K -------------------------------------------------------------- */
 
 float vec_dot_q2_K(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_q2_K(n, vw, va);
+#else
     const block_q2_K *w = (const block_q2_K *)vw;
     const block_q8_K *a = (const block_q8_K *)va;
     const int nb = n / QK_K;
-#if MINILLM_AVX2
-    const __m256i m3 = _mm256_set1_epi8(3);
-    const __m128i m4 = _mm_set1_epi8(0xF);
-    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)w[b].scales);
-        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m4));
-        const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[b].bsums), mins16);
-        const __m256i sc = _mm256_cvtepu8_epi16(even_odd_bytes(_mm_and_si128(sc8, m4)));
-        const int8_t *q8 = a[b].qs;
-        __m256i isum = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
-                __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
-                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, REP16(4 * h + k)));
-                isum = _mm256_add_epi32(isum, p);
-            }
-        }
-        const float da = a[b].d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(da * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(isum), acc);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(da * fp16_to_fp32(w[b].dmin)), _mm256_cvtepi32_ps(mins), accm);
-    }
-    return hsum_ps(acc) - hsum_ps(accm);
-#else
     float sum = 0.0f;
     for (int b = 0; b < nb; b++) {
         int isum = 0, msum = 0;
@@ -271,52 +477,7 @@ float vec_dot_q2_K(int n, const void *vw, const void *va) {
 
 /* ---- Q4_K and Q5_K ------------------------------------------------------- */
 
-#if MINILLM_AVX2
-/* scales and mins of a Q4_K/Q5_K block as bytes sc0..sc7, m0..m7. With the
- * 12 bytes as 32-bit words u0, u1, u2 the four output words are
- *   u0 & 0x3f3f3f3f,  (u2 & 0x0f0f0f0f) | ((u0 >> 2) & 0x30303030),
- *   u1 & 0x3f3f3f3f,  ((u2 >> 4) & 0x0f0f0f0f) | ((u1 >> 2) & 0x30303030).
- * Reads 16 bytes from s (the 4 after the scales are quants of the same block). */
-static inline __m128i scales_k4_bytes(const uint8_t *s) {
-    const __m128i v = _mm_loadu_si128((const __m128i *)s);
-    const __m128i x = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
-    const __m128i y = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
-    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(x, _mm_setr_epi32(0, 0, 0, 4)),
-                                     _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
-    const __m128i hi = _mm_and_si128(_mm_srli_epi32(y, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
-    return _mm_or_si128(lo, hi);
-}
-
-/* Shared body: qh == NULL for Q4_K. Returns nothing, accumulates into acc/accm. */
-static inline void dot_k4_block(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
-                                const block_q8_K *a, float dd, float dm, __m256 *acc, __m256 *accm) {
-    const __m256i m4 = _mm256_set1_epi8(0xF), bit4 = _mm256_set1_epi8(0x10);
-    const __m128i scm = scales_k4_bytes(scales);
-    /* mins: m_j * (bsums[2j] + bsums[2j+1]) */
-    const __m128i mdup = _mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15));
-    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), _mm256_cvtepu8_epi16(mdup));
-    const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(_mm256_cvtepu8_epi16(scm)));
-    __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
-    __m256i isum = _mm256_setzero_si256();
-    for (int c = 0; c < 4; c++) {
-        const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-        __m256i lo = _mm256_and_si256(qv, m4);
-        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
-        if (qh) { /* bits 2c and 2c+1 of each qh byte (hb is pre-shifted by 2c) -> bit 4 */
-            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4));
-            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
-            hb = _mm256_srli_epi16(hb, 2);
-        }
-        __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(a->qs + 64 * c)));
-        __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a->qs + 64 * c + 32)));
-        plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(sc, REP16(2 * c)));
-        phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(sc, REP16(2 * c + 1)));
-        isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
-    }
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(isum), *acc);
-    *accm = _mm256_fmadd_ps(_mm256_set1_ps(dm), _mm256_cvtepi32_ps(mins), *accm);
-}
-#else
+#if !MINILLM_AVX2
 static inline float dot_k4_block(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
                                  const block_q8_K *a, float d, float dmin) {
     uint8_t sc[8], m[8];
@@ -339,15 +500,11 @@ static inline float dot_k4_block(const uint8_t *scales, const uint8_t *qs, const
 #endif
 
 float vec_dot_q4_K(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_q4_K(n, vw, va);
+#else
     const block_q4_K *w = (const block_q4_K *)vw;
     const block_q8_K *a = (const block_q8_K *)va;
-#if MINILLM_AVX2
-    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-    for (int b = 0; b < n / QK_K; b++)
-        dot_k4_block(w[b].scales, w[b].qs, NULL, a + b, a[b].d * fp16_to_fp32(w[b].d),
-                     a[b].d * fp16_to_fp32(w[b].dmin), &acc, &accm);
-    return hsum_ps(acc) - hsum_ps(accm);
-#else
     float sum = 0.0f;
     for (int b = 0; b < n / QK_K; b++)
         sum += dot_k4_block(w[b].scales, w[b].qs, NULL, a + b, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin));
@@ -356,15 +513,11 @@ float vec_dot_q4_K(int n, const void *vw, const void *va) {
 }
 
 float vec_dot_q5_K(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_q5_K(n, vw, va);
+#else
     const block_q5_K *w = (const block_q5_K *)vw;
     const block_q8_K *a = (const block_q8_K *)va;
-#if MINILLM_AVX2
-    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-    for (int b = 0; b < n / QK_K; b++)
-        dot_k4_block(w[b].scales, w[b].qs, w[b].qh, a + b, a[b].d * fp16_to_fp32(w[b].d),
-                     a[b].d * fp16_to_fp32(w[b].dmin), &acc, &accm);
-    return hsum_ps(acc) - hsum_ps(accm);
-#else
     float sum = 0.0f;
     for (int b = 0; b < n / QK_K; b++)
         sum += dot_k4_block(w[b].scales, w[b].qs, w[b].qh, a + b, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin));
@@ -375,39 +528,12 @@ float vec_dot_q5_K(int n, const void *vw, const void *va) {
 /* ---- Q6_K -------------------------------------------------------------- */
 
 float vec_dot_q6_K(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_q6_K(n, vw, va);
+#else
     const block_q6_K *w = (const block_q6_K *)vw;
     const block_q8_K *a = (const block_q8_K *)va;
     const int nb = n / QK_K;
-#if MINILLM_AVX2
-    /* codes are fed unsigned (0..63); the -32 offset is taken off with the bsums */
-    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m128i sc8 = _mm_loadu_si128((const __m128i *)w[b].scales);
-        const __m256i offs = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[b].bsums), _mm256_cvtepi8_epi16(sc8));
-        const __m256i sc = _mm256_cvtepi8_epi16(even_odd_bytes(sc8));
-        const int8_t *q8 = a[b].qs;
-        __m256i isum = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(w[b].ql + 64 * h));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(w[b].ql + 64 * h + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-            for (int k = 0; k < 4; k++) {
-                __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
-                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, REP16(4 * h + k)));
-                isum = _mm256_add_epi32(isum, p);
-            }
-        }
-        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(offs, 5));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(a[b].d * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(isum), acc);
-    }
-    return hsum_ps(acc);
-#else
     float sum = 0.0f;
     for (int b = 0; b < nb; b++) {
         int isum = 0;
@@ -433,58 +559,12 @@ float vec_dot_q6_K(int n, const void *vw, const void *va) {
  * with maddubs, which adds sum(a) once more: ls * (8 <g+1, a> + (-8 +- 1) sum(a)). */
 
 float vec_dot_iq1_s(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_iq1_s(n, vw, va);
+#else
     const block_iq1_s *w = (const block_iq1_s *)vw;
     const block_q8_K *a = (const block_q8_K *)va;
     const int nb = n / QK_K;
-#if MINILLM_AVX2
-    /* Byte offsets idx*8 into the grid, for the 32 indices of a block: entry
-     * e = 4ib + l is qs[e] << 3 | ((qh[ib] >> 3l) & 7) << 11; the shift of qh by
-     * 11 - 3l is a 16-bit multiply, the mask keeps bits 11..13. */
-    const __m256i qh_mul = _mm256_setr_epi16(1 << 11, 1 << 8, 1 << 5, 1 << 2, 1 << 11, 1 << 8, 1 << 5, 1 << 2,
-                                             1 << 11, 1 << 8, 1 << 5, 1 << 2, 1 << 11, 1 << 8, 1 << 5, 1 << 2);
-    const __m256i rep_lo = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
-                                            4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7);
-    const __m256i rep_hi = _mm256_add_epi8(rep_lo, _mm256_set1_epi8(8));
-    const __m256i hmask = _mm256_set1_epi16(0x3800);
-    const char *grid = (const char *)iq1s_grid_u;
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m128i qh = _mm_loadu_si128((const __m128i *)w[b].qh);
-        const __m256i qhb = _mm256_broadcastsi128_si256(qh);
-        const __m256i qs0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w[b].qs));
-        const __m256i qs1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w[b].qs + 16)));
-        const __m256i h0 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_lo), qh_mul), hmask);
-        const __m256i h1 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_hi), qh_mul), hmask);
-        const __m256i off16[2] = {_mm256_or_si256(_mm256_slli_epi16(qs0, 3), h0), _mm256_or_si256(_mm256_slli_epi16(qs1, 3), h1)};
-
-        /* ls = 2s+1 per group, and the sum(a) coefficient ls * (-8 +- 1) */
-        const __m128i ls = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qh, 11), _mm_set1_epi16(0xE)), _mm_set1_epi16(1));
-        const __m128i neg = _mm_srai_epi16(qh, 15); /* -1 where delta is -1/8 */
-        const __m128i coef = _mm_mullo_epi16(ls, _mm_add_epi16(_mm_set1_epi16(-7), _mm_add_epi16(neg, neg)));
-        const __m256i coef2 = _mm256_setr_m128i(_mm_unpacklo_epi16(coef, coef), _mm_unpackhi_epi16(coef, coef));
-        const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[b].bsums), coef2);
-        const __m256i lsb = _mm256_broadcastsi128_si256(ls);
-
-        const int8_t *q8 = a[b].qs;
-        __m256i isum = _mm256_setzero_si256();
-        for (int ib = 0; ib < 8; ib += 2) {
-            /* offsets of groups ib, ib+1 as 32-bit; each gather fetches one group's 4 grid points.
-             * (On this CPU gathers beat 4 scalar loads + blends: fewer uops per group.) */
-            const __m128i o16 = (ib & 2) ? _mm256_extracti128_si256(off16[ib / 4], 1) : _mm256_castsi256_si128(off16[ib / 4]);
-            const __m256i o32 = _mm256_cvtepu16_epi32(o16);
-            const __m256i g0 = _mm256_i32gather_epi64((const long long *)grid, _mm256_castsi256_si128(o32), 1);
-            const __m256i g1 = _mm256_i32gather_epi64((const long long *)grid, _mm256_extracti128_si256(o32, 1), 1);
-            __m256i p0 = _mm256_maddubs_epi16(g0, _mm256_loadu_si256((const __m256i *)(q8 + 32 * ib)));
-            __m256i p1 = _mm256_maddubs_epi16(g1, _mm256_loadu_si256((const __m256i *)(q8 + 32 * ib + 32)));
-            p0 = _mm256_madd_epi16(p0, _mm256_shuffle_epi8(lsb, REP16(ib)));
-            p1 = _mm256_madd_epi16(p1, _mm256_shuffle_epi8(lsb, REP16(ib + 1)));
-            isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
-        }
-        const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(isum, 3), corr);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a[b].d * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(t), acc);
-    }
-    return hsum_ps(acc);
-#else
     float sum = 0.0f;
     for (int b = 0; b < nb; b++) {
         int isum = 0;
@@ -543,37 +623,12 @@ void dequantize_row_iq1_s_u(const void *vw, float *y, int n) {
 }
 
 float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_iq1_s_u(n, vw, va);
+#else
     const block_iq1_s_u *w = (const block_iq1_s_u *)vw;
     const block_q8_K *a = (const block_q8_K *)va;
     const int nb = n / QK_K;
-#if MINILLM_AVX2
-    const __m256i m3 = _mm256_set1_epi8(3);
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        /* same integer terms as vec_dot_iq1_s: ls * (8 <g+1, a> + (-8 +- 1) sum(a)) */
-        const __m128i sc = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)w[b].sc));
-        const __m128i ls = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(sc, _mm_set1_epi16(7)), 1), _mm_set1_epi16(1));
-        const __m128i neg = _mm_srli_epi16(sc, 3); /* 1 where delta is -1/8 */
-        const __m128i coef = _mm_mullo_epi16(ls, _mm_sub_epi16(_mm_set1_epi16(-7), _mm_add_epi16(neg, neg)));
-        const __m256i coef2 = _mm256_setr_m128i(_mm_unpacklo_epi16(coef, coef), _mm_unpackhi_epi16(coef, coef));
-        const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[b].bsums), coef2);
-        const __m256i lsb = _mm256_broadcastsi128_si256(ls);
-        const int8_t *q8 = a[b].qs;
-        __m256i isum = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i qv = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i g = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
-                __m256i p = _mm256_maddubs_epi16(g, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
-                p = _mm256_madd_epi16(p, _mm256_shuffle_epi8(lsb, REP16(4 * h + k)));
-                isum = _mm256_add_epi32(isum, p);
-            }
-        }
-        const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(isum, 3), corr);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a[b].d * fp16_to_fp32(w[b].d)), _mm256_cvtepi32_ps(t), acc);
-    }
-    return hsum_ps(acc);
-#else
     float sum = 0.0f;
     for (int b = 0; b < nb; b++) {
         int isum = 0;
@@ -590,3 +645,30 @@ float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
     return sum;
 #endif
 }
+
+/* ---- tiles: rows x activation rows, bit-identical to vec_dot per pair ---- */
+#define DEFINE_TILE(t)                                                                                 \
+    void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out,   \
+                  size_t out_stride, int nr, int nc) {                                                 \
+        for (int r0 = 0; r0 < nr; r0 += KQ_TILE_MAX)                                                   \
+            for (int c0 = 0; c0 < nc; c0 += KQ_TILE_MAX) {                                             \
+                const int tr = nr - r0 < KQ_TILE_MAX ? nr - r0 : KQ_TILE_MAX;                          \
+                const int tc = nc - c0 < KQ_TILE_MAX ? nc - c0 : KQ_TILE_MAX;                          \
+                const char *wr = (const char *)w + r0 * w_stride, *ac = (const char *)a + c0 * a_stride; \
+                float *o = out + c0 * out_stride + r0;                                                 \
+                TILE_BODY(t)                                                                           \
+            }                                                                                          \
+    }
+#if MINILLM_AVX2
+#define TILE_BODY(t) avx2_tile_##t(n, wr, w_stride, ac, a_stride, o, out_stride, tr, tc);
+#else
+#define TILE_BODY(t)                                                                                   \
+    for (int c = 0; c < tc; c++)                                                                       \
+        for (int r = 0; r < tr; r++) o[c * out_stride + r] = vec_dot_##t(n, wr + r * w_stride, ac + c * a_stride);
+#endif
+DEFINE_TILE(q2_K)
+DEFINE_TILE(q4_K)
+DEFINE_TILE(q5_K)
+DEFINE_TILE(q6_K)
+DEFINE_TILE(iq1_s)
+DEFINE_TILE(iq1_s_u)

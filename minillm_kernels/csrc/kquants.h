@@ -40,4 +40,21 @@ void repack_row_iq1_s_u(const void *iq1_s_row, void *y, int n);
 void dequantize_row_iq1_s_u(const void *w, float *y, int n);
 float vec_dot_iq1_s_u(int n, const void *w, const void *a);
 
+/* ---- tiles ---------------------------------------------------------------
+ * tile_<t>(n, w, w_stride, a, a_stride, out, out_stride, nr, nc):
+ *   out[c * out_stride + r] = vec_dot_<t>(n, w + r * w_stride, a + c * a_stride)
+ * for r < nr, c < nc (strides in bytes for w and a, in floats for out), bit for bit.
+ * Each weight block is decoded once for all nc activation rows (GEMM, batched MoE);
+ * work is done in register tiles of up to KQ_TILE_MAX x KQ_TILE_MAX. */
+#define KQ_TILE_MAX 4
+#define DECLARE_KQ_TILE(t)                                                                    \
+    void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out, \
+                  size_t out_stride, int nr, int nc);
+DECLARE_KQ_TILE(q2_K)
+DECLARE_KQ_TILE(q4_K)
+DECLARE_KQ_TILE(q5_K)
+DECLARE_KQ_TILE(q6_K)
+DECLARE_KQ_TILE(iq1_s)
+DECLARE_KQ_TILE(iq1_s_u)
+
 #endif
