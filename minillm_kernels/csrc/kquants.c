@@ -424,19 +424,31 @@ static inline __m256 dot_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m256 a
         }                                                                                              \
         return hsum_ps(acc);                                                                           \
     }                                                                                                  \
-    static void avx2_tile_##t(int n, const char *w, size_t ws, const char *a, size_t as, float *out,  \
-                              size_t os, int nr, int nc) {                                             \
-        __m256 acc[KQ_TILE_MAX * KQ_TILE_MAX];                                                         \
-        for (int i = 0; i < nr * nc; i++) acc[i] = _mm256_setzero_ps();                                \
-        for (int b = 0; b < n / QK_K; b++)                                                             \
-            for (int r = 0; r < nr; r++) {                                                             \
-                dec_##t D;                                                                             \
-                decode_##t((const block_##t *)(w + r * ws) + b, &D);                                   \
-                for (int c = 0; c < nc; c++)                                                           \
-                    acc[r * nc + c] = dot_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[r * nc + c]); \
-            }                                                                                          \
-        for (int r = 0; r < nr; r++)                                                                   \
-            for (int c = 0; c < nc; c++) out[c * os + r] = hsum_ps(acc[r * nc + c]);                  \
+    /* one weight row against nc activation rows: each weight block is decoded once, \
+     * the nc activation blocks come from L1 (the caller's tile keeps nc small) */     \
+    static inline __attribute__((always_inline)) void avx2_row_x_##t(                  \
+        int n, const block_##t *w, const char *a, size_t as, float *out, size_t os, int nc) { \
+        __m256 acc[KQ_TILE_MAX];                                                       \
+        for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();                     \
+        for (int b = 0; b < n / QK_K; b++) {                                           \
+            dec_##t D;                                                                 \
+            decode_##t(w + b, &D);                                                     \
+            for (int c = 0; c < nc; c++)                                               \
+                acc[c] = dot_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]);    \
+        }                                                                              \
+        for (int c = 0; c < nc; c++) out[c * os] = hsum_ps(acc[c]);                    \
+    }                                                                                  \
+    static void avx2_tile_##t(int n, const char *w, size_t ws, const char *a, size_t as, float *out, \
+                              size_t os, int nr, int nc) {                             \
+        for (int r = 0; r < nr; r++) {                                                 \
+            const block_##t *wr = (const block_##t *)(w + r * ws);                     \
+            switch (nc) { /* constant counts keep the accumulators in registers */     \
+                case 4: avx2_row_x_##t(n, wr, a, as, out + r, os, 4); break;           \
+                case 3: avx2_row_x_##t(n, wr, a, as, out + r, os, 3); break;           \
+                case 2: avx2_row_x_##t(n, wr, a, as, out + r, os, 2); break;           \
+                default: avx2_row_x_##t(n, wr, a, as, out + r, os, 1); break;          \
+            }                                                                          \
+        }                                                                              \
     }
 
 DEFINE_AVX2_ROW_AND_TILE(q2_K)
