@@ -411,8 +411,49 @@ static inline __m256 dot_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m256 a
 }
 #define dot_iq1_s_u dot_iq1_s
 
+/* Tiles of Q2_K and IQ1_S reuse a decoded block for several activation rows, so
+ * there it pays to fold the group scales into the codes once (q * scale <= 45
+ * still fits a byte: mullo_epi16 does it without carries) and let maddubs sums of
+ * G groups add up in int16 (G * 2 * 45 * 127 < 2^15 for G = 2; 2 * 30 * 127 for
+ * IQ1_S allows G = 4). Every int32 lane ends with the same exact sum as dot_groups
+ * gives, so the float results are unchanged. */
+static inline void prescale(__m256i *q, const __m256i *s) {
+    for (int j = 0; j < 8; j++) q[j] = _mm256_mullo_epi16(q[j], s[j]);
+}
+
+static inline __m256i dot_groups_prescaled(const __m256i *q, const int8_t *a, int G) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j += G) {
+        __m256i p = _mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i *)(a + 32 * j)));
+        for (int g = 1; g < G; g++)
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(q[j + g], _mm256_loadu_si256((const __m256i *)(a + 32 * (j + g)))));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+    }
+    return isum;
+}
+
+static inline __m256 dot_ps_q2_K(const dec_q2_K *D, const block_q8_K *a, __m256 acc) {
+    const __m256i isum = dot_groups_prescaled(D->q, a->qs, 2);
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->m);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * D->d), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * D->dmin), _mm256_cvtepi32_ps(mins), acc);
+}
+
+static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m256 acc) {
+    const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->coef);
+    const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(dot_groups_prescaled(D->q, a->qs, 4), 3), corr);
+    return _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a->d * D->d), _mm256_cvtepi32_ps(t), acc);
+}
+#define dot_ps_iq1_s_u dot_ps_iq1_s
+
+/* the other types keep the scales in madd */
+#define dot_ps_q4_K dot_k4
+#define dot_ps_q5_K dot_k4
+#define dot_ps_q6_K dot_q6_K
+
 /* one row (vec_dot) and a tile of rows x activation rows, from decode_<t> and dot_<t> */
-#define DEFINE_AVX2_ROW_AND_TILE(t)                                                                   \
+#define DEFINE_AVX2_ROW_AND_TILE(t, PRESCALE)                                                                 \
     static float avx2_row_##t(int n, const void *vw, const void *va) {                                \
         const block_##t *w = (const block_##t *)vw;                                                    \
         const block_q8_K *a = (const block_q8_K *)va;                                                  \
@@ -433,8 +474,13 @@ static inline __m256 dot_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m256 a
         for (int b = 0; b < n / QK_K; b++) {                                           \
             dec_##t D;                                                                 \
             decode_##t(w + b, &D);                                                     \
-            for (int c = 0; c < nc; c++)                                               \
-                acc[c] = dot_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]);    \
+            if (PRESCALE && nc > 1) {                                                  \
+                prescale(D.q, D.s);                                                    \
+                for (int c = 0; c < nc; c++)                                           \
+                    acc[c] = dot_ps_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]); \
+            } else                                                                     \
+                for (int c = 0; c < nc; c++)                                           \
+                    acc[c] = dot_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]); \
         }                                                                              \
         for (int c = 0; c < nc; c++) out[c * os] = hsum_ps(acc[c]);                    \
     }                                                                                  \
@@ -451,12 +497,12 @@ static inline __m256 dot_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m256 a
         }                                                                              \
     }
 
-DEFINE_AVX2_ROW_AND_TILE(q2_K)
-DEFINE_AVX2_ROW_AND_TILE(q4_K)
-DEFINE_AVX2_ROW_AND_TILE(q5_K)
-DEFINE_AVX2_ROW_AND_TILE(q6_K)
-DEFINE_AVX2_ROW_AND_TILE(iq1_s)
-DEFINE_AVX2_ROW_AND_TILE(iq1_s_u)
+DEFINE_AVX2_ROW_AND_TILE(q2_K, 1)
+DEFINE_AVX2_ROW_AND_TILE(q4_K, 0)
+DEFINE_AVX2_ROW_AND_TILE(q5_K, 0)
+DEFINE_AVX2_ROW_AND_TILE(q6_K, 0)
+DEFINE_AVX2_ROW_AND_TILE(iq1_s, 1)
+DEFINE_AVX2_ROW_AND_TILE(iq1_s_u, 1)
 
 #endif
 
