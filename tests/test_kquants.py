@@ -9,7 +9,7 @@
   close to the dot with the float activations: q8_K rounds each activation by at
   most half its block step |d|, so |w.x - w.a| <= sum_i |w_i| |d_block(i)| / 2;
 * ggml's own ggml_vec_dot_<type>_q8_K agrees on the same blocks;
-* the AVX2 and scalar builds agree.
+* the AVX2, scalar and portable (no -march) builds agree.
 
 The C file is compiled here into two small shared libraries (native SIMD and
 -DMINILLM_FORCE_SCALAR) and called through ctypes, so these tests do not depend
@@ -39,19 +39,22 @@ TYPES = {
     "iq1_s": (GGMLQuantizationType.IQ1_S, (0,)),
 }
 LENGTHS = (256, 512, 2048)
+KINDS = ["simd", "scalar", "portable"]
 
 
 def block_bytes(name):
     return GGML_QUANT_SIZES[TYPES[name][0]][1]
 
 
-def _build(tmpdir, scalar):
+def _build(tmpdir, scalar, portable=False):
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler")
-    out = os.path.join(tmpdir, "libkq_scalar.so" if scalar else "libkq.so")
+    out = os.path.join(tmpdir, "libkq_portable.so" if portable else "libkq_scalar.so" if scalar else "libkq.so")
     cmd = [cc, "-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Werror",
            os.path.join(CSRC, "kquants.c"), "-o", out]
+    if portable:
+        cmd.remove("-march=native")
     if scalar:
         cmd.insert(1, "-DMINILLM_FORCE_SCALAR")
     subprocess.run(cmd, check=True)
@@ -82,7 +85,9 @@ def _build(tmpdir, scalar):
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("kquants"))
-    return {"simd": _build(tmp, False), "scalar": _build(tmp, True)}
+    # simd: -march=native (AVX2 bodies); scalar: the same with MINILLM_FORCE_SCALAR;
+    # portable: no -march (scalar bodies, software fp16 conversion)
+    return {"simd": _build(tmp, False), "scalar": _build(tmp, True), "portable": _build(tmp, False, True)}
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +184,7 @@ def activations(rng, n):
     return x
 
 
-@pytest.mark.parametrize("kind", ["simd", "scalar"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_q8_K_invariants(libs, kind):
     rng = np.random.default_rng(1)
     x = activations(rng, 2048)
@@ -215,7 +220,7 @@ def test_q8_K_simd_matches_scalar(libs):
 
 
 @pytest.mark.peer
-@pytest.mark.parametrize("kind", ["simd", "scalar"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_q8_K_matches_ggml_reference(libs, ggml, kind):
     if ggml is None:
         pytest.skip("ik_llama_cpp wheel not available")
@@ -231,7 +236,7 @@ def test_q8_K_matches_ggml_reference(libs, ggml, kind):
 
 # ---- dequantization --------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["simd", "scalar"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(TYPES))
 def test_dequantize_bit_exact(libs, kind, name):
     rng = np.random.default_rng(4)
@@ -273,7 +278,7 @@ def check_dots(lib, name, raw_rows, x, a_raw):
     return got
 
 
-@pytest.mark.parametrize("kind", ["simd", "scalar"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(TYPES))
 def test_vec_dot_matches_numpy(libs, kind, name):
     rng = np.random.default_rng(5)
@@ -284,7 +289,7 @@ def test_vec_dot_matches_numpy(libs, kind, name):
         check_dots(lib, name, raw, x, q8_K(lib, x))
 
 
-@pytest.mark.parametrize("kind", ["simd", "scalar"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(TYPES))
 def test_vec_dot_edge_cases(libs, kind, name):
     rng = np.random.default_rng(6)
@@ -355,7 +360,7 @@ def repack_iq1_s_u(lib, raw_row):
     return out
 
 
-@pytest.mark.parametrize("kind", ["simd", "scalar"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_iq1_s_u_repack_is_exact(libs, kind):
     """Repacked rows dequantize like gguf.quants does the IQ1_S row, and their dot
     products are bit-identical to vec_dot_iq1_s on the original row."""
@@ -378,7 +383,7 @@ def test_iq1_s_u_repack_is_exact(libs, kind):
 
 # ---- tiles (rows x activation rows) ------------------------------------------
 
-@pytest.mark.parametrize("kind", ["simd", "scalar"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(TYPES) + ["iq1_s_u"])
 def test_tile_bit_identical_to_vec_dot(libs, kind, name):
     """Every (row, activation) of a tile equals vec_dot bit for bit, for tile shapes
