@@ -12,6 +12,11 @@
  * weight codes to _mm256_maddubs_epi16 (u8 x s8 -> pairwise s16 sums, which
  * cannot overflow for these small codes), then _mm256_madd_epi16 applies the
  * sub-block scale and widens to int32; floats appear once per super-block.
+ *
+ * Besides the contract functions (kquants.h): tile_<t> (several weight rows x
+ * several activation rows, each weight block decoded once; bit-identical to
+ * vec_dot) and IQ1_S repacked to plain 2-bit codes (iq1_s_u), a load-time
+ * conversion that halves IQ1_S's compute per value.
  */
 #include <math.h>
 
@@ -611,10 +616,7 @@ float vec_dot_q6_K(int n, const void *vw, const void *va) {
 }
 
 /* ---- IQ1_S ------------------------------------------------------------- */
-/* Group ib contributes d*ls * sum (g + delta) * a  with ls = 2s+1, delta = +-1/8.
- * Scaled by 8 this is all-integer:  ls * (8 * <g, a> +- sum(a)), so a block costs
- * one float multiply-add. The AVX2 body multiplies the stored codes g+1 (0..2)
- * with maddubs, which adds sum(a) once more: ls * (8 <g+1, a> + (-8 +- 1) sum(a)). */
+/* all-integer per block: sum_ib ls * (8 <g, a> +- sum(a)), see dot_iq1_s */
 
 float vec_dot_iq1_s(int n, const void *vw, const void *va) {
 #if MINILLM_AVX2
