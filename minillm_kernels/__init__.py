@@ -1,0 +1,1 @@
+"""minillm's compiled kernels: quantized matrix products (``minillm_kernels.matmul``)."""

@@ -1,0 +1,734 @@
+/* Kernels of the 256-value super-block types: Q2_K, Q4_K, Q5_K, Q6_K, IQ1_S,
+ * and the q8_K activation quantizer they pair with.
+ *
+ * Block formats (quants.h) and the IQ1_S grid (iq1s_grid.h) are facts of the
+ * ggml file format (ggml / llama.cpp, MIT); the code here is our own.
+ *
+ * Every weight value is  scale * q - offset  with a small integer q, so a dot
+ * product with a q8_K activation block (d_a * int8) is
+ *     d_a * (d_w * sum_j sc_j * <q_j, a_j>  -  dmin_w * sum_j m_j * sum(a_j)).
+ * The integer sums are exact; the per-sub-block activation sums (the offset
+ * terms) come precomputed in q8_K's bsums. The AVX2 bodies feed the unsigned
+ * weight codes to _mm256_maddubs_epi16 (u8 x s8 -> pairwise s16 sums, which
+ * cannot overflow for these small codes), then _mm256_madd_epi16 applies the
+ * sub-block scale and widens to int32; floats appear once per super-block.
+ *
+ * Besides the contract functions (kquants.h): tile_<t> (several weight rows x
+ * several activation rows, each weight block decoded once; bit-identical to
+ * vec_dot) and IQ1_S repacked to plain 2-bit codes (iq1_s_u), a load-time
+ * conversion that halves IQ1_S's compute per value.
+ */
+#include <math.h>
+
+#include "kquants.h"
+#include "iq1s_grid.h"
+
+/* ---- shared helpers ---------------------------------------------------- */
+
+/* Q4_K / Q5_K pack eight 6-bit scales and eight 6-bit mins into 12 bytes:
+ * bytes 0-3 hold scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7,
+ * bytes 4-7 the same for the mins, bytes 8-11 the low nibbles of scales 4-7
+ * (low half) and mins 4-7 (high half). Out: sc[0..7], m[0..7]. */
+static inline void unpack_scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *m) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0xF) | ((s[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
+}
+
+/* ---- q8_K activation quantizer ----------------------------------------- */
+
+static void q8_K_finish_block(const float *x, block_q8_K *y, float amax) {
+    if (amax == 0.0f) {
+        memset(y, 0, sizeof(*y));
+        return;
+    }
+    float max = 0.0f; /* the first value of largest magnitude, with its sign */
+    for (int j = 0; j < QK_K; j++)
+        if (fabsf(x[j]) == amax) { max = x[j]; break; }
+    const float iscale = -127.0f / max;
+#if MINILLM_AVX2
+    const __m256 vs = _mm256_set1_ps(iscale);
+    const __m256i unzip = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int j = 0; j < QK_K; j += 32) {
+        __m256i i[4];
+        for (int k = 0; k < 4; k++) {
+            __m256 v = _mm256_mul_ps(vs, _mm256_loadu_ps(x + j + 8 * k));
+            i[k] = _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+        /* packs saturate to 127, matching the reference's MIN(127, q) */
+        __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(q, unzip));
+    }
+#else
+    for (int j = 0; j < QK_K; j++) {
+        int v = (int)nearbyintf(iscale * x[j]);
+        y->qs[j] = (int8_t)(v > 127 ? 127 : v);
+    }
+#endif
+    for (int j = 0; j < QK_K / 16; j++) {
+        int sum = 0;
+        for (int l = 0; l < 16; l++) sum += y->qs[16 * j + l];
+        y->bsums[j] = (int16_t)sum;
+    }
+    y->d = 1.0f / iscale;
+}
+
+void quantize_row_q8_K(const float *x, void *vy, int n) {
+    block_q8_K *y = (block_q8_K *)vy;
+    for (int b = 0; b < n / QK_K; b++, x += QK_K) {
+        float amax = 0.0f;
+#if MINILLM_AVX2
+        const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+        __m256 vmax = _mm256_setzero_ps();
+        for (int j = 0; j < QK_K; j += 8)
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(absmask, _mm256_loadu_ps(x + j)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        amax = _mm_cvtss_f32(m4);
+#else
+        for (int j = 0; j < QK_K; j++) {
+            float ax = fabsf(x[j]);
+            if (ax > amax) amax = ax;
+        }
+#endif
+        q8_K_finish_block(x, y + b, amax);
+    }
+}
+
+/* ---- dequantization (scalar; the compiler vectorizes the inner loops) ----
+ * Products are formed in the same order as gguf.quants, and each one is
+ * exact in float32 (fp16 scale x small integers), so the results are
+ * bit-identical to gguf.quants.dequantize. */
+
+void dequantize_row_q2_K(const void *vw, float *y, int n) {
+    const block_q2_K *w = (const block_q2_K *)vw;
+    for (int b = 0; b < n / QK_K; b++) {
+        const float d = fp16_to_fp32(w[b].d), dmin = fp16_to_fp32(w[b].dmin);
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int half = 0; half < 2; half++) {
+                    const int j = 8 * h + 2 * k + half; /* sub-block of 16 values */
+                    const float dl = d * (float)(w[b].scales[j] & 0xF);
+                    const float ml = dmin * (float)(w[b].scales[j] >> 4);
+                    const uint8_t *q = w[b].qs + 32 * h + 16 * half;
+                    for (int l = 0; l < 16; l++) y[16 * j + l] = dl * (float)((q[l] >> (2 * k)) & 3) - ml;
+                }
+        y += QK_K;
+    }
+}
+
+/* Q4_K and Q5_K: eight sub-blocks of 32; Q5_K adds a fifth bit from qh. */
+static void dequantize_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
+                          float d, float dmin, float *y) {
+    uint8_t sc[8], m[8];
+    unpack_scales_k4(scales, sc, m);
+    for (int j = 0; j < 8; j++) {
+        const float dl = d * (float)sc[j], ml = dmin * (float)m[j];
+        const uint8_t *q = qs + 32 * (j / 2);
+        const int shift = 4 * (j & 1);
+        for (int l = 0; l < 32; l++) {
+            int v = (q[l] >> shift) & 0xF;
+            if (qh) v |= ((qh[l] >> j) & 1) << 4;
+            y[32 * j + l] = dl * (float)v - ml;
+        }
+    }
+}
+
+void dequantize_row_q4_K(const void *vw, float *y, int n) {
+    const block_q4_K *w = (const block_q4_K *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K)
+        dequantize_k4(w[b].scales, w[b].qs, NULL, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin), y);
+}
+
+void dequantize_row_q5_K(const void *vw, float *y, int n) {
+    const block_q5_K *w = (const block_q5_K *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K)
+        dequantize_k4(w[b].scales, w[b].qs, w[b].qh, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin), y);
+}
+
+/* Q6_K value i of half h (128 values): low nibble from ql, top two bits from qh,
+ * minus 32. Within a half, the 32-value group k takes ql bytes (k&1)*32 + l,
+ * nibble k/2, and qh bits 2k..2k+1 (the code; the value is code - 32). */
+static inline int q6_K_code(const block_q6_K *w, int h, int k, int l) {
+    const int lo = (w->ql[64 * h + 32 * (k & 1) + l] >> (4 * (k >> 1))) & 0xF;
+    const int hi = (w->qh[32 * h + l] >> (2 * k)) & 3;
+    return lo | (hi << 4);
+}
+
+void dequantize_row_q6_K(const void *vw, float *y, int n) {
+    const block_q6_K *w = (const block_q6_K *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K) {
+        const float d = fp16_to_fp32(w[b].d);
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < 32; l++) {
+                    const int i = 128 * h + 32 * k + l;
+                    y[i] = (d * (float)w[b].scales[i / 16]) * (float)(q6_K_code(w + b, h, k, l) - 32);
+                }
+    }
+}
+
+/* IQ1_S: eight groups of 32; group ib has a 3-bit scale (qh bits 12-14, used as
+ * 2s+1), a delta sign (bit 15: set means -1/8) and four 11-bit grid indices
+ * (8 bits from qs, 3 more from qh bits 3l..3l+2). */
+static inline int iq1s_index(const block_iq1_s *w, int ib, int l) {
+    return w->qs[4 * ib + l] | (((w->qh[ib] >> (3 * l)) & 7) << 8);
+}
+
+void dequantize_row_iq1_s(const void *vw, float *y, int n) {
+    const block_iq1_s *w = (const block_iq1_s *)vw;
+    for (int b = 0; b < n / QK_K; b++) {
+        const float d = fp16_to_fp32(w[b].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const uint16_t qh = w[b].qh[ib];
+            const float dl = d * (float)(2 * ((qh >> 12) & 7) + 1);
+            const float delta = (qh & 0x8000) ? -0.125f : 0.125f;
+            for (int l = 0; l < 4; l++) {
+                const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
+                for (int j = 0; j < 8; j++) *y++ = dl * ((float)((int)g[j] - 1) + delta);
+            }
+        }
+    }
+}
+
+/* Note on the scalar dot products: they multiply the unsigned codes (before any
+ * offset is subtracted) with the int8 activations and take offsets off through
+ * the activation sums. Besides matching the SIMD bodies, this sidesteps a gcc 12
+ * miscompilation (-O3 -march=native with AVX-VNNI) that vectorizes
+ * sum((code - 1) * q8) into an unsigned x signed byte dot product. */
+
+/* ---- AVX2 helpers ------------------------------------------------------ */
+#if MINILLM_AVX2
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* pshufb controls replicating 16-bit element j of each 128-bit half */
+#define REP16(j) _mm256_set1_epi16((short)((2 * (j)) | ((2 * (j) + 1) << 8)))
+
+/* 16 bytes (s0..s15) -> (s0, s2, ..., s14, s1, s3, ..., s15): widened to int16,
+ * the low half of the ymm then holds the even sub-block scales and the high half
+ * the odd ones, so REP16(m) yields [s_2m x 8 | s_2m+1 x 8] for a 32-value group
+ * made of two 16-value sub-blocks. */
+static inline __m128i even_odd_bytes(__m128i s) {
+    return _mm_shuffle_epi8(s, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+}
+
+/* ---- AVX2 bodies: decode a weight block once, dot it with any activation ----
+ * decode_<t> turns one weight block into unsigned byte codes q[j] for its eight
+ * 32-value groups (in q8_K order) and the matching int16 scale vectors s[j];
+ * dot_<t> adds one block's contribution to a float accumulator. vec_dot runs
+ * them per block; the tiles decode each weight block once for several
+ * activation rows, with the very same float operations per (row, activation). */
+
+/* scales and mins of a Q4_K/Q5_K block as bytes sc0..sc7, m0..m7. With the
+ * 12 bytes as 32-bit words u0, u1, u2 the four output words are
+ *   u0 & 0x3f3f3f3f,  (u2 & 0x0f0f0f0f) | ((u0 >> 2) & 0x30303030),
+ *   u1 & 0x3f3f3f3f,  ((u2 >> 4) & 0x0f0f0f0f) | ((u1 >> 2) & 0x30303030).
+ * Reads 16 bytes from s (the 4 after the scales are quants of the same block). */
+static inline __m128i scales_k4_bytes(const uint8_t *s) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)s);
+    const __m128i x = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    const __m128i y = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(x, _mm_setr_epi32(0, 0, 0, 4)),
+                                     _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(y, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+    return _mm_or_si128(lo, hi);
+}
+
+/* sum_j s[j] * <q[j], a[32j .. 32j+31]>, exact in int32 lanes */
+static inline __m256i dot_groups(const __m256i *q, const __m256i *s, const int8_t *a) {
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j += 2) {
+        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i *)(a + 32 * j))), s[j]);
+        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[j + 1], _mm256_loadu_si256((const __m256i *)(a + 32 * j + 32))), s[j + 1]);
+        isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+    }
+    return isum;
+}
+
+/* Q2_K: 16 sub-blocks of 16; a 32-value group spans two, so s[j] is [sc x 8 | sc' x 8]. */
+typedef struct { __m256i q[8], s[8], m; float d, dmin; } dec_q2_K;
+
+static inline void decode_q2_K(const block_q2_K *w, dec_q2_K *D) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)w->scales);
+    D->m = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m4));
+    const __m256i sc = _mm256_cvtepu8_epi16(even_odd_bytes(_mm_and_si128(sc8, m4)));
+    for (int h = 0; h < 2; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * h));
+        for (int k = 0; k < 4; k++) {
+            D->q[4 * h + k] = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+            D->s[4 * h + k] = _mm256_shuffle_epi8(sc, REP16(4 * h + k));
+        }
+    }
+    D->d = fp16_to_fp32(w->d);
+    D->dmin = fp16_to_fp32(w->dmin);
+}
+
+static inline __m256 dot_q2_K(const dec_q2_K *D, const block_q8_K *a, __m256 acc) {
+    const __m256i isum = dot_groups(D->q, D->s, a->qs);
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->m);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * D->d), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * D->dmin), _mm256_cvtepi32_ps(mins), acc);
+}
+
+/* Q4_K / Q5_K: eight sub-blocks of 32 with 6-bit scales and mins; m holds each
+ * min twice (int16) to pair with the two bsums of its sub-block. */
+typedef struct { __m256i q[8], s[8], m; float d, dmin; } dec_k4;
+typedef dec_k4 dec_q4_K, dec_q5_K;
+
+static inline void decode_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, fp16_t d, fp16_t dmin,
+                             dec_k4 *D) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), bit4 = _mm256_set1_epi8(0x10);
+    const __m128i scm = scales_k4_bytes(scales);
+    D->m = _mm256_cvtepu8_epi16(
+        _mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(_mm256_cvtepu8_epi16(scm)));
+    __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(qv, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        if (qh) { /* bits 2c and 2c+1 of each qh byte (hb is pre-shifted by 2c) -> bit 4 */
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
+            hb = _mm256_srli_epi16(hb, 2);
+        }
+        D->q[2 * c] = lo;
+        D->q[2 * c + 1] = hi;
+        D->s[2 * c] = _mm256_shuffle_epi8(sc, REP16(2 * c));
+        D->s[2 * c + 1] = _mm256_shuffle_epi8(sc, REP16(2 * c + 1));
+    }
+    D->d = fp16_to_fp32(d);
+    D->dmin = fp16_to_fp32(dmin);
+}
+
+static inline void decode_q4_K(const block_q4_K *w, dec_k4 *D) { decode_k4(w->scales, w->qs, NULL, w->d, w->dmin, D); }
+static inline void decode_q5_K(const block_q5_K *w, dec_k4 *D) { decode_k4(w->scales, w->qs, w->qh, w->d, w->dmin, D); }
+
+static inline __m256 dot_k4(const dec_k4 *D, const block_q8_K *a, __m256 acc) {
+    const __m256i isum = dot_groups(D->q, D->s, a->qs);
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->m);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * D->d), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * D->dmin), _mm256_cvtepi32_ps(mins), acc);
+}
+#define dot_q4_K dot_k4
+#define dot_q5_K dot_k4
+
+/* Q6_K: codes 0..63 fed unsigned; the -32 offset is taken off with the bsums. */
+typedef struct { __m256i q[8], s[8], sc; float d; } dec_q6_K;
+
+static inline void decode_q6_K(const block_q6_K *w, dec_q6_K *D) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)w->scales);
+    D->sc = _mm256_cvtepi8_epi16(sc8);
+    const __m256i sc = _mm256_cvtepi8_epi16(even_odd_bytes(sc8));
+    for (int h = 0; h < 2; h++) {
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w->qh + 32 * h));
+        __m256i *q = D->q + 4 * h;
+        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+        for (int k = 0; k < 4; k++) D->s[4 * h + k] = _mm256_shuffle_epi8(sc, REP16(4 * h + k));
+    }
+    D->d = fp16_to_fp32(w->d);
+}
+
+static inline __m256 dot_q6_K(const dec_q6_K *D, const block_q8_K *a, __m256 acc) {
+    const __m256i offs = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->sc);
+    const __m256i isum = _mm256_sub_epi32(dot_groups(D->q, D->s, a->qs), _mm256_slli_epi32(offs, 5));
+    return _mm256_fmadd_ps(_mm256_set1_ps(a->d * D->d), _mm256_cvtepi32_ps(isum), acc);
+}
+
+/* IQ1_S: group ib contributes d*ls * sum (g + delta) * a  with ls = 2s+1, delta = +-1/8.
+ * Scaled by 8 this is all-integer: ls * (8 <g, a> +- sum(a)). The codes are g + 1
+ * (0..2, the unsigned maddubs operand), which adds sum(a) once more:
+ * ls * (8 <g+1, a> + (-8 +- 1) sum(a)); coef holds ls * (-8 +- 1) per bsum. */
+typedef struct { __m256i q[8], s[8], coef; float d; } dec_iq1_s;
+typedef dec_iq1_s dec_iq1_s_u;
+
+/* ls and coef from the eight groups' 3-bit scales (int16) and delta signs (1 = -1/8) */
+static inline void iq1_scales(__m128i s3, __m128i neg, dec_iq1_s *D) {
+    const __m128i ls = _mm_or_si128(_mm_slli_epi16(s3, 1), _mm_set1_epi16(1));
+    const __m128i coef = _mm_mullo_epi16(ls, _mm_sub_epi16(_mm_set1_epi16(-7), _mm_add_epi16(neg, neg)));
+    D->coef = _mm256_setr_m128i(_mm_unpacklo_epi16(coef, coef), _mm_unpackhi_epi16(coef, coef));
+    const __m256i lsb = _mm256_broadcastsi128_si256(ls);
+    for (int ib = 0; ib < 8; ib++) D->s[ib] = _mm256_shuffle_epi8(lsb, REP16(ib));
+}
+
+static inline void decode_iq1_s(const block_iq1_s *w, dec_iq1_s *D) {
+    /* Byte offsets idx*8 into the grid of the 32 indices: entry e = 4ib + l is
+     * qs[e] << 3 | ((qh[ib] >> 3l) & 7) << 11; the shift of qh by 11 - 3l is a
+     * 16-bit multiply and the mask keeps bits 11..13. Gathers then fetch each
+     * group's four grid points (fewer uops here than 4 loads and 3 blends). */
+    const __m256i qh_mul = _mm256_setr_epi16(1 << 11, 1 << 8, 1 << 5, 1 << 2, 1 << 11, 1 << 8, 1 << 5, 1 << 2,
+                                             1 << 11, 1 << 8, 1 << 5, 1 << 2, 1 << 11, 1 << 8, 1 << 5, 1 << 2);
+    const __m256i rep_lo = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                                            4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7);
+    const __m256i rep_hi = _mm256_add_epi8(rep_lo, _mm256_set1_epi8(8));
+    const __m256i hmask = _mm256_set1_epi16(0x3800);
+    const long long *grid = (const long long *)iq1s_grid_u;
+    const __m128i qh = _mm_loadu_si128((const __m128i *)w->qh);
+    const __m256i qhb = _mm256_broadcastsi128_si256(qh);
+    const __m256i qs0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w->qs));
+    const __m256i qs1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w->qs + 16)));
+    const __m256i h0 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_lo), qh_mul), hmask);
+    const __m256i h1 = _mm256_and_si256(_mm256_mullo_epi16(_mm256_shuffle_epi8(qhb, rep_hi), qh_mul), hmask);
+    const __m256i off16[2] = {_mm256_or_si256(_mm256_slli_epi16(qs0, 3), h0), _mm256_or_si256(_mm256_slli_epi16(qs1, 3), h1)};
+    for (int ib = 0; ib < 8; ib += 2) {
+        const __m128i o16 = (ib & 2) ? _mm256_extracti128_si256(off16[ib / 4], 1) : _mm256_castsi256_si128(off16[ib / 4]);
+        const __m256i o32 = _mm256_cvtepu16_epi32(o16);
+        D->q[ib] = _mm256_i32gather_epi64(grid, _mm256_castsi256_si128(o32), 1);
+        D->q[ib + 1] = _mm256_i32gather_epi64(grid, _mm256_extracti128_si256(o32, 1), 1);
+    }
+    iq1_scales(_mm_and_si128(_mm_srli_epi16(qh, 12), _mm_set1_epi16(7)), _mm_srli_epi16(qh, 15), D);
+    D->d = fp16_to_fp32(w->d);
+}
+
+static inline void decode_iq1_s_u(const block_iq1_s_u *w, dec_iq1_s *D) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * h));
+        for (int k = 0; k < 4; k++) D->q[4 * h + k] = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+    }
+    const __m128i sc = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)w->sc));
+    iq1_scales(_mm_and_si128(sc, _mm_set1_epi16(7)), _mm_srli_epi16(sc, 3), D);
+    D->d = fp16_to_fp32(w->d);
+}
+
+static inline __m256 dot_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m256 acc) {
+    const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->coef);
+    const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(dot_groups(D->q, D->s, a->qs), 3), corr);
+    return _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a->d * D->d), _mm256_cvtepi32_ps(t), acc);
+}
+#define dot_iq1_s_u dot_iq1_s
+
+/* Tiles of Q2_K and IQ1_S reuse a decoded block for several activation rows, so
+ * there it pays to fold the group scales into the codes once (q * scale <= 45
+ * still fits a byte: mullo_epi16 does it without carries) and let maddubs sums of
+ * G groups add up in int16 (G * 2 * 45 * 127 < 2^15 for G = 2; 2 * 30 * 127 for
+ * IQ1_S allows G = 4). Every int32 lane ends with the same exact sum as dot_groups
+ * gives, so the float results are unchanged. */
+static inline void prescale(__m256i *q, const __m256i *s) {
+    for (int j = 0; j < 8; j++) q[j] = _mm256_mullo_epi16(q[j], s[j]);
+}
+
+static inline __m256i dot_groups_prescaled(const __m256i *q, const int8_t *a, int G) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j += G) {
+        __m256i p = _mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i *)(a + 32 * j)));
+        for (int g = 1; g < G; g++)
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(q[j + g], _mm256_loadu_si256((const __m256i *)(a + 32 * (j + g)))));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+    }
+    return isum;
+}
+
+static inline __m256 dot_ps_q2_K(const dec_q2_K *D, const block_q8_K *a, __m256 acc) {
+    const __m256i isum = dot_groups_prescaled(D->q, a->qs, 2);
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->m);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * D->d), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * D->dmin), _mm256_cvtepi32_ps(mins), acc);
+}
+
+static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m256 acc) {
+    const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), D->coef);
+    const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(dot_groups_prescaled(D->q, a->qs, 4), 3), corr);
+    return _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a->d * D->d), _mm256_cvtepi32_ps(t), acc);
+}
+#define dot_ps_iq1_s_u dot_ps_iq1_s
+
+/* the other types keep the scales in madd */
+#define dot_ps_q4_K dot_k4
+#define dot_ps_q5_K dot_k4
+#define dot_ps_q6_K dot_q6_K
+
+/* one row (vec_dot) and a tile of rows x activation rows, from decode_<t> and dot_<t> */
+#define DEFINE_AVX2_ROW_AND_TILE(t, PRESCALE)                                                                 \
+    static float avx2_row_##t(int n, const void *vw, const void *va) {                                \
+        const block_##t *w = (const block_##t *)vw;                                                    \
+        const block_q8_K *a = (const block_q8_K *)va;                                                  \
+        __m256 acc = _mm256_setzero_ps();                                                              \
+        for (int b = 0; b < n / QK_K; b++) {                                                           \
+            dec_##t D;                                                                                 \
+            decode_##t(w + b, &D);                                                                     \
+            acc = dot_##t(&D, a + b, acc);                                                             \
+        }                                                                                              \
+        return hsum_ps(acc);                                                                           \
+    }                                                                                                  \
+    /* one weight row against nc activation rows: each weight block is decoded once, \
+     * the nc activation blocks come from L1 (the caller's tile keeps nc small) */     \
+    static inline __attribute__((always_inline)) void avx2_row_x_##t(                  \
+        int n, const block_##t *w, const char *a, size_t as, float *out, size_t os, int nc) { \
+        __m256 acc[KQ_TILE_MAX];                                                       \
+        for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();                     \
+        for (int b = 0; b < n / QK_K; b++) {                                           \
+            dec_##t D;                                                                 \
+            decode_##t(w + b, &D);                                                     \
+            if (PRESCALE && nc > 1) {                                                  \
+                prescale(D.q, D.s);                                                    \
+                for (int c = 0; c < nc; c++)                                           \
+                    acc[c] = dot_ps_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]); \
+            } else                                                                     \
+                for (int c = 0; c < nc; c++)                                           \
+                    acc[c] = dot_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]); \
+        }                                                                              \
+        for (int c = 0; c < nc; c++) out[c * os] = hsum_ps(acc[c]);                    \
+    }                                                                                  \
+    static void avx2_tile_##t(int n, const char *w, size_t ws, const char *a, size_t as, float *out, \
+                              size_t os, int nr, int nc) {                             \
+        for (int r = 0; r < nr; r++) {                                                 \
+            const block_##t *wr = (const block_##t *)(w + r * ws);                     \
+            switch (nc) { /* constant counts keep the accumulators in registers */     \
+                case 4: avx2_row_x_##t(n, wr, a, as, out + r, os, 4); break;           \
+                case 3: avx2_row_x_##t(n, wr, a, as, out + r, os, 3); break;           \
+                case 2: avx2_row_x_##t(n, wr, a, as, out + r, os, 2); break;           \
+                default: avx2_row_x_##t(n, wr, a, as, out + r, os, 1); break;          \
+            }                                                                          \
+        }                                                                              \
+    }
+
+DEFINE_AVX2_ROW_AND_TILE(q2_K, 1)
+DEFINE_AVX2_ROW_AND_TILE(q4_K, 0)
+DEFINE_AVX2_ROW_AND_TILE(q5_K, 0)
+DEFINE_AVX2_ROW_AND_TILE(q6_K, 0)
+DEFINE_AVX2_ROW_AND_TILE(iq1_s, 1)
+DEFINE_AVX2_ROW_AND_TILE(iq1_s_u, 1)
+
+#endif
+
+/* ---- Q2_K -------------------------------------------------------------- */
+
+float vec_dot_q2_K(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_q2_K(n, vw, va);
+#else
+    const block_q2_K *w = (const block_q2_K *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    const int nb = n / QK_K;
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0, msum = 0;
+        for (int j = 0; j < 16; j++) {
+            const int h = j / 8, k = (j % 8) / 2, half = j & 1;
+            const uint8_t *q = w[b].qs + 32 * h + 16 * half;
+            const int8_t *q8 = a[b].qs + 16 * j;
+            int s = 0;
+            for (int l = 0; l < 16; l++) s += ((q[l] >> (2 * k)) & 3) * q8[l];
+            isum += (w[b].scales[j] & 0xF) * s;
+            msum += (w[b].scales[j] >> 4) * a[b].bsums[j];
+        }
+        sum += a[b].d * (fp16_to_fp32(w[b].d) * (float)isum - fp16_to_fp32(w[b].dmin) * (float)msum);
+    }
+    return sum;
+#endif
+}
+
+/* ---- Q4_K and Q5_K ------------------------------------------------------- */
+
+#if !MINILLM_AVX2
+static inline float dot_k4_block(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
+                                 const block_q8_K *a, float d, float dmin) {
+    uint8_t sc[8], m[8];
+    unpack_scales_k4(scales, sc, m);
+    int isum = 0, msum = 0;
+    for (int j = 0; j < 8; j++) {
+        const uint8_t *q = qs + 32 * (j / 2);
+        const int shift = 4 * (j & 1);
+        int s = 0;
+        for (int l = 0; l < 32; l++) {
+            int v = (q[l] >> shift) & 0xF;
+            if (qh) v |= ((qh[l] >> j) & 1) << 4;
+            s += v * a->qs[32 * j + l];
+        }
+        isum += sc[j] * s;
+        msum += m[j] * (a->bsums[2 * j] + a->bsums[2 * j + 1]);
+    }
+    return a->d * (d * (float)isum - dmin * (float)msum);
+}
+#endif
+
+float vec_dot_q4_K(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_q4_K(n, vw, va);
+#else
+    const block_q4_K *w = (const block_q4_K *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK_K; b++)
+        sum += dot_k4_block(w[b].scales, w[b].qs, NULL, a + b, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin));
+    return sum;
+#endif
+}
+
+float vec_dot_q5_K(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_q5_K(n, vw, va);
+#else
+    const block_q5_K *w = (const block_q5_K *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    float sum = 0.0f;
+    for (int b = 0; b < n / QK_K; b++)
+        sum += dot_k4_block(w[b].scales, w[b].qs, w[b].qh, a + b, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin));
+    return sum;
+#endif
+}
+
+/* ---- Q6_K -------------------------------------------------------------- */
+
+float vec_dot_q6_K(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_q6_K(n, vw, va);
+#else
+    const block_q6_K *w = (const block_q6_K *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    const int nb = n / QK_K;
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0;
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int half = 0; half < 2; half++) {
+                    const int j = 8 * h + 2 * k + half;
+                    int s = 0;
+                    for (int l = 16 * half; l < 16 * half + 16; l++)
+                        s += q6_K_code(w + b, h, k, l) * a[b].qs[128 * h + 32 * k + l];
+                    isum += w[b].scales[j] * (s - 32 * a[b].bsums[j]);
+                }
+        sum += a[b].d * fp16_to_fp32(w[b].d) * (float)isum;
+    }
+    return sum;
+#endif
+}
+
+/* ---- IQ1_S ------------------------------------------------------------- */
+/* all-integer per block: sum_ib ls * (8 <g, a> +- sum(a)), see dot_iq1_s */
+
+float vec_dot_iq1_s(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_iq1_s(n, vw, va);
+#else
+    const block_iq1_s *w = (const block_iq1_s *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    const int nb = n / QK_K;
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const uint16_t qh = w[b].qh[ib];
+            int s = 0;
+            for (int l = 0; l < 4; l++) {
+                const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
+                const int8_t *q8 = a[b].qs + 32 * ib + 8 * l;
+                for (int j = 0; j < 8; j++) s += g[j] * q8[j];
+            }
+            const int asum = a[b].bsums[2 * ib] + a[b].bsums[2 * ib + 1];
+            s -= asum; /* the grid stores g + 1 */
+            isum += (2 * ((qh >> 12) & 7) + 1) * (8 * s + ((qh & 0x8000) ? -asum : asum));
+        }
+        sum += 0.125f * a[b].d * fp16_to_fp32(w[b].d) * (float)isum;
+    }
+    return sum;
+#endif
+}
+
+/* ---- IQ1_S repacked to 2-bit codes (block_iq1_s_u, see kquants.h) -------- */
+
+void repack_row_iq1_s_u(const void *vw, void *vy, int n) {
+    const block_iq1_s *w = (const block_iq1_s *)vw;
+    block_iq1_s_u *y = (block_iq1_s_u *)vy;
+    for (int b = 0; b < n / QK_K; b++) {
+        y[b].d = w[b].d;
+        memset(y[b].qs, 0, sizeof(y[b].qs));
+        for (int ib = 0; ib < 8; ib++) {
+            const uint16_t qh = w[b].qh[ib];
+            y[b].sc[ib] = (uint8_t)(((qh >> 12) & 7) | ((qh >> 15) << 3));
+            for (int l = 0; l < 4; l++) {
+                const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
+                for (int j = 0; j < 8; j++) {
+                    const int i = 32 * ib + 8 * l + j, h = i / 128, k = (i % 128) / 32;
+                    y[b].qs[32 * h + i % 32] |= (uint8_t)(g[j] << (2 * k));
+                }
+            }
+        }
+    }
+}
+
+void dequantize_row_iq1_s_u(const void *vw, float *y, int n) {
+    const block_iq1_s_u *w = (const block_iq1_s_u *)vw;
+    for (int b = 0; b < n / QK_K; b++) {
+        const float d = fp16_to_fp32(w[b].d);
+        for (int ib = 0; ib < 8; ib++) {
+            const float dl = d * (float)(2 * (w[b].sc[ib] & 7) + 1);
+            const float delta = (w[b].sc[ib] & 8) ? -0.125f : 0.125f;
+            const int h = ib / 4, k = ib % 4;
+            for (int l = 0; l < 32; l++)
+                *y++ = dl * ((float)((int)((w[b].qs[32 * h + l] >> (2 * k)) & 3) - 1) + delta);
+        }
+    }
+}
+
+float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
+#if MINILLM_AVX2
+    return avx2_row_iq1_s_u(n, vw, va);
+#else
+    const block_iq1_s_u *w = (const block_iq1_s_u *)vw;
+    const block_q8_K *a = (const block_q8_K *)va;
+    const int nb = n / QK_K;
+    float sum = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const int h = ib / 4, k = ib % 4;
+            int s = 0;
+            for (int l = 0; l < 32; l++) s += ((w[b].qs[32 * h + l] >> (2 * k)) & 3) * a[b].qs[32 * ib + l];
+            const int asum = a[b].bsums[2 * ib] + a[b].bsums[2 * ib + 1];
+            s -= asum; /* codes are g + 1 */
+            isum += (2 * (w[b].sc[ib] & 7) + 1) * (8 * s + ((w[b].sc[ib] & 8) ? -asum : asum));
+        }
+        sum += 0.125f * a[b].d * fp16_to_fp32(w[b].d) * (float)isum;
+    }
+    return sum;
+#endif
+}
+
+/* ---- tiles: rows x activation rows, bit-identical to vec_dot per pair ---- */
+#define DEFINE_TILE(t)                                                                                 \
+    void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out,   \
+                  size_t out_stride, int nr, int nc) {                                                 \
+        for (int r0 = 0; r0 < nr; r0 += KQ_TILE_MAX)                                                   \
+            for (int c0 = 0; c0 < nc; c0 += KQ_TILE_MAX) {                                             \
+                const int tr = nr - r0 < KQ_TILE_MAX ? nr - r0 : KQ_TILE_MAX;                          \
+                const int tc = nc - c0 < KQ_TILE_MAX ? nc - c0 : KQ_TILE_MAX;                          \
+                const char *wr = (const char *)w + r0 * w_stride, *ac = (const char *)a + c0 * a_stride; \
+                float *o = out + c0 * out_stride + r0;                                                 \
+                TILE_BODY(t)                                                                           \
+            }                                                                                          \
+    }
+#if MINILLM_AVX2
+#define TILE_BODY(t) avx2_tile_##t(n, wr, w_stride, ac, a_stride, o, out_stride, tr, tc);
+#else
+#define TILE_BODY(t)                                                                                   \
+    for (int c = 0; c < tc; c++)                                                                       \
+        for (int r = 0; r < tr; r++) o[c * out_stride + r] = vec_dot_##t(n, wr + r * w_stride, ac + c * a_stride);
+#endif
+DEFINE_TILE(q2_K)
+DEFINE_TILE(q4_K)
+DEFINE_TILE(q5_K)
+DEFINE_TILE(q6_K)
+DEFINE_TILE(iq1_s)
+DEFINE_TILE(iq1_s_u)

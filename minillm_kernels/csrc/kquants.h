@@ -1,0 +1,60 @@
+/* The 256-value super-block weight types (k-quants Q2_K, Q4_K, Q5_K, Q6_K and
+ * the 1.5-bit i-quant IQ1_S) and their activation format q8_K.
+ * Contract and block layouts: quants.h. */
+#ifndef MINILLM_KQUANTS_H
+#define MINILLM_KQUANTS_H
+
+#include "quants.h"
+
+/* x (n floats, n % 256 == 0) -> q8_K blocks, exactly as ggml's reference:
+ * per block d = -max/127 where max is the first value of largest magnitude,
+ * q = round-half-even(x / d) (so q has the opposite sign of x when max > 0),
+ * bsums[j] = sum of q[16j .. 16j+15]. An all-zero block gets d = 0, q = 0. */
+void quantize_row_q8_K(const float *x, void *y, int n);
+
+void dequantize_row_q2_K(const void *w, float *y, int n);
+void dequantize_row_q4_K(const void *w, float *y, int n);
+void dequantize_row_q5_K(const void *w, float *y, int n);
+void dequantize_row_q6_K(const void *w, float *y, int n);
+void dequantize_row_iq1_s(const void *w, float *y, int n);
+
+/* dot(weight row w, activation row a); a is n/256 q8_K blocks. */
+float vec_dot_q2_K(int n, const void *w, const void *a);
+float vec_dot_q4_K(int n, const void *w, const void *a);
+float vec_dot_q5_K(int n, const void *w, const void *a);
+float vec_dot_q6_K(int n, const void *w, const void *a);
+float vec_dot_iq1_s(int n, const void *w, const void *a);
+
+/* ---- IQ1_S repacked for speed (a load-time conversion, not a GGUF type) ----
+ * IQ1_S's inner loop is bound by its codebook lookups (32 per block). Repacked,
+ * each value is its 2-bit code g+1 (0, 1, 2) and the dot product is as cheap as
+ * Q2_K's: 74 bytes per 256 values instead of 50, ~2x less compute per value.
+ * Values 128h + 32k + l (h < 2, k < 4, l < 32) are bits 2k..2k+1 of qs[32h + l];
+ * sc[ib] holds the group's 3-bit scale s (value scale d * (2s + 1)) in bits 0-2
+ * and in bit 3 the sign of its delta (set: -1/8, clear: +1/8), as IQ1_S's qh bits 12-15.
+ * Dequantized values and dot products are bit-identical to those of the IQ1_S row. */
+typedef struct { fp16_t d; uint8_t sc[8]; uint8_t qs[QK_K / 4]; } block_iq1_s_u; /* 74 B */
+_Static_assert(sizeof(block_iq1_s_u) == 74, "iq1_s_u");
+
+void repack_row_iq1_s_u(const void *iq1_s_row, void *y, int n);
+void dequantize_row_iq1_s_u(const void *w, float *y, int n);
+float vec_dot_iq1_s_u(int n, const void *w, const void *a);
+
+/* ---- tiles ---------------------------------------------------------------
+ * tile_<t>(n, w, w_stride, a, a_stride, out, out_stride, nr, nc):
+ *   out[c * out_stride + r] = vec_dot_<t>(n, w + r * w_stride, a + c * a_stride)
+ * for r < nr, c < nc (strides in bytes for w and a, in floats for out), bit for bit.
+ * Each weight block is decoded once for all nc activation rows (GEMM, batched MoE);
+ * work is done in register tiles of up to KQ_TILE_MAX x KQ_TILE_MAX. */
+#define KQ_TILE_MAX 4
+#define DECLARE_KQ_TILE(t)                                                                    \
+    void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out, \
+                  size_t out_stride, int nr, int nc);
+DECLARE_KQ_TILE(q2_K)
+DECLARE_KQ_TILE(q4_K)
+DECLARE_KQ_TILE(q5_K)
+DECLARE_KQ_TILE(q6_K)
+DECLARE_KQ_TILE(iq1_s)
+DECLARE_KQ_TILE(iq1_s_u)
+
+#endif

@@ -1,0 +1,262 @@
+/* OpenMP drivers: see matmul_driver.h. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+#include "matmul_driver.h"
+#include "type_table.h"
+
+/* Weight rows per work item: the unit handed to a thread, small enough to stay in L1/L2
+ * while every token of the batch streams past it. */
+#define ROW_TILE 16
+/* Activation bytes per token chunk in GEMM: kept in L2 while a row tile sweeps it. */
+#define ACT_CHUNK_BYTES (128 * 1024)
+
+static int force_scalar = 0;
+void mm_set_force_scalar(int on) { force_scalar = on ? 1 : 0; }
+int mm_get_force_scalar(void) { return force_scalar; }
+int mm_max_threads(void) { return omp_get_num_procs(); }
+
+static int resolve_threads(int n) { return n > 0 ? n : omp_get_num_procs(); }
+static inline int imin(int a, int b) { return a < b ? a : b; }
+
+/* The kernels of one weight type at one row length, for the path selected now. */
+typedef struct {
+    const type_traits *tt;
+    int path, K;
+    size_t row_bytes, act_rb;
+    vec_dot_fn vec_dot;
+    tile_fn tile; /* NULL: loop over vec_dot */
+    int tr, tc, gv;
+    int token_chunk;
+} kernel_t;
+
+static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
+    const type_traits *tt = type_traits_get(wtype);
+    if (!tt) return MM_ERR_TYPE;
+    k->tt = tt;
+    k->path = force_scalar ? PATH_SCALAR : PATH_BEST;
+    k->K = K;
+    k->row_bytes = row_bytes;
+    k->act_rb = act_row_bytes(tt->act_type, K);
+    k->vec_dot = tt->vec_dot[k->path];
+    k->tile = tt->tile[k->path];
+    k->tr = tt->gemm_rows;
+    k->tc = tt->gemm_cols;
+    k->gv = tt->gemv_rows;
+    int chunk = (int)(ACT_CHUNK_BYTES / (k->act_rb ? k->act_rb : 1));
+    chunk -= chunk % k->tc;
+    k->token_chunk = chunk < k->tc ? k->tc : chunk;
+    return MM_OK;
+}
+
+/* out[c * os + r] for nr rows starting at w, nc activation rows starting at a */
+static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t *a, size_t as, float *out,
+                             size_t os, int nr, int nc) {
+    if (k->tile) {
+        k->tile(k->K, w, k->row_bytes, a, as, out, os, nr, nc);
+        return;
+    }
+    for (int c = 0; c < nc; c++)
+        for (int r = 0; r < nr; r++) out[c * os + r] = k->vec_dot(k->K, w + r * k->row_bytes, a + c * as);
+}
+
+/* Weight rows [r0, r1) against ntok quantized activation rows: out[t * os + r].
+ * One token: GEMV, gv rows per call so their FMA chains overlap.  More tokens: for each
+ * chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
+static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, int ntok,
+                      float *out, size_t os) {
+    if (ntok == 1) {
+        for (int r = r0; r < r1; r += k->gv)
+            tile_call(k, w + r * k->row_bytes, acts, 0, out + r, 1, imin(k->gv, r1 - r), 1);
+        return;
+    }
+    for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
+        const int t1 = imin(ntok, t0 + k->token_chunk);
+        for (int r = r0; r < r1; r += k->tr) {
+            const int nr = imin(k->tr, r1 - r);
+            for (int t = t0; t < t1; t += k->tc)
+                tile_call(k, w + r * k->row_bytes, acts + t * k->act_rb, k->act_rb, out + t * os + r, os, nr,
+                          imin(k->tc, t1 - t));
+        }
+    }
+}
+
+int mm_quantize_rows(int act_type, const float *x, int n, int K, uint8_t *out, int n_threads) {
+    const size_t rb = act_row_bytes(act_type, K);
+    const int path = force_scalar ? PATH_SCALAR : PATH_BEST;
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(n_threads))
+    for (int i = 0; i < n; i++) quantize_act_row(act_type, x + (size_t)i * K, out + i * rb, K, path);
+    return MM_OK;
+}
+
+int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stride, int M, int K,
+              const float *x, int N, int B, float *out, int n_threads) {
+    kernel_t k;
+    if (kernel_init(&k, wtype, K, row_bytes)) return MM_ERR_TYPE;
+    const long rows = (long)B * N;
+    uint8_t *buf = NULL;
+    const uint8_t *acts = (const uint8_t *)x;
+    if (k.tt->act_type != ACT_F32) {
+        buf = (uint8_t *)malloc(rows * k.act_rb + 64);
+        if (!buf) return MM_ERR_NOMEM;
+        acts = buf;
+    }
+    const int tiles = (M + ROW_TILE - 1) / ROW_TILE;
+    const long items = (long)B * tiles;
+#pragma omp parallel num_threads(resolve_threads(n_threads))
+    {
+        if (buf) {
+#pragma omp for schedule(static)
+            for (long i = 0; i < rows; i++)
+                quantize_act_row(k.tt->act_type, x + i * K, buf + i * k.act_rb, K, k.path);
+        }
+#pragma omp for schedule(static)
+        for (long it = 0; it < items; it++) {
+            const long b = it / tiles;
+            const int r0 = (int)(it % tiles) * ROW_TILE;
+            gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + ROW_TILE), acts + b * N * k.act_rb, N,
+                      out + b * N * M, M);
+        }
+    }
+    free(buf);
+    return MM_OK;
+}
+
+static inline float silu(float g) { return g / (1.0f + expf(-g)); }
+
+typedef struct { int e, r0; } work_item;
+
+/* (expert, row tile) work items of the experts that received tokens, in expert order */
+static int make_items(const int *counts, int n_expert, int rows, work_item *items) {
+    int n = 0;
+    for (int e = 0; e < n_expert; e++)
+        if (counts[e])
+            for (int r = 0; r < rows; r += ROW_TILE) items[n++] = (work_item){e, r};
+    return n;
+}
+
+int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, int k_used, int n_expert,
+           const uint8_t *gate, int gate_type, size_t gate_rb, size_t gate_estride,
+           const uint8_t *up, int up_type, size_t up_rb, size_t up_estride,
+           const uint8_t *down, int down_type, size_t down_rb, size_t down_estride,
+           int F, int K_out, float *out, int n_threads) {
+    kernel_t kg, ku, kd;
+    if (kernel_init(&kg, gate_type, K, gate_rb) || kernel_init(&ku, up_type, K, up_rb) ||
+        kernel_init(&kd, down_type, F, down_rb))
+        return MM_ERR_TYPE;
+    const int S = N * k_used; /* one slot per (token, selected expert) */
+    if (S == 0) return MM_OK;
+    for (int s = 0; s < S; s++)
+        if (ids[s] < 0 || ids[s] >= n_expert) return MM_ERR_EXPERT_ID;
+
+    const int same_act = kg.tt->act_type == ku.tt->act_type;
+    const int tiles_f = (F + ROW_TILE - 1) / ROW_TILE, tiles_o = (K_out + ROW_TILE - 1) / ROW_TILE;
+    int *counts = calloc((size_t)n_expert, sizeof(int)), *offs = calloc((size_t)n_expert + 1, sizeof(int));
+    int *slot_token = malloc(sizeof(int) * (size_t)S), *slot_of = malloc(sizeof(int) * (size_t)S);
+    work_item *items_f = malloc(sizeof(work_item) * (size_t)(S * tiles_f + 1));
+    work_item *items_o = malloc(sizeof(work_item) * (size_t)(S * tiles_o + 1));
+    uint8_t *acts_g = malloc((size_t)S * kg.act_rb + 64);
+    uint8_t *acts_u = same_act ? acts_g : malloc((size_t)S * ku.act_rb + 64);
+    float *gbuf = malloc(sizeof(float) * (size_t)S * F), *ubuf = malloc(sizeof(float) * (size_t)S * F);
+    uint8_t *hq = malloc((size_t)S * kd.act_rb + 64);
+    float *ybuf = malloc(sizeof(float) * (size_t)S * K_out);
+    int rc = MM_OK;
+    if (!counts || !offs || !slot_token || !slot_of || !items_f || !items_o || !acts_g || !acts_u || !gbuf ||
+        !ubuf || !hq || !ybuf) {
+        rc = MM_ERR_NOMEM;
+        goto done;
+    }
+
+    /* group the slots by expert, keeping token order inside a group */
+    for (int s = 0; s < S; s++) counts[ids[s]]++;
+    for (int e = 0; e < n_expert; e++) offs[e + 1] = offs[e] + counts[e];
+    {
+        int *fill = calloc((size_t)n_expert, sizeof(int));
+        if (!fill) { rc = MM_ERR_NOMEM; goto done; }
+        for (int s = 0; s < S; s++) {
+            const int e = ids[s], slot = offs[e] + fill[e]++;
+            slot_token[slot] = s / k_used;
+            slot_of[s] = slot;
+        }
+        free(fill);
+    }
+    const int n_items_f = make_items(counts, n_expert, F, items_f);
+    const int n_items_o = make_items(counts, n_expert, K_out, items_o);
+    int uniform = 1; /* every used expert has the same token count: equal-cost items, static split */
+    for (int e = 0; e < n_expert; e++)
+        if (counts[e] && counts[e] != counts[ids[0]]) uniform = 0;
+
+#pragma omp parallel num_threads(resolve_threads(n_threads))
+    {
+#pragma omp for schedule(static)
+        for (int s = 0; s < S; s++) {
+            const float *xt = x + (size_t)slot_token[s] * K;
+            quantize_act_row(kg.tt->act_type, xt, acts_g + s * kg.act_rb, K, kg.path);
+            if (!same_act) quantize_act_row(ku.tt->act_type, xt, acts_u + s * ku.act_rb, K, ku.path);
+        }
+        /* gate and up: each item is a row tile of one expert against all of its tokens */
+#define GATE_UP_ITEM(i)                                                                                  \
+    {                                                                                                    \
+        const int e = items_f[i].e, r0 = items_f[i].r0, r1 = imin(F, r0 + ROW_TILE);                     \
+        gemm_rows(&kg, gate + e * gate_estride, r0, r1, acts_g + offs[e] * kg.act_rb, counts[e],         \
+                  gbuf + (size_t)offs[e] * F, F);                                                        \
+        gemm_rows(&ku, up + e * up_estride, r0, r1, acts_u + offs[e] * ku.act_rb, counts[e],             \
+                  ubuf + (size_t)offs[e] * F, F);                                                        \
+    }
+        if (uniform) {
+#pragma omp for schedule(static)
+            for (int i = 0; i < n_items_f; i++) GATE_UP_ITEM(i)
+        } else {
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < n_items_f; i++) GATE_UP_ITEM(i)
+        }
+        /* h = silu(gate) * up, quantized for the down projection */
+#pragma omp for schedule(static)
+        for (int s = 0; s < S; s++) {
+            float *g = gbuf + (size_t)s * F;
+            const float *u = ubuf + (size_t)s * F;
+            for (int f = 0; f < F; f++) g[f] = silu(g[f]) * u[f];
+            quantize_act_row(kd.tt->act_type, g, hq + s * kd.act_rb, F, kd.path);
+        }
+#define DOWN_ITEM(i)                                                                                     \
+    {                                                                                                    \
+        const int e = items_o[i].e, r0 = items_o[i].r0;                                                  \
+        gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + ROW_TILE), hq + offs[e] * kd.act_rb, \
+                  counts[e], ybuf + (size_t)offs[e] * K_out, K_out);                                     \
+    }
+        if (uniform) {
+#pragma omp for schedule(static)
+            for (int i = 0; i < n_items_o; i++) DOWN_ITEM(i)
+        } else {
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < n_items_o; i++) DOWN_ITEM(i)
+        }
+        /* weighted sum over the selected experts, in selection order */
+#pragma omp for schedule(static)
+        for (int t = 0; t < N; t++) {
+            float *o = out + (size_t)t * K_out;
+            for (int c = 0; c < K_out; c++) o[c] = 0.0f;
+            for (int j = 0; j < k_used; j++) {
+                const float wj = ew[t * k_used + j];
+                const float *y = ybuf + (size_t)slot_of[t * k_used + j] * K_out;
+                for (int c = 0; c < K_out; c++) o[c] += wj * y[c];
+            }
+        }
+    }
+done:
+    free(counts); free(offs); free(slot_token); free(slot_of); free(items_f); free(items_o);
+    if (acts_u != acts_g) free(acts_u);
+    free(acts_g); free(gbuf); free(ubuf); free(hq); free(ybuf);
+    return rc;
+}
+
+int mm_dequantize_rows(int wtype, const uint8_t *w, size_t row_bytes, int K, const int64_t *ids, int n,
+                       float *out, int n_threads) {
+    const type_traits *tt = type_traits_get(wtype);
+    if (!tt) return MM_ERR_TYPE;
+    const dequantize_row_fn dq = tt->dequantize_row[force_scalar ? PATH_SCALAR : PATH_BEST];
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(n_threads)) if (n > 4)
+    for (int i = 0; i < n; i++) dq(w + ids[i] * row_bytes, out + (size_t)i * K, K);
+    return MM_OK;
+}

@@ -1,0 +1,203 @@
+/* AVX2 / FMA / F16C bodies of the 32-value and float types.
+ *
+ * Every dot product, whether one row with one activation (vec_dot) or a
+ * register tile of up to 4 weight rows x 4 activation rows, follows the same
+ * per-pair arithmetic: one 8-lane float accumulator per (row, activation)
+ * pair, updated once per block (32 values; 8 values for the float types) in
+ * block order, then the same horizontal sum.  So a tile gives bit-for-bit the
+ * vec_dot results, and the drivers may tile however they like.
+ *
+ * Integer blocks: the weight block is unpacked to 32 signed bytes q, then
+ * sum q*y is computed with _mm256_maddubs_epi16(|q|, sign(y, q)), which is
+ * exact: |q| <= 128 and |y| <= 127 keep each pair sum below 2^15.
+ */
+#include "quants_impl.h"
+
+#if MINILLM_AVX2
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- activation quantizer ---- */
+
+/* Round half away from zero (C roundf), so the SIMD and scalar quantizers agree bit for bit. */
+ALWAYS_INLINE __m256 round_away_ps(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_sub_ps(v, t);
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 up = _mm256_cmp_ps(_mm256_and_ps(frac, abs_mask), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_andnot_ps(abs_mask, v)); /* copysign(1, v) */
+    return _mm256_add_ps(t, _mm256_and_ps(up, one));
+}
+
+void quantize_row_q8_0_avx2(const float *x, void *vy, int n) {
+    block_q8_0 *y = (block_q8_0 *)vy;
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int b = 0; b < n / QK; b++, x += QK) {
+        __m256 v[4];
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            m = _mm256_max_ps(m, _mm256_and_ps(v[k], abs_mask));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = fp32_to_fp16(d);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i i[4];
+        for (int k = 0; k < 4; k++) i[k] = _mm256_cvtps_epi32(round_away_ps(_mm256_mul_ps(v[k], vid)));
+        /* packs interleave the 128-bit lanes; the permute puts the 32 bytes back in order */
+        const __m256i p16a = _mm256_packs_epi32(i[0], i[1]), p16b = _mm256_packs_epi32(i[2], i[3]);
+        const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+        const __m256i q = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].qs, q);
+    }
+}
+
+void dequantize_row_f16_avx2(const void *w, float *y, int n) {
+    const fp16_t *h = (const fp16_t *)w;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    for (; i < n; i++) y[i] = fp16_to_fp32(h[i]);
+}
+
+/* ---- block unpackers: one 32-value weight block -> 32 signed bytes in value order ---- */
+
+ALWAYS_INLINE __m256i nibbles_32(const uint8_t *qs) {
+    /* both 128-bit lanes get the 16 bytes; the high lane is shifted right by 4:
+     * low nibbles are values 0-15, high nibbles values 16-31 */
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    const __m256i shifted = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
+}
+
+ALWAYS_INLINE __m256i unpack_q8_0(const block_q8_0 *b) { return _mm256_loadu_si256((const __m256i *)b->qs); }
+
+ALWAYS_INLINE __m256i unpack_q4_0(const block_q4_0 *b) {
+    return _mm256_sub_epi8(nibbles_32(b->qs), _mm256_set1_epi8(8));
+}
+
+ALWAYS_INLINE __m256i unpack_iq4_nl(const block_iq4_nl *b) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+    return _mm256_shuffle_epi8(table, nibbles_32(b->qs));
+}
+
+/* Q5_0: byte j gets 0xff when bit j of qh is set (spread the 4 bytes of qh over 8 bytes each, test one bit per byte). */
+ALWAYS_INLINE __m256i unpack_q5_0(const block_q5_0 *b) {
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int)qh),
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    /* value = (nibble | hbit << 4) - 16 = nibble - (hbit ? 0 : 16) */
+    return _mm256_sub_epi8(nibbles_32(b->qs), _mm256_andnot_si256(set, _mm256_set1_epi8(0x10)));
+}
+
+/* ---- integer tile kernel, instantiated per type ---- */
+
+#define DEFINE_Q32_TILE(name, block_t, unpack)                                                   \
+    ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
+                                        size_t as, float *out, size_t os, const int R, const int C) { \
+        const __m256i ones = _mm256_set1_epi16(1);                                               \
+        __m256 acc[TILE_MAX_R][TILE_MAX_C];                                                      \
+        for (int r = 0; r < R; r++)                                                              \
+            for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();                         \
+        for (int i = 0; i < n / QK; i++) {                                                       \
+            __m256i q[TILE_MAX_R], aq[TILE_MAX_R];                                               \
+            __m256 dw[TILE_MAX_R];                                                               \
+            for (int r = 0; r < R; r++) {                                                        \
+                const block_t *b = (const block_t *)(w + r * ws) + i;                            \
+                q[r] = unpack(b);                                                                \
+                aq[r] = _mm256_sign_epi8(q[r], q[r]);                                            \
+                dw[r] = _mm256_set1_ps(fp16_to_fp32(b->d));                                      \
+            }                                                                                    \
+            for (int c = 0; c < C; c++) {                                                        \
+                const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                      \
+                const __m256i yq = _mm256_loadu_si256((const __m256i *)y->qs);                   \
+                const __m256 dy = _mm256_set1_ps(fp16_to_fp32(y->d));                            \
+                for (int r = 0; r < R; r++) {                                                    \
+                    const __m256i p16 = _mm256_maddubs_epi16(aq[r], _mm256_sign_epi8(yq, q[r])); \
+                    const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));           \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), p, acc[r][c]);         \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        for (int r = 0; r < R; r++)                                                              \
+            for (int c = 0; c < C; c++) out[c * os + r] = hsum_ps(acc[r][c]);                    \
+    }                                                                                            \
+    DEFINE_TILE_DISPATCH(name)
+
+/* ---- float tile kernel (F32 / F16 / BF16 weights, float32 activations) ---- */
+
+ALWAYS_INLINE __m256 load8_f32(const uint8_t *p) { return _mm256_loadu_ps((const float *)p); }
+ALWAYS_INLINE __m256 load8_f16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+ALWAYS_INLINE __m256 load8_bf16(const uint8_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+ALWAYS_INLINE float get1_f32(const uint8_t *p, int j) { return ((const float *)p)[j]; }
+ALWAYS_INLINE float get1_f16(const uint8_t *p, int j) { return fp16_to_fp32(((const fp16_t *)p)[j]); }
+ALWAYS_INLINE float get1_bf16(const uint8_t *p, int j) { return bf16_to_fp32(((const uint16_t *)p)[j]); }
+
+#define DEFINE_FLOAT_TILE(name, elem_size)                                                       \
+    ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
+                                        size_t as, float *out, size_t os, const int R, const int C) { \
+        __m256 acc[TILE_MAX_R][TILE_MAX_C];                                                      \
+        for (int r = 0; r < R; r++)                                                              \
+            for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();                         \
+        int i = 0;                                                                               \
+        for (; i + 8 <= n; i += 8) {                                                             \
+            __m256 x[TILE_MAX_R];                                                                \
+            for (int r = 0; r < R; r++) x[r] = load8_##name(w + r * ws + (size_t)i * elem_size); \
+            for (int c = 0; c < C; c++) {                                                        \
+                const __m256 y = _mm256_loadu_ps((const float *)(a + c * as) + i);               \
+                for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(x[r], y, acc[r][c]);     \
+            }                                                                                    \
+        }                                                                                        \
+        for (int r = 0; r < R; r++)                                                              \
+            for (int c = 0; c < C; c++) {                                                        \
+                float s = hsum_ps(acc[r][c]);                                                    \
+                const float *y = (const float *)(a + c * as);                                    \
+                for (int j = i; j < n; j++) s += get1_##name(w + r * ws, j) * y[j];              \
+                out[c * os + r] = s;                                                             \
+            }                                                                                    \
+    }                                                                                            \
+    DEFINE_TILE_DISPATCH(name)
+
+/* Specialise the tile for every (nr, nc) up to 4 x 4 so the accumulators live in registers. */
+#define TILE_CASE(name, R, C) \
+    case (R) * 8 + (C): tile_##name##_rc(n, w, ws, a, as, out, os, R, C); break;
+#define TILE_CASES_R(name, R) TILE_CASE(name, R, 1) TILE_CASE(name, R, 2) TILE_CASE(name, R, 3) TILE_CASE(name, R, 4)
+#define DEFINE_TILE_DISPATCH(name)                                                                \
+    void tile_##name##_avx2(int n, const void *vw, size_t ws, const void *va, size_t as, float *out, \
+                            size_t os, int nr, int nc) {                                          \
+        const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;                         \
+        switch (nr * 8 + nc) {                                                                    \
+            TILE_CASES_R(name, 1) TILE_CASES_R(name, 2) TILE_CASES_R(name, 3) TILE_CASES_R(name, 4) \
+            default: break;                                                                       \
+        }                                                                                         \
+    }                                                                                             \
+    float vec_dot_##name##_avx2(int n, const void *w, const void *a) {                            \
+        float s;                                                                                  \
+        tile_##name##_rc(n, (const uint8_t *)w, 0, (const uint8_t *)a, 0, &s, 0, 1, 1);            \
+        return s;                                                                                 \
+    }
+
+DEFINE_Q32_TILE(q8_0, block_q8_0, unpack_q8_0)
+DEFINE_Q32_TILE(q4_0, block_q4_0, unpack_q4_0)
+DEFINE_Q32_TILE(q5_0, block_q5_0, unpack_q5_0)
+DEFINE_Q32_TILE(iq4_nl, block_iq4_nl, unpack_iq4_nl)
+DEFINE_FLOAT_TILE(f32, 4)
+DEFINE_FLOAT_TILE(f16, 2)
+DEFINE_FLOAT_TILE(bf16, 2)
+
+#endif /* MINILLM_AVX2 */

@@ -1,0 +1,53 @@
+/* Internal declarations of the kernel framework: scalar and AVX2 bodies of
+ * the 32-value and float types, and the register-tiled dot kernels.
+ *
+ * A "tile" kernel computes the dots of nr weight rows with nc activation rows
+ *   out[c * out_stride + r] = dot(w + r * w_stride, a + c * a_stride),  r < nr, c < nc
+ * and gives for every (r, c) pair bit-for-bit the result of vec_dot(n, w_r, a_c):
+ * GEMV, GEMM and MoE then agree exactly whatever the tiling, batch or thread count.
+ */
+#ifndef MINILLM_QUANTS_IMPL_H
+#define MINILLM_QUANTS_IMPL_H
+
+#include <stddef.h>
+
+#include "quants.h"
+
+typedef void (*tile_fn)(int n, const void *w, size_t w_stride, const void *a, size_t a_stride,
+                        float *out, size_t out_stride, int nr, int nc);
+
+#define TILE_MAX_R 4
+#define TILE_MAX_C 4
+
+extern const int8_t iq4nl_values[16];
+
+/* scalar bodies (always compiled) */
+void quantize_row_q8_0_scalar(const float *x, void *y, int n);
+#define DECLARE_TYPE(t, suffix)                                        \
+    void dequantize_row_##t##_##suffix(const void *w, float *y, int n); \
+    float vec_dot_##t##_##suffix(int n, const void *w, const void *a);
+DECLARE_TYPE(f32, scalar)
+DECLARE_TYPE(f16, scalar)
+DECLARE_TYPE(bf16, scalar)
+DECLARE_TYPE(q8_0, scalar)
+DECLARE_TYPE(q4_0, scalar)
+DECLARE_TYPE(q5_0, scalar)
+DECLARE_TYPE(iq4_nl, scalar)
+
+#if MINILLM_AVX2
+void quantize_row_q8_0_avx2(const float *x, void *y, int n);
+void dequantize_row_f16_avx2(const void *w, float *y, int n);
+#define DECLARE_AVX2(t)                                                     \
+    float vec_dot_##t##_avx2(int n, const void *w, const void *a);          \
+    void tile_##t##_avx2(int n, const void *w, size_t w_stride, const void *a, \
+                         size_t a_stride, float *out, size_t out_stride, int nr, int nc);
+DECLARE_AVX2(f32)
+DECLARE_AVX2(f16)
+DECLARE_AVX2(bf16)
+DECLARE_AVX2(q8_0)
+DECLARE_AVX2(q4_0)
+DECLARE_AVX2(q5_0)
+DECLARE_AVX2(iq4_nl)
+#endif
+
+#endif

@@ -1,0 +1,132 @@
+/* Scalar C bodies of the 32-value and float weight types: the reference
+ * kernels every SIMD body is tested against, and the path used on machines
+ * without AVX2 (MINILLM_FORCE_SCALAR builds).
+ *
+ * Block layouts are in quants.h.  The IQ4_NL code book is a fact of the
+ * format (kvalues_iq4nl in ggml-common.h of ggml/llama.cpp, MIT; the same
+ * 16 values are in gguf-py's gguf/quants.py).
+ */
+#include <math.h>
+
+#include "quants_impl.h"
+
+const int8_t iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                 1,    13,   25,  38,  53,  69,  89,  113};
+
+/* ---- activation quantizer: q8_0 (per 32 values d = max|x| / 127) ---- */
+
+/* Round half away from zero, like C's roundf and gguf-py's np_roundf. */
+static inline int round_away(float v) { return (int)roundf(v); }
+
+void quantize_row_q8_0_scalar(const float *x, void *vy, int n) {
+    block_q8_0 *y = (block_q8_0 *)vy;
+    for (int b = 0; b < n / QK; b++, x += QK) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = fp32_to_fp16(d);
+        for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)round_away(x[j] * id);
+    }
+}
+
+/* ---- float types: activations stay float32 ---- */
+
+void dequantize_row_f32_scalar(const void *w, float *y, int n) { memcpy(y, w, (size_t)n * sizeof(float)); }
+
+void dequantize_row_f16_scalar(const void *w, float *y, int n) {
+    const fp16_t *h = (const fp16_t *)w;
+    for (int i = 0; i < n; i++) y[i] = fp16_to_fp32(h[i]);
+}
+
+void dequantize_row_bf16_scalar(const void *w, float *y, int n) {
+    const uint16_t *h = (const uint16_t *)w;
+    for (int i = 0; i < n; i++) y[i] = bf16_to_fp32(h[i]);
+}
+
+float vec_dot_f32_scalar(int n, const void *w, const void *a) {
+    const float *x = (const float *)w, *y = (const float *)a;
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)x[i] * y[i];
+    return (float)s;
+}
+
+float vec_dot_f16_scalar(int n, const void *w, const void *a) {
+    const fp16_t *x = (const fp16_t *)w;
+    const float *y = (const float *)a;
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)fp16_to_fp32(x[i]) * y[i];
+    return (float)s;
+}
+
+float vec_dot_bf16_scalar(int n, const void *w, const void *a) {
+    const uint16_t *x = (const uint16_t *)w;
+    const float *y = (const float *)a;
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)bf16_to_fp32(x[i]) * y[i];
+    return (float)s;
+}
+
+/* ---- 32-value blocks: unpack to int8 then an integer dot with the q8_0 row ---- */
+
+/* Nibble order of Q4_0 / IQ4_NL: byte j holds value j (low) and value j+16 (high). */
+static inline void unpack_q4_0(const block_q4_0 *b, int8_t *q) {
+    for (int j = 0; j < QK / 2; j++) {
+        q[j] = (int8_t)((b->qs[j] & 0x0f) - 8);
+        q[j + QK / 2] = (int8_t)((b->qs[j] >> 4) - 8);
+    }
+}
+
+/* Q5_0: the fifth bit of value j is bit j of the little-endian 32-bit qh. */
+static inline void unpack_q5_0(const block_q5_0 *b, int8_t *q) {
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    for (int j = 0; j < QK / 2; j++) {
+        const int h0 = (qh >> j) & 1, h1 = (qh >> (j + QK / 2)) & 1;
+        q[j] = (int8_t)(((b->qs[j] & 0x0f) | (h0 << 4)) - 16);
+        q[j + QK / 2] = (int8_t)(((b->qs[j] >> 4) | (h1 << 4)) - 16);
+    }
+}
+
+static inline void unpack_iq4_nl(const block_iq4_nl *b, int8_t *q) {
+    for (int j = 0; j < QK / 2; j++) {
+        q[j] = iq4nl_values[b->qs[j] & 0x0f];
+        q[j + QK / 2] = iq4nl_values[b->qs[j] >> 4];
+    }
+}
+
+static inline int dot_i8(const int8_t *a, const int8_t *b) {
+    int s = 0;
+    for (int j = 0; j < QK; j++) s += a[j] * b[j];
+    return s;
+}
+
+/* One macro body per type: dequantize = d * q; vec_dot = sum over blocks of
+ * d_w * d_a * (integer dot of the block). */
+#define DEFINE_Q32_SCALAR(name, block_t, unpack)                                  \
+    void dequantize_row_##name##_scalar(const void *w, float *y, int n) {         \
+        const block_t *b = (const block_t *)w;                                    \
+        int8_t q[QK];                                                             \
+        for (int i = 0; i < n / QK; i++) {                                        \
+            unpack(&b[i], q);                                                     \
+            const float d = fp16_to_fp32(b[i].d);                                 \
+            for (int j = 0; j < QK; j++) y[i * QK + j] = d * (float)q[j];         \
+        }                                                                         \
+    }                                                                             \
+    float vec_dot_##name##_scalar(int n, const void *w, const void *a) {          \
+        const block_t *b = (const block_t *)w;                                    \
+        const block_q8_0 *y = (const block_q8_0 *)a;                              \
+        int8_t q[QK];                                                             \
+        float s = 0.0f;                                                           \
+        for (int i = 0; i < n / QK; i++) {                                        \
+            unpack(&b[i], q);                                                     \
+            s += fp16_to_fp32(b[i].d) * fp16_to_fp32(y[i].d) * (float)dot_i8(q, y[i].qs); \
+        }                                                                         \
+        return s;                                                                 \
+    }
+
+static inline void unpack_q8_0(const block_q8_0 *b, int8_t *q) { memcpy(q, b->qs, QK); }
+
+DEFINE_Q32_SCALAR(q8_0, block_q8_0, unpack_q8_0)
+DEFINE_Q32_SCALAR(q4_0, block_q4_0, unpack_q4_0)
+DEFINE_Q32_SCALAR(q5_0, block_q5_0, unpack_q5_0)
+DEFINE_Q32_SCALAR(iq4_nl, block_iq4_nl, unpack_iq4_nl)

@@ -1,0 +1,95 @@
+#include "type_table.h"
+
+#if __has_include("kquants.c") && __has_include("kquants.h")
+#include "kquants.h"
+#define HAVE_KQUANTS 1
+#else
+#define HAVE_KQUANTS 0
+#endif
+
+/* Contract entry points (quants.h): the best compiled body of each type. */
+#if MINILLM_AVX2
+#define BEST(fn) fn##_avx2
+#define BEST_TILE(t) tile_##t##_avx2
+#else
+#define BEST(fn) fn##_scalar
+#define BEST_TILE(t) NULL
+#endif
+
+void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)(x, y, n); }
+
+#define OWN_TYPE(ID, t, bs, ts, act, dq_best, gr, gc, gv)                                     \
+    {ID, #t, bs, ts, act, {dq_best, dequantize_row_##t##_scalar},                             \
+     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv}
+
+#if MINILLM_AVX2
+#define DQ_F16 dequantize_row_f16_avx2
+#else
+#define DQ_F16 dequantize_row_f16_scalar
+#endif
+
+/* 256-block types: a single body each (their own scalar/SIMD selection is compile-time). */
+#define K_TYPE(ID, t, ts)                                                                      \
+    {ID, #t, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
+     {vec_dot_##t, vec_dot_##t}, {NULL, NULL}, 1, 4, 1}
+
+static const type_traits TABLE[] = {
+    OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4),
+    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4),
+    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4),
+#if HAVE_KQUANTS
+    K_TYPE(GGML_Q2_K, q2_K, 84),
+    K_TYPE(GGML_Q4_K, q4_K, 144),
+    K_TYPE(GGML_Q5_K, q5_K, 176),
+    K_TYPE(GGML_Q6_K, q6_K, 210),
+    K_TYPE(GGML_IQ1_S, iq1_s, 50),
+#endif
+};
+
+/* the contract names of the float / 32-value types */
+#define CONTRACT(t, dq)                                                                           \
+    void dequantize_row_##t(const void *w, float *y, int n) { dq(w, y, n); }                      \
+    float vec_dot_##t(int n, const void *w, const void *a) { return BEST(vec_dot_##t)(n, w, a); }
+CONTRACT(f32, dequantize_row_f32_scalar)
+CONTRACT(f16, DQ_F16)
+CONTRACT(bf16, dequantize_row_bf16_scalar)
+CONTRACT(q8_0, dequantize_row_q8_0_scalar)
+CONTRACT(q4_0, dequantize_row_q4_0_scalar)
+CONTRACT(q5_0, dequantize_row_q5_0_scalar)
+CONTRACT(iq4_nl, dequantize_row_iq4_nl_scalar)
+
+const type_traits *type_traits_get(int type) {
+    for (size_t i = 0; i < sizeof(TABLE) / sizeof(TABLE[0]); i++)
+        if (TABLE[i].type == type) return &TABLE[i];
+    return NULL;
+}
+
+int type_traits_count(void) { return (int)(sizeof(TABLE) / sizeof(TABLE[0])); }
+const type_traits *type_traits_at(int i) { return &TABLE[i]; }
+
+size_t act_row_bytes(int act_type, int k) {
+    switch (act_type) {
+        case ACT_Q8_0: return (size_t)(k / QK) * sizeof(block_q8_0);
+        case ACT_Q8_K: return (size_t)(k / QK_K) * sizeof(block_q8_K);
+        default: return (size_t)k * sizeof(float);
+    }
+}
+
+void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
+    switch (act_type) {
+        case ACT_Q8_0:
+            if (path == PATH_SCALAR) quantize_row_q8_0_scalar(x, y, k);
+            else quantize_row_q8_0(x, y, k);
+            break;
+#if HAVE_KQUANTS
+        case ACT_Q8_K: quantize_row_q8_K(x, y, k); break;
+#endif
+        default: memcpy(y, x, (size_t)k * sizeof(float)); break;
+    }
+}
+
+int simd_compiled(void) { return MINILLM_AVX2; }

@@ -1,0 +1,49 @@
+/* The table of weight types minillm computes with: per ggml type id, its
+ * block geometry, the activation format its dot product pairs with, and its
+ * kernels (the best compiled path and the scalar reference path).
+ */
+#ifndef MINILLM_TYPE_TABLE_H
+#define MINILLM_TYPE_TABLE_H
+
+#include <stddef.h>
+
+#include "quants_impl.h"
+
+/* ggml type ids (ggml.h enum ggml_type; gguf.GGMLQuantizationType) */
+enum {
+    GGML_F32 = 0, GGML_F16 = 1, GGML_Q4_0 = 2, GGML_Q5_0 = 6, GGML_Q8_0 = 8,
+    GGML_Q2_K = 10, GGML_Q4_K = 12, GGML_Q5_K = 13, GGML_Q6_K = 14, GGML_Q8_K = 15,
+    GGML_IQ1_S = 19, GGML_IQ4_NL = 20, GGML_BF16 = 30,
+};
+
+/* Activation formats are named by the ggml type they are stored in. */
+enum { ACT_F32 = GGML_F32, ACT_Q8_0 = GGML_Q8_0, ACT_Q8_K = GGML_Q8_K };
+
+enum { PATH_BEST = 0, PATH_SCALAR = 1 };
+
+typedef struct {
+    int type;
+    const char *name;
+    int block_size;                     /* values per block */
+    int type_size;                      /* bytes per block */
+    int act_type;                       /* ACT_*: how activations are quantized for vec_dot */
+    dequantize_row_fn dequantize_row[2]; /* [PATH_BEST], [PATH_SCALAR] */
+    vec_dot_fn vec_dot[2];
+    tile_fn tile[2];                    /* NULL: the drivers loop over vec_dot */
+    int gemm_rows, gemm_cols;           /* register tile used for GEMM (rows x tokens) */
+    int gemv_rows;                      /* rows per tile call in GEMV (independent FMA chains) */
+} type_traits;
+
+const type_traits *type_traits_get(int type); /* NULL if unsupported */
+int type_traits_count(void);
+const type_traits *type_traits_at(int i);
+
+/* bytes of one activation row of k values in the given format */
+size_t act_row_bytes(int act_type, int k);
+/* quantize one activation row (a copy for ACT_F32); path = PATH_BEST or PATH_SCALAR */
+void quantize_act_row(int act_type, const float *x, void *y, int k, int path);
+
+/* 1 when the AVX2 bodies are compiled in */
+int simd_compiled(void);
+
+#endif

@@ -1,0 +1,382 @@
+"""The Python kernel API (minillm_kernels.matmul): GEMV, GEMM, batched GEMM,
+fused MoE and row dequantization for every supported weight type, checked
+against numpy on weights dequantized by gguf.quants (an independent reference).
+
+Tolerances (all derived, per output element):
+* float rounding: the kernels compute exact integer block dots and round only
+  when scaling and accumulating blocks, at most NB = K/8 + 16 sequential float
+  additions; so |y - y_q| <= FP(K) * sum_k |w_k a_k| with FP(K) = 2 (K/8 + 16) 2^-24
+  (8x that for the k-quants, whose block formula subtracts a min term), where
+  y_q = W . a in float64 and a are the activations as quantized by the kernel
+  (decoded independently: gguf.quants for q8_0, the q8_K layout by hand);
+* activation quantization: |y - W . x| <= sum_k |w_k| |x_k - a_k| + the above;
+  this is the error budget the issue allows (q8 rounding of the activations).
+The activation quantizer itself must equal gguf.quants.quantize(Q8_0) bit for
+bit, and dequantize_rows must equal gguf.quants.dequantize exactly.
+
+Thread counts 1 and 2 must give bit-identical results, and a GEMM row the
+same bits as the GEMV of that token (every (row, token) pair is computed by
+one tile call with vec_dot's arithmetic).
+
+SIMD vs scalar: set_force_scalar(True) switches the float and 32-value types
+(and the q8_0 quantizer) to their scalar C bodies at run time; both must
+meet the bounds above.  The 256-value types select their path at build time:
+test_scalar_build_agrees (slow) builds a MINILLM_SCALAR=1 copy and compares
+every type.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
+
+from minillm_kernels import matmul as mm
+from minillm_kernels.random_blocks import TYPES, random_weights
+
+SUPPORTED = sorted(mm.supported_types())
+K_TYPES = {10, 12, 13, 14, 19}
+FLOAT_TYPES = {0, 1, 30}
+
+
+def type_name(t):
+    return TYPES[t][0]
+
+
+def block(t):
+    return TYPES[t][1]
+
+
+@pytest.fixture(autouse=True)
+def _simd_path():
+    mm.set_force_scalar(False)
+    yield
+    mm.set_force_scalar(False)
+
+
+def shapes_for(t):
+    """(M, K): rows not a multiple of the thread count, one block per row, many blocks."""
+    bs = block(t)
+    if bs == 1:
+        return [(7, 1), (33, 37), (5, 2048)]
+    return [(7, bs), (33, bs * 3), (5, 2048)]
+
+
+def deq_weights(raw, t):
+    return gguf_dequantize(raw, t).astype(np.float64)
+
+
+def deq_acts(x, t):
+    """The activations as the kernels quantized them, decoded without our code."""
+    act = mm.block_geometry(t)[2]
+    q = mm.quantize_activations(x, t)
+    if act == "F32":
+        assert np.array_equal(q.view(np.float32), x)
+        return x.astype(np.float64)
+    if act == "Q8_0":
+        return gguf_dequantize(q, T.Q8_0).astype(np.float64)
+    # q8_K: float32 d, int8 qs[256], int16 bsums[16] per block of 256
+    blocks = q.reshape(x.shape[0], -1, 292)
+    d = blocks[:, :, :4].copy().view(np.float32).astype(np.float64)
+    qs = blocks[:, :, 4:260].copy().view(np.int8).astype(np.float64)
+    return (d * qs).reshape(x.shape)
+
+
+def fp_factor(t, k):
+    return 2.0 * (k / 8 + 16) * 2.0**-24 * (8 if t in K_TYPES else 1)
+
+
+def check_product(y, W, x, a, t):
+    """y (float32 [N, M]) against W (float64 [M, K]) with activations x (float) / a (quantized)."""
+    absW = np.abs(W)
+    y_q = a @ W.T
+    fp = fp_factor(t, W.shape[1]) * (np.abs(a) @ absW.T) + 1e-30
+    err_q = np.abs(y - y_q)
+    assert np.all(err_q <= fp), f"{type_name(t)}: vs quantized-activation product, worst {np.max(err_q / fp):.2f} of bound"
+    bound = np.abs(x.astype(np.float64) - a) @ absW.T + fp
+    err = np.abs(y - x.astype(np.float64) @ W.T)
+    assert np.all(err <= bound), f"{type_name(t)}: vs float product, worst {np.max(err / bound):.2f} of bound"
+
+
+def rand_x(n, k, seed):
+    return np.random.default_rng(seed).standard_normal((n, k), dtype=np.float32)
+
+
+# ---- quantizer and dequantization ----
+
+def test_supported_types_cover_the_project():
+    names = set(mm.supported_types().values())
+    assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "IQ4_NL"} <= names
+    for t in SUPPORTED:
+        assert mm.block_geometry(t)[:2] == TYPES[t][1:3]
+
+
+@pytest.mark.parametrize("scalar", [False, True])
+def test_quantize_q8_0_matches_gguf(scalar):
+    mm.set_force_scalar(scalar)
+    x = rand_x(9, 256, 1) * 3
+    x[1] = 0.0  # all-zero block: d = 0
+    x[2, :32] = np.arange(32, dtype=np.float32) - 15.5  # ties at .5 after scaling: rounded away from zero
+    x[2, 31] = 127.0
+    x[3, :32] = np.float32(1e-30)  # tiny block
+    q = mm.quantize_q8_0(x)
+    ref = gguf_quantize(x, T.Q8_0)
+    assert q.shape == ref.shape and np.array_equal(q, ref)
+
+
+@pytest.mark.parametrize("t", SUPPORTED, ids=type_name)
+@pytest.mark.parametrize("scalar", [False, True])
+def test_dequantize_rows_exact(t, scalar):
+    mm.set_force_scalar(scalar)
+    k = 3 * max(block(t), 32)
+    raw = random_weights(t, (11, k), seed=t)
+    ref = gguf_dequantize(raw, t)
+    ids = np.array([3, 0, 10, 3, 7], dtype=np.int32)
+    for id_arr in (ids, ids.astype(np.int64)):
+        for nth in (1, 2):
+            out = mm.dequantize_rows(raw, t, id_arr, n_threads=nth)
+            assert out.dtype == np.float32 and np.array_equal(out, ref[ids])
+    assert np.array_equal(mm.dequantize(raw, t), ref)
+    many = np.arange(11, dtype=np.int64)[::-1].copy()
+    assert np.array_equal(mm.dequantize_rows(raw, t, many, n_threads=2), ref[many])
+
+
+# ---- GEMV / GEMM ----
+
+@pytest.mark.parametrize("t", SUPPORTED, ids=type_name)
+@pytest.mark.parametrize("n_tok", [1, 3, 17])
+def test_matmul(t, n_tok):
+    for si, (m, k) in enumerate(shapes_for(t)):
+        raw = random_weights(t, (m, k), seed=100 * t + si)
+        W = deq_weights(raw, t)
+        x = rand_x(n_tok, k, seed=si + n_tok)
+        a = deq_acts(x, t)
+        y1 = mm.matmul(raw, t, x, n_threads=1)
+        y2 = mm.matmul(raw, t, x, n_threads=2)
+        assert y1.shape == (n_tok, m) and y1.dtype == np.float32
+        assert np.array_equal(y1, y2), "thread count changed the result"
+        check_product(y1, W, x, a, t)
+        # every GEMM row is the GEMV of its token, bit for bit; 1-D x gives 1-D out
+        for i in (0, n_tok - 1):
+            assert np.array_equal(mm.matmul(raw, t, x[i], n_threads=2), y1[i])
+        # out= is filled in place
+        out = np.full((n_tok, m), np.nan, dtype=np.float32)
+        assert mm.matmul(raw, t, x, out=out) is out and np.array_equal(out, y1)
+        # the scalar C bodies meet the same bounds
+        mm.set_force_scalar(True)
+        ys = mm.matmul(raw, t, x, n_threads=2)
+        mm.set_force_scalar(False)
+        check_product(ys, W, x, deq_acts(x, t), t)
+
+
+@pytest.mark.parametrize("t", SUPPORTED, ids=type_name)
+def test_matmul_batched(t):
+    bs = block(t)
+    k = bs * 2 if bs > 1 else 40
+    B, m, n = 3, 9, 5
+    raw = random_weights(t, (B, m, k), seed=7 + t)
+    x = rand_x(B * n, k, seed=3).reshape(B, n, k)
+    y1 = mm.matmul_batched(raw, t, x, n_threads=1)
+    y2 = mm.matmul_batched(raw, t, x, n_threads=2)
+    assert y1.shape == (B, n, m) and np.array_equal(y1, y2)
+    for b in range(B):
+        assert np.array_equal(y1[b], mm.matmul(raw[b], t, x[b]))
+        check_product(y1[b], deq_weights(raw[b], t), x[b], deq_acts(x[b], t), t)
+    y_one = mm.matmul_batched(raw, t, x[:, :1].copy())
+    assert np.array_equal(y_one[:, 0], y1[:, 0])
+
+
+# ---- fused MoE ----
+
+def silu(z):
+    return z / (1.0 + np.exp(-z))
+
+
+def moe_check(out, x, ids, ew, gates, ups, downs, gate_t, up_t, down_t):
+    """out against float64 numpy with a bound derived from the three activation quantizations."""
+    N, K_out = out.shape
+    ag, au = deq_acts(x, gate_t), deq_acts(x, up_t)
+    x64 = x.astype(np.float64)
+    ref = np.zeros((N, K_out))
+    bound = np.zeros((N, K_out))
+    mag = np.zeros((N, K_out))
+    for t in range(N):
+        for j in range(ids.shape[1]):
+            e = ids[t, j]
+            G, U, D = gates[e], ups[e], downs[e]
+            g, u = G @ x64[t], U @ x64[t]
+            dg = np.abs(G) @ np.abs(x64[t] - ag[t]) + fp_factor(gate_t, G.shape[1]) * (np.abs(G) @ np.abs(ag[t]))
+            du = np.abs(U) @ np.abs(x64[t] - au[t]) + fp_factor(up_t, U.shape[1]) * (np.abs(U) @ np.abs(au[t]))
+            h = silu(g) * u
+            dh = 1.1 * dg * (np.abs(u) + du) + np.abs(silu(g)) * du  # |silu'| <= 1.1
+            act = mm.block_geometry(down_t)[2]
+            if act == "F32":
+                step = np.zeros_like(h)
+            else:  # one quantization step of the block (covers rounding, fp16 scale, flips)
+                bs = 32 if act == "Q8_0" else 256
+                amax = (np.abs(h) + dh).reshape(-1, bs).max(axis=1)
+                step = np.repeat(amax / 127.0, bs)
+            y = D @ h
+            dy = np.abs(D) @ (dh + step) + fp_factor(down_t, D.shape[1]) * (np.abs(D) @ (np.abs(h) + dh + step))
+            ref[t] += ew[t, j] * y
+            bound[t] += abs(ew[t, j]) * dy
+            mag[t] += abs(ew[t, j]) * (np.abs(D) @ np.abs(h))
+    bound += 1e-6 * np.abs(ref).max()  # the float32 weighted sum over experts
+    err = np.abs(out - ref)
+    assert np.all(err <= bound), f"MoE worst {np.max(err / bound):.2f} of bound"
+    # The worst-case bound adds every rounding with the same sign; the errors of
+    # random roundings add like a random walk, so the observed error must also be
+    # small in the mean-square sense (a wrong expert, weight or SiLU gives O(1)).
+    rel = np.sqrt(np.mean(err**2) / np.mean(ref**2))
+    print("moe rel rms err", rel, "bound/mag", np.median(bound) / np.median(mag))
+    assert rel < 0.05, rel
+
+
+MOE_COMBOS = [(t, t, t) for t in SUPPORTED] + [
+    (19, 19, 20),  # the lite iq1_s mixture: gate/up IQ1_S, down IQ4_NL
+    (12, 8, 1),    # gate and up with different activation formats, float down
+]
+
+
+@pytest.mark.parametrize("types", MOE_COMBOS, ids=lambda ts: "-".join(type_name(t) for t in ts))
+@pytest.mark.parametrize("n_tok", [1, 3, 17])
+def test_moe(types, n_tok):
+    gate_t, up_t, down_t = types
+    E, k_used, K_out = 5, 3, 33
+    K = max(block(gate_t), block(up_t), 32) * 2
+    F = max(block(down_t), 32) * 2 if block(down_t) > 1 else 40
+    rng = np.random.default_rng(n_tok)
+    gate = random_weights(gate_t, (E, F, K), seed=1, scale=0.1)
+    up = random_weights(up_t, (E, F, K), seed=2, scale=0.1)
+    down = random_weights(down_t, (E, K_out, F), seed=3, scale=0.1)
+    x = rand_x(n_tok, K, seed=4)
+    ids = np.stack([rng.permutation(E)[:k_used] for _ in range(n_tok)]).astype(np.int32)
+    ids[0, 1] = ids[0, 0]  # the same expert twice for one token is allowed
+    ew = rng.uniform(0.1, 1.0, size=(n_tok, k_used)).astype(np.float32)
+    out1 = mm.moe_forward(x, ids, ew, gate, gate_t, up, up_t, down, down_t, n_threads=1)
+    out2 = mm.moe_forward(x, ids, ew, gate, gate_t, up, up_t, down, down_t, n_threads=2)
+    assert out1.shape == (n_tok, K_out) and np.array_equal(out1, out2)
+    G = [deq_weights(gate[e], gate_t) for e in range(E)]
+    U = [deq_weights(up[e], up_t) for e in range(E)]
+    D = [deq_weights(down[e], down_t) for e in range(E)]
+    moe_check(out1, x, ids, ew, G, U, D, gate_t, up_t, down_t)
+    # a token's result does not depend on the rest of the batch
+    last = n_tok - 1
+    single = mm.moe_forward(x[last:], ids[last:].copy(), ew[last:].copy(), gate, gate_t, up, up_t, down, down_t)
+    assert np.array_equal(single[0], out1[last])
+    if gate_t == up_t:  # merged gate_up [E, 2F, row_bytes]: gate rows first
+        merged = np.concatenate([gate, up], axis=1)
+        outm = mm.moe_forward(x, ids, ew, merged, gate_t, None, gate_t, down, down_t, n_threads=2,
+                              merged_gate_up=True)
+        assert np.array_equal(outm, out1)
+    if gate_t in (8, 20, 1):  # scalar bodies of the hot types
+        mm.set_force_scalar(True)
+        outs = mm.moe_forward(x, ids, ew, gate, gate_t, up, up_t, down, down_t)
+        mm.set_force_scalar(False)
+        moe_check(outs, x, ids, ew, G, U, D, gate_t, up_t, down_t)
+
+
+# ---- bad arguments ----
+
+def test_bad_arguments_raise():
+    raw = random_weights(8, (4, 64))
+    x = rand_x(2, 64, 0)
+    with pytest.raises(ValueError, match="unsupported weight type"):
+        mm.matmul(raw, 3, x)  # Q4_1
+    with pytest.raises(TypeError, match="dtype"):
+        mm.matmul(raw.astype(np.int8), 8, x)
+    with pytest.raises(TypeError, match="dtype"):
+        mm.matmul(raw, 8, x.astype(np.float64))
+    with pytest.raises(TypeError, match="numpy array"):
+        mm.matmul(raw, 8, x.tolist())
+    with pytest.raises(ValueError, match="K=64"):
+        mm.matmul(raw, 8, rand_x(2, 32, 0))
+    with pytest.raises(ValueError, match="whole number"):
+        mm.matmul(raw[:, :30].copy(), 8, x)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mm.matmul(raw, 8, np.asfortranarray(rand_x(64, 2, 0).T))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mm.matmul(np.concatenate([raw, raw], axis=1)[:, ::2], 8, x)
+    with pytest.raises(ValueError, match="shape"):
+        mm.matmul(raw, 8, x, out=np.empty((2, 5), np.float32))
+    with pytest.raises(ValueError, match="n_threads"):
+        mm.matmul(raw, 8, x, n_threads=-1)
+    with pytest.raises(ValueError, match="batches"):
+        mm.matmul_batched(np.stack([raw, raw]), 8, x.reshape(1, 2, 64))
+    with pytest.raises(ValueError, match="row_ids"):
+        mm.dequantize_rows(raw, 8, np.array([4], dtype=np.int32))
+    with pytest.raises(TypeError, match="row_ids"):
+        mm.dequantize_rows(raw, 8, np.array([1.0]))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        mm.quantize_q8_0(rand_x(1, 33, 0))
+
+
+def test_bad_moe_arguments_raise():
+    E, F, K, K_out = 3, 64, 64, 32
+    gate = random_weights(8, (E, F, K))
+    down = random_weights(8, (E, K_out, F))
+    x = rand_x(2, K, 0)
+    ids = np.array([[0, 2], [1, 1]], dtype=np.int32)
+    ew = np.ones((2, 2), np.float32)
+    ok = mm.moe_forward(x, ids, ew, gate, 8, gate, 8, down, 8)
+    assert ok.shape == (2, K_out)
+    with pytest.raises(ValueError, match="expert_ids must lie"):
+        mm.moe_forward(x, ids + 1, ew, gate, 8, gate, 8, down, 8)
+    with pytest.raises(TypeError, match="int32"):
+        mm.moe_forward(x, ids.astype(np.int64), ew, gate, 8, gate, 8, down, 8)
+    with pytest.raises(ValueError, match="expert_weights"):
+        mm.moe_forward(x, ids, ew[:, :1].copy(), gate, 8, gate, 8, down, 8)
+    with pytest.raises(ValueError, match="expert width"):
+        mm.moe_forward(x, ids, ew, gate, 8, gate, 8, random_weights(8, (E, K_out, 2 * F)), 8)
+    with pytest.raises(ValueError, match="up_raw=None"):
+        mm.moe_forward(x, ids, ew, gate, 8, gate, 8, down, 8, merged_gate_up=True)
+    with pytest.raises(ValueError, match="K=64"):
+        mm.moe_forward(rand_x(2, 32, 0), ids, ew, gate, 8, gate, 8, down, 8)
+
+
+# ---- the scalar build (slow: compiles a second copy) ----
+
+@pytest.mark.slow
+def test_scalar_build_agrees(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MINILLM_SCALAR="1")
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                    "--build-temp", str(tmp_path / "tmp")], cwd=root, env=env, check=True,
+                   capture_output=True)
+    pkg = tmp_path / "lib" / "minillm_kernels"
+    for f in ("__init__.py", "random_blocks.py"):
+        shutil.copy(os.path.join(root, "minillm_kernels", f), pkg / f)
+    script = textwrap.dedent(f"""
+        import numpy as np, sys
+        sys.path.insert(0, {str(tmp_path / 'lib')!r})
+        from minillm_kernels import matmul as mm
+        from minillm_kernels.random_blocks import random_weights
+        assert not mm.simd_enabled()
+        out = {{}}
+        for t in sorted(mm.supported_types()):
+            bs = mm.block_geometry(t)[0]
+            k = 512 if bs > 1 else 77
+            raw = random_weights(t, (13, k), seed=t)
+            x = np.random.default_rng(t).standard_normal((5, k), dtype=np.float32)
+            out[str(t)] = mm.matmul(raw, t, x)
+            out["q" + str(t)] = mm.quantize_activations(x, t)
+        np.savez({str(tmp_path / 'scalar.npz')!r}, **out)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
+    ref = np.load(tmp_path / "scalar.npz")
+    assert mm.simd_enabled()
+    for t in SUPPORTED:
+        bs = block(t)
+        k = 512 if bs > 1 else 77
+        raw = random_weights(t, (13, k), seed=t)
+        x = np.random.default_rng(t).standard_normal((5, k), dtype=np.float32)
+        assert np.array_equal(mm.quantize_activations(x, t), ref["q" + str(t)]), type_name(t)
+        y = mm.matmul(raw, t, x)
+        a = deq_acts(x, t)
+        fp = 2 * fp_factor(t, k) * (np.abs(a) @ np.abs(deq_weights(raw, t)).T)
+        assert np.all(np.abs(y - ref[str(t)]) <= fp), type_name(t)
