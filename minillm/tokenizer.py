@@ -43,9 +43,9 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # llama.cpp runs regexes without \p{..} on a copy of the text in which every
 # non-ASCII whitespace character became U+000B, so such characters never match
 # an explicit non-ASCII class (U+3000 in "\u3000-\u3002", U+2000..U+200A inside
-# "\u0800-\u4e00", ...).  Ranges are written as escapes: an editor normalising
-# the source (NFC) would silently change them.  Oniguruma sees the real characters, so those classes are
-# intersected with "not llama.cpp whitespace" below.
+# "\u0800-\u4e00", ...).  Oniguruma sees the real characters, so _cls() cuts
+# them out of those classes.  Ranges are written as escapes: an editor
+# normalising the source (NFC) would silently change some of them.
 # ---------------------------------------------------------------------------
 
 # llama.cpp's whitespace set (unicode_set_whitespace); Oniguruma's \s is the same set.
@@ -155,7 +155,7 @@ _MAYBE_CJK = re.compile("[\u0800-\ud7ff]")
 
 
 def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
-    """The regexes of PRE_TOKENIZER_SPLITS[pre] as run in HF ``tokenizers``: the same
+    r"""The regexes of PRE_TOKENIZER_SPLITS[pre] as run in HF ``tokenizers``: the same
     splits in fewer passes, since each pass costs ~0.1 s per MB whatever it does.
 
     For deepseek-llm/-coder the newline rule and the letter-run rule become one
@@ -246,10 +246,10 @@ class Tokenizer:
                     f"tokenizer.ggml.pre = {self.pre!r} is not supported (known: "
                     f"{', '.join(sorted(PRE_TOKENIZER_SPLITS))}); tokenizing with another "
                     f"pre-tokenizer would silently produce different tokens than the model was trained on")
-            defaults = dict(bos=11, eos=11, unk=None, add_bos=False, add_space_prefix=False)
+            defaults = dict(bos=11, eos=11, add_bos=False, add_space_prefix=False)
         elif self.model == "llama":
             self.pre = None
-            defaults = dict(bos=1, eos=2, unk=0, add_bos=True, add_space_prefix=True)
+            defaults = dict(bos=1, eos=2, add_bos=True, add_space_prefix=True)
         else:
             raise GGUFError(f"tokenizer.ggml.model = {self.model!r} is not supported (known: gpt2, llama)")
 
