@@ -113,11 +113,15 @@ def test_add_bos_follows_the_file(llm):
     assert llm.tokenize("Hello world", add_bos=False) == [17464, 1843]
     assert llm.tokenize("") == [llm.bos_id]
     assert llm.tokenize("", add_bos=False) == []
-    meta = read_gguf_metadata(vocab_path("deepseek-llm"))
-    no_bos = Tokenizer.from_metadata({**meta, "tokenizer.ggml.add_bos_token": False})
-    assert no_bos.tokenize("Hello world") == [17464, 1843]
-    with_eos = Tokenizer.from_metadata({**meta, "tokenizer.ggml.add_eos_token": True})
-    assert with_eos.tokenize("Hello world") == [llm.bos_id, 17464, 1843, llm.eos_id]
+    coder_meta = read_gguf_metadata(vocab_path("deepseek-coder"))  # the smaller file: quicker to build
+    coder = _load("deepseek-coder")
+    hello = coder.tokenize("Hello world", add_bos=False)
+    assert coder.tokenize("Hello world") == [coder.bos_id, *hello]
+    no_bos = Tokenizer.from_metadata({**coder_meta, "tokenizer.ggml.add_bos_token": False})
+    assert no_bos.tokenize("Hello world") == hello
+    with_eos = Tokenizer.from_metadata({**coder_meta, "tokenizer.ggml.add_eos_token": True})
+    assert with_eos.tokenize("Hello world") == [coder.bos_id, *hello, coder.eos_id]
+    assert with_eos.tokenize("Hello world", add_bos=False) == hello
 
 
 # -- special tokens -----------------------------------------------------------------
