@@ -385,7 +385,8 @@ class Tokenizer:
             return []
         if len(pieces) == 1:
             return [hf.encode(pieces[0], add_special_tokens=False).ids]
-        return [e.ids for e in hf.encode_batch_fast(pieces, add_special_tokens=False)]
+        encode_batch = getattr(hf, "encode_batch_fast", hf.encode_batch)  # _fast: tokenizers >= 0.21
+        return [e.ids for e in encode_batch(pieces, add_special_tokens=False)]
 
     def _chunks(self, text: str, size: int = 1 << 14) -> list[str]:
         """Cut a long raw text after newlines where that cannot change the result."""

@@ -292,6 +292,8 @@ def test_any_text_round_trips(tok, text):
     ids = tok.tokenize(text, add_bos=False)
     assert all(0 <= i < tok.n_vocab for i in ids)
     assert tok.detokenize(ids) == text
+    stream = tok.stream()
+    assert "".join(stream.feed(i) for i in ids) + stream.flush() == text
     with_bos = tok.tokenize(text)
     assert with_bos[0] == tok.bos_id and with_bos[1:] == ids
     parsed = tok.tokenize(text, add_bos=False, special=True)  # must not raise either
