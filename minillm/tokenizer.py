@@ -184,7 +184,8 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
 
 # Token texts llama.cpp marks as control (so never parsed from plain text, never
 # printed) whatever type the file gives them: end-of-turn / fill-in-the-middle
-# markers it finds by name (llama_vocab::impl::load).  Only the DeepSeek and the
+# markers it finds by name (llama_vocab::impl::load in llama.cpp, MIT licence, the
+# llama.cpp authors; the names are taken from there).  Only the DeepSeek and the
 # common generic names are listed.
 _EOT_NAMES = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
               "<｜end▁of▁sentence｜>")
