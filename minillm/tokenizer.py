@@ -166,7 +166,10 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
     trailing run is the whitespace before a punctuation run less the one character
     "\s?" takes, or the whitespace at the end.  A gap never starts inside a
     whitespace run, hence the "(?<!\s)" (which also keeps long runs linear).
-    ``skip_cjk`` drops the CJK rule (for texts without a character it matches).
+    ``skip_cjk`` drops the CJK rule (for texts without a character it matches);
+    then the number rule can join the punctuation pass as a last alternative:
+    numbers are neither letters, punctuation nor whitespace, so a number run lies
+    inside one gap piece, and no other alternative can start on a digit.
     Unicode categories are narrowed to llama.cpp's (``_llama_cpp_categories``).
     tests/test_tokenizer.py checks these passes against the rules one by one.
     """
@@ -180,6 +183,9 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
         rules[1:3] = [punct + r"|(?<!\s)\s+(?=\s" + punct[3:-1] + r")|(?<!\s)\s+$"]
     if skip_cjk:
         rules.remove(_CJK_RULE)
+        if pre in _SPLITS_AT_NEWLINES:  # the number rule joins the punctuation pass (see above)
+            assert rules[-1] in (r"\p{N}+", r"\p{N}")
+            rules[-2:] = [rules[-2] + "|" + rules[-1]]
     return [_llama_cpp_categories(r) for r in rules]
 
 # Token texts llama.cpp marks as control (so never parsed from plain text, never
