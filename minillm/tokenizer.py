@@ -140,8 +140,16 @@ _UNASSIGNED_IN_LLAMA_CPP = (
 
 
 def _llama_cpp_categories(regex: str) -> str:
-    """Make each \\p{N|L|P|S|M} of ``regex`` mean what it means in llama.cpp."""
-    return re.sub(r"\\p\{([NLPSM])\}", lambda m: f"[\\p{{{m.group(1)}}}&&[^{_UNASSIGNED_IN_LLAMA_CPP}]]", regex)
+    """Make each \\p{N|L|P|S|M} of ``regex`` mean what it means in llama.cpp.
+
+    Besides the Unicode 16 additions: llama.cpp lists the ASCII members of each
+    category by hand (k_ucat_map in src/unicode.cpp) and its symbol list lacks
+    "~" (Unicode Sm), so for llama.cpp "~" is neither punctuation nor symbol.
+    """
+    def narrowed(m: re.Match) -> str:
+        excluded = ("~" if m.group(1) == "S" else "") + _UNASSIGNED_IN_LLAMA_CPP
+        return f"[\\p{{{m.group(1)}}}&&[^{excluded}]]"
+    return re.sub(r"\\p\{([NLPSM])\}", narrowed, regex)
 
 
 # Pre-tokenizers whose first split isolates every "\r" and "\n": long texts may be
