@@ -31,10 +31,13 @@ Facts of ggml/llama.cpp this follows (not of the paper):
     weights are the unbiased probabilities of the chosen experts -> normalized when
     expert_weights_norm -> times expert_weights_scale.
 
-Everything is float32.  ``ReferenceModel(path, quantize_activations=True)`` additionally
-emulates what ik_llama.cpp does to activations before each quantized-weight matmul
-(8-bit blocks, see :func:`quantize_activations_like_ik`); the default plain-float mode is
-the mathematical definition.  Small configs only: this is written to be read, not to be fast.
+Everything is float32; the default plain-float mode is the mathematical definition.
+``ReferenceModel(path, quantize_activations=True)`` additionally emulates the rounding
+ik_llama.cpp applies around each quantized-weight matmul: activations to 8-bit blocks
+(:func:`quantize_activations_like_ik`) and, for batches of many rows, the 8-bit repacked
+weights ik multiplies instead of the file's (:func:`ik_repacked_weight`); ``f16_kv=True``
+rounds K and V to f16 as ik's f16 cache does on its plain (mla=0) path.  Small configs only:
+this is written to be read, not to be fast.
 """
 from __future__ import annotations
 
@@ -294,6 +297,78 @@ def quantize_activations_like_ik(x: np.ndarray, weight_type: T) -> np.ndarray:
     return x
 
 
+# For batches of many rows ik_llama.cpp does not multiply some weight types directly but first
+# converts ("repacks") them to an 8-bit form (iqk_mul_mat.cpp, is_dequant_better and the
+# iqk_convert_* functions); for these types the conversion rounds, so the weights it multiplies
+# differ slightly from the file's.  Types not listed (Q8_0, Q4_0, Q5_0, IQ4_NL) convert exactly.
+# type -> minimum number of activation rows for which ik converts
+IK_REPACK_MIN_ROWS = {T.Q2_K: 32, T.Q4_K: 32, T.Q5_K: 32, T.Q6_K: 64, T.IQ1_S: 32}
+
+
+def _f16(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def _k_scales(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 6-bit sub-block scales and mins of Q4_K/Q5_K blocks (bytes 4..15), [..., 8] each."""
+    s = raw[..., 4:16].astype(np.int32)
+    sc = np.empty(s.shape[:-1] + (8,), np.int32)
+    mn = np.empty_like(sc)
+    sc[..., :4], mn[..., :4] = s[..., 0:4] & 63, s[..., 4:8] & 63
+    sc[..., 4:] = (s[..., 8:12] & 0xF) | ((s[..., 0:4] >> 6) << 4)
+    mn[..., 4:] = (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)
+    return sc, mn
+
+
+def ik_repacked_weight(t: Tensor, w: np.ndarray) -> np.ndarray:
+    """The weights ik_llama.cpp actually multiplies after converting ``t`` for a large batch.
+
+    ``w`` is ``t`` dequantized (numpy order).  Block layouts are ggml's (ggml-common.h);
+    the conversions follow ik's iqk_convert_* functions:
+      Q4_K, Q5_K -> Q8_1: per 32-block, scale d*sc and offset dmin*m rounded to fp16;
+      Q6_K -> Q8_0: per 32-block, the integers sc*q rescaled to +-127, scale in fp16;
+      IQ1_S -> Q8_K: per 256-block, the integers ls*(8g+-1) rescaled to +-126 when they exceed it;
+      Q2_K -> Q8_K: per 256-block, the values requantized to +-127 with an fp16 scale.
+    """
+    n = t.ne[0]
+    nb = n // 256
+    raw = t.raw.reshape(-1, nb, t.row_bytes // nb)        # [rows, blocks, block bytes]
+    f32 = np.float32
+    if t.type in (T.Q4_K, T.Q5_K):
+        d = raw[..., 0:2].copy().view(np.float16)[..., 0].astype(f32)
+        dmin = raw[..., 2:4].copy().view(np.float16)[..., 0].astype(f32)
+        sc, mn = _k_scales(raw)
+        a = d[..., None] * sc.astype(f32)                  # [rows, blocks, 8]
+        b = dmin[..., None] * mn.astype(f32)
+        wb = w.reshape(-1, nb, 8, 32)
+        q = np.rint(np.divide(wb + b[..., None], a[..., None], out=np.zeros_like(wb), where=a[..., None] > 0))
+        out = _f16(a)[..., None] * q - _f16(b)[..., None]
+    elif t.type == T.Q6_K:
+        d = raw[..., 208:210].copy().view(np.float16)[..., 0].astype(f32)
+        iv = np.rint(np.divide(w.reshape(-1, nb, 8, 32), d[..., None, None],
+                               out=np.zeros(raw.shape[:2] + (8, 32), f32), where=d[..., None, None] != 0))
+        mx = np.abs(iv).max(axis=-1, keepdims=True) / f32(127)
+        inv = np.divide(f32(1), mx, out=np.zeros_like(mx), where=mx > 1e-9)
+        out = _f16(d[..., None, None] * mx) * np.clip(np.rint(iv * inv), -128, 127)
+    elif t.type == T.IQ1_S:
+        d = f32(0.125) * raw[..., 0:2].copy().view(np.float16)[..., 0].astype(f32)
+        iv = np.rint(np.divide(w.reshape(-1, nb, 256), d[..., None],
+                               out=np.zeros(raw.shape[:2] + (256,), f32), where=d[..., None] != 0))
+        dnew = np.abs(iv).max(axis=-1, keepdims=True) * f32(1.0 / 126)
+        scaled = dnew >= 1
+        dnew = np.where(scaled, dnew, f32(1))
+        ints = np.where(scaled, np.clip(np.rint(iv * (f32(1) / dnew)), -128, 127), iv)
+        out = _f16(d[..., None] * dnew) * ints
+    elif t.type == T.Q2_K:
+        wb = w.reshape(-1, nb, 256)
+        dd = np.abs(wb).max(axis=-1, keepdims=True) / f32(127)
+        inv = np.divide(f32(1), dd, out=np.zeros_like(dd), where=dd > 0)
+        out = _f16(dd) * np.clip(np.rint(wb * inv), -128, 127)
+    else:
+        return w
+    return out.astype(f32).reshape(w.shape)
+
+
 # ----------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------
@@ -363,10 +438,21 @@ class ReferenceModel:
             a = self._cache[t.name] = t.dequantize()
         return a
 
+    def w_as_ik(self, t: Tensor, n_rows: int) -> np.ndarray:
+        """The weight as ik multiplies it for ``n_rows`` activation rows (emulation mode only)."""
+        if not self.quantize_activations or n_rows < IK_REPACK_MIN_ROWS.get(t.type, 1 << 62):
+            return self.w(t)
+        key = t.name + "#ik"
+        a = self._cache.get(key)
+        if a is None:
+            a = self._cache[key] = ik_repacked_weight(t, self.w(t))
+        return a
+
     def mm(self, x: np.ndarray, t: Tensor) -> np.ndarray:
         """x @ W^T for a 2-D weight ``t`` (ne [n_in, n_out]); x is [..., n_in]."""
         if self.quantize_activations:
             x = quantize_activations_like_ik(x, t.type)
+            return x @ self.w_as_ik(t, int(np.prod(x.shape[:-1]))).T
         return x @ self.w(t).T
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
@@ -419,14 +505,16 @@ class ReferenceModel:
     def dense_ffn(self, lw: LayerWeights, h: np.ndarray) -> np.ndarray:
         return self.mm(silu(self.mm(h, lw.ffn_gate)) * self.mm(h, lw.ffn_up), lw.ffn_down)
 
-    def expert_weights(self, lw: LayerWeights, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def expert_weights(self, lw: LayerWeights, e: int, n_rows: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gate, up and down matrices of expert ``e`` (as ik multiplies them for ``n_rows`` rows
+        in emulation mode)."""
         F = self.config.n_ff_exp
         if lw.ffn_gate_up_exps is not None:      # merged: per expert, gate rows then up rows
-            gu = self.w(lw.ffn_gate_up_exps)[e]
+            gu = self.w_as_ik(lw.ffn_gate_up_exps, n_rows)[e]
             gate, up = gu[:F], gu[F:]
         else:
-            gate, up = self.w(lw.ffn_gate_exps)[e], self.w(lw.ffn_up_exps)[e]
-        return gate, up, self.w(lw.ffn_down_exps)[e]
+            gate, up = self.w_as_ik(lw.ffn_gate_exps, n_rows)[e], self.w_as_ik(lw.ffn_up_exps, n_rows)[e]
+        return gate, up, self.w_as_ik(lw.ffn_down_exps, n_rows)[e]
 
     def moe_ffn(self, lw: LayerWeights, h: np.ndarray, trace: Optional[LayerTrace] = None,
                 forced_experts: Optional[np.ndarray] = None) -> np.ndarray:
@@ -445,7 +533,7 @@ class ReferenceModel:
         out = np.zeros_like(h)
         for e in np.unique(r.experts):
             rows, slot = np.nonzero(r.experts == e)
-            gate, up, down = self.expert_weights(lw, int(e))
+            gate, up, down = self.expert_weights(lw, int(e), len(rows))
             x = h[rows]
             if self.quantize_activations:
                 x = quantize_activations_like_ik(x, gate_t.type)

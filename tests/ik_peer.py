@@ -201,8 +201,12 @@ def _n_vocab(model) -> int:
 # tools/compare_ik.py)
 # --------------------------------------------------------------------------------------
 
+# The two attention paths the reference is compared with (brief: plain vs absorbed+flash) ...
 IK_PATHS = {"mla0": dict(mla_attn=0, flash_attn=False),   # plain attention through attn_kv_b
             "mla3": dict(mla_attn=3, flash_attn=True)}    # absorbed MLA, flash attention
+# ... and further ik configurations that only witness how far ik strays from itself.
+IK_WITNESS_PATHS = {"mla0+fa": dict(mla_attn=0, flash_attn=True),
+                    "mla1": dict(mla_attn=1, flash_attn=False)}
 
 
 def routing_differs(a: dict, b: dict, n_tokens: int) -> np.ndarray:
@@ -215,39 +219,56 @@ def routing_differs(a: dict, b: dict, n_tokens: int) -> np.ndarray:
 
 
 class PeerComparison:
-    """ik_llama.cpp's two attention paths against each other and against the reference.
+    """ik_llama.cpp against itself and against the reference, on one file.
 
-    For each ik path the reference is evaluated with ik's expert choices forced
-    (``ReferenceModel.eval(forced_experts=...)``), so a near-tie that went the other way does
-    not masquerade as a numerical error; how often the reference's own choice differs is
-    counted separately (``ref_flips``).  Distances are taken on the positions where ik's two
-    paths chose the same experts in every layer (``clean``), so that ik's self-distance is
-    not a routing artefact either.
+    ik evaluates the same random token ids through its attention paths (``IK_PATHS`` plus the
+    witnesses ``IK_WITNESS_PATHS``), all batched, f16 cache.  ``self_distance`` is the brief's
+    ik-vs-ik distance (mla3+fa vs mla0); ``envelope`` is, per position, the largest distance
+    of any other ik path from mla0.
+
+    For each of mla0 and mla3 the reference is evaluated with that path's expert choices
+    forced (``ReferenceModel.eval(forced_experts=...)``), so a near-tie that went the other way
+    does not masquerade as a numerical error; how often the reference's own choice differs is
+    counted separately (``ref_flips``, per position and MoE layer).  Statistics are taken on
+    the positions where every ik path chose the same experts as mla0 in every layer
+    (``clean``), so that ik's own distances are not routing artefacts either; when fewer than
+    a quarter of the positions are clean (files so noisy that ik's own paths rarely route
+    alike), all positions are used and ik's distances include its routing flips
+    (``positions``, ``all_positions``).
     """
 
-    def __init__(self, path, n_tokens: int = 256, seed: int = 0, modes=(False, True),
-                 n_threads: int | None = None, reference=None):
+    def __init__(self, path, n_tokens: int = 256, seed: int = 0, modes=("plain", "emulated"),
+                 n_threads: int | None = None, reference=None, witnesses: bool = True):
         from minillm.reference import ReferenceModel, logit_distance
 
         self.path = os.fspath(path)
         ref = reference if reference is not None else ReferenceModel(self.path)
         c = ref.config
         self.config = c
+        self.quantized = ref.has_quantized_matmuls()
         self.ids = np.random.default_rng(seed).integers(0, c.n_vocab, n_tokens)
         k = c.n_expert_used
+        paths = dict(IK_PATHS, **(IK_WITNESS_PATHS if witnesses else {}))
         self.ik, self.routing = {}, {}
-        for name, kw in IK_PATHS.items():
+        for name, kw in paths.items():
             self.ik[name], self.routing[name] = ik_logits(
                 self.path, self.ids, n_threads=n_threads, return_routing=True, n_expert_used=k, **kw)
-        self.self_flips = routing_differs(self.routing["mla0"], self.routing["mla3"], n_tokens)
-        self.clean = ~self.self_flips.any(axis=1)
-        self.self_distance = logit_distance(self.ik["mla3"], self.ik["mla0"])
-        if not ref.has_quantized_matmuls():
-            modes = tuple(m for m in modes if not m) or (False,)
+        self.ik_flips = {name: routing_differs(self.routing[name], self.routing["mla0"], n_tokens)
+                         for name in paths if name != "mla0"}
+        self.self_flips = self.ik_flips["mla3"]
+        self.clean = ~np.any([f.any(axis=1) for f in self.ik_flips.values()], axis=0)
+        self.all_positions = int(self.clean.sum()) < n_tokens // 4
+        self.positions = np.ones(n_tokens, bool) if self.all_positions else self.clean
+        self.ik_distance = {name: logit_distance(self.ik[name], self.ik["mla0"])
+                            for name in paths if name != "mla0"}
+        self.self_distance = self.ik_distance["mla3"]
+        self.envelope = np.max([d.rel_rms for d in self.ik_distance.values()], axis=0)
+        self.envelope_logprob = np.max([d.logprob for d in self.ik_distance.values()], axis=0)
         self.modes = modes
         self.ref_distance, self.ref_flips, self.ref_logits = {}, {}, {}
         for q in modes:
-            r = ref.with_options(quantize_activations=q)
+            # "emulated": ik's activation quantization and weight repacking, and its f16 K/V cache
+            r = ref.with_options(quantize_activations=q == "emulated", f16_kv=q == "emulated")
             for name in IK_PATHS:
                 x = r.eval(self.ids, keep_trace=True, forced_experts=self.routing[name])
                 own = {il: r.trace[il].routing.experts for il in self.routing[name]}
@@ -256,15 +277,25 @@ class PeerComparison:
                 self.ref_distance[q, name] = logit_distance(x, self.ik[name])
 
     def rows(self) -> list[dict]:
-        """One summary row per comparison (self, then reference per mode and ik path)."""
+        """One summary row per comparison: ik paths vs mla0, then reference per mode and path."""
         n = len(self.ids)
-        rows = [dict(what="ik mla3+fa vs ik mla0", flip_positions=int(self.self_flips.any(1).sum()),
-                     flip_pairs=int(self.self_flips.sum()), **self.self_distance.summary(self.clean))]
+        m = self.positions
+        rows = []
+        for name, d in self.ik_distance.items():
+            f = self.ik_flips[name]
+            rows.append(dict(what=f"ik {name} vs ik mla0", flip_positions=int(f.any(1).sum()),
+                             flip_pairs=int(f.sum()), **d.summary(m)))
+        rows.append(dict(what="ik envelope (max of above)", flip_positions=int((~self.clean).sum()), flip_pairs=-1,
+                         n=int(m.sum()), rel_rms_median=float(np.median(self.envelope[m])),
+                         rel_rms_max=float(self.envelope[m].max()),
+                         logprob_median=float(np.median(self.envelope_logprob[m])),
+                         logprob_max=float(self.envelope_logprob[m].max()), top1=float("nan")))
         for (q, name), d in self.ref_distance.items():
             f = self.ref_flips[q, name]
-            rows.append(dict(what=f"ref{'(q8 act)' if q else ''} vs ik {name}",
+            rows.append(dict(what=f"ref {q} vs ik {name}",
                              flip_positions=int(f.any(1).sum()), flip_pairs=int(f.sum()),
-                             **d.summary(self.clean)))
+                             **d.summary(m)))
         for r in rows:
             r["n_tokens"] = n
+            r["n_moe_pairs"] = n * max(1, len(self.routing["mla0"]))
         return rows
