@@ -60,6 +60,27 @@ def _init() -> None:
     _state["init"] = True
 
 
+class _SilencedStdout:
+    """Send the C library's own printf output (e.g. "Computed blk.0.attn_k_b ...") to /dev/null."""
+
+    def __enter__(self):
+        import sys
+        sys.stdout.flush()
+        self._libc = ctypes.CDLL(None)
+        self._libc.fflush(None)
+        self._saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        return self
+
+    def __exit__(self, *exc):
+        self._libc.fflush(None)
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        return False
+
+
 _TOPK_NAME = re.compile(rb"^ffn_moe_topk-(\d+)$")
 
 
@@ -115,7 +136,8 @@ def ik_logits(path: str | os.PathLike, ids, *, mla_attn: int = 0, flash_attn: bo
     mparams.mla = mla_attn           # lets ik derive attn_k_b/attn_v_b from attn_kv_b when absent
     mparams.flash_attn = flash_attn
     mparams.use_mmap = True
-    model = C.llama_model_load_from_file(os.fspath(path).encode(), mparams)
+    with _SilencedStdout():
+        model = C.llama_model_load_from_file(os.fspath(path).encode(), mparams)
     if not model:
         raise RuntimeError(f"ik_llama.cpp could not load {path}")
     ctx = None
@@ -238,7 +260,7 @@ class PeerComparison:
     """
 
     def __init__(self, path, n_tokens: int = 256, seed: int = 0, modes=("plain", "emulated"),
-                 n_threads: int | None = None, reference=None, witnesses: bool = True):
+                 n_threads: int | None = None, reference=None, witnesses=tuple(IK_WITNESS_PATHS)):
         from minillm.reference import ReferenceModel, logit_distance
 
         self.path = os.fspath(path)
@@ -248,7 +270,7 @@ class PeerComparison:
         self.quantized = ref.has_quantized_matmuls()
         self.ids = np.random.default_rng(seed).integers(0, c.n_vocab, n_tokens)
         k = c.n_expert_used
-        paths = dict(IK_PATHS, **(IK_WITNESS_PATHS if witnesses else {}))
+        paths = dict(IK_PATHS, **{w: IK_WITNESS_PATHS[w] for w in witnesses})
         self.ik, self.routing = {}, {}
         for name, kw in paths.items():
             self.ik[name], self.routing[name] = ik_logits(

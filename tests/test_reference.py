@@ -81,9 +81,8 @@ def test_rope_pairs_adjacent_elements():
     assert np.count_nonzero(np.abs(y) > 1e-7) == 2
 
 
-def test_deepseek2_scales_of_v2_lite(synthetic_model):
-    m = ReferenceModel(synthetic_model("tiny-qlora", "f32"))
-    c = m.config
+def test_deepseek2_scales_of_v2_lite(qlora):
+    c = qlora[0].config
     mscale = 1 + 0.0707 * math.log(40)
     assert deepseek2_kq_scale(c) == pytest.approx(mscale ** 2 / math.sqrt(192), rel=1e-6)
     assert deepseek2_kq_scale(c) == pytest.approx(c.kq_scale, rel=1e-6)
@@ -190,74 +189,88 @@ def qlora_f32(synthetic_model):
     return synthetic_model("tiny-qlora", "f32", seed=1, kv_layout="both")
 
 
-def test_eval_shape_dtype_and_determinism(qlora_f32):
+@pytest.fixture(scope="module")
+def qlora(qlora_f32):
+    """One model and its logits for IDS, shared by the tests below."""
     m = ReferenceModel(qlora_f32)
-    a = m.eval(IDS)
+    logits = m.eval(IDS, keep_trace=True)
+    return m, logits, m.trace        # later evals replace m.trace; this list stays
+
+
+def test_eval_shape_dtype_and_determinism(qlora, qlora_f32):
+    m, a, _ = qlora
     assert a.shape == (len(IDS), 102400) and a.dtype == np.float32 and np.isfinite(a).all()
     np.testing.assert_array_equal(a, m.eval(IDS))
     np.testing.assert_array_equal(a, ReferenceModel(qlora_f32).eval(IDS))
 
 
-def test_eval_is_causal(qlora_f32):
-    m = ReferenceModel(qlora_f32)
-    full = m.eval(IDS)
+def test_eval_is_causal(qlora):
+    m, full, _ = qlora
     np.testing.assert_allclose(m.eval(IDS[:10]), full[:10], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kv_layout", ["kv_b", "k_b_v_b", "k_b_v_b_2d"])
-def test_kv_layouts_agree(synthetic_model, qlora_f32, kv_layout):
-    """attn_kv_b and attn_k_b/attn_v_b (3-D or 2-D) hold the same numbers: same logits."""
-    want = ReferenceModel(qlora_f32, kv_source="kv_b").eval(IDS)
+def test_trace_is_consistent(qlora):
+    m, a, trace = qlora
+    c = m.config
+    assert len(trace) == c.n_layer
+    for il, t in enumerate(trace):
+        assert (t.routing is not None) == c.is_moe_layer(il)
+        prev = m.embed(IDS) if il == 0 else trace[il - 1].hidden
+        np.testing.assert_allclose(t.hidden, prev + t.attn_out + t.ffn_out, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_layout", ["k_b_v_b", "k_b_v_b_2d"])
+def test_kv_layouts_agree(synthetic_model, qlora, kv_layout):
+    """attn_kv_b and attn_k_b/attn_v_b (3-D, or ik's 2-D) hold the same numbers: same logits."""
+    want = qlora[1]
     m = ReferenceModel(synthetic_model("tiny-qlora", "f32", seed=1, kv_layout=kv_layout))
     np.testing.assert_allclose(m.eval(IDS), want, rtol=1e-4, atol=1e-4)
 
 
-def test_both_decompression_paths_of_one_file_agree(qlora_f32):
-    m = ReferenceModel(qlora_f32)
-    np.testing.assert_allclose(m.with_options(kv_source="k_b_v_b").eval(IDS),
-                               m.with_options(kv_source="kv_b").eval(IDS), rtol=1e-4, atol=1e-4)
+def test_both_decompression_paths_of_one_file_agree(qlora):
+    m, want, _ = qlora
+    np.testing.assert_allclose(m.with_options(kv_source="k_b_v_b").eval(IDS), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(m.with_options(kv_source="kv_b").eval(IDS), want)
 
 
-def test_forcing_own_routing_changes_nothing(qlora_f32):
-    m = ReferenceModel(qlora_f32)
-    a = m.eval(IDS, keep_trace=True)
-    own = {il: t.routing.experts for il, t in enumerate(m.trace) if t.routing is not None}
+def test_forcing_own_routing_changes_nothing(qlora):
+    m, a, trace = qlora
+    own = {il: t.routing.experts for il, t in enumerate(trace) if t.routing is not None}
     assert len(own) == m.config.n_layer - m.config.n_layer_dense_lead
     np.testing.assert_array_equal(m.eval(IDS, forced_experts=own), a)
     other = {il: (e + 1) % m.config.n_expert for il, e in own.items()}
     assert not np.allclose(m.eval(IDS, forced_experts=other), a)
 
 
-@pytest.mark.parametrize("config,mixture", [("tiny-qlora", "q8_0"), ("tiny-qlora", "iq4_nl"),
-                                            ("tiny-qlora", "iq1_s"), ("tiny-v3", "bf16"),
-                                            ("tiny-v3-nogroups", "f16")])
-def test_layouts_and_mixtures_evaluate(synthetic_model, config, mixture):
-    m = ReferenceModel(synthetic_model(config, mixture))
+@pytest.mark.parametrize("mixture", ["q8_0", "iq4_nl", "iq1_s"])
+def test_quantized_mixtures_evaluate_in_both_modes(synthetic_model, mixture):
+    m = ReferenceModel(synthetic_model("tiny-qlora", mixture))
     a = m.eval(IDS[:8])
     assert a.shape == (8, 102400) and np.isfinite(a).all()
-    if m.has_quantized_matmuls():
-        b = m.with_options(quantize_activations=True).eval(IDS[:8])
-        assert np.isfinite(b).all() and not np.array_equal(a, b)
-        assert logit_distance(b, a).rel_rms.max() < 0.2      # a rounding, not a different model
+    assert m.has_quantized_matmuls()
+    b = m.with_options(quantize_activations=True, f16_kv=True).eval(IDS[:8])
+    assert np.isfinite(b).all() and not np.array_equal(a, b)
+    assert logit_distance(b, a).rel_rms.max() < 0.2      # a rounding, not a different model
 
 
 def test_group_limited_routing_is_used(synthetic_model):
     """tiny-v3 asks for 2 of 4 expert groups: its choices differ from ungrouped top-k somewhere."""
     from dataclasses import replace
-    m = ReferenceModel(synthetic_model("tiny-v3", "f16"))
+    m = ReferenceModel(synthetic_model("tiny-v3", "bf16"))
     c = m.config
-    assert c.expert_group_count == 4 and c.expert_group_used_count == 2
+    assert c.expert_group_count == 4 and c.expert_group_used_count == 2 and c.expert_gating_func == GATING_SIGMOID
     free = m.with_options()
     free.config = replace(c, expert_group_count=0, expert_group_used_count=0)
-    m.eval(IDS, keep_trace=True)
+    a = m.eval(IDS, keep_trace=True)
+    assert np.isfinite(a).all()
     free.eval(IDS, keep_trace=True)
     grouped = [t.routing.experts for t in m.trace if t.routing is not None]
     ungrouped = [t.routing.experts for t in free.trace if t.routing is not None]
-    assert any(not np.array_equal(a, b) for a, b in zip(grouped, ungrouped))
+    assert any(not np.array_equal(g, u) for g, u in zip(grouped, ungrouped))
 
 
-def test_bad_ids_and_options(qlora_f32):
-    m = ReferenceModel(qlora_f32)
+def test_bad_ids_and_options(qlora, qlora_f32):
+    m, _, _ = qlora
     with pytest.raises(ValueError):
         m.eval([0, 102400])
     with pytest.raises(ValueError):

@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     for path in files:
         t = time.perf_counter()
         pc = ik_peer.PeerComparison(path, n_tokens=args.tokens, seed=args.seed, modes=modes,
-                                    n_threads=args.threads, witnesses=not args.no_witnesses)
+                                    n_threads=args.threads,
+                                    witnesses=() if args.no_witnesses else tuple(ik_peer.IK_WITNESS_PATHS))
         which = "all: ik's paths rarely route alike" if pc.all_positions else "routed alike by every ik path"
         print(f"\n{os.path.basename(path)}: {args.tokens} tokens, {int(pc.positions.sum())} positions compared "
               f"({which}; {time.perf_counter() - t:.0f} s)")
