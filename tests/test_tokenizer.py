@@ -357,3 +357,44 @@ def test_fused_split_passes_equal_rule_by_rule(pre, text):
     assert pieces(hf_split_passes(pre)) == reference
     if not any("\u0800" <= c <= "\ud7ff" for c in text):
         assert pieces(hf_split_passes(pre, skip_cjk=True)) == reference
+
+
+# -- special-token partition vs a direct transcription of llama.cpp's loop ----------
+
+def _partition_like_llama_cpp(text: str, specials: list[tuple[str, int]]) -> list:
+    """tokenizer_st_partition: for each special token, longest first, cut every
+    occurrence out of every still-raw fragment, left to right."""
+    fragments: list = [text]
+    for piece, tid in sorted(specials, key=lambda s: -len(s[0].encode("utf-8"))):
+        out = []
+        for frag in fragments:
+            if not isinstance(frag, str):
+                out.append(frag)
+                continue
+            pos = 0
+            while True:
+                hit = frag.find(piece, pos)
+                if hit < 0:
+                    break
+                if hit > pos:
+                    out.append(frag[pos:hit])
+                out.append(tid)
+                pos = hit + len(piece)
+            if pos < len(frag):
+                out.append(frag[pos:])
+        fragments = out
+    return fragments
+
+
+_SPECIALS = [("ab", USER_DEFINED), ("bc", USER_DEFINED), ("abc", USER_DEFINED), ("ca", USER_DEFINED),
+             ("b", USER_DEFINED), ("<c>", CONTROL), ("c>a", USER_DEFINED), ("éb", USER_DEFINED)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="abcé<> ", max_size=24))
+def test_special_partition_matches_llama_cpp_order(text):
+    tok = _CACHE.get("tiny") or _CACHE.setdefault("tiny", Tokenizer.from_metadata(
+        _tiny_gpt2_meta([("<bos>", CONTROL), *_SPECIALS])))
+    for special in (False, True):
+        allowed = [(p, 257 + k) for k, (p, kind) in enumerate(_SPECIALS) if special or kind == USER_DEFINED]
+        assert tok._partition(text, special) == [f for f in _partition_like_llama_cpp(text, allowed) if f != ""]
