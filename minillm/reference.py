@@ -31,7 +31,10 @@ Facts of ggml/llama.cpp this follows (not of the paper):
     weights are the unbiased probabilities of the chosen experts -> normalized when
     expert_weights_norm -> times expert_weights_scale.
 
-Everything is float32; the default plain-float mode is the mathematical definition.
+Everything is float32; the default plain-float mode is the mathematical definition.  The pieces are plain functions that kernel tests can reuse:
+:func:`rms_norm`, :func:`rope` (:func:`rope_cos_sin`, :func:`apply_rope`,
+:func:`deepseek2_rope_params`), :func:`causal_attention`, :func:`route_experts`,
+:func:`swiglu_ffn`, :func:`quantize_activations_like_ik`, :func:`logit_distance`.
 ``ReferenceModel(path, quantize_activations=True)`` additionally emulates the rounding
 ik_llama.cpp applies around each quantized-weight matmul: activations to 8-bit blocks
 (:func:`quantize_activations_like_ik`) and, for batches of many rows, the 8-bit repacked
@@ -386,11 +389,13 @@ class LayerTrace:
 
 
 class ReferenceModel:
-    """Evaluate a DeepSeek2 GGUF file in numpy float32.
+    """Evaluate a DeepSeek2 GGUF file in numpy float32: ``eval(ids) -> [len(ids), n_vocab]``.
 
     ``kv_source`` picks the decompression weights when a file has both forms:
     "auto" (attn_kv_b when present, else attn_k_b/attn_v_b), "kv_b" or "k_b_v_b".
-    Dequantized weights are cached per instance.
+    ``quantize_activations`` / ``f16_kv`` switch on the emulation of ik_llama.cpp's roundings
+    (module docstring).  Dequantized weights are cached per instance (and shared with the
+    views :meth:`with_options` returns).
     """
 
     def __init__(self, path: str | os.PathLike, quantize_activations: bool = False,
@@ -426,9 +431,17 @@ class ReferenceModel:
         other.trace = []
         return other
 
+    def matmul_weights(self) -> list[Tensor]:
+        """The tensors this model multiplies activations with (norms, router, embedding lookup excluded)."""
+        out = [self.weights.output]
+        skip = ("attn_norm", "attn_kv_a_norm", "attn_q_a_norm", "ffn_norm", "ffn_gate_inp", "exp_probs_b")
+        for lw in self.weights.layers:
+            out += [t for name, t in vars(lw).items() if t is not None and name not in skip]
+        return out
+
     def has_quantized_matmuls(self) -> bool:
         """Whether any matmul weight is of a type whose activations ik quantizes."""
-        return any(t.type in _Q8_BLOCK32 or t.type in _Q8_BLOCK256 for t in self.file.tensors.values())
+        return any(t.type in _Q8_BLOCK32 or t.type in _Q8_BLOCK256 for t in self.matmul_weights())
 
     # -- weights ------------------------------------------------------------------------
     def w(self, t: Tensor) -> np.ndarray:
@@ -526,7 +539,7 @@ class ReferenceModel:
         if trace is not None:
             trace.routing = r
         if forced_experts is not None:           # replay another engine's choice, same weight rule
-            r = _weights_for(logits, forced_experts, c, bias_free_choice=r)
+            r = _weights_for(logits, forced_experts, c, own=r)
         if trace is not None:
             trace.used_experts = r.experts
         gate_t = lw.ffn_gate_up_exps if lw.ffn_gate_up_exps is not None else lw.ffn_gate_exps
@@ -552,7 +565,8 @@ class ReferenceModel:
         ``forced_experts``: optional {layer: [T, k] expert ids} replacing this model's own
         top-k choice (the mixing weights still follow the routing rule); used to compare
         with an engine whose near-tie choices went the other way.  With ``keep_trace``,
-        ``self.trace`` holds each layer's routing afterwards.
+        ``self.trace`` holds a :class:`LayerTrace` per layer afterwards (routing, block
+        outputs, residual stream), for tests of single layers.
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         c = self.config
@@ -579,18 +593,16 @@ class ReferenceModel:
         return self.mm(x, self.weights.output).astype(np.float32)
 
 
-def _weights_for(logits: np.ndarray, experts: np.ndarray, c: DeepSeek2Config,
-                 bias_free_choice: Routing) -> Routing:
+def _weights_for(logits: np.ndarray, experts: np.ndarray, c: DeepSeek2Config, own: Routing) -> Routing:
     """Routing with given experts and the mixing weights the routing rule gives them."""
     experts = np.asarray(experts, dtype=np.int64)
-    if experts.shape != bias_free_choice.experts.shape:
-        raise ValueError(f"forced experts shape {experts.shape} != {bias_free_choice.experts.shape}")
+    if experts.shape != own.experts.shape:
+        raise ValueError(f"forced experts shape {experts.shape} != {own.experts.shape}")
     probs = softmax(logits) if c.expert_gating_func == GATING_SOFTMAX else sigmoid(logits)
     w = np.take_along_axis(probs, experts, axis=-1)
     if c.expert_weights_norm:
         w = w / w.sum(axis=-1, keepdims=True)
-    return Routing(experts, (w * np.float32(c.expert_weights_scale)).astype(np.float32),
-                   bias_free_choice.margin)
+    return Routing(experts, (w * np.float32(c.expert_weights_scale)).astype(np.float32), own.margin)
 
 
 # ----------------------------------------------------------------------------------------

@@ -268,6 +268,7 @@ class PeerComparison:
         c = ref.config
         self.config = c
         self.quantized = ref.has_quantized_matmuls()
+        self.reference = ref
         self.ids = np.random.default_rng(seed).integers(0, c.n_vocab, n_tokens)
         k = c.n_expert_used
         paths = dict(IK_PATHS, **{w: IK_WITNESS_PATHS[w] for w in witnesses})

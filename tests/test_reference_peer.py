@@ -157,6 +157,47 @@ def test_float_file_is_sharp(comparisons):
         assert np.median(d.rel_rms[m]) < 5e-3 and d.top1[m].mean() > 0.98
 
 
+@pytest.mark.parametrize("mistake", ["no YaRN ramp", "kq_scale without mscale^2", "rope on the wrong pairs",
+                                     "normalized expert weights"])
+def test_check_catches_mistakes(comparisons, mistake):
+    """The tolerance is tight enough to fail plausible mistakes (on the sharp f16 file)."""
+    import math
+    from dataclasses import replace
+
+    from minillm import reference
+
+    pc = comparisons("tiny-f16")
+    bad = pc.reference.with_options()
+    c = bad.config
+    if mistake == "no YaRN ramp":
+        bad.rope_params = replace(bad.rope_params, ext_factor=0.0, attn_factor=1.0)
+    elif mistake == "kq_scale without mscale^2":
+        bad.kq_scale = 1 / math.sqrt(c.qk_head_dim)
+    elif mistake == "normalized expert weights":
+        bad.config = replace(c, expert_weights_norm=True)
+    x = None
+    if mistake == "rope on the wrong pairs":        # NeoX pairing (i, i + n/2) instead of (2i, 2i+1)
+        saved = reference.apply_rope
+
+        def neox(x, cos, sin):
+            half = x.shape[-1] // 2
+            y = np.empty_like(x)
+            y[..., 0::2], y[..., 1::2] = x[..., :half], x[..., half:]
+            r = saved(y, cos, sin)
+            return np.concatenate([r[..., 0::2], r[..., 1::2]], axis=-1)
+
+        reference.apply_rope = neox
+        try:
+            x = bad.eval(pc.ids, forced_experts=pc.routing["mla0"])
+        finally:
+            reference.apply_rope = saved
+    if x is None:
+        x = bad.eval(pc.ids, forced_experts=pc.routing["mla0"])
+    d = reference.logit_distance(x, pc.ik["mla0"])
+    m = pc.positions
+    assert np.median(d.rel_rms[m]) > 3 * MEDIAN_FACTOR * np.median(pc.self_distance.rel_rms[m])
+
+
 def _table(pc) -> str:
     rows = pc.rows()
     lines = []
