@@ -155,6 +155,7 @@ def _llama_cpp_categories(regex: str) -> str:
 # Pre-tokenizers whose first split isolates every "\r" and "\n": long texts may be
 # cut after any newline and the pieces encoded in parallel with identical results.
 _SPLITS_AT_NEWLINES = frozenset({"deepseek-llm", "deepseek-coder"})
+_CHUNKABLE = _SPLITS_AT_NEWLINES | {"deepseek-v3"}  # see Tokenizer._chunks
 
 # The DeepSeek CJK rule only ever matches characters in U+0800..U+D7FF: texts
 # without any can skip that pass.
@@ -404,16 +405,29 @@ class Tokenizer:
         return [e.ids for e in encode_batch(pieces, add_special_tokens=False)]
 
     def _chunks(self, text: str, size: int = 1 << 14) -> list[str]:
-        """Cut a long raw text after newlines where that cannot change the result."""
-        if len(text) <= size or self.pre not in _SPLITS_AT_NEWLINES:
+        """Cut a long raw text after newlines where that cannot change the result,
+        so that HF tokenizers encodes the pieces in parallel.
+
+        deepseek-llm/-coder isolate every newline first: any newline will do.
+        deepseek-v3: no split rule matches across a newline followed by a
+        non-space character (matches may end with newlines, never go past them),
+        so cut only there.  ``str.isspace`` covers all of llama.cpp's whitespace.
+        """
+        if len(text) <= size or self.pre not in _CHUNKABLE:
             return [text]
+        any_newline = self.pre in _SPLITS_AT_NEWLINES
         chunks, start = [], 0
+        pos = start + size
         while len(text) - start > size:
-            cut = text.find("\n", start + size)
-            if cut < 0:
+            cut = text.find("\n", pos)
+            if cut < 0 or cut + 1 == len(text):
                 break
+            if not any_newline and text[cut + 1].isspace():
+                pos = cut + 1
+                continue
             chunks.append(text[start:cut + 1])
             start = cut + 1
+            pos = start + size
         chunks.append(text[start:])
         return chunks
 

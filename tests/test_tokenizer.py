@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -398,3 +399,18 @@ def test_special_partition_matches_llama_cpp_order(text):
     for special in (False, True):
         allowed = [(p, 257 + k) for k, (p, kind) in enumerate(_SPECIALS) if special or kind == USER_DEFINED]
         assert tok._partition(text, special) == [f for f in _partition_like_llama_cpp(text, allowed) if f != ""]
+
+
+@pytest.mark.parametrize("pre", ["deepseek-llm", "deepseek-coder", "deepseek-v3"])
+def test_chunked_long_text_equals_one_piece(pre):
+    # The cuts _chunks() makes must not change the tokens: compare with one HF call.
+    meta = read_gguf_metadata(vocab_path("deepseek-coder"))
+    tok = Tokenizer.from_metadata({**meta, "tokenizer.ggml.pre": pre})
+    rng = random.Random(3)
+    parts = ["x = 1\n", "  \n", "\n\n", "~!\n", "  indented\n", "12345\n", "中文\n", "\t\r\n", "end. \n", "a\n b\n",
+             "'s \n", "..\n\n  ", "é\u3000\n"]
+    text = "".join(rng.choice(parts) for _ in range(12000))
+    chunks = tok._chunks(text)
+    assert len(chunks) > 3 and "".join(chunks) == text
+    whole = tok._hf.encode(text, add_special_tokens=False).ids
+    assert tok.tokenize(text, add_bos=False) == whole
