@@ -153,7 +153,7 @@ def test_matches_ik_llama_cpp(name):
     tok, ik = Tokenizer.from_gguf(path), IkVocab(path)
     texts = corpus(400)
     compare_with_ik(tok, ik, texts)
-    long_text = "\n".join(texts * 3)  # > 16k characters: encoded in newline-cut chunks
+    long_text = "\n".join(texts * 6)  # > 16k characters: encoded in newline-cut chunks
     assert len(tok._chunks(long_text)) > 1
     assert tok.tokenize(long_text) == ik.tokenize(long_text, True, False)
     for text in texts:
@@ -222,7 +222,7 @@ def test_deepseek_v3_pre_tokenizer_matches_ik(tmp_path):
              "  ~`@#$%^&*", "a ~b", "x~~y", "1~2", " ~", "~\n", "~ok", "~~~ ~~"]
     texts = corpus(300, seed=99) + extra
     compare_with_ik(tok, ik, texts)
-    long_text = "\n".join(texts * 3)
+    long_text = "\n".join(texts * 6)
     assert len(tok._chunks(long_text)) > 1
     assert tok.tokenize(long_text) == ik.tokenize(long_text, True, False)
     assert tok.tokenize("<｜User｜>", add_bos=False) == [tokens.index("<｜User｜>")]
