@@ -197,6 +197,7 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
             rules[-2:] = [rules[-2] + "|" + rules[-1]]
     return [_llama_cpp_categories(r) for r in rules]
 
+
 # Token texts llama.cpp marks as control (so never parsed from plain text, never
 # printed) whatever type the file gives them: end-of-turn / fill-in-the-middle
 # markers it finds by name (llama_vocab::impl::load in llama.cpp, MIT licence, the
