@@ -5,11 +5,15 @@ cache, evaluate all tokens in ONE batched ``llama_decode`` (positions 0..T-1, se
 logits for every position, no BOS added), read the logits, free everything.
 
     logits = ik_logits(path, ids, mla_attn=0, flash_attn=False)          # np.ndarray [T, n_vocab]
-    logits, routing = ik_logits(path, ids, mla_attn=3, flash_attn=True, return_routing=True)
-    # routing: {layer: np.ndarray [T, n_expert_used]} of the experts ik chose
+    logits, routing = ik_logits(path, ids, mla_attn=3, flash_attn=True,
+                                return_routing=True, n_expert_used=k)
+    # routing: {layer: np.ndarray [T, k]} of the experts ik chose (read through the eval callback)
 
 The high-level ``ik_llama_cpp.Llama`` class turns flash attention off on CPUs without
-AVX-VNNI, so attention comparisons must go through this module.  Reused by other tests.
+AVX-VNNI, so attention comparisons must go through this module.  Evaluating one batch of
+all tokens also avoids ik's warm-up quirk (its very first decode of a lone BOS runs all
+experts).  Reused by other tests.  Below, :class:`PeerComparison` is the reference-vs-ik
+harness of tests/test_reference_peer.py and tools/compare_ik.py.
 """
 from __future__ import annotations
 
@@ -248,7 +252,9 @@ class PeerComparison:
     ik-vs-ik distance (mla3+fa vs mla0); ``envelope`` is, per position, the largest distance
     of any other ik path from mla0.
 
-    For each of mla0 and mla3 the reference is evaluated with that path's expert choices
+    For each of mla0 and mla3 the reference is evaluated (with the decompression weights that
+    path multiplies: attn_kv_b for mla0, attn_k_b/attn_v_b for mla3 when the file has them)
+    with that path's expert choices
     forced (``ReferenceModel.eval(forced_experts=...)``), so a near-tie that went the other way
     does not masquerade as a numerical error; how often the reference's own choice differs is
     counted separately (``ref_flips``, per position and MoE layer).  Statistics are taken on
@@ -293,8 +299,12 @@ class PeerComparison:
             # "emulated": ik's activation quantization and weight repacking, and its f16 K/V cache
             r = ref.with_options(quantize_activations=q == "emulated", f16_kv=q == "emulated")
             for name in IK_PATHS:
-                x = r.eval(self.ids, keep_trace=True, forced_experts=self.routing[name])
-                own = {il: r.trace[il].routing.experts for il in self.routing[name]}
+                # ik's absorbed path (mla3) multiplies the file's attn_k_b/attn_v_b when it has
+                # them (ik's own conversions, e.g. the iq1_s file): so does the reference then
+                has_k_b = ref.weights.layers[0].attn_k_b is not None
+                rr = r.with_options(kv_source="k_b_v_b") if name == "mla3" and has_k_b else r
+                x = rr.eval(self.ids, keep_trace=True, forced_experts=self.routing[name])
+                own = {il: rr.trace[il].routing.experts for il in self.routing[name]}
                 self.ref_logits[q, name] = x
                 self.ref_flips[q, name] = routing_differs(own, self.routing[name], n_tokens)
                 self.ref_distance[q, name] = logit_distance(x, self.ik[name])
