@@ -53,10 +53,9 @@ _WHITESPACE = frozenset([*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x
                          0x202F, 0x205F, 0x3000])
 
 
-def _cls(ranges: str) -> str:
-    """A character class of explicit ranges ("a-z..."), minus llama.cpp's whitespace."""
-    spans = []
-    i = 0
+def _spans(ranges: str) -> list[tuple[int, int]]:
+    """Parse explicit class ranges ("a-zé...") into (first, last) code point pairs."""
+    spans, i = [], 0
     while i < len(ranges):
         if i + 2 < len(ranges) and ranges[i + 1] == "-":
             spans.append((ord(ranges[i]), ord(ranges[i + 2])))
@@ -64,22 +63,44 @@ def _cls(ranges: str) -> str:
         else:
             spans.append((ord(ranges[i]), ord(ranges[i])))
             i += 1
+    return spans
+
+
+def _minus(spans: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out = []
-    for lo, hi in spans:  # cut every non-ASCII whitespace code point out of each span
-        for ws in sorted(w for w in _WHITESPACE if w > 0x7F):
-            if lo <= ws <= hi:
-                if lo < ws:
-                    out.append((lo, ws - 1))
-                lo = ws + 1
+    for lo, hi in spans:
+        for c_lo, c_hi in sorted(cut):
+            if c_hi < lo or c_lo > hi:
+                continue
+            if lo < c_lo:
+                out.append((lo, c_lo - 1))
+            lo = max(lo, c_hi + 1)
         if lo <= hi:
             out.append((lo, hi))
-    body = "".join(_class_char(a) if a == b else f"{_class_char(a)}-{_class_char(b)}" for a, b in out)
+    return out
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [(max(a_lo, b_lo), min(a_hi, b_hi)) for a_lo, a_hi in a for b_lo, b_hi in b
+            if max(a_lo, b_lo) <= min(a_hi, b_hi)]
+
+
+def _class(spans: list[tuple[int, int]]) -> str:
+    body = "".join(_class_char(a) if a == b else f"{_class_char(a)}-{_class_char(b)}" for a, b in spans)
     return f"[{body}]"
 
 
 def _class_char(cp: int) -> str:
     c = chr(cp)
     return "\\" + c if c in "\\[]^-&" else c
+
+
+_NON_ASCII_WHITESPACE = [(w, w) for w in sorted(_WHITESPACE) if w > 0x7F]
+
+
+def _cls(ranges: str) -> str:
+    """A character class of explicit ranges ("a-z..."), minus llama.cpp's whitespace."""
+    return _class(_minus(_spans(ranges), _NON_ASCII_WHITESPACE))
 
 
 _DEEPSEEK_LETTERS = (
@@ -175,10 +196,8 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
     trailing run is the whitespace before a punctuation run less the one character
     "\s?" takes, or the whitespace at the end.  A gap never starts inside a
     whitespace run, hence the "(?<!\s)" (which also keeps long runs linear).
-    ``skip_cjk`` drops the CJK rule (for texts without a character it matches);
-    then the number rule can join the punctuation pass as a last alternative:
-    numbers are neither letters, punctuation nor whitespace, so a number run lies
-    inside one gap piece, and no other alternative can start on a digit.
+    ``skip_cjk``: for texts without a character the CJK rule matches, which then
+    need a single pass (``_single_pass_without_cjk``), or drop that rule.
     Unicode categories are narrowed to llama.cpp's (``_llama_cpp_categories``).
     tests/test_tokenizer.py checks these passes against the rules one by one.
     """
@@ -191,11 +210,38 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
         assert punct.startswith(r"\s?[") and punct.endswith("]+") and trailing == r"\s+$"
         rules[1:3] = [punct + r"|(?<!\s)\s+(?=\s" + punct[3:-1] + r")|(?<!\s)\s+$"]
     if skip_cjk:
-        rules.remove(_CJK_RULE)
-        if pre in _SPLITS_AT_NEWLINES:  # the number rule joins the punctuation pass (see above)
-            assert rules[-1] in (r"\p{N}+", r"\p{N}")
-            rules[-2:] = [rules[-2] + "|" + rules[-1]]
+        if pre in _SPLITS_AT_NEWLINES:
+            rules = [_single_pass_without_cjk(pre)]
+        elif _CJK_RULE in rules:
+            rules.remove(_CJK_RULE)
     return [_llama_cpp_categories(r) for r in rules]
+
+
+def _single_pass_without_cjk(pre: str) -> str:
+    r"""One regex giving the pieces of all of PRE_TOKENIZER_SPLITS[pre] on text
+    without CJK (no character the CJK rule matches).
+
+    The rules then cut a line into letter runs (with one leading space, "\s?"),
+    punctuation runs (idem), number runs, trailing whitespace, and what is left
+    between.  deepseek-coder's letters and punctuation are disjoint Unicode
+    categories, so its rules read directly as alternatives.  deepseek-llm's
+    punctuation class holds the ASCII and full-width letters (Lp), so its letter
+    runs split again into Lp and other-letter (Ln) runs, the leading space going
+    to the first; and its "\s+$" rule cuts off a gap's trailing whitespace: the
+    whitespace before a letter or punctuation run less the one character that
+    run takes, or the whitespace before a newline or the end.  Such a run starts
+    at a non-space or a newline, hence the look-behind.
+    """
+    sp = r"[^\S\r\n]"  # whitespace inside a line
+    if pre == "deepseek-coder":
+        return rf"[\r\n]|{sp}?\p{{L}}+|{sp}?\p{{P}}+|\p{{N}}"
+    assert pre == "deepseek-llm"
+    letters = _minus(_spans(_DEEPSEEK_LETTERS), _NON_ASCII_WHITESPACE)
+    punct = _minus(_spans(_DEEPSEEK_PUNCT), _NON_ASCII_WHITESPACE)
+    lp, ln, pn = _intersect(letters, punct), _minus(letters, punct), _minus(punct, letters)
+    either = _class(letters + pn)
+    return (rf"[\r\n]|{sp}?{_class(lp)}+|{sp}?{_class(ln)}+|{sp}?{_class(pn)}+"
+            rf"|(?<!{sp}){sp}+(?={sp}{either})|(?<!{sp}){sp}+(?=[\r\n]|$)|\p{{N}}+")
 
 
 # Token texts llama.cpp marks as control (so never parsed from plain text, never
