@@ -252,9 +252,13 @@ class PeerComparison:
     ik-vs-ik distance (mla3+fa vs mla0); ``envelope`` is, per position, the largest distance
     of any other ik path from mla0.
 
-    For each of mla0 and mla3 the reference is evaluated (with the decompression weights that
-    path multiplies: attn_kv_b for mla0, attn_k_b/attn_v_b for mla3 when the file has them)
-    with that path's expert choices
+    Which decompression weights ik multiplies in a batch of >= 128 tokens: mla0 attn_kv_b;
+    mla3+fa also attn_kv_b (its prompt-processing branch decompresses the cached latent through
+    attn_kv_b, build_deepseek2.cpp "PP for mla=2,3"); only the mla1 witness uses
+    attn_k_b/attn_v_b (the file's, or ones ik derives from attn_kv_b).  The reference uses
+    attn_kv_b ("auto") for both comparisons.
+
+    For each of mla0 and mla3 the reference is evaluated with that path's expert choices
     forced (``ReferenceModel.eval(forced_experts=...)``), so a near-tie that went the other way
     does not masquerade as a numerical error; how often the reference's own choice differs is
     counted separately (``ref_flips``, per position and MoE layer).  Statistics are taken on
@@ -299,12 +303,8 @@ class PeerComparison:
             # "emulated": ik's activation quantization and weight repacking, and its f16 K/V cache
             r = ref.with_options(quantize_activations=q == "emulated", f16_kv=q == "emulated")
             for name in IK_PATHS:
-                # ik's absorbed path (mla3) multiplies the file's attn_k_b/attn_v_b when it has
-                # them (ik's own conversions, e.g. the iq1_s file): so does the reference then
-                has_k_b = ref.weights.layers[0].attn_k_b is not None
-                rr = r.with_options(kv_source="k_b_v_b") if name == "mla3" and has_k_b else r
-                x = rr.eval(self.ids, keep_trace=True, forced_experts=self.routing[name])
-                own = {il: rr.trace[il].routing.experts for il in self.routing[name]}
+                x = r.eval(self.ids, keep_trace=True, forced_experts=self.routing[name])
+                own = {il: r.trace[il].routing.experts for il in self.routing[name]}
                 self.ref_logits[q, name] = x
                 self.ref_flips[q, name] = routing_differs(own, self.routing[name], n_tokens)
                 self.ref_distance[q, name] = logit_distance(x, self.ik[name])
