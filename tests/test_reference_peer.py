@@ -60,8 +60,10 @@ pytestmark = [pytest.mark.peer,
 
 # name: (config, mixture, kv_layout[, extra write_model arguments]).  ik_llama.cpp loads the
 # kv_b and k_b/v_b (3-D with mainline metadata, or ik's 2-D next to kv_b) layouts;
-# the iq1_s file uses ik's own conversion (attn_kv_b plus 2-D attn_k_b/attn_v_b), so ik's two
-# paths multiply different tensors there (mla0: kv_b, mla3: k_b/v_b).
+# the iq1_s file uses ik's own conversion (attn_kv_b plus 2-D attn_k_b/attn_v_b, the latter
+# IQ1_S/Q4_K in this mixture).  In a 256-token batch ik's mla0 and mla3+fa both decompress
+# through attn_kv_b; its mla1 witness multiplies attn_k_b/attn_v_b, which is why mla1 strays
+# furthest from mla0 on that file.
 FILES = {
     "tiny-f16": ("tiny", "f16", "kv_b"),
     "tiny-q8_0": ("tiny", "q8_0", "kv_b"),
