@@ -217,6 +217,30 @@ def hf_split_passes(pre: str, skip_cjk: bool = False) -> list[str]:
     return [_llama_cpp_categories(r) for r in rules]
 
 
+def _cjk_line_runs(text: str) -> list[tuple[str, bool]]:
+    """Cut ``text`` after newlines into runs of whole lines that may hold CJK (True)
+    and runs that cannot (False)."""
+    bounds: list[list[int]] = []  # [start, end) of the CJK runs
+    pos = 0
+    while (m := _MAYBE_CJK.search(text, pos)) is not None:
+        start = text.rfind("\n", 0, m.start()) + 1
+        end = text.find("\n", m.end())
+        pos = end = len(text) if end < 0 else end + 1
+        if bounds and bounds[-1][1] == start:
+            bounds[-1][1] = end
+        else:
+            bounds.append([start, end])
+    runs, done = [], 0
+    for start, end in bounds:
+        if start > done:
+            runs.append((text[done:start], False))
+        runs.append((text[start:end], True))
+        done = end
+    if done < len(text) or not runs:
+        runs.append((text[done:], False))
+    return runs
+
+
 def _single_pass_without_cjk(pre: str) -> str:
     r"""One regex giving the pieces of all of PRE_TOKENIZER_SPLITS[pre] on text
     without CJK (no character the CJK rule matches).
@@ -431,15 +455,13 @@ class Tokenizer:
             pieces = [prefix + p.replace(" ", "▁") for p in pieces]
         if self._hf_no_cjk is None:
             return self._encode_batch(self._hf, pieces)
-        plain = [i for i, p in enumerate(pieces) if not _MAYBE_CJK.search(p)]
-        if not plain:
-            return self._encode_batch(self._hf, pieces)
-        out: list = [None] * len(pieces)
-        for i, ids in zip(plain, self._encode_batch(self._hf_no_cjk, [pieces[i] for i in plain])):
-            out[i] = ids
-        rest = [i for i in range(len(pieces)) if out[i] is None]
-        for i, ids in zip(rest, self._encode_batch(self._hf, [pieces[i] for i in rest])):
-            out[i] = ids
+        # Lines without CJK take the one-pass pre-tokenizer (cutting at newlines is exact here).
+        segments = [(k, text, cjk) for k, piece in enumerate(pieces) for text, cjk in _cjk_line_runs(piece)]
+        plain = iter(self._encode_batch(self._hf_no_cjk, [t for _, t, cjk in segments if not cjk]))
+        mixed = iter(self._encode_batch(self._hf, [t for _, t, cjk in segments if cjk]))
+        out: list[list[int]] = [[] for _ in pieces]
+        for k, _, cjk in segments:
+            out[k].extend(next(mixed if cjk else plain))
         return out
 
     @staticmethod
