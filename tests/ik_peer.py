@@ -309,6 +309,10 @@ class PeerComparison:
                 self.ref_flips[q, name] = routing_differs(own, self.routing[name], n_tokens)
                 self.ref_distance[q, name] = logit_distance(x, self.ik[name])
 
+    def release(self) -> None:
+        """Drop the logits and the reference's weight cache, keeping only the distances."""
+        self.ik, self.ref_logits, self.reference = {}, {}, None
+
     def rows(self) -> list[dict]:
         """One summary row per comparison: ik paths vs mla0, then reference per mode and path."""
         n = len(self.ids)

@@ -77,6 +77,7 @@ SLOW_FILES = {
     "tiny-v3-nogroups-iq4_nl": ("tiny-v3-nogroups", "iq4_nl", "kv_b"),
     "tiny-qlora-f16-merged-gate-up": ("tiny-qlora", "f16", "kv_b", {"merged_gate_up": True}),
 }
+KEEP_ARRAYS = {"tiny-f16"}     # used again by test_check_catches_mistakes
 MEDIAN_FACTOR = 2.0
 WORST_FACTOR = 3.0
 MIN_FLIP_FRACTION = 0.01      # of (position, MoE layer) pairs: allowed on top of 2x ik's own rate
@@ -95,8 +96,11 @@ def comparisons(synthetic_model):
             mode = "emulated" if ref.has_quantized_matmuls() else "plain"
             # one witness path (mla1) besides mla0 and mla3+fa keeps the run short; in our
             # measurements it spans most of ik's envelope (tools/compare_ik.py runs both witnesses)
-            made[name] = ik_peer.PeerComparison(path, n_tokens=256, seed=0, modes=(mode,), reference=ref,
-                                                witnesses=("mla1",))
+            pc = ik_peer.PeerComparison(path, n_tokens=256, seed=0, modes=(mode,), reference=ref,
+                                        witnesses=("mla1",))
+            if name not in KEEP_ARRAYS:     # hundreds of MB of logits and dequantized weights
+                pc.release()
+            made[name] = pc
         return made[name]
 
     return get
