@@ -351,12 +351,12 @@ def test_fused_split_passes_equal_rule_by_rule(pre, text):
     from tokenizers import Regex
     from tokenizers import pre_tokenizers as hp
 
-    from minillm.tokenizer import PRE_TOKENIZER_SPLITS, _llama_cpp_categories, hf_split_passes
+    from minillm.pretokenize import PRE_TOKENIZER_SPLITS, hf_split_passes, llama_cpp_categories
 
     def pieces(rules):
         return hp.Sequence([hp.Split(Regex(r), "isolated") for r in rules]).pre_tokenize_str(text)
 
-    reference = pieces([_llama_cpp_categories(r) for r in PRE_TOKENIZER_SPLITS[pre]])
+    reference = pieces([llama_cpp_categories(r) for r in PRE_TOKENIZER_SPLITS[pre]])
     assert pieces(hf_split_passes(pre)) == reference
     if not any("\u0800" <= c <= "\ud7ff" for c in text):
         assert pieces(hf_split_passes(pre, skip_cjk=True)) == reference
