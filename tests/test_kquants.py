@@ -9,7 +9,7 @@
   close to the dot with the float activations: q8_K rounds each activation by at
   most half its block step |d|, so |w.x - w.a| <= sum_i |w_i| |d_block(i)| / 2;
 * ggml's own ggml_vec_dot_<type>_q8_K agrees on the same blocks;
-* the AVX2, scalar and portable (no -march) builds agree.
+* the AVX2 (native and -march=haswell), scalar and portable (no -march) builds agree.
 
 The C file is compiled here into two small shared libraries (native SIMD and
 -DMINILLM_FORCE_SCALAR) and called through ctypes, so these tests do not depend
@@ -39,22 +39,22 @@ TYPES = {
     "iq1_s": (GGMLQuantizationType.IQ1_S, (0,)),
 }
 LENGTHS = (256, 512, 2048)
-KINDS = ["simd", "scalar", "portable"]
+KINDS = ["simd", "scalar", "portable", "haswell"]
 
 
 def block_bytes(name):
     return GGML_QUANT_SIZES[TYPES[name][0]][1]
 
 
-def _build(tmpdir, scalar, portable=False):
+def _build(tmpdir, scalar, portable=False, march="native"):
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler")
-    out = os.path.join(tmpdir, "libkq_portable.so" if portable else "libkq_scalar.so" if scalar else "libkq.so")
-    cmd = [cc, "-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Werror",
+    out = os.path.join(tmpdir, f"libkq_{march}_{int(scalar)}_{int(portable)}.so")
+    cmd = [cc, "-O3", f"-march={march}", "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Werror",
            os.path.join(CSRC, "kquants.c"), "-o", out]
     if portable:
-        cmd.remove("-march=native")
+        cmd.remove(f"-march={march}")
     if scalar:
         cmd.insert(1, "-DMINILLM_FORCE_SCALAR")
     subprocess.run(cmd, check=True)
@@ -86,8 +86,11 @@ def _build(tmpdir, scalar, portable=False):
 def libs(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("kquants"))
     # simd: -march=native (AVX2 bodies); scalar: the same with MINILLM_FORCE_SCALAR;
-    # portable: no -march (scalar bodies, software fp16 conversion)
-    return {"simd": _build(tmp, False), "scalar": _build(tmp, True), "portable": _build(tmp, False, True)}
+    # portable: no -march (scalar bodies, software fp16 conversion);
+    # haswell: AVX2/FMA/F16C without AVX-512 registers, as on the Zen 3 target
+    libs = {"simd": _build(tmp, False), "scalar": _build(tmp, True), "portable": _build(tmp, False, True)}
+    libs["haswell"] = _build(tmp, False, march="haswell")
+    return libs
 
 
 @pytest.fixture(scope="module")
