@@ -63,10 +63,8 @@ static void q8_K_finish_block(const float *x, block_q8_K *y, float amax) {
         _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(q, unzip));
     }
 #else
-    for (int j = 0; j < QK_K; j++) {
-        int v = (int)nearbyintf(iscale * x[j]);
-        y->qs[j] = (int8_t)(v > 127 ? 127 : v);
-    }
+    for (int j = 0; j < QK_K; j++) /* the clamp only matters for NaN/inf input (no UB) */
+        y->qs[j] = (int8_t)fmaxf(-128.0f, fminf(127.0f, nearbyintf(iscale * x[j])));
 #endif
     for (int j = 0; j < QK_K / 16; j++) {
         int sum = 0;
