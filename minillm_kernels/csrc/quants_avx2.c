@@ -13,6 +13,15 @@
  */
 #include "quants_impl.h"
 
+/* one block of 8 packed rows (see the packed GEMM below) */
+typedef struct {
+    int8_t q[8][32];   /* [j][4 * row + k] = value 4j + k of row */
+    int8_t aq[8][32];  /* |q| */
+    float d[8];        /* row scales */
+} packed8_block;
+
+size_t packed8_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8_block); }
+
 #if MINILLM_AVX2
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -212,13 +221,6 @@ DEFINE_FLOAT_TILE(bf16, 2)
  * (The result is rounded differently from vec_dot: each (row, token) pair
  * accumulates exact integer block dots in one float chain.)
  */
-typedef struct {
-    int8_t q[8][32];   /* [j][4 * row + k] = value 4j + k of row */
-    int8_t aq[8][32];  /* |q| */
-    float d[8];        /* row scales */
-} packed8_block;
-
-size_t packed8_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8_block); }
 
 #define DEFINE_PACK8(name, block_t, unpack)                                                       \
     void pack8_##name(int n, const void *vw, size_t ws, int nr, void *dst) {                      \
