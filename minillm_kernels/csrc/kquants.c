@@ -457,7 +457,7 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
 
 /* one row (vec_dot) and a tile of rows x activation rows, from decode_<t> and dot_<t> */
 #define DEFINE_AVX2_ROW_AND_TILE(t, PRESCALE)                                                                 \
-    static float avx2_row_##t(int n, const void *vw, const void *va) {                                \
+    static float avx2_row_##t(int n, const void *vw, const void *va) {                                                \
         const block_##t *w = (const block_##t *)vw;                                                    \
         const block_q8_K *a = (const block_q8_K *)va;                                                  \
         __m256 acc = _mm256_setzero_ps();                                                              \
@@ -813,6 +813,10 @@ float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
 #define DEFINE_TILE(t)                                                                                 \
     void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out,   \
                   size_t out_stride, int nr, int nc) {                                                 \
+        if (nc == 1) { /* GEMV: nothing to share between rows */                                      \
+            for (int r = 0; r < nr; r++) out[r] = vec_dot_##t(n, (const char *)w + r * w_stride, a);    \
+            return;                                                                                    \
+        }                                                                                              \
         for (int r0 = 0; r0 < nr; r0 += KQ_TILE_MAX)                                                   \
             for (int c0 = 0; c0 < nc; c0 += KQ_TILE_MAX) {                                             \
                 const int tr = nr - r0 < KQ_TILE_MAX ? nr - r0 : KQ_TILE_MAX;                          \
