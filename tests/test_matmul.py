@@ -16,7 +16,9 @@ bit, and dequantize_rows must equal gguf.quants.dequantize exactly.
 
 Thread counts 1 and 2 must give bit-identical results, and a GEMM row the
 same bits as the GEMV of that token (every (row, token) pair is computed by
-one tile call with vec_dot's arithmetic).
+one tile call with vec_dot's arithmetic), except for batches that take the
+packed 8-row GEMM (Q8_0/Q4_0/Q5_0/IQ4_NL, >= 8 tokens), which must agree
+with the GEMV to float rounding (both within the float bound above).
 
 SIMD vs scalar: set_force_scalar(True) switches the float and 32-value types
 (and the q8_0 quantizer) to their scalar C bodies at run time; both must
