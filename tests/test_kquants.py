@@ -390,7 +390,7 @@ def test_iq1_s_u_repack_is_exact(libs, kind):
 @pytest.mark.parametrize("name", list(TYPES) + ["iq1_s_u"])
 def test_tile_bit_identical_to_vec_dot(libs, kind, name):
     """Every (row, activation) of a tile equals vec_dot bit for bit, for tile shapes
-    below, at and above the register tile (4 x 4), with padded strides."""
+    below, at and above the register tile (4 rows x 8 activations), with padded strides."""
     rng = np.random.default_rng(10)
     lib = libs[kind]
     n = 512
@@ -400,15 +400,15 @@ def test_tile_bit_identical_to_vec_dot(libs, kind, name):
         rows = np.stack([repack_iq1_s_u(lib, np.ascontiguousarray(r)) for r in rows])
     w = np.zeros((7, rows.shape[1] + 6), dtype=np.uint8)   # padded row stride
     w[:, :rows.shape[1]] = rows
-    acts = np.stack([q8_K(lib, activations(rng, n)).reshape(-1) for _ in range(6)])
-    a = np.zeros((6, acts.shape[1] + 8), dtype=np.uint8)
+    acts = np.stack([q8_K(lib, activations(rng, n)).reshape(-1) for _ in range(10)])
+    a = np.zeros((10, acts.shape[1] + 8), dtype=np.uint8)
     a[:, :acts.shape[1]] = acts
     vec_dot = getattr(lib, f"vec_dot_{name}")
     want = np.array([[vec_dot(n, ptr(np.ascontiguousarray(rows[r])), ptr(np.ascontiguousarray(acts[c])))
-                      for r in range(7)] for c in range(6)], dtype=np.float32)
+                      for r in range(7)] for c in range(10)], dtype=np.float32)
     tile = getattr(lib, f"tile_{name}")
-    for nr, nc in [(1, 1), (4, 1), (1, 4), (3, 2), (4, 4), (7, 6)]:
-        out = np.full((6, 9), np.nan, dtype=np.float32)     # out_stride 9 floats
+    for nr, nc in [(1, 1), (4, 1), (1, 4), (3, 2), (4, 4), (7, 6), (4, 8), (7, 10)]:
+        out = np.full((10, 9), np.nan, dtype=np.float32)    # out_stride 9 floats
         tile(n, ptr(w), w.shape[1], ptr(a), a.shape[1], ptr(out), 9, nr, nc)
         np.testing.assert_array_equal(out[:nc, :nr].view(np.uint32), want[:nc, :nr].view(np.uint32))
         assert np.isnan(out[nc:]).all() and np.isnan(out[:, nr:]).all()

@@ -472,7 +472,7 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
      * the nc activation blocks come from L1 (the caller's tile keeps nc small) */     \
     static inline __attribute__((always_inline)) void avx2_row_x_##t(                  \
         int n, const block_##t *w, const char *a, size_t as, float *out, size_t os, int nc) { \
-        __m256 acc[KQ_TILE_MAX];                                                       \
+        __m256 acc[KQ_TILE_MAX_C];                                                     \
         for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();                     \
         for (int b = 0; b < n / QK_K; b++) {                                           \
             dec_##t D;                                                                 \
@@ -492,6 +492,10 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
         for (int r = 0; r < nr; r++) {                                                 \
             const block_##t *wr = (const block_##t *)(w + r * ws);                     \
             switch (nc) { /* constant counts keep the accumulators in registers */     \
+                case 8: avx2_row_x_##t(n, wr, a, as, out + r, os, 8); break;           \
+                case 7: avx2_row_x_##t(n, wr, a, as, out + r, os, 7); break;           \
+                case 6: avx2_row_x_##t(n, wr, a, as, out + r, os, 6); break;           \
+                case 5: avx2_row_x_##t(n, wr, a, as, out + r, os, 5); break;           \
                 case 4: avx2_row_x_##t(n, wr, a, as, out + r, os, 4); break;           \
                 case 3: avx2_row_x_##t(n, wr, a, as, out + r, os, 3); break;           \
                 case 2: avx2_row_x_##t(n, wr, a, as, out + r, os, 2); break;           \
@@ -818,9 +822,9 @@ float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
             return;                                                                                    \
         }                                                                                              \
         for (int r0 = 0; r0 < nr; r0 += KQ_TILE_MAX)                                                   \
-            for (int c0 = 0; c0 < nc; c0 += KQ_TILE_MAX) {                                             \
+            for (int c0 = 0; c0 < nc; c0 += KQ_TILE_MAX_C) {                                           \
                 const int tr = nr - r0 < KQ_TILE_MAX ? nr - r0 : KQ_TILE_MAX;                          \
-                const int tc = nc - c0 < KQ_TILE_MAX ? nc - c0 : KQ_TILE_MAX;                          \
+                const int tc = nc - c0 < KQ_TILE_MAX_C ? nc - c0 : KQ_TILE_MAX_C;                      \
                 const char *wr = (const char *)w + r0 * w_stride, *ac = (const char *)a + c0 * a_stride; \
                 float *o = out + c0 * out_stride + r0;                                                 \
                 TILE_BODY(t)                                                                           \

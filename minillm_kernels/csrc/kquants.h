@@ -47,7 +47,8 @@ float vec_dot_iq1_s_u(int n, const void *w, const void *a);
  * Each weight block is decoded once for all nc activation rows (GEMM, batched MoE);
  * work is done in register tiles of up to KQ_TILE_MAX x KQ_TILE_MAX; with nc == 1
  * (GEMV) the rows simply go through vec_dot. */
-#define KQ_TILE_MAX 4
+#define KQ_TILE_MAX 4   /* rows per register tile */
+#define KQ_TILE_MAX_C 8 /* activation rows per register tile */
 #define DECLARE_KQ_TILE(t)                                                                    \
     void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out, \
                   size_t out_stride, int nr, int nc);
