@@ -9,11 +9,13 @@
   close to the dot with the float activations: q8_K rounds each activation by at
   most half its block step |d|, so |w.x - w.a| <= sum_i |w_i| |d_block(i)| / 2;
 * ggml's own ggml_vec_dot_<type>_q8_K agrees on the same blocks;
-* the AVX2 (native and -march=haswell), scalar and portable (no -march) builds agree.
+* tile_<t> (rows x activation rows) equals vec_dot bit for bit, and the IQ1_S rows
+  repacked to 2-bit codes (iq1_s_u) dequantize and dot exactly like the originals;
+* all of it in four builds (BUILDS: native AVX2, -march=haswell AVX2 without AVX-512
+  registers, MINILLM_FORCE_SCALAR, and portable without -march).
 
-The C file is compiled here into two small shared libraries (native SIMD and
--DMINILLM_FORCE_SCALAR) and called through ctypes, so these tests do not depend
-on the Cython layer.
+The C file is compiled here into small shared libraries and called through ctypes,
+so these tests do not depend on the Cython layer.
 """
 import ctypes
 import os
@@ -39,58 +41,62 @@ TYPES = {
     "iq1_s": (GGMLQuantizationType.IQ1_S, (0,)),
 }
 LENGTHS = (256, 512, 2048)
-KINDS = ["simd", "scalar", "portable", "haswell"]
 
 
 def block_bytes(name):
     return GGML_QUANT_SIZES[TYPES[name][0]][1]
 
 
-def _build(tmpdir, scalar, portable=False, march="native"):
+# build name -> extra gcc flags (all -O3 -std=gnu11, as setup.py builds them)
+BUILDS = {
+    "simd": ["-march=native"],                                  # the AVX2 bodies
+    "scalar": ["-march=native", "-DMINILLM_FORCE_SCALAR"],      # scalar bodies, same flags
+    "portable": [],                                             # no -march: scalar, software fp16
+    "haswell": ["-march=haswell"],                              # AVX2 without AVX-512 registers (Zen 3)
+}
+KINDS = list(BUILDS)
+
+
+def _compile_all(tmpdir):
+    """Compile every build of kquants.c concurrently; returns {kind: path}."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler")
-    out = os.path.join(tmpdir, f"libkq_{march}_{int(scalar)}_{int(portable)}.so")
-    cmd = [cc, "-O3", f"-march={march}", "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Werror",
-           os.path.join(CSRC, "kquants.c"), "-o", out]
-    if portable:
-        cmd.remove(f"-march={march}")
-    if scalar:
-        cmd.insert(1, "-DMINILLM_FORCE_SCALAR")
-    subprocess.run(cmd, check=True)
-    lib = ctypes.CDLL(out)
+    jobs = {}
+    for kind, flags in BUILDS.items():
+        out = os.path.join(tmpdir, f"libkq_{kind}.so")
+        cmd = [cc, "-O3", *flags, "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Werror",
+               os.path.join(CSRC, "kquants.c"), "-o", out]
+        jobs[kind] = (out, subprocess.Popen(cmd))
+    for kind, (out, proc) in jobs.items():
+        assert proc.wait() == 0, f"compiling the {kind} build failed"
+    return {kind: out for kind, (out, _) in jobs.items()}
+
+
+def _load(path):
+    lib = ctypes.CDLL(path)
     lib.quantize_row_q8_K.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.quantize_row_q8_K.restype = None
-    for name in TYPES:
+    for name in list(TYPES) + ["iq1_s_u"]:
         deq = getattr(lib, f"dequantize_row_{name}")
         deq.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         deq.restype = None
         dot = getattr(lib, f"vec_dot_{name}")
         dot.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         dot.restype = ctypes.c_float
-    lib.repack_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.repack_row_iq1_s_u.restype = None
-    lib.dequantize_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.dequantize_row_iq1_s_u.restype = None
-    lib.vec_dot_iq1_s_u.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    lib.vec_dot_iq1_s_u.restype = ctypes.c_float
-    for name in list(TYPES) + ["iq1_s_u"]:
         tile = getattr(lib, f"tile_{name}")
         tile.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
                          ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
         tile.restype = None
+    lib.repack_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.repack_row_iq1_s_u.restype = None
     return lib
 
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
-    tmp = str(tmp_path_factory.mktemp("kquants"))
-    # simd: -march=native (AVX2 bodies); scalar: the same with MINILLM_FORCE_SCALAR;
-    # portable: no -march (scalar bodies, software fp16 conversion);
-    # haswell: AVX2/FMA/F16C without AVX-512 registers, as on the Zen 3 target
-    libs = {"simd": _build(tmp, False), "scalar": _build(tmp, True), "portable": _build(tmp, False, True)}
-    libs["haswell"] = _build(tmp, False, march="haswell")
-    return libs
+    paths = _compile_all(str(tmp_path_factory.mktemp("kquants")))
+    return {kind: _load(path) for kind, path in paths.items()}
 
 
 @pytest.fixture(scope="module")
