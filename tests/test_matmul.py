@@ -66,7 +66,7 @@ def shapes_for(t):
     bs = block(t)
     if bs == 1:
         return [(7, 1), (33, 37), (5, 2048)]
-    return [(7, bs), (33, bs * 3), (5, 2048)]
+    return [(7, bs), (33, bs * 5), (5, 2048)]  # 5 blocks: one group of 4 and one left over
 
 
 def deq_weights(raw, t):

@@ -170,8 +170,9 @@ class IkGgml:
         n_tok, k_dim = x.shape
         n_expert, f, _ = gate.shape
         k_used = routes[0].shape[1]
-        mem = gate.nbytes + up.nbytes + down.nbytes + len(routes) * (
-            x.nbytes + n_tok * k_used * (4 * f * 4 + 4 * k_dim + 4) + 16384) + (64 << 20)
+        per_graph = x.nbytes + n_tok * k_used * 4 * (5 * f + 2 * k_dim + 1) + 16384  # inputs, intermediates
+        work = 4 * n_tok * k_used * (f + k_dim) * 2  # ggml's work buffer (converted activations, row maps)
+        mem = gate.nbytes + up.nbytes + down.nbytes + len(routes) * per_graph + work + (64 << 20)
         ctx = lib.ggml_init(self.InitParams(int(mem), None, False))
         if not ctx:
             raise MemoryError("ggml_init")
@@ -323,18 +324,19 @@ def bench_moe(tname, args, bw, records, rows):
     down_ik = lambda col: ik_fig(dname, "moe_down", col) or ik_fig(dname, "exp_down", col)  # noqa: E731
     for n_tok, k_used in ((1, 8), (1, 6), (args.tokens, 6)):
         x = rng.standard_normal((n_tok, K), dtype=np.float32)
+        n_routes = 16 if n_tok == 1 else 2
         routes = [np.stack([rng.permutation(n_expert)[:k_used] for _ in range(n_tok)]).astype(np.int32)
-                  for _ in range(16)]
+                  for _ in range(n_routes)]
         ew = np.full((n_tok, k_used), 1.0 / k_used, np.float32)
         out = np.empty((n_tok, K), np.float32)
         n_sel = [len(np.unique(r)) for r in routes]
         ikc = args.ik.prepare_moe(x, routes, gate, gt, up, down, dt) if args.ik else None
         for nth in args.threads:
             reps = args.reps if n_tok == 1 else args.gemm_reps
-            ours = lambda i: mm.moe_forward(x, routes[i % 16], ew, gate, gt, up, gt, down, dt, out=out,  # noqa: E731
+            ours = lambda i: mm.moe_forward(x, routes[i % n_routes], ew, gate, gt, up, gt, down, dt, out=out,  # noqa: E731
                                             n_threads=nth)
             if ikc:
-                s, s_ik = paired_median_times(ours, lambda i: args.ik.compute(ikc[0], ikc[1][i % 16], nth),
+                s, s_ik = paired_median_times(ours, lambda i: args.ik.compute(ikc[0], ikc[1][i % n_routes], nth),
                                               reps, args.min_seconds if n_tok == 1 else 0)
             else:
                 s, s_ik = median_time(ours, reps, args.min_seconds if n_tok == 1 else 0), None

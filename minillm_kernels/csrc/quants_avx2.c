@@ -112,32 +112,91 @@ ALWAYS_INLINE __m256i unpack_q5_0(const block_q5_0 *b) {
     return _mm256_sub_epi8(nibbles_32(b->qs), _mm256_andnot_si256(set, _mm256_set1_epi8(0x10)));
 }
 
-/* ---- integer tile kernel, instantiated per type ---- */
+/* ---- integer tile kernel, instantiated per type ----
+ *
+ * Blocks are taken 4 at a time: the 4 block dots (8 int32 lanes each) are
+ * folded into one vector [b0 b1 b2 b3 | b0 b1 b2 b3] (lanes 0-3 / 4-7 of each
+ * block summed: exact integers), so one convert, one scale multiply and one
+ * FMA serve 4 blocks, with the 4 scales of a row (and of an activation row)
+ * converted together.  Leftover blocks (n/32 not a multiple of 4) go one at a
+ * time.  Every (row, activation) pair follows exactly this order. */
+
+ALWAYS_INLINE __m256i block_dot(__m256i q, __m256i aq, const int8_t *yqs) {
+    const __m256i y = _mm256_loadu_si256((const __m256i *)yqs);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(y, q)), _mm256_set1_epi16(1));
+}
+
+/* [sum of lanes 0-3 of p0, .. of p3 | sum of lanes 4-7 of p0, .. of p3] */
+ALWAYS_INLINE __m256i fold4(const __m256i *p) {
+    const __m256i p01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+    const __m256i p23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p01, p23), _mm256_unpackhi_epi64(p01, p23));
+}
+
+/* the fp16 scales of 4 consecutive blocks (stride bytes apart) as [d0 d1 d2 d3 d0 d1 d2 d3] */
+ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
+    uint16_t h[4];
+    for (int k = 0; k < 4; k++) memcpy(&h[k], d + k * stride, 2);
+    uint64_t bits;
+    memcpy(&bits, h, 8);
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)bits));
+    return _mm256_set_m128(f, f);
+}
 
 #define DEFINE_Q32_TILE(name, block_t, unpack)                                                   \
     ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
                                         size_t as, float *out, size_t os, const int R, const int C) { \
-        const __m256i ones = _mm256_set1_epi16(1);                                               \
+        const int nb = n / QK, n4 = nb & ~3;                                                     \
         __m256 acc[TILE_MAX_R][TILE_MAX_C];                                                      \
         for (int r = 0; r < R; r++)                                                              \
             for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();                         \
-        for (int i = 0; i < n / QK; i++) {                                                       \
-            __m256i q[TILE_MAX_R], aq[TILE_MAX_R];                                               \
+        int i = 0;                                                                               \
+        for (; i < n4; i += 4) {                                                                 \
             __m256 dw[TILE_MAX_R];                                                               \
+            for (int r = 0; r < R; r++)                                                          \
+                dw[r] = scales4((const uint8_t *)((const block_t *)(w + r * ws) + i), sizeof(block_t)); \
+            if (C == 1) { /* GEMV: unpack as we go, nothing kept across rows */                  \
+                const block_q8_0 *y = (const block_q8_0 *)a + i;                                 \
+                const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));              \
+                for (int r = 0; r < R; r++) {                                                    \
+                    const block_t *b = (const block_t *)(w + r * ws) + i;                        \
+                    __m256i p[4];                                                                \
+                    for (int k = 0; k < 4; k++) {                                                \
+                        const __m256i q = unpack(&b[k]);                                         \
+                        p[k] = block_dot(q, _mm256_sign_epi8(q, q), y[k].qs);                    \
+                    }                                                                            \
+                    acc[r][0] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), _mm256_cvtepi32_ps(fold4(p)), \
+                                                acc[r][0]);                                      \
+                }                                                                                \
+            } else { /* a few tokens: unpack the rows' 4 blocks once for all of them */          \
+                __m256i q[TILE_MAX_R][4], aq[TILE_MAX_R][4];                                     \
+                for (int r = 0; r < R; r++)                                                      \
+                    for (int k = 0; k < 4; k++) {                                                \
+                        q[r][k] = unpack((const block_t *)(w + r * ws) + i + k);                 \
+                        aq[r][k] = _mm256_sign_epi8(q[r][k], q[r][k]);                           \
+                    }                                                                            \
+                for (int c = 0; c < C; c++) {                                                    \
+                    const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
+                    const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));          \
+                    for (int r = 0; r < R; r++) {                                                \
+                        __m256i p[4];                                                            \
+                        for (int k = 0; k < 4; k++) p[k] = block_dot(q[r][k], aq[r][k], y[k].qs); \
+                        acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy),                    \
+                                                    _mm256_cvtepi32_ps(fold4(p)), acc[r][c]);    \
+                    }                                                                            \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        for (; i < nb; i++) { /* leftover blocks, one at a time */                               \
             for (int r = 0; r < R; r++) {                                                        \
                 const block_t *b = (const block_t *)(w + r * ws) + i;                            \
-                q[r] = unpack(b);                                                                \
-                aq[r] = _mm256_sign_epi8(q[r], q[r]);                                            \
-                dw[r] = _mm256_set1_ps(fp16_to_fp32(b->d));                                      \
-            }                                                                                    \
-            for (int c = 0; c < C; c++) {                                                        \
-                const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                      \
-                const __m256i yq = _mm256_loadu_si256((const __m256i *)y->qs);                   \
-                const __m256 dy = _mm256_set1_ps(fp16_to_fp32(y->d));                            \
-                for (int r = 0; r < R; r++) {                                                    \
-                    const __m256i p16 = _mm256_maddubs_epi16(aq[r], _mm256_sign_epi8(yq, q[r])); \
-                    const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));           \
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), p, acc[r][c]);         \
+                const __m256i q = unpack(b), aq = _mm256_sign_epi8(q, q);                        \
+                const __m256 dw = _mm256_set1_ps(fp16_to_fp32(b->d));                            \
+                for (int c = 0; c < C; c++) {                                                    \
+                    const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
+                    const __m256 dy = _mm256_set1_ps(fp16_to_fp32(y->d));                        \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy),                           \
+                                                _mm256_cvtepi32_ps(block_dot(q, aq, y->qs)), acc[r][c]); \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
