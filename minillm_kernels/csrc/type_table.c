@@ -39,7 +39,11 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
  * their register tiles (kquants.h, when declared) serve GEMM and the batched MoE. */
 #ifdef KQ_TILE_MAX
 #define K_TILE(t) tile_##t
-#define K_TILE_RC 4, 4, 4
+#ifdef KQ_TILE_MAX_C
+#define K_TILE_RC KQ_TILE_MAX, KQ_TILE_MAX_C, KQ_TILE_MAX
+#else
+#define K_TILE_RC KQ_TILE_MAX, KQ_TILE_MAX, KQ_TILE_MAX
+#endif
 #else
 #define K_TILE(t) NULL
 #define K_TILE_RC 1, 4, 1
