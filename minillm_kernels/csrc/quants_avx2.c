@@ -112,6 +112,27 @@ ALWAYS_INLINE __m256i unpack_q5_0(const block_q5_0 *b) {
     return _mm256_sub_epi8(nibbles_32(b->qs), _mm256_andnot_si256(set, _mm256_set1_epi8(0x10)));
 }
 
+/* unpack to (q, |q|): |q| by sign(q, q), except IQ4_NL, which looks |q| up in a second table
+ * (a shuffle instead of a multiply-port instruction) */
+#define DEFINE_UNPACK2(name, block_t)                                                         \
+    ALWAYS_INLINE void unpack2_##name(const block_t *b, __m256i *q, __m256i *aq) {            \
+        *q = unpack_##name(b);                                                                \
+        *aq = _mm256_sign_epi8(*q, *q);                                                       \
+    }
+DEFINE_UNPACK2(q8_0, block_q8_0)
+DEFINE_UNPACK2(q4_0, block_q4_0)
+DEFINE_UNPACK2(q5_0, block_q5_0)
+
+static const uint8_t iq4nl_abs_values[16] = {127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+ALWAYS_INLINE void unpack2_iq4_nl(const block_iq4_nl *b, __m256i *q, __m256i *aq) {
+    const __m256i n = nibbles_32(b->qs);
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+    const __m256i atable = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_abs_values));
+    *q = _mm256_shuffle_epi8(table, n);
+    *aq = _mm256_shuffle_epi8(atable, n);
+}
+
 /* ---- integer tile kernel, instantiated per type ----
  *
  * Blocks are taken 4 at a time: the 4 block dots (8 int32 lanes each) are
@@ -162,8 +183,9 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
                     const block_t *b = (const block_t *)(w + r * ws) + i;                        \
                     __m256i p[4];                                                                \
                     for (int k = 0; k < 4; k++) {                                                \
-                        const __m256i q = unpack(&b[k]);                                         \
-                        p[k] = block_dot(q, _mm256_sign_epi8(q, q), y[k].qs);                    \
+                        __m256i q, aq;                                                           \
+                        unpack2_##name(&b[k], &q, &aq);                                          \
+                        p[k] = block_dot(q, aq, y[k].qs);                                        \
                     }                                                                            \
                     acc[r][0] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), _mm256_cvtepi32_ps(fold4(p)), \
                                                 acc[r][0]);                                      \
@@ -171,10 +193,8 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
             } else { /* a few tokens: unpack the rows' 4 blocks once for all of them */          \
                 __m256i q[TILE_MAX_R][4], aq[TILE_MAX_R][4];                                     \
                 for (int r = 0; r < R; r++)                                                      \
-                    for (int k = 0; k < 4; k++) {                                                \
-                        q[r][k] = unpack((const block_t *)(w + r * ws) + i + k);                 \
-                        aq[r][k] = _mm256_sign_epi8(q[r][k], q[r][k]);                           \
-                    }                                                                            \
+                    for (int k = 0; k < 4; k++)                                                  \
+                        unpack2_##name((const block_t *)(w + r * ws) + i + k, &q[r][k], &aq[r][k]); \
                 for (int c = 0; c < C; c++) {                                                    \
                     const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
                     const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));          \
@@ -190,7 +210,8 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
         for (; i < nb; i++) { /* leftover blocks, one at a time */                               \
             for (int r = 0; r < R; r++) {                                                        \
                 const block_t *b = (const block_t *)(w + r * ws) + i;                            \
-                const __m256i q = unpack(b), aq = _mm256_sign_epi8(q, q);                        \
+                __m256i q, aq;                                                                   \
+                unpack2_##name(b, &q, &aq);                                                      \
                 const __m256 dw = _mm256_set1_ps(fp16_to_fp32(b->d));                            \
                 for (int c = 0; c < C; c++) {                                                    \
                     const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
