@@ -27,6 +27,11 @@ cdef extern from * nogil:
     """
     uint64_t stream_read_sum(const uint8_t *buf, size_t n, int n_threads)
 
+# Batches of this many tokens or more use the packed 8-row GEMM of the types that have one
+# (matmul_driver.c PACK8_MIN_TOKENS); their results then differ from the GEMV of the same token
+# by float rounding only (below that, and for the other types, they are bit-identical).
+PACKED_GEMM_MIN_TOKENS = 8
+
 _ACT_NAMES = {0: "F32", 8: "Q8_0", 15: "Q8_K"}
 
 
@@ -53,6 +58,13 @@ def set_force_scalar(bint on):
 
 def get_force_scalar():
     return bool(mm_get_force_scalar())
+
+
+def has_packed_gemm(int wtype):
+    """True when batches of PACKED_GEMM_MIN_TOKENS or more take the packed 8-row GEMM
+    (the SIMD build, not forced scalar)."""
+    cdef const type_traits *tt = _traits(wtype)
+    return bool(simd_compiled()) and not mm_get_force_scalar() and wtype in (2, 6, 8, 20)
 
 
 def block_geometry(int wtype):

@@ -9,11 +9,13 @@
   close to the dot with the float activations: q8_K rounds each activation by at
   most half its block step |d|, so |w.x - w.a| <= sum_i |w_i| |d_block(i)| / 2;
 * ggml's own ggml_vec_dot_<type>_q8_K agrees on the same blocks;
-* the AVX2, scalar and portable (no -march) builds agree.
+* tile_<t> (rows x activation rows) equals vec_dot bit for bit, and the IQ1_S rows
+  repacked to 2-bit codes (iq1_s_u) dequantize and dot exactly like the originals;
+* all of it in four builds (BUILDS: native AVX2, -march=haswell AVX2 without AVX-512
+  registers, MINILLM_FORCE_SCALAR, and portable without -march).
 
-The C file is compiled here into two small shared libraries (native SIMD and
--DMINILLM_FORCE_SCALAR) and called through ctypes, so these tests do not depend
-on the Cython layer.
+The C file is compiled here into small shared libraries and called through ctypes,
+so these tests do not depend on the Cython layer.
 """
 import ctypes
 import os
@@ -39,55 +41,62 @@ TYPES = {
     "iq1_s": (GGMLQuantizationType.IQ1_S, (0,)),
 }
 LENGTHS = (256, 512, 2048)
-KINDS = ["simd", "scalar", "portable"]
 
 
 def block_bytes(name):
     return GGML_QUANT_SIZES[TYPES[name][0]][1]
 
 
-def _build(tmpdir, scalar, portable=False):
+# build name -> extra gcc flags (all -O3 -std=gnu11, as setup.py builds them)
+BUILDS = {
+    "simd": ["-march=native"],                                  # the AVX2 bodies
+    "scalar": ["-march=native", "-DMINILLM_FORCE_SCALAR"],      # scalar bodies, same flags
+    "portable": [],                                             # no -march: scalar, software fp16
+    "haswell": ["-march=haswell"],                              # AVX2 without AVX-512 registers (Zen 3)
+}
+KINDS = list(BUILDS)
+
+
+def _compile_all(tmpdir):
+    """Compile every build of kquants.c concurrently; returns {kind: path}."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler")
-    out = os.path.join(tmpdir, "libkq_portable.so" if portable else "libkq_scalar.so" if scalar else "libkq.so")
-    cmd = [cc, "-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Werror",
-           os.path.join(CSRC, "kquants.c"), "-o", out]
-    if portable:
-        cmd.remove("-march=native")
-    if scalar:
-        cmd.insert(1, "-DMINILLM_FORCE_SCALAR")
-    subprocess.run(cmd, check=True)
-    lib = ctypes.CDLL(out)
+    jobs = {}
+    for kind, flags in BUILDS.items():
+        out = os.path.join(tmpdir, f"libkq_{kind}.so")
+        cmd = [cc, "-O3", *flags, "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Werror",
+               os.path.join(CSRC, "kquants.c"), "-o", out]
+        jobs[kind] = (out, subprocess.Popen(cmd))
+    for kind, (out, proc) in jobs.items():
+        assert proc.wait() == 0, f"compiling the {kind} build failed"
+    return {kind: out for kind, (out, _) in jobs.items()}
+
+
+def _load(path):
+    lib = ctypes.CDLL(path)
     lib.quantize_row_q8_K.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.quantize_row_q8_K.restype = None
-    for name in TYPES:
+    for name in list(TYPES) + ["iq1_s_u"]:
         deq = getattr(lib, f"dequantize_row_{name}")
         deq.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         deq.restype = None
         dot = getattr(lib, f"vec_dot_{name}")
         dot.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         dot.restype = ctypes.c_float
-    lib.repack_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.repack_row_iq1_s_u.restype = None
-    lib.dequantize_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.dequantize_row_iq1_s_u.restype = None
-    lib.vec_dot_iq1_s_u.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    lib.vec_dot_iq1_s_u.restype = ctypes.c_float
-    for name in list(TYPES) + ["iq1_s_u"]:
         tile = getattr(lib, f"tile_{name}")
         tile.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
                          ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
         tile.restype = None
+    lib.repack_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.repack_row_iq1_s_u.restype = None
     return lib
 
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
-    tmp = str(tmp_path_factory.mktemp("kquants"))
-    # simd: -march=native (AVX2 bodies); scalar: the same with MINILLM_FORCE_SCALAR;
-    # portable: no -march (scalar bodies, software fp16 conversion)
-    return {"simd": _build(tmp, False), "scalar": _build(tmp, True), "portable": _build(tmp, False, True)}
+    paths = _compile_all(str(tmp_path_factory.mktemp("kquants")))
+    return {kind: _load(path) for kind, path in paths.items()}
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +396,7 @@ def test_iq1_s_u_repack_is_exact(libs, kind):
 @pytest.mark.parametrize("name", list(TYPES) + ["iq1_s_u"])
 def test_tile_bit_identical_to_vec_dot(libs, kind, name):
     """Every (row, activation) of a tile equals vec_dot bit for bit, for tile shapes
-    below, at and above the register tile (4 x 4), with padded strides."""
+    below, at and above the register tile (4 rows x 8 activations), with padded strides."""
     rng = np.random.default_rng(10)
     lib = libs[kind]
     n = 512
@@ -397,15 +406,15 @@ def test_tile_bit_identical_to_vec_dot(libs, kind, name):
         rows = np.stack([repack_iq1_s_u(lib, np.ascontiguousarray(r)) for r in rows])
     w = np.zeros((7, rows.shape[1] + 6), dtype=np.uint8)   # padded row stride
     w[:, :rows.shape[1]] = rows
-    acts = np.stack([q8_K(lib, activations(rng, n)).reshape(-1) for _ in range(6)])
-    a = np.zeros((6, acts.shape[1] + 8), dtype=np.uint8)
+    acts = np.stack([q8_K(lib, activations(rng, n)).reshape(-1) for _ in range(10)])
+    a = np.zeros((10, acts.shape[1] + 8), dtype=np.uint8)
     a[:, :acts.shape[1]] = acts
     vec_dot = getattr(lib, f"vec_dot_{name}")
     want = np.array([[vec_dot(n, ptr(np.ascontiguousarray(rows[r])), ptr(np.ascontiguousarray(acts[c])))
-                      for r in range(7)] for c in range(6)], dtype=np.float32)
+                      for r in range(7)] for c in range(10)], dtype=np.float32)
     tile = getattr(lib, f"tile_{name}")
-    for nr, nc in [(1, 1), (4, 1), (1, 4), (3, 2), (4, 4), (7, 6)]:
-        out = np.full((6, 9), np.nan, dtype=np.float32)     # out_stride 9 floats
+    for nr, nc in [(1, 1), (4, 1), (1, 4), (3, 2), (4, 4), (7, 6), (4, 8), (7, 10)]:
+        out = np.full((10, 9), np.nan, dtype=np.float32)    # out_stride 9 floats
         tile(n, ptr(w), w.shape[1], ptr(a), a.shape[1], ptr(out), 9, nr, nc)
         np.testing.assert_array_equal(out[:nc, :nr].view(np.uint32), want[:nc, :nr].view(np.uint32))
         assert np.isnan(out[nc:]).all() and np.isnan(out[:, nr:]).all()

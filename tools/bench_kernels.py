@@ -134,7 +134,11 @@ class IkGgml:
                                 ("ggml_mul_mat", vp, [vp, vp, vp]), ("ggml_new_graph", vp, [vp]),
                                 ("ggml_build_forward_expand", None, [vp, vp]),
                                 ("ggml_graph_compute_with_ctx", ctypes.c_int, [vp, vp, ctypes.c_int]),
-                                ("ggml_get_data", vp, [vp]), ("ggml_free", None, [vp])]:
+                                ("ggml_get_data", vp, [vp]), ("ggml_free", None, [vp]),
+                                ("ggml_new_tensor_3d", vp, [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                                            ctypes.c_int64]),
+                                ("ggml_mul_mat_id", vp, [vp, vp, vp, vp]), ("ggml_silu", vp, [vp, vp]),
+                                ("ggml_mul", vp, [vp, vp, vp])]:
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
         self.lib = lib
@@ -156,6 +160,39 @@ class IkGgml:
             c.memmove(lib.ggml_get_data(b), x.ctypes.data, x.nbytes)
             g = lib.ggml_new_graph(ctx)
             lib.ggml_build_forward_expand(g, lib.ggml_mul_mat(ctx, a, b))
+            graphs.append(g)
+        return ctx, graphs
+
+    def prepare_moe(self, x, routes, gate, gt, up, down, dt):
+        """ik's MoE FFN as llama.cpp builds it: mul_mat_id gate and up, silu(gate) * up,
+        mul_mat_id down (the final weighted sum over experts omitted); one graph per routing"""
+        lib, c = self.lib, self.c
+        n_tok, k_dim = x.shape
+        n_expert, f, _ = gate.shape
+        k_used = routes[0].shape[1]
+        per_graph = x.nbytes + n_tok * k_used * 4 * (5 * f + 2 * k_dim + 1) + 16384  # inputs, intermediates
+        work = 4 * n_tok * k_used * (f + k_dim) * 2  # ggml's work buffer (converted activations, row maps)
+        mem = gate.nbytes + up.nbytes + down.nbytes + len(routes) * per_graph + work + (64 << 20)
+        ctx = lib.ggml_init(self.InitParams(int(mem), None, False))
+        if not ctx:
+            raise MemoryError("ggml_init")
+        tensors = []
+        for arr, t, rows, cols in ((gate, gt, f, k_dim), (up, gt, f, k_dim), (down, dt, k_dim, f)):
+            tt = lib.ggml_new_tensor_3d(ctx, t, cols, rows, n_expert)
+            c.memmove(lib.ggml_get_data(tt), arr.ctypes.data, arr.nbytes)
+            tensors.append(tt)
+        graphs = []
+        for ids in routes:
+            xt = lib.ggml_new_tensor_3d(ctx, 0, k_dim, 1, n_tok)
+            c.memmove(lib.ggml_get_data(xt), x.ctypes.data, x.nbytes)
+            it = lib.ggml_new_tensor_2d(ctx, 26, k_used, n_tok)  # GGML_TYPE_I32
+            c.memmove(lib.ggml_get_data(it), ids.ctypes.data, ids.nbytes)
+            g_out = lib.ggml_mul_mat_id(ctx, tensors[0], xt, it)
+            u_out = lib.ggml_mul_mat_id(ctx, tensors[1], xt, it)
+            h = lib.ggml_mul(ctx, lib.ggml_silu(ctx, g_out), u_out)
+            d_out = lib.ggml_mul_mat_id(ctx, tensors[2], h, it)
+            g = lib.ggml_new_graph(ctx)
+            lib.ggml_build_forward_expand(g, d_out)
             graphs.append(g)
         return ctx, graphs
 
@@ -287,15 +324,22 @@ def bench_moe(tname, args, bw, records, rows):
     down_ik = lambda col: ik_fig(dname, "moe_down", col) or ik_fig(dname, "exp_down", col)  # noqa: E731
     for n_tok, k_used in ((1, 8), (1, 6), (args.tokens, 6)):
         x = rng.standard_normal((n_tok, K), dtype=np.float32)
+        n_routes = 16 if n_tok == 1 else 2
         routes = [np.stack([rng.permutation(n_expert)[:k_used] for _ in range(n_tok)]).astype(np.int32)
-                  for _ in range(16)]
+                  for _ in range(n_routes)]
         ew = np.full((n_tok, k_used), 1.0 / k_used, np.float32)
         out = np.empty((n_tok, K), np.float32)
         n_sel = [len(np.unique(r)) for r in routes]
+        ikc = args.ik.prepare_moe(x, routes, gate, gt, up, down, dt) if args.ik else None
         for nth in args.threads:
             reps = args.reps if n_tok == 1 else args.gemm_reps
-            s = median_time(lambda i: mm.moe_forward(x, routes[i % 16], ew, gate, gt, up, gt, down, dt, out=out,
-                                                     n_threads=nth), reps, args.min_seconds if n_tok == 1 else 0)
+            ours = lambda i: mm.moe_forward(x, routes[i % n_routes], ew, gate, gt, up, gt, down, dt, out=out,  # noqa: E731
+                                            n_threads=nth)
+            if ikc:
+                s, s_ik = paired_median_times(ours, lambda i: args.ik.compute(ikc[0], ikc[1][i % n_routes], nth),
+                                              reps, args.min_seconds if n_tok == 1 else 0)
+            else:
+                s, s_ik = median_time(ours, reps, args.min_seconds if n_tok == 1 else 0), None
             wbytes = statistics.median(n_sel) * per_expert
             gbps = wbytes / s / 1e9
             flops = 2.0 * n_tok * k_used * 3 * K * F
@@ -309,7 +353,10 @@ def bench_moe(tname, args, bw, records, rows):
                     ik = 3 / (2 / up_ik(col) + 1 / down_ik(col))
             ours = gbps if n_tok == 1 else flops / s / 1e9
             add(records, rows, "moe", label, f"{K}x{F}/{k_used}of{n_expert}", n_tok, nth, s, gbps,
-                wbytes / s / bw[nth], flops / s / 1e9, ik, ours / ik if ik else None, "moe")
+                wbytes / s / bw[nth], flops / s / 1e9, ik, ours / ik if ik else None, "moe",
+                s_ik / s if s_ik else None)
+        if ikc:
+            args.ik.free(ikc[0])
 
 
 def add(records, rows, op, tname, shape, tokens, nth, s, gbps, frac, gflops, ik, ratio, label, same_run=None):

@@ -63,10 +63,8 @@ static void q8_K_finish_block(const float *x, block_q8_K *y, float amax) {
         _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(q, unzip));
     }
 #else
-    for (int j = 0; j < QK_K; j++) {
-        int v = (int)nearbyintf(iscale * x[j]);
-        y->qs[j] = (int8_t)(v > 127 ? 127 : v);
-    }
+    for (int j = 0; j < QK_K; j++) /* the clamp only matters for NaN/inf input (no UB) */
+        y->qs[j] = (int8_t)fmaxf(-128.0f, fminf(127.0f, nearbyintf(iscale * x[j])));
 #endif
     for (int j = 0; j < QK_K / 16; j++) {
         int sum = 0;
@@ -99,12 +97,12 @@ void quantize_row_q8_K(const float *x, void *vy, int n) {
     }
 }
 
-/* ---- dequantization (scalar; the compiler vectorizes the inner loops) ----
- * Products are formed in the same order as gguf.quants, and each one is
- * exact in float32 (fp16 scale x small integers), so the results are
- * bit-identical to gguf.quants.dequantize. */
+/* ---- dequantization -------------------------------------------------------
+ * Every product here (fp16 scale x small integers) is exact in float32 and is
+ * formed as in gguf.quants, so with one rounding for the offset subtraction the
+ * results are bit-identical to gguf.quants.dequantize (an FMA gives the same). */
 
-void dequantize_row_q2_K(const void *vw, float *y, int n) {
+static inline void dequantize_row_q2_K_scalar(const void *vw, float *y, int n) {
     const block_q2_K *w = (const block_q2_K *)vw;
     for (int b = 0; b < n / QK_K; b++) {
         const float d = fp16_to_fp32(w[b].d), dmin = fp16_to_fp32(w[b].dmin);
@@ -138,13 +136,13 @@ static void dequantize_k4(const uint8_t *scales, const uint8_t *qs, const uint8_
     }
 }
 
-void dequantize_row_q4_K(const void *vw, float *y, int n) {
+static inline void dequantize_row_q4_K_scalar(const void *vw, float *y, int n) {
     const block_q4_K *w = (const block_q4_K *)vw;
     for (int b = 0; b < n / QK_K; b++, y += QK_K)
         dequantize_k4(w[b].scales, w[b].qs, NULL, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin), y);
 }
 
-void dequantize_row_q5_K(const void *vw, float *y, int n) {
+static inline void dequantize_row_q5_K_scalar(const void *vw, float *y, int n) {
     const block_q5_K *w = (const block_q5_K *)vw;
     for (int b = 0; b < n / QK_K; b++, y += QK_K)
         dequantize_k4(w[b].scales, w[b].qs, w[b].qh, fp16_to_fp32(w[b].d), fp16_to_fp32(w[b].dmin), y);
@@ -159,7 +157,7 @@ static inline int q6_K_code(const block_q6_K *w, int h, int k, int l) {
     return lo | (hi << 4);
 }
 
-void dequantize_row_q6_K(const void *vw, float *y, int n) {
+static inline void dequantize_row_q6_K_scalar(const void *vw, float *y, int n) {
     const block_q6_K *w = (const block_q6_K *)vw;
     for (int b = 0; b < n / QK_K; b++, y += QK_K) {
         const float d = fp16_to_fp32(w[b].d);
@@ -179,7 +177,7 @@ static inline int iq1s_index(const block_iq1_s *w, int ib, int l) {
     return w->qs[4 * ib + l] | (((w->qh[ib] >> (3 * l)) & 7) << 8);
 }
 
-void dequantize_row_iq1_s(const void *vw, float *y, int n) {
+static inline void dequantize_row_iq1_s_scalar(const void *vw, float *y, int n) {
     const block_iq1_s *w = (const block_iq1_s *)vw;
     for (int b = 0; b < n / QK_K; b++) {
         const float d = fp16_to_fp32(w[b].d);
@@ -459,7 +457,7 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
 
 /* one row (vec_dot) and a tile of rows x activation rows, from decode_<t> and dot_<t> */
 #define DEFINE_AVX2_ROW_AND_TILE(t, PRESCALE)                                                                 \
-    static float avx2_row_##t(int n, const void *vw, const void *va) {                                \
+    static float avx2_row_##t(int n, const void *vw, const void *va) {                                                \
         const block_##t *w = (const block_##t *)vw;                                                    \
         const block_q8_K *a = (const block_q8_K *)va;                                                  \
         __m256 acc = _mm256_setzero_ps();                                                              \
@@ -474,7 +472,7 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
      * the nc activation blocks come from L1 (the caller's tile keeps nc small) */     \
     static inline __attribute__((always_inline)) void avx2_row_x_##t(                  \
         int n, const block_##t *w, const char *a, size_t as, float *out, size_t os, int nc) { \
-        __m256 acc[KQ_TILE_MAX];                                                       \
+        __m256 acc[KQ_TILE_MAX_C];                                                     \
         for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();                     \
         for (int b = 0; b < n / QK_K; b++) {                                           \
             dec_##t D;                                                                 \
@@ -494,6 +492,10 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
         for (int r = 0; r < nr; r++) {                                                 \
             const block_##t *wr = (const block_##t *)(w + r * ws);                     \
             switch (nc) { /* constant counts keep the accumulators in registers */     \
+                case 8: avx2_row_x_##t(n, wr, a, as, out + r, os, 8); break;           \
+                case 7: avx2_row_x_##t(n, wr, a, as, out + r, os, 7); break;           \
+                case 6: avx2_row_x_##t(n, wr, a, as, out + r, os, 6); break;           \
+                case 5: avx2_row_x_##t(n, wr, a, as, out + r, os, 5); break;           \
                 case 4: avx2_row_x_##t(n, wr, a, as, out + r, os, 4); break;           \
                 case 3: avx2_row_x_##t(n, wr, a, as, out + r, os, 3); break;           \
                 case 2: avx2_row_x_##t(n, wr, a, as, out + r, os, 2); break;           \
@@ -508,6 +510,111 @@ DEFINE_AVX2_ROW_AND_TILE(q5_K, 0)
 DEFINE_AVX2_ROW_AND_TILE(q6_K, 0)
 DEFINE_AVX2_ROW_AND_TILE(iq1_s, 1)
 DEFINE_AVX2_ROW_AND_TILE(iq1_s_u, 1)
+
+/* ---- AVX2 dequantization: the decoded codes to floats ---------------------- */
+
+/* y[0..31] = scale[i / 8] * q[i] - offset[i / 8] for 32 unsigned byte codes; scales
+ * and offsets per 8 values (k-th quarter), exact products and one rounding */
+static inline void codes_to_floats(__m256i q, const float *scale, const float *offset, float *y) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int k = 0; k < 4; k++) {
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[k]));
+        _mm256_storeu_ps(y + 8 * k, _mm256_fmsub_ps(_mm256_set1_ps(scale[k]), v, _mm256_set1_ps(offset[k])));
+    }
+}
+
+/* y[0..31] = scale[i / 8] * (q[i] + shift): the product form keeps the sign of
+ * zero results as gguf.quants has it (scale * (code - offset)) */
+static inline void codes_to_floats_scaled(__m256i q, float shift, const float *scale, float *y) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int k = 0; k < 4; k++) {
+        const __m256 v = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[k])), _mm256_set1_ps(shift));
+        _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(_mm256_set1_ps(scale[k]), v));
+    }
+}
+
+static void avx2_dequant_q2_K(const void *vw, float *y, int n) {
+    const block_q2_K *w = (const block_q2_K *)vw;
+    for (int b = 0; b < n / QK_K; b++) {
+        dec_q2_K D;
+        decode_q2_K(w + b, &D);
+        for (int j = 0; j < 8; j++, y += 32) { /* group j = sub-blocks 2j, 2j+1 */
+            const uint8_t s0 = w[b].scales[2 * j], s1 = w[b].scales[2 * j + 1];
+            const float d0 = D.d * (float)(s0 & 0xF), d1 = D.d * (float)(s1 & 0xF);
+            const float m0 = D.dmin * (float)(s0 >> 4), m1 = D.dmin * (float)(s1 >> 4);
+            codes_to_floats(D.q[j], (const float[]){d0, d0, d1, d1}, (const float[]){m0, m0, m1, m1}, y);
+        }
+    }
+}
+
+static void avx2_dequant_k4(const uint8_t *scales, const dec_k4 *D, float *y) {
+    uint8_t sc[8], m[8];
+    unpack_scales_k4(scales, sc, m);
+    for (int j = 0; j < 8; j++, y += 32) {
+        const float dl = D->d * (float)sc[j], ml = D->dmin * (float)m[j];
+        codes_to_floats(D->q[j], (const float[]){dl, dl, dl, dl}, (const float[]){ml, ml, ml, ml}, y);
+    }
+}
+
+static void avx2_dequant_q4_K(const void *vw, float *y, int n) {
+    const block_q4_K *w = (const block_q4_K *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K) {
+        dec_k4 D;
+        decode_q4_K(w + b, &D);
+        avx2_dequant_k4(w[b].scales, &D, y);
+    }
+}
+
+static void avx2_dequant_q5_K(const void *vw, float *y, int n) {
+    const block_q5_K *w = (const block_q5_K *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K) {
+        dec_k4 D;
+        decode_q5_K(w + b, &D);
+        avx2_dequant_k4(w[b].scales, &D, y);
+    }
+}
+
+static void avx2_dequant_q6_K(const void *vw, float *y, int n) {
+    const block_q6_K *w = (const block_q6_K *)vw;
+    for (int b = 0; b < n / QK_K; b++) {
+        dec_q6_K D;
+        decode_q6_K(w + b, &D);
+        for (int j = 0; j < 8; j++, y += 32) {
+            const float d0 = D.d * (float)w[b].scales[2 * j], d1 = D.d * (float)w[b].scales[2 * j + 1];
+            codes_to_floats_scaled(D.q[j], -32.0f, (const float[]){d0, d0, d1, d1}, y);
+        }
+    }
+}
+
+/* IQ1_S: d * ls * (g + delta) with g + delta = code + (delta - 1) for the stored code g + 1 */
+static inline void iq1_dequant_groups(const dec_iq1_s *D, const uint8_t *sc4, float *y) {
+    for (int ib = 0; ib < 8; ib++, y += 32) {
+        const float dl = D->d * (float)(2 * (sc4[ib] & 7) + 1);
+        codes_to_floats_scaled(D->q[ib], (sc4[ib] & 8) ? -1.125f : -0.875f, (const float[]){dl, dl, dl, dl}, y);
+    }
+}
+
+static void avx2_dequant_iq1_s(const void *vw, float *y, int n) {
+    const block_iq1_s *w = (const block_iq1_s *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K) {
+        dec_iq1_s D;
+        decode_iq1_s(w + b, &D);
+        uint8_t sc4[8];
+        for (int ib = 0; ib < 8; ib++) sc4[ib] = (uint8_t)(((w[b].qh[ib] >> 12) & 7) | ((w[b].qh[ib] >> 15) << 3));
+        iq1_dequant_groups(&D, sc4, y);
+    }
+}
+
+static void avx2_dequant_iq1_s_u(const void *vw, float *y, int n) {
+    const block_iq1_s_u *w = (const block_iq1_s_u *)vw;
+    for (int b = 0; b < n / QK_K; b++, y += QK_K) {
+        dec_iq1_s D;
+        decode_iq1_s_u(w + b, &D);
+        iq1_dequant_groups(&D, w[b].sc, y);
+    }
+}
 
 #endif
 
@@ -668,7 +775,7 @@ void repack_row_iq1_s_u(const void *vw, void *vy, int n) {
     }
 }
 
-void dequantize_row_iq1_s_u(const void *vw, float *y, int n) {
+static inline void dequantize_row_iq1_s_u_scalar(const void *vw, float *y, int n) {
     const block_iq1_s_u *w = (const block_iq1_s_u *)vw;
     for (int b = 0; b < n / QK_K; b++) {
         const float d = fp16_to_fp32(w[b].d);
@@ -710,10 +817,14 @@ float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
 #define DEFINE_TILE(t)                                                                                 \
     void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out,   \
                   size_t out_stride, int nr, int nc) {                                                 \
+        if (nc == 1) { /* GEMV: nothing to share between rows */                                      \
+            for (int r = 0; r < nr; r++) out[r] = vec_dot_##t(n, (const char *)w + r * w_stride, a);    \
+            return;                                                                                    \
+        }                                                                                              \
         for (int r0 = 0; r0 < nr; r0 += KQ_TILE_MAX)                                                   \
-            for (int c0 = 0; c0 < nc; c0 += KQ_TILE_MAX) {                                             \
+            for (int c0 = 0; c0 < nc; c0 += KQ_TILE_MAX_C) {                                           \
                 const int tr = nr - r0 < KQ_TILE_MAX ? nr - r0 : KQ_TILE_MAX;                          \
-                const int tc = nc - c0 < KQ_TILE_MAX ? nc - c0 : KQ_TILE_MAX;                          \
+                const int tc = nc - c0 < KQ_TILE_MAX_C ? nc - c0 : KQ_TILE_MAX_C;                      \
                 const char *wr = (const char *)w + r0 * w_stride, *ac = (const char *)a + c0 * a_stride; \
                 float *o = out + c0 * out_stride + r0;                                                 \
                 TILE_BODY(t)                                                                           \
@@ -732,3 +843,18 @@ DEFINE_TILE(q5_K)
 DEFINE_TILE(q6_K)
 DEFINE_TILE(iq1_s)
 DEFINE_TILE(iq1_s_u)
+
+/* ---- dequantization entry points ---------------------------------------- */
+#if MINILLM_AVX2
+#define DQ_BODY(t) avx2_dequant_##t
+#else
+#define DQ_BODY(t) dequantize_row_##t##_scalar
+#endif
+#define DEFINE_DEQUANT(t) \
+    void dequantize_row_##t(const void *w, float *y, int n) { DQ_BODY(t)(w, y, n); }
+DEFINE_DEQUANT(q2_K)
+DEFINE_DEQUANT(q4_K)
+DEFINE_DEQUANT(q5_K)
+DEFINE_DEQUANT(q6_K)
+DEFINE_DEQUANT(iq1_s)
+DEFINE_DEQUANT(iq1_s_u)

@@ -7,9 +7,9 @@
 #include "quants.h"
 
 /* x (n floats, n % 256 == 0) -> q8_K blocks, exactly as ggml's reference:
- * per block d = -max/127 where max is the first value of largest magnitude,
- * q = round-half-even(x / d) (so q has the opposite sign of x when max > 0),
- * bsums[j] = sum of q[16j .. 16j+15]. An all-zero block gets d = 0, q = 0. */
+ * per block, with max the first value of largest magnitude, iscale = -127/max,
+ * q = round-half-even(iscale * x) (so q has the opposite sign of x when max > 0),
+ * d = 1/iscale, bsums[j] = sum of q[16j .. 16j+15]. An all-zero block gets d = 0, q = 0. */
 void quantize_row_q8_K(const float *x, void *y, int n);
 
 void dequantize_row_q2_K(const void *w, float *y, int n);
@@ -45,8 +45,10 @@ float vec_dot_iq1_s_u(int n, const void *w, const void *a);
  *   out[c * out_stride + r] = vec_dot_<t>(n, w + r * w_stride, a + c * a_stride)
  * for r < nr, c < nc (strides in bytes for w and a, in floats for out), bit for bit.
  * Each weight block is decoded once for all nc activation rows (GEMM, batched MoE);
- * work is done in register tiles of up to KQ_TILE_MAX x KQ_TILE_MAX. */
-#define KQ_TILE_MAX 4
+ * work is done in register tiles of up to KQ_TILE_MAX x KQ_TILE_MAX; with nc == 1
+ * (GEMV) the rows simply go through vec_dot. */
+#define KQ_TILE_MAX 4   /* rows per register tile */
+#define KQ_TILE_MAX_C 8 /* activation rows per register tile */
 #define DECLARE_KQ_TILE(t)                                                                    \
     void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out, \
                   size_t out_stride, int nr, int nc);

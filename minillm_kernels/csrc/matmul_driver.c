@@ -9,6 +9,8 @@
 /* Weight rows per work item: the unit handed to a thread, small enough to stay in L1/L2
  * while every token of the batch streams past it. */
 #define ROW_TILE 16
+/* Batches of at least this many tokens take the packed 8-row GEMM where the type has one. */
+#define PACK8_MIN_TOKENS 8
 /* Activation bytes per token chunk in GEMM: kept in L2 while a row tile sweeps it. */
 #define ACT_CHUNK_BYTES (128 * 1024)
 
@@ -27,6 +29,8 @@ typedef struct {
     size_t row_bytes, act_rb;
     vec_dot_fn vec_dot;
     tile_fn tile; /* NULL: loop over vec_dot */
+    pack8_fn pack8; /* NULL: no packed GEMM (or the scalar path) */
+    gemm8_fn gemm8;
     int tr, tc, gv;
     int token_chunk;
 } kernel_t;
@@ -41,6 +45,8 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->act_rb = act_row_bytes(tt->act_type, K);
     k->vec_dot = tt->vec_dot[k->path];
     k->tile = tt->tile[k->path];
+    k->pack8 = k->path == PATH_BEST ? tt->pack8 : NULL;
+    k->gemm8 = k->path == PATH_BEST ? tt->gemm8 : NULL;
     k->tr = tt->gemm_rows;
     k->tc = tt->gemm_cols;
     k->gv = tt->gemv_rows;
@@ -61,6 +67,34 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
         for (int r = 0; r < nr; r++) out[c * os + r] = k->vec_dot(k->K, w + r * k->row_bytes, a + c * as);
 }
 
+/* Packed GEMM of rows [r0, r1) (at most ROW_TILE): unpack them to groups of 8 interleaved
+ * int8 rows once, then sweep all tokens 4 at a time over each group. */
+static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts,
+                             int ntok, float *out, size_t os) {
+    enum { GROUPS = ROW_TILE / 8 };
+    const size_t gbytes = packed8_bytes(k->K);
+    uint8_t *packed = (uint8_t *)malloc(GROUPS * gbytes + 64);
+    if (!packed) { /* no memory for the packed rows: the register tiles need none */
+        for (int r = r0; r < r1; r += k->tr)
+            for (int t = 0; t < ntok; t += k->tc)
+                tile_call(k, w + r * k->row_bytes, acts + t * k->act_rb, k->act_rb, out + t * os + r, os,
+                          imin(k->tr, r1 - r), imin(k->tc, ntok - t));
+        return;
+    }
+    const int ng = (r1 - r0 + 7) / 8;
+    for (int g = 0; g < ng; g++)
+        k->pack8(k->K, w + (size_t)(r0 + 8 * g) * k->row_bytes, k->row_bytes, imin(8, r1 - r0 - 8 * g),
+                 packed + g * gbytes);
+    for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
+        const int t1 = imin(ntok, t0 + k->token_chunk);
+        for (int g = 0; g < ng; g++)
+            for (int t = t0; t < t1; t += 4)
+                k->gemm8(k->K, packed + g * gbytes, acts + t * k->act_rb, k->act_rb, out + t * os + r0 + 8 * g,
+                         os, imin(8, r1 - r0 - 8 * g), imin(4, t1 - t));
+    }
+    free(packed);
+}
+
 /* Weight rows [r0, r1) against ntok quantized activation rows: out[t * os + r].
  * One token: GEMV, gv rows per call so their FMA chains overlap.  More tokens: for each
  * chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
@@ -69,6 +103,10 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
     if (ntok == 1) {
         for (int r = r0; r < r1; r += k->gv)
             tile_call(k, w + r * k->row_bytes, acts, 0, out + r, 1, imin(k->gv, r1 - r), 1);
+        return;
+    }
+    if (ntok >= PACK8_MIN_TOKENS && k->pack8 && r1 - r0 <= ROW_TILE) {
+        gemm_rows_packed(k, w, r0, r1, acts, ntok, out, os);
         return;
     }
     for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {

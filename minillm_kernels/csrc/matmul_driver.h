@@ -4,7 +4,11 @@
  *
  * Determinism: every output element is computed by exactly one tile call,
  * and a tile gives each (row, token) pair the same result as vec_dot, so the
- * results do not depend on the thread count, the tiling or the batch.
+ * results do not depend on the thread count or the tiling.  Batches of at
+ * least PACK8_MIN_TOKENS tokens (8) of the 32-value integer types take the
+ * packed 8-row GEMM, which rounds differently from vec_dot (float rounding
+ * only); the choice depends on the batch (or, in MoE, an expert's token
+ * count), never on the thread count.
  */
 #ifndef MINILLM_MATMUL_DRIVER_H
 #define MINILLM_MATMUL_DRIVER_H

@@ -13,6 +13,15 @@
  */
 #include "quants_impl.h"
 
+/* one block of 8 packed rows (see the packed GEMM below) */
+typedef struct {
+    int8_t q[8][32];   /* [j][4 * row + k] = value 4j + k of row */
+    int8_t aq[8][32];  /* |q| */
+    float d[8];        /* row scales */
+} packed8_block;
+
+size_t packed8_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8_block); }
+
 #if MINILLM_AVX2
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -103,32 +112,112 @@ ALWAYS_INLINE __m256i unpack_q5_0(const block_q5_0 *b) {
     return _mm256_sub_epi8(nibbles_32(b->qs), _mm256_andnot_si256(set, _mm256_set1_epi8(0x10)));
 }
 
-/* ---- integer tile kernel, instantiated per type ---- */
+/* unpack to (q, |q|): |q| by sign(q, q), except IQ4_NL, which looks |q| up in a second table
+ * (a shuffle instead of a multiply-port instruction) */
+#define DEFINE_UNPACK2(name, block_t)                                                         \
+    ALWAYS_INLINE void unpack2_##name(const block_t *b, __m256i *q, __m256i *aq) {            \
+        *q = unpack_##name(b);                                                                \
+        *aq = _mm256_sign_epi8(*q, *q);                                                       \
+    }
+DEFINE_UNPACK2(q8_0, block_q8_0)
+DEFINE_UNPACK2(q4_0, block_q4_0)
+DEFINE_UNPACK2(q5_0, block_q5_0)
+
+static const uint8_t iq4nl_abs_values[16] = {127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+ALWAYS_INLINE void unpack2_iq4_nl(const block_iq4_nl *b, __m256i *q, __m256i *aq) {
+    const __m256i n = nibbles_32(b->qs);
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+    const __m256i atable = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_abs_values));
+    *q = _mm256_shuffle_epi8(table, n);
+    *aq = _mm256_shuffle_epi8(atable, n);
+}
+
+/* ---- integer tile kernel, instantiated per type ----
+ *
+ * Blocks are taken 4 at a time: the 4 block dots (8 int32 lanes each) are
+ * folded into one vector [b0 b1 b2 b3 | b0 b1 b2 b3] (lanes 0-3 / 4-7 of each
+ * block summed: exact integers), so one convert, one scale multiply and one
+ * FMA serve 4 blocks, with the 4 scales of a row (and of an activation row)
+ * converted together.  Leftover blocks (n/32 not a multiple of 4) go one at a
+ * time.  Every (row, activation) pair follows exactly this order. */
+
+ALWAYS_INLINE __m256i block_dot(__m256i q, __m256i aq, const int8_t *yqs) {
+    const __m256i y = _mm256_loadu_si256((const __m256i *)yqs);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(y, q)), _mm256_set1_epi16(1));
+}
+
+/* [sum of lanes 0-3 of p0, .. of p3 | sum of lanes 4-7 of p0, .. of p3] */
+ALWAYS_INLINE __m256i fold4(const __m256i *p) {
+    const __m256i p01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+    const __m256i p23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p01, p23), _mm256_unpackhi_epi64(p01, p23));
+}
+
+/* the fp16 scales of 4 consecutive blocks (stride bytes apart) as [d0 d1 d2 d3 d0 d1 d2 d3] */
+ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
+    uint16_t h[4];
+    for (int k = 0; k < 4; k++) memcpy(&h[k], d + k * stride, 2);
+    uint64_t bits;
+    memcpy(&bits, h, 8);
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)bits));
+    return _mm256_set_m128(f, f);
+}
 
 #define DEFINE_Q32_TILE(name, block_t, unpack)                                                   \
     ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
                                         size_t as, float *out, size_t os, const int R, const int C) { \
-        const __m256i ones = _mm256_set1_epi16(1);                                               \
+        const int nb = n / QK, n4 = nb & ~3;                                                     \
         __m256 acc[TILE_MAX_R][TILE_MAX_C];                                                      \
         for (int r = 0; r < R; r++)                                                              \
             for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();                         \
-        for (int i = 0; i < n / QK; i++) {                                                       \
-            __m256i q[TILE_MAX_R], aq[TILE_MAX_R];                                               \
+        int i = 0;                                                                               \
+        for (; i < n4; i += 4) {                                                                 \
             __m256 dw[TILE_MAX_R];                                                               \
+            for (int r = 0; r < R; r++)                                                          \
+                dw[r] = scales4((const uint8_t *)((const block_t *)(w + r * ws) + i), sizeof(block_t)); \
+            if (C == 1) { /* GEMV: unpack as we go, nothing kept across rows */                  \
+                const block_q8_0 *y = (const block_q8_0 *)a + i;                                 \
+                const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));              \
+                for (int r = 0; r < R; r++) {                                                    \
+                    const block_t *b = (const block_t *)(w + r * ws) + i;                        \
+                    __m256i p[4];                                                                \
+                    for (int k = 0; k < 4; k++) {                                                \
+                        __m256i q, aq;                                                           \
+                        unpack2_##name(&b[k], &q, &aq);                                          \
+                        p[k] = block_dot(q, aq, y[k].qs);                                        \
+                    }                                                                            \
+                    acc[r][0] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), _mm256_cvtepi32_ps(fold4(p)), \
+                                                acc[r][0]);                                      \
+                }                                                                                \
+            } else { /* a few tokens: unpack the rows' 4 blocks once for all of them */          \
+                __m256i q[TILE_MAX_R][4], aq[TILE_MAX_R][4];                                     \
+                for (int r = 0; r < R; r++)                                                      \
+                    for (int k = 0; k < 4; k++)                                                  \
+                        unpack2_##name((const block_t *)(w + r * ws) + i + k, &q[r][k], &aq[r][k]); \
+                for (int c = 0; c < C; c++) {                                                    \
+                    const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
+                    const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));          \
+                    for (int r = 0; r < R; r++) {                                                \
+                        __m256i p[4];                                                            \
+                        for (int k = 0; k < 4; k++) p[k] = block_dot(q[r][k], aq[r][k], y[k].qs); \
+                        acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy),                    \
+                                                    _mm256_cvtepi32_ps(fold4(p)), acc[r][c]);    \
+                    }                                                                            \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        for (; i < nb; i++) { /* leftover blocks, one at a time */                               \
             for (int r = 0; r < R; r++) {                                                        \
                 const block_t *b = (const block_t *)(w + r * ws) + i;                            \
-                q[r] = unpack(b);                                                                \
-                aq[r] = _mm256_sign_epi8(q[r], q[r]);                                            \
-                dw[r] = _mm256_set1_ps(fp16_to_fp32(b->d));                                      \
-            }                                                                                    \
-            for (int c = 0; c < C; c++) {                                                        \
-                const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                      \
-                const __m256i yq = _mm256_loadu_si256((const __m256i *)y->qs);                   \
-                const __m256 dy = _mm256_set1_ps(fp16_to_fp32(y->d));                            \
-                for (int r = 0; r < R; r++) {                                                    \
-                    const __m256i p16 = _mm256_maddubs_epi16(aq[r], _mm256_sign_epi8(yq, q[r])); \
-                    const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));           \
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), p, acc[r][c]);         \
+                __m256i q, aq;                                                                   \
+                unpack2_##name(b, &q, &aq);                                                      \
+                const __m256 dw = _mm256_set1_ps(fp16_to_fp32(b->d));                            \
+                for (int c = 0; c < C; c++) {                                                    \
+                    const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
+                    const __m256 dy = _mm256_set1_ps(fp16_to_fp32(y->d));                        \
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy),                           \
+                                                _mm256_cvtepi32_ps(block_dot(q, aq, y->qs)), acc[r][c]); \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
@@ -199,5 +288,99 @@ DEFINE_Q32_TILE(iq4_nl, block_iq4_nl, unpack_iq4_nl)
 DEFINE_FLOAT_TILE(f32, 4)
 DEFINE_FLOAT_TILE(f16, 2)
 DEFINE_FLOAT_TILE(bf16, 2)
+
+/* ---- GEMM on 8 interleaved rows (prompt processing) ----
+ *
+ * For many tokens, a group of 8 weight rows is first unpacked to int8 and
+ * interleaved in 4-byte groups: vector j of block i holds values 4j..4j+3 of
+ * each of the 8 rows.  Against one broadcast 4-byte group of the activation,
+ * maddubs + madd then gives the 8 rows' partial dots in the 8 lanes, so the
+ * integer block dot of all 8 rows needs no horizontal sum and the block scales
+ * are applied to 8 rows with one multiply.  Per (row, token, block) this takes
+ * about half the vector-multiply-port work of the register tile above.
+ * (The result is rounded differently from vec_dot: each (row, token) pair
+ * accumulates exact integer block dots in one float chain.)
+ */
+
+#define DEFINE_PACK8(name, block_t, unpack)                                                       \
+    void pack8_##name(int n, const void *vw, size_t ws, int nr, void *dst) {                      \
+        packed8_block *p = (packed8_block *)dst;                                                  \
+        const uint8_t *w = (const uint8_t *)vw;                                                   \
+        for (int i = 0; i < n / QK; i++) {                                                        \
+            int8_t rows[8][32];                                                                   \
+            for (int r = 0; r < 8; r++) {                                                         \
+                if (r < nr) {                                                                     \
+                    const block_t *b = (const block_t *)(w + r * ws) + i;                         \
+                    _mm256_storeu_si256((__m256i *)rows[r], unpack(b));                           \
+                    p[i].d[r] = fp16_to_fp32(b->d);                                               \
+                } else {                                                                          \
+                    memset(rows[r], 0, 32);                                                       \
+                    p[i].d[r] = 0.0f;                                                             \
+                }                                                                                 \
+            }                                                                                     \
+            for (int j = 0; j < 8; j++)                                                           \
+                for (int r = 0; r < 8; r++) memcpy(&p[i].q[j][4 * r], &rows[r][4 * j], 4);        \
+            for (int j = 0; j < 8; j++) {                                                         \
+                const __m256i q = _mm256_loadu_si256((const __m256i *)p[i].q[j]);                 \
+                _mm256_storeu_si256((__m256i *)p[i].aq[j], _mm256_sign_epi8(q, q));              \
+            }                                                                                     \
+        }                                                                                         \
+    }
+DEFINE_PACK8(q8_0, block_q8_0, unpack_q8_0)
+DEFINE_PACK8(q4_0, block_q4_0, unpack_q4_0)
+DEFINE_PACK8(q5_0, block_q5_0, unpack_q5_0)
+DEFINE_PACK8(iq4_nl, block_iq4_nl, unpack_iq4_nl)
+
+ALWAYS_INLINE void gemm8_c(int n, const packed8_block *p, const uint8_t *a, size_t as, float *out, size_t os,
+                           int nr, const int C) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        __m256i isum[4];
+        const block_q8_0 *y[4];
+        for (int c = 0; c < C; c++) {
+            y[c] = (const block_q8_0 *)(a + c * as) + i;
+            isum[c] = _mm256_setzero_si256();
+        }
+        for (int j = 0; j < 8; j++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)p[i].q[j]);
+            const __m256i aq = _mm256_loadu_si256((const __m256i *)p[i].aq[j]);
+            for (int c = 0; c < C; c++) {
+                int32_t g;
+                memcpy(&g, y[c]->qs + 4 * j, 4);
+                const __m256i yb = _mm256_set1_epi32(g);
+                const __m256i m = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(yb, q));
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(m, ones));
+            }
+        }
+        const __m256 dw = _mm256_loadu_ps(p[i].d);
+        for (int c = 0; c < C; c++) {
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_to_fp32(y[c]->d)));
+            acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[c]), acc[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        if (nr == 8) {
+            _mm256_storeu_ps(out + c * os, acc[c]);
+        } else {
+            float tmp[8];
+            _mm256_storeu_ps(tmp, acc[c]);
+            memcpy(out + c * os, tmp, sizeof(float) * (size_t)nr);
+        }
+    }
+}
+
+/* out[c * os + r] for the nr (<= 8) packed rows and nc (<= 4) activation rows */
+void gemm8_q8_avx2(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr, int nc) {
+    const packed8_block *p = (const packed8_block *)packed;
+    const uint8_t *ab = (const uint8_t *)a;
+    switch (nc) {
+        case 1: gemm8_c(n, p, ab, as, out, os, nr, 1); break;
+        case 2: gemm8_c(n, p, ab, as, out, os, nr, 2); break;
+        case 3: gemm8_c(n, p, ab, as, out, os, nr, 3); break;
+        default: gemm8_c(n, p, ab, as, out, os, nr, 4); break;
+    }
+}
 
 #endif /* MINILLM_AVX2 */

@@ -16,6 +16,11 @@
 typedef void (*tile_fn)(int n, const void *w, size_t w_stride, const void *a, size_t a_stride,
                         float *out, size_t out_stride, int nr, int nc);
 
+/* GEMM on 8 weight rows unpacked to int8 and interleaved (pack8), against nc <= 4 q8_0 rows */
+typedef void (*pack8_fn)(int n, const void *w, size_t w_stride, int nr, void *dst);
+typedef void (*gemm8_fn)(int n, const void *packed, const void *a, size_t a_stride, float *out,
+                         size_t out_stride, int nr, int nc);
+
 #define TILE_MAX_R 4
 #define TILE_MAX_C 4
 
@@ -48,6 +53,14 @@ DECLARE_AVX2(q8_0)
 DECLARE_AVX2(q4_0)
 DECLARE_AVX2(q5_0)
 DECLARE_AVX2(iq4_nl)
+/* 8-row interleaved GEMM for the 32-value integer types (quants_avx2.c) */
+size_t packed8_bytes(int n);
+void pack8_q8_0(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack8_q4_0(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack8_q5_0(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack8_iq4_nl(int n, const void *w, size_t w_stride, int nr, void *dst);
+void gemm8_q8_avx2(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride,
+                   int nr, int nc);
 #endif
 
 #endif

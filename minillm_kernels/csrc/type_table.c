@@ -18,9 +18,16 @@
 
 void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)(x, y, n); }
 
-#define OWN_TYPE(ID, t, bs, ts, act, dq_best, gr, gc, gv)                                     \
+#define OWN_TYPE(ID, t, bs, ts, act, dq_best, gr, gc, gv, pack)                             \
     {ID, #t, bs, ts, act, {dq_best, dequantize_row_##t##_scalar},                             \
-     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv}
+     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack}
+
+#if MINILLM_AVX2
+#define PACK8(t) pack8_##t, gemm8_q8_avx2
+#else
+#define PACK8(t) NULL, NULL
+#endif
+#define NO_PACK8 NULL, NULL
 
 #if MINILLM_AVX2
 #define DQ_F16 dequantize_row_f16_avx2
@@ -28,19 +35,31 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #define DQ_F16 dequantize_row_f16_scalar
 #endif
 
-/* 256-block types: a single body each (their own scalar/SIMD selection is compile-time). */
+/* 256-block types: a single body each (their own scalar/SIMD selection is compile-time);
+ * their register tiles (kquants.h, when declared) serve GEMM and the batched MoE. */
+#ifdef KQ_TILE_MAX
+#define K_TILE(t) tile_##t
+#ifdef KQ_TILE_MAX_C
+#define K_TILE_RC KQ_TILE_MAX, KQ_TILE_MAX_C, KQ_TILE_MAX
+#else
+#define K_TILE_RC KQ_TILE_MAX, KQ_TILE_MAX, KQ_TILE_MAX
+#endif
+#else
+#define K_TILE(t) NULL
+#define K_TILE_RC 1, 4, 1
+#endif
 #define K_TYPE(ID, t, ts)                                                                      \
     {ID, #t, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
-     {vec_dot_##t, vec_dot_##t}, {NULL, NULL}, 1, 4, 1}
+     {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, NULL, NULL}
 
 static const type_traits TABLE[] = {
-    OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4),
-    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4),
-    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4),
-    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4),
-    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4),
-    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4),
-    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4),
+    OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, NO_PACK8),
+    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4, NO_PACK8),
+    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, NO_PACK8),
+    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4, PACK8(q8_0)),
+    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8(q4_0)),
+    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8(q5_0)),
+    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4, PACK8(iq4_nl)),
 #if HAVE_KQUANTS
     K_TYPE(GGML_Q2_K, q2_K, 84),
     K_TYPE(GGML_Q4_K, q4_K, 144),

@@ -32,6 +32,8 @@ typedef struct {
     tile_fn tile[2];                    /* NULL: the drivers loop over vec_dot */
     int gemm_rows, gemm_cols;           /* register tile used for GEMM (rows x tokens) */
     int gemv_rows;                      /* rows per tile call in GEMV (independent FMA chains) */
+    pack8_fn pack8;                     /* 8-row interleaved GEMM for many tokens (best path only; or NULL) */
+    gemm8_fn gemm8;
 } type_traits;
 
 const type_traits *type_traits_get(int type); /* NULL if unsupported */
