@@ -1,0 +1,111 @@
+/* Block layouts of the ggml weight types minillm computes with, and the
+ * function contract every type implements.
+ *
+ * Layouts are facts of the GGUF/ggml file format (ggml-common.h in
+ * ggml / llama.cpp, MIT): sizes are checked by static asserts below and
+ * against gguf.GGML_QUANT_SIZES in the tests.
+ */
+#ifndef MINILLM_QUANTS_H
+#define MINILLM_QUANTS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(MINILLM_FORCE_SCALAR)
+#define MINILLM_AVX2 1
+#include <immintrin.h>
+#else
+#define MINILLM_AVX2 0
+#endif
+
+typedef uint16_t fp16_t; /* IEEE half, stored as bits */
+
+#define QK 32    /* block size of the 32-value types */
+#define QK_K 256 /* super-block size of the k-quants and i-quants */
+
+typedef struct { fp16_t d; int8_t qs[QK]; } block_q8_0;                       /* 34 B */
+typedef struct { fp16_t d; uint8_t qs[QK / 2]; } block_q4_0;                  /* 18 B */
+typedef struct { fp16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;   /* 22 B */
+typedef struct { fp16_t d; uint8_t qs[QK / 2]; } block_iq4_nl;                /* 18 B */
+typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; fp16_t d; fp16_t dmin; } block_q2_K; /* 84 B */
+typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;        /* 144 B */
+typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K; /* 176 B */
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; fp16_t d; } block_q6_K;      /* 210 B */
+typedef struct { fp16_t d; uint8_t qs[QK_K / 8]; uint16_t qh[QK_K / 32]; } block_iq1_s;                  /* 50 B */
+/* Activations for the 256-blocks: float scale, int8 values, and sums of each 16 values. */
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;                     /* 292 B */
+
+_Static_assert(sizeof(block_q8_0) == 34, "q8_0");
+_Static_assert(sizeof(block_q4_0) == 18, "q4_0");
+_Static_assert(sizeof(block_q5_0) == 22, "q5_0");
+_Static_assert(sizeof(block_iq4_nl) == 18, "iq4_nl");
+_Static_assert(sizeof(block_q2_K) == 84, "q2_K");
+_Static_assert(sizeof(block_q4_K) == 144, "q4_K");
+_Static_assert(sizeof(block_q5_K) == 176, "q5_K");
+_Static_assert(sizeof(block_q6_K) == 210, "q6_K");
+_Static_assert(sizeof(block_iq1_s) == 50, "iq1_s");
+_Static_assert(sizeof(block_q8_K) == 292, "q8_K");
+
+/* ---- the per-type contract ------------------------------------------------
+ * n is the row length in values, a multiple of the type's block size.
+ *   dequantize_row_<t>(w, y, n)        : w -> float y[n]
+ *   vec_dot_<t>(n, w, a) -> float      : dot of one weight row with one activation row that was
+ *                                        quantized by the activation format the type pairs with
+ *                                        (q8_0 for the 32-value types, q8_K for the 256-value types;
+ *                                        float32 for F32/F16/BF16 weights)
+ *   quantize_row_q8_0(x, y, n), quantize_row_q8_K(x, y, n): the activation quantizers
+ * Every function has a scalar C body; an AVX2 body is used when MINILLM_AVX2 is 1.
+ */
+typedef void (*dequantize_row_fn)(const void *w, float *y, int n);
+typedef float (*vec_dot_fn)(int n, const void *w, const void *a);
+typedef void (*quantize_row_fn)(const float *x, void *y, int n);
+
+/* ---- half precision conversion (F16C when available) ---- */
+static inline float fp16_to_fp32(fp16_t h) {
+#if MINILLM_AVX2
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { /* subnormal: normalize */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
+    else bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f; memcpy(&f, &bits, 4); return f;
+#endif
+}
+
+static inline fp16_t fp32_to_fp16(float f) {
+#if MINILLM_AVX2
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    uint32_t x; memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7fffff;
+    int32_t exp = (int32_t)((x >> 23) & 0xff);
+    if (exp == 255) return (fp16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));
+    exp = exp - 127 + 15;
+    if (exp >= 31) return (fp16_t)(sign | 0x7c00);
+    if (exp <= 0) { /* subnormal or zero, round to nearest even */
+        if (exp < -10) return (fp16_t)sign;
+        mant |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - exp), half = 1u << (shift - 1);
+        uint32_t r = mant >> shift, rem = mant & ((1u << shift) - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (fp16_t)(sign | r);
+    }
+    uint32_t r = mant >> 13, rem = mant & 0x1fff;
+    uint32_t h = sign | ((uint32_t)exp << 10) | r;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) h++; /* carries into the exponent correctly */
+    return (fp16_t)h;
+#endif
+}
+
+static inline float bf16_to_fp32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16; float f; memcpy(&f, &bits, 4); return f;
+}
+
+#endif
