@@ -24,7 +24,12 @@
 #include "attention.h"
 
 #define LANES 16   /* query rows handled together: two 8-float vectors */
+#ifndef TILE
 #define TILE 32    /* cache rows converted and multiplied together */
+#endif
+#ifndef KQ_SPLIT
+#define KQ_SPLIT 2 /* the score GEMM walks the row width in this many slices (L1 fit) */
+#endif
 #define QBLOCK 4   /* prompt tokens sharing one pass over the cache */
 #define HTILE 64   /* rows per softmax step of the "heads" strategy */
 
@@ -218,10 +223,14 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
 /* ------------------------------------------------------------------ scores: S = rows · Qᵀ */
 #if MINILLM_AVX2
 /* R rows of a float tile against 16 query rows: 2R accumulators, broadcast row values. */
-static inline __attribute__((always_inline)) void kq_f32_rows(const float *kf, int D, const float *qf, float *s, const int R) {
+static inline __attribute__((always_inline)) void kq_f32_rows(const float *kf, int D, int d0, int d1, const float *qf,
+                                                              float *s, const int R) {
     __m256 a0[6], a1[6];
-    for (int r = 0; r < R; r++) { a0[r] = _mm256_setzero_ps(); a1[r] = _mm256_setzero_ps(); }
-    for (int d = 0; d < D; d++) {
+    for (int r = 0; r < R; r++) {
+        a0[r] = d0 ? _mm256_load_ps(s + r * LANES) : _mm256_setzero_ps();
+        a1[r] = d0 ? _mm256_load_ps(s + r * LANES + 8) : _mm256_setzero_ps();
+    }
+    for (int d = d0; d < d1; d++) {
         const __m256 q0 = _mm256_load_ps(qf + d * LANES), q1 = _mm256_load_ps(qf + d * LANES + 8);
         for (int r = 0; r < R; r++) {
             const __m256 k = _mm256_broadcast_ss(kf + (size_t)r * D + d);
@@ -285,8 +294,11 @@ static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup
     int r = 0;
     switch (L->type) {
     case ATTN_F16: case ATTN_BF16:
-        for (; r + 6 <= nt; r += 6) kq_f32_rows(T->kf + (size_t)r * D, D, g->qf, T->s + r * LANES, 6);
-        for (; r < nt; r++) kq_f32_rows(T->kf + (size_t)r * D, D, g->qf, T->s + r * LANES, 1);
+        for (int part = 0; part < KQ_SPLIT; part++) {
+            const int d0 = D * part / KQ_SPLIT, d1 = D * (part + 1) / KQ_SPLIT;
+            for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 6);
+            for (; r < nt; r++) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
+        }
         break;
     case ATTN_Q8_0:
         for (; r + 4 <= nt; r += 4) kq_q8_0_rows(T->ki + (size_t)r * D, D, T->kd + r * nb, nb, g, T->s + r * LANES, 4);
@@ -368,35 +380,37 @@ static void softmax_step(state_t *st, float *s, int n, int DV, int nlanes) {
 }
 
 /* O[h][:] += Σ_t p[t][h] · row_t[:DV] for the active heads. */
+#if MINILLM_AVX2
+/* NH heads x 16 values: 2·NH independent FMA chains (12 for NH=6 covers FMA latency x 2 ports). */
+static inline __attribute__((always_inline)) void v_block(const float *kf, int D, int DV, const float *p, int n,
+                                                          float *o0, const int NH) {
+    __m256 a0[6], a1[6];
+    for (int i = 0; i < NH; i++) { a0[i] = _mm256_load_ps(o0 + (size_t)i * DV); a1[i] = _mm256_load_ps(o0 + (size_t)i * DV + 8); }
+    for (int t = 0; t < n; t++) {
+        const __m256 v0 = _mm256_load_ps(kf + (size_t)t * D), v1 = _mm256_load_ps(kf + (size_t)t * D + 8);
+        for (int i = 0; i < NH; i++) {
+            const __m256 pb = _mm256_broadcast_ss(p + t * LANES + i);
+            a0[i] = _mm256_fmadd_ps(pb, v0, a0[i]);
+            a1[i] = _mm256_fmadd_ps(pb, v1, a1[i]);
+        }
+    }
+    for (int i = 0; i < NH; i++) { _mm256_store_ps(o0 + (size_t)i * DV, a0[i]); _mm256_store_ps(o0 + (size_t)i * DV + 8, a1[i]); }
+}
+#endif
+
 static void tile_values(const float *kf, int D, int DV, const float *p, int n, float *o, int nlanes) {
 #if MINILLM_AVX2
     for (int dc = 0; dc < DV; dc += 16) {
-        for (int hb = 0; hb < nlanes; hb += 4) {
-            const int nh = nlanes - hb < 4 ? nlanes - hb : 4;
-            if (nh == 4) {
-                float *o0 = o + (size_t)hb * DV + dc;
-                __m256 a[4][2];
-                for (int i = 0; i < 4; i++) { a[i][0] = _mm256_load_ps(o0 + i * DV); a[i][1] = _mm256_load_ps(o0 + i * DV + 8); }
-                for (int t = 0; t < n; t++) {
-                    const __m256 v0 = _mm256_load_ps(kf + (size_t)t * D + dc), v1 = _mm256_load_ps(kf + (size_t)t * D + dc + 8);
-                    for (int i = 0; i < 4; i++) {
-                        const __m256 pb = _mm256_broadcast_ss(p + t * LANES + hb + i);
-                        a[i][0] = _mm256_fmadd_ps(pb, v0, a[i][0]);
-                        a[i][1] = _mm256_fmadd_ps(pb, v1, a[i][1]);
-                    }
-                }
-                for (int i = 0; i < 4; i++) { _mm256_store_ps(o0 + i * DV, a[i][0]); _mm256_store_ps(o0 + i * DV + 8, a[i][1]); }
-            } else {
-                for (int i = 0; i < nh; i++) {
-                    float *o0 = o + (size_t)(hb + i) * DV + dc;
-                    __m256 a0 = _mm256_load_ps(o0), a1 = _mm256_load_ps(o0 + 8);
-                    for (int t = 0; t < n; t++) {
-                        const __m256 pb = _mm256_broadcast_ss(p + t * LANES + hb + i);
-                        a0 = _mm256_fmadd_ps(pb, _mm256_load_ps(kf + (size_t)t * D + dc), a0);
-                        a1 = _mm256_fmadd_ps(pb, _mm256_load_ps(kf + (size_t)t * D + dc + 8), a1);
-                    }
-                    _mm256_store_ps(o0, a0); _mm256_store_ps(o0 + 8, a1);
-                }
+        for (int hb = 0; hb < nlanes; hb += 6) {
+            float *o0 = o + (size_t)hb * DV + dc;
+            const float *kc = kf + dc, *pc = p + hb;
+            switch (nlanes - hb < 6 ? nlanes - hb : 6) {
+            case 6: v_block(kc, D, DV, pc, n, o0, 6); break;
+            case 5: v_block(kc, D, DV, pc, n, o0, 5); break;
+            case 4: v_block(kc, D, DV, pc, n, o0, 4); break;
+            case 3: v_block(kc, D, DV, pc, n, o0, 3); break;
+            case 2: v_block(kc, D, DV, pc, n, o0, 2); break;
+            default: v_block(kc, D, DV, pc, n, o0, 1); break;
             }
         }
     }
@@ -479,12 +493,21 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
         used = nt;
         state_t *mine = st + (size_t)tid * ng;
         for (int k = 0; k < ng; k++) state_init(&mine[k], DV);
-        const int r0 = (int)((long)n_kv * tid / nt), r1 = (int)((long)n_kv * (tid + 1) / nt);
+        /* chunks of rows handed out dynamically: a thread slowed down (shared machine)
+         * takes fewer; each thread folds whatever chunks it gets into its own state */
+        const int chunk = n_kv / (nt * 4) < TILE ? TILE : (n_kv / (nt * 4) + TILE - 1) / TILE * TILE;
+        const int n_chunks = (n_kv + chunk - 1) / chunk;
         tile_t T;
-        if (tile_alloc(L, &T)) attend_range(L, r0, r1, g, mine, lim, ng, &T);
-        else {
+        const int ok = tile_alloc(L, &T);
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int c = 0; c < n_chunks; c++) {
+            if (!ok) continue;
+            const int r0 = c * chunk, r1 = r0 + chunk < n_kv ? r0 + chunk : n_kv;
+            attend_range(L, r0, r1, g, mine, lim, ng, &T);
         }
         tile_free(&T);
 #pragma omp barrier
