@@ -231,15 +231,25 @@ def test_decode_matches_plain_mla(problem, caches, token, ct, strategy, threads)
 
 
 @pytest.mark.parametrize("ct", CACHE_TYPES)
-def test_strategies_agree(caches, token, ct):
+def test_strategies_agree(problem, caches, token, ct):
+    """heads and kparallel, 1 and 2 threads: same result up to fp32 summation order.
+
+    For q8_KV, kparallel multiplies the values by probabilities p'_t = p_t·d_t quantized
+    per head and tile of TILE=32 rows to int16 (step s = max p'/32767).  Each weight is
+    off by at most s/2, so the normalized output moves by at most
+    Σ_tiles (s/2)·Σ_{t∈tile}|q_t| / l <= (0.5/32767)·TILE·max|x|  (max over a tile <= its sum).
+    """
     q_lat, _ = token
     outs = []
     for strategy, threads in [("heads", 1), ("heads", 2), ("kparallel", 1), ("kparallel", 2), ("auto", 2)]:
         out = np.zeros((H, KV_LORA), np.float32)
         attn.mla_decode(q_lat, caches[ct].layer(0), ct, 2500, SCALE, out, strategy, threads)
         outs.append(out)
+    tol = 1e-5 * np.abs(outs[0]).max() + 1e-7
+    if ct == "q8_KV":
+        tol += 0.5 / 32767 * 32 * np.abs(caches[ct].load(0, 0, 2500)).max()
     for o in outs[1:]:
-        assert np.abs(o - outs[0]).max() <= 1e-5 * np.abs(outs[0]).max() + 1e-7
+        assert np.abs(o - outs[0]).max() <= tol
 
 
 @pytest.mark.parametrize("n_head", [3, 20])

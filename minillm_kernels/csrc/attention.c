@@ -25,13 +25,14 @@
 
 #define LANES 16   /* query rows handled together: two 8-float vectors */
 #ifndef TILE
-#define TILE 32    /* cache rows converted and multiplied together */
+#define TILE 32    /* cache rows converted and multiplied together (even) */
 #endif
 #ifndef KQ_SPLIT
 #define KQ_SPLIT 2 /* the score GEMM walks the row width in this many slices (L1 fit) */
 #endif
 #define QBLOCK 4   /* prompt tokens sharing one pass over the cache */
 #define HTILE 64   /* rows per softmax step of the "heads" strategy */
+_Static_assert(TILE % 2 == 0, "row pairs");
 
 typedef struct {
     int type, D, DV, nb; /* nb: 32-value blocks per row */
@@ -57,7 +58,13 @@ typedef struct {
     int16_t *ki; /* [TILE][D] 8-bit caches: quantized values widened to int16 */
     float *kd;   /* [TILE][nb] (q8_0) or [TILE] (q8_KV) scales */
     float *s;    /* [TILE][LANES] scores, then probabilities */
+    int32_t *vp; /* q8_KV (AVX2): [TILE/2][DV] int8 values of row pairs as int16 pairs */
+    int32_t *pp; /* q8_KV (AVX2): [TILE/2][LANES] quantized probabilities of row pairs */
 } tile_t;
+
+/* q8_KV values are multiplied by int16-quantized probabilities with vpmaddwd (two rows
+ * per instruction) instead of fp32 FMAs: see tile_values_q8kv(). */
+#define INT_VALUES(type) (MINILLM_AVX2 && (type) == ATTN_Q8_KV)
 
 static int is_q8(int type) { return type == ATTN_Q8_0 || type == ATTN_Q8_KV; }
 
@@ -208,8 +215,16 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
 #if MINILLM_AVX2
             for (int i = 0; i < D; i += 16)
                 _mm256_store_si256((__m256i *)(ki + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i))));
-            const __m256 vd = _mm256_set1_ps(d);
-            for (int i = 0; i < DV; i += 8) _mm256_store_ps(kf + i, _mm256_mul_ps(vd, load_i8x8(q + i)));
+            /* rows r-1, r as interleaved int16 pairs; an odd last row pairs with zeros */
+            if (r & 1 || r == nt - 1) {
+                const int8_t *qa = r & 1 ? (const int8_t *)(L->cache + (size_t)(t0 + r - 1) * L->rb + 8) : q;
+                int32_t *vp = T->vp + (size_t)(r / 2) * DV;
+                for (int i = 0; i < DV; i += 8) {
+                    const __m128i a = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(qa + i)));
+                    const __m128i b = r & 1 ? _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(q + i))) : _mm_setzero_si128();
+                    _mm256_store_si256((__m256i *)(vp + i), _mm256_set_m128i(_mm_unpackhi_epi16(a, b), _mm_unpacklo_epi16(a, b)));
+                }
+            }
 #else
             for (int i = 0; i < D; i++) ki[i] = q[i];
             for (int i = 0; i < DV; i++) kf[i] = d * q[i];
@@ -423,6 +438,71 @@ static void tile_values(const float *kf, int D, int DV, const float *p, int n, f
 #endif
 }
 
+#if MINILLM_AVX2
+/* NH heads x 16 values over np row pairs: int32 sums of p16·v16 pairs, then O += sum·scale. */
+static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp, int DV, const int32_t *pp, int np,
+                                                              const float *sc, float *o0, const int NH) {
+    __m256i a0[6], a1[6];
+    for (int i = 0; i < NH; i++) { a0[i] = _mm256_setzero_si256(); a1[i] = _mm256_setzero_si256(); }
+    for (int t = 0; t < np; t++) {
+        const __m256i v0 = _mm256_load_si256((const __m256i *)(vp + (size_t)t * DV));
+        const __m256i v1 = _mm256_load_si256((const __m256i *)(vp + (size_t)t * DV + 8));
+        for (int i = 0; i < NH; i++) {
+            const __m256i pb = _mm256_set1_epi32(pp[t * LANES + i]);
+            a0[i] = _mm256_add_epi32(a0[i], _mm256_madd_epi16(pb, v0));
+            a1[i] = _mm256_add_epi32(a1[i], _mm256_madd_epi16(pb, v1));
+        }
+    }
+    for (int i = 0; i < NH; i++) {
+        const __m256 c = _mm256_set1_ps(sc[i]);
+        float *o = o0 + (size_t)i * DV;
+        _mm256_store_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[i]), c, _mm256_load_ps(o)));
+        _mm256_store_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[i]), c, _mm256_load_ps(o + 8)));
+    }
+}
+
+/* Values for q8_KV rows: p'[t][h] = p[t][h]·d_t is quantized per head over the tile to
+ * int16 (max 32767: relative rounding error <= 1.5e-5 of the tile's largest weight), and
+ * Σ_t p'·q_t is computed exactly in int32 (at most TILE·32767·127 < 2^31). */
+static void tile_values_q8kv(tile_t *T, int n, int DV, float *o, int nlanes) {
+    const int np = (n + 1) / 2;
+    float sc[LANES] __attribute__((aligned(32)));
+    for (int v = 0; v < LANES; v += 8) {
+        __m256 mx = _mm256_setzero_ps();
+        for (int t = 0; t < n; t++) {
+            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(T->kd[t]));
+            _mm256_store_ps(T->s + t * LANES + v, pw);
+            mx = _mm256_max_ps(mx, pw);
+        }
+        const __m256 scale = _mm256_mul_ps(mx, _mm256_set1_ps(1.0f / 32767.0f));
+        _mm256_store_ps(sc + v, scale);
+        const __m256 inv = _mm256_blendv_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), scale), _mm256_setzero_ps(),
+                                            _mm256_cmp_ps(scale, _mm256_setzero_ps(), _CMP_EQ_OQ));
+        const __m256i lo16 = _mm256_set1_epi32(0xffff);
+        for (int t = 0; t < np; t++) {
+            const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(T->s + 2 * t * LANES + v), inv));
+            const __m256i b = 2 * t + 1 < n ? _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(T->s + (2 * t + 1) * LANES + v), inv))
+                                            : _mm256_setzero_si256();
+            _mm256_store_si256((__m256i *)(T->pp + t * LANES + v), _mm256_or_si256(_mm256_and_si256(a, lo16), _mm256_slli_epi32(b, 16)));
+        }
+    }
+    for (int dc = 0; dc < DV; dc += 16) {
+        for (int hb = 0; hb < nlanes; hb += 6) {
+            float *o0 = o + (size_t)hb * DV + dc;
+            const int32_t *vp = T->vp + dc, *pp = T->pp + hb;
+            switch (nlanes - hb < 6 ? nlanes - hb : 6) {
+            case 6: v_block_i16(vp, DV, pp, np, sc + hb, o0, 6); break;
+            case 5: v_block_i16(vp, DV, pp, np, sc + hb, o0, 5); break;
+            case 4: v_block_i16(vp, DV, pp, np, sc + hb, o0, 4); break;
+            case 3: v_block_i16(vp, DV, pp, np, sc + hb, o0, 3); break;
+            case 2: v_block_i16(vp, DV, pp, np, sc + hb, o0, 2); break;
+            default: v_block_i16(vp, DV, pp, np, sc + hb, o0, 1); break;
+            }
+        }
+    }
+}
+#endif
+
 static void state_init(state_t *st, int DV) {
     for (int h = 0; h < LANES; h++) { st->m[h] = -INFINITY; st->l[h] = 0.0f; }
     memset(st->o, 0, sizeof(float) * LANES * (size_t)DV);
@@ -443,6 +523,10 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
             if (n <= 0) continue;
             tile_scores(L, T, n, &g[k]);
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
+#if MINILLM_AVX2
+            if (INT_VALUES(L->type)) tile_values_q8kv(T, n, L->DV, st[k].o, g[k].nlanes);
+            else
+#endif
             tile_values(T->kf, L->D, L->DV, T->s, n, st[k].o, g[k].nlanes);
         }
     }
@@ -453,10 +537,12 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
     T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
     T->kd = xalloc(sizeof(float) * TILE * (size_t)(L->nb + 1));
     T->s = xalloc(sizeof(float) * TILE * LANES);
-    return T->kf && T->ki && T->kd && T->s;
+    T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
+    T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
+    return T->kf && T->ki && T->kd && T->s && T->vp && T->pp;
 }
 
-static void tile_free(tile_t *T) { free(T->kf); free(T->ki); free(T->kd); free(T->s); }
+static void tile_free(tile_t *T) { free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp); }
 
 static int resolve_threads(int n_threads) { return n_threads > 0 ? n_threads : omp_get_max_threads(); }
 
