@@ -22,16 +22,21 @@ STRATEGIES = ("auto", "heads", "kparallel")
 MAX_WIDTH = 2048
 MAX_THREADS = 256
 
-# "auto" decode strategy: kparallel from this many cached tokens on, heads below.
-# Measured with tools/bench_attention.py (H=16, width 576, 2-core Xeon, medians):
-# see choose_strategy() and the table in the bench's output / closing note.
-KPARALLEL_MIN_KV = {1: 1, 2: 1}
-KPARALLEL_MIN_KV_DEFAULT = 1
+# "auto" decode strategy: kparallel from KPARALLEL_MIN_KV[n_threads] cached tokens on, heads below.
+# Measured with tools/bench_attention.py's small-depth sweep (fastest of >= 20 calls, H=16, width 576,
+# 2-vCPU Xeon shared with other jobs, 2026-11-22), ms heads / kparallel:
+#   1 thread : f16 16: 0.032/0.031  32: 0.050/0.039   q8_0 8: 0.034/0.035  16: 0.048/0.040
+#              q8_KV 8: 0.038/0.033  16: 0.046/0.037   bf16 16: 0.044/0.039
+#   2 threads: f16 32: 0.048/0.056  48: 0.060/0.059  64: 0.078/0.060   q8_0 48: 0.059/0.063  64: 0.076/0.069
+#              bf16 32: 0.044/0.044  64: 0.072/0.057   q8_KV 48: 0.059/0.050
+# and kparallel won at every depth 128..16384 for every type at 1 and 2 threads (bench table).
+# With more threads each needs at least one 32-row chunk to be busy: 32 per thread (not measured).
+KPARALLEL_MIN_KV = {1: 16, 2: 64}
 
 
 def choose_strategy(int n_kv, int n_threads):
-    """The strategy "auto" uses for a decode step over n_kv cached rows."""
-    threshold = KPARALLEL_MIN_KV.get(n_threads, KPARALLEL_MIN_KV_DEFAULT)
+    """The strategy "auto" uses for a decode step over n_kv cached rows with n_threads threads."""
+    threshold = KPARALLEL_MIN_KV.get(n_threads, 32 * n_threads)
     return "kparallel" if n_kv >= threshold else "heads"
 
 

@@ -22,6 +22,7 @@
 #include <omp.h>
 #include "quants.h"
 #include "attention.h"
+#include "attn_q8.h"
 
 #define LANES 16   /* query rows handled together: two 8-float vectors */
 #ifndef TILE
@@ -116,13 +117,7 @@ static inline __m256i dot32_i8(__m256i k, __m256i q) {
 #endif
 
 /* ------------------------------------------------------------------ query preparation */
-static float quantize_q8(const float *x, float scale, int n, int8_t *q) {
-    float amax = 0.0f;
-    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i] * scale));
-    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-    for (int i = 0; i < n; i++) q[i] = (int8_t)roundf(x[i] * scale * id);
-    return d;
-}
+#define quantize_q8 attn_quantize_q8
 
 static size_t qgroup_floats(const layout_t *L) {
     /* room for one group: qf [D][16] floats, or qi [D/2][16] int32 + qd [nb][16] */

@@ -12,6 +12,7 @@
 #include <math.h>
 #include "quants.h"
 #include "attention.h"
+#include "attn_q8.h"
 
 size_t attn_row_bytes(int type, int width) {
     switch (type) {
@@ -29,17 +30,6 @@ static uint16_t fp32_to_bf16(float f) {
     return (uint16_t)(x >> 16);
 }
 
-static float absmax(const float *x, int n) {
-    float m = 0.0f;
-    for (int i = 0; i < n; i++) m = fmaxf(m, fabsf(x[i]));
-    return m;
-}
-
-static void quantize_int8(const float *x, int8_t *q, int n, float d) {
-    const float id = d > 0.0f ? 1.0f / d : 0.0f;
-    for (int i = 0; i < n; i++) q[i] = (int8_t)roundf(x[i] * id);
-}
-
 static void store_row(uint8_t *dst, int type, int width, const float *x) {
     switch (type) {
     case ATTN_F16: {
@@ -55,16 +45,13 @@ static void store_row(uint8_t *dst, int type, int width, const float *x) {
     case ATTN_Q8_0: {
         block_q8_0 *b = (block_q8_0 *)dst;
         for (int j = 0; j < width / QK; j++) {
-            const float d = absmax(x + j * QK, QK) / 127.0f;
-            b[j].d = fp32_to_fp16(d);
-            quantize_int8(x + j * QK, b[j].qs, QK, d);
+            b[j].d = fp32_to_fp16(attn_quantize_q8(x + j * QK, 1.0f, QK, b[j].qs));
         }
         break;
     }
     case ATTN_Q8_KV: {
-        const float d = absmax(x, width) / 127.0f;
         int8_t *q = (int8_t *)(dst + 8);
-        quantize_int8(x, q, width, d);
+        const float d = attn_quantize_q8(x, 1.0f, width, q);
         int32_t sum = 0;
         for (int i = 0; i < width; i++) sum += q[i];
         memcpy(dst, &d, 4);
