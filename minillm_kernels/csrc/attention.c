@@ -61,7 +61,18 @@ typedef struct {
     float *s;    /* [TILE][LANES] scores, then probabilities */
     int32_t *vp; /* q8_KV (AVX2): [TILE/2][DV] int8 values of row pairs as int16 pairs */
     int32_t *pp; /* q8_KV (AVX2): [TILE/2][LANES] quantized probabilities of row pairs */
+    const char *pf, *pf_end; /* cache bytes still to prefetch for the next tile */
 } tile_t;
+
+/* Prefetch the next `bytes` of the pending range into L2. */
+static inline void prefetch_some(tile_t *T, size_t bytes) {
+#if MINILLM_AVX2
+    const char *end = T->pf + bytes < T->pf_end ? T->pf + bytes : T->pf_end;
+    for (; T->pf < end; T->pf += 64) _mm_prefetch(T->pf, _MM_HINT_T1);
+#else
+    (void)T; (void)bytes;
+#endif
+}
 
 /* q8_KV values are multiplied by int16-quantized probabilities with vpmaddwd (two rows
  * per instruction) instead of fp32 FMAs: see tile_values_q8kv(). */
@@ -408,9 +419,12 @@ static inline __attribute__((always_inline)) void v_block(const float *kf, int D
 }
 #endif
 
-static void tile_values(const float *kf, int D, int DV, const float *p, int n, float *o, int nlanes) {
+static void tile_values(tile_t *T, int D, int DV, int n, float *o, int nlanes) {
+    const float *kf = T->kf, *p = T->s;
 #if MINILLM_AVX2
+    const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
+        prefetch_some(T, pf_step);
         for (int hb = 0; hb < nlanes; hb += 6) {
             float *o0 = o + (size_t)hb * DV + dc;
             const float *kc = kf + dc, *pc = p + hb;
@@ -481,7 +495,9 @@ static void tile_values_q8kv(tile_t *T, int n, int DV, float *o, int nlanes) {
             _mm256_store_si256((__m256i *)(T->pp + t * LANES + v), _mm256_or_si256(_mm256_and_si256(a, lo16), _mm256_slli_epi32(b, 16)));
         }
     }
+    const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
+        prefetch_some(T, pf_step);
         for (int hb = 0; hb < nlanes; hb += 6) {
             float *o0 = o + (size_t)hb * DV + dc;
             const int32_t *vp = T->vp + dc, *pp = T->pp + hb;
@@ -503,6 +519,7 @@ static void state_init(state_t *st, int DV) {
     memset(st->o, 0, sizeof(float) * LANES * (size_t)DV);
 }
 
+
 /* Attend query groups g[0..ng) to cache rows [r0, r1); group k sees rows < lim[k]. */
 static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, state_t *st,
                          const int *lim, int ng, tile_t *T) {
@@ -513,6 +530,11 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
         if (need <= 0) break;
         if (nt > need) nt = need;
         tile_convert(L, t0, nt, T);
+        /* the next tile's rows are requested (into L2) a slice at a time during this tile's
+         * value GEMM, so the next conversion pass does not wait on memory */
+        const int n_next = r1 - (t0 + nt) < TILE ? r1 - (t0 + nt) : TILE;
+        T->pf = (const char *)L->cache + (size_t)(t0 + nt) * L->rb;
+        T->pf_end = n_next > 0 ? T->pf + (size_t)n_next * L->rb : T->pf;
         for (int k = 0; k < ng; k++) {
             const int n = lim[k] - t0 < nt ? lim[k] - t0 : nt;
             if (n <= 0) continue;
@@ -522,7 +544,7 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
             if (INT_VALUES(L->type)) tile_values_q8kv(T, n, L->DV, st[k].o, g[k].nlanes);
             else
 #endif
-            tile_values(T->kf, L->D, L->DV, T->s, n, st[k].o, g[k].nlanes);
+            tile_values(T, L->D, L->DV, n, st[k].o, g[k].nlanes);
         }
     }
 }
