@@ -59,8 +59,9 @@ typedef struct {
     int16_t *ki; /* [TILE][D] 8-bit caches: quantized values widened to int16 */
     float *kd;   /* [TILE][nb] (q8_0) or [TILE] (q8_KV) scales */
     float *s;    /* [TILE][LANES] scores, then probabilities */
-    int32_t *vp; /* q8_KV (AVX2): [TILE/2][DV] int8 values of row pairs as int16 pairs */
-    int32_t *pp; /* q8_KV (AVX2): [TILE/2][LANES] quantized probabilities of row pairs */
+    int32_t *vp; /* INT_VALUES: [TILE/2][DV] values of row pairs as int16 pairs */
+    int32_t *pp; /* INT_VALUES: [TILE/2][LANES] quantized probabilities of row pairs */
+    float *vs;   /* INT_VALUES: [TILE] scale of each row's int16 values */
     const char *pf, *pf_end; /* cache bytes still to prefetch for the next tile */
 } tile_t;
 
@@ -74,9 +75,19 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 #endif
 }
 
-/* q8_KV values are multiplied by int16-quantized probabilities with vpmaddwd (two rows
- * per instruction) instead of fp32 FMAs: see tile_values_q8kv(). */
-#define INT_VALUES(type) (MINILLM_AVX2 && (type) == ATTN_Q8_KV)
+/* 8-bit cache values are multiplied by int16-quantized probabilities with vpmaddwd (two
+ * rows per instruction) instead of fp32 FMAs: see tile_values_int(). */
+#ifndef Q8_0_INT_VALUES
+#define Q8_0_INT_VALUES 1
+#endif
+#define INT_VALUES(type) (MINILLM_AVX2 && ((type) == ATTN_Q8_KV || (Q8_0_INT_VALUES && (type) == ATTN_Q8_0)))
+/* q8_0 rows become int16 values v16 = round(q·d_b/s·V16_SCALE) with one row scale
+ * s = max_b d_b (over the value blocks): |v16| <= 127·64, extra error <= s/(2·64) = max|x|/16256. */
+#define V16_SCALE 64.0f
+/* largest quantized probability: TILE·PMAX·max|v| must stay below 2^31 */
+#define PMAX_Q8_KV 32767.0f
+#define PMAX_Q8_0 8191.0f
+_Static_assert(TILE * 32767.0 * 127 < 2147483647.0 && TILE * 8191.0 * 127 * 64 < 2147483647.0, "int32 value sums");
 
 static int is_q8(int type) { return type == ATTN_Q8_0 || type == ATTN_Q8_KV; }
 
@@ -201,7 +212,7 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)b[j].qs);
                 _mm256_store_si256((__m256i *)(ki + j * QK), _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
                 _mm256_store_si256((__m256i *)(ki + j * QK + 16), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
-                if (j * QK < DV) {
+                if (j * QK < DV && !INT_VALUES(ATTN_Q8_0)) {
                     const __m256 vd = _mm256_set1_ps(d);
                     for (int i = 0; i < QK; i += 8) _mm256_store_ps(kf + j * QK + i, _mm256_mul_ps(vd, load_i8x8(b[j].qs + i)));
                 }
@@ -212,11 +223,36 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
                 }
 #endif
             }
+#if MINILLM_AVX2
+            if (INT_VALUES(ATTN_Q8_0)) {
+                float sv = 0.0f;
+                for (int j = 0; j < DV / QK; j++) sv = fmaxf(sv, T->kd[r * nb + j]);
+                T->vs[r] = sv / V16_SCALE;
+                /* rows r-1, r as int16 pairs; an odd last row pairs with zeros */
+                if (r & 1 || r == nt - 1) {
+                    const int ra = r & 1 ? r - 1 : r;
+                    const block_q8_0 *ba = (const block_q8_0 *)(L->cache + (size_t)(t0 + ra) * L->rb);
+                    const float ia = T->vs[ra] > 0.0f ? 1.0f / T->vs[ra] : 0.0f, ib = sv > 0.0f ? V16_SCALE / sv : 0.0f;
+                    int32_t *vp = T->vp + (size_t)(r / 2) * DV;
+                    for (int j = 0; j < DV / QK; j++) {
+                        const __m256 ma = _mm256_set1_ps(T->kd[ra * nb + j] * ia);
+                        const __m256 mb = _mm256_set1_ps(r & 1 ? T->kd[r * nb + j] * ib : 0.0f);
+                        for (int i = 0; i < QK; i += 8) {
+                            const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(ma, load_i8x8(ba[j].qs + i)));
+                            const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(mb, load_i8x8(b[j].qs + i)));
+                            _mm256_store_si256((__m256i *)(vp + j * QK + i),
+                                               _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(c, 16)));
+                        }
+                    }
+                }
+            }
+#endif
             break;
         }
         case ATTN_Q8_KV: {
             float d; memcpy(&d, src, 4);
             T->kd[r] = d;
+            T->vs[r] = d;
             const int8_t *q = (const int8_t *)(src + 8);
 #if MINILLM_AVX2
             for (int i = 0; i < D; i += 16)
@@ -470,20 +506,21 @@ static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp,
     }
 }
 
-/* Values for q8_KV rows: p'[t][h] = p[t][h]·d_t is quantized per head over the tile to
- * int16 (max 32767: relative rounding error <= 1.5e-5 of the tile's largest weight), and
- * Σ_t p'·q_t is computed exactly in int32 (at most TILE·32767·127 < 2^31). */
-static void tile_values_q8kv(tile_t *T, int n, int DV, float *o, int nlanes) {
+/* Values for 8-bit rows: p'[t][h] = p[t][h]·vs_t (vs_t: the row's int16 value scale) is
+ * quantized per head over the tile to int16 in 0..pmax (rounding error <= 0.5/pmax of the
+ * tile's largest weight: 1.5e-5 for q8_KV, 6.1e-5 for q8_0), and Σ_t p'·v16_t is computed
+ * exactly in int32 (see the static assert on TILE·pmax·max|v16|). */
+static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, float pmax) {
     const int np = (n + 1) / 2;
     float sc[LANES] __attribute__((aligned(32)));
     for (int v = 0; v < LANES; v += 8) {
         __m256 mx = _mm256_setzero_ps();
         for (int t = 0; t < n; t++) {
-            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(T->kd[t]));
+            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(T->vs[t]));
             _mm256_store_ps(T->s + t * LANES + v, pw);
             mx = _mm256_max_ps(mx, pw);
         }
-        const __m256 scale = _mm256_mul_ps(mx, _mm256_set1_ps(1.0f / 32767.0f));
+        const __m256 scale = _mm256_mul_ps(mx, _mm256_set1_ps(1.0f / pmax));
         _mm256_store_ps(sc + v, scale);
         const __m256 inv = _mm256_blendv_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), scale), _mm256_setzero_ps(),
                                             _mm256_cmp_ps(scale, _mm256_setzero_ps(), _CMP_EQ_OQ));
@@ -541,7 +578,8 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
             tile_scores(L, T, n, &g[k]);
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
 #if MINILLM_AVX2
-            if (INT_VALUES(L->type)) tile_values_q8kv(T, n, L->DV, st[k].o, g[k].nlanes);
+            if (INT_VALUES(L->type))
+                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, L->type == ATTN_Q8_KV ? PMAX_Q8_KV : PMAX_Q8_0);
             else
 #endif
             tile_values(T, L->D, L->DV, n, st[k].o, g[k].nlanes);
@@ -556,10 +594,11 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
     T->s = xalloc(sizeof(float) * TILE * LANES);
     T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    return T->kf && T->ki && T->kd && T->s && T->vp && T->pp;
+    T->vs = xalloc(sizeof(float) * TILE);
+    return T->kf && T->ki && T->kd && T->s && T->vp && T->pp && T->vs;
 }
 
-static void tile_free(tile_t *T) { free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp); }
+static void tile_free(tile_t *T) { free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp); free(T->vs); }
 
 static int resolve_threads(int n_threads) { return n_threads > 0 ? n_threads : omp_get_max_threads(); }
 
