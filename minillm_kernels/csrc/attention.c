@@ -81,8 +81,9 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 #define Q8_0_INT_VALUES 1
 #endif
 #define INT_VALUES(type) (MINILLM_AVX2 && ((type) == ATTN_Q8_KV || (Q8_0_INT_VALUES && (type) == ATTN_Q8_0)))
-/* q8_0 rows become int16 values v16 = round(q·d_b/s·V16_SCALE) with one row scale
- * s = max_b d_b (over the value blocks): |v16| <= 127·64, extra error <= s/(2·64) = max|x|/16256. */
+/* q8_0 rows become int16 values v16 ≈ q·(d_b/s)·V16_SCALE with one row scale s = max_b d_b
+ * (over the value blocks): |v16| <= 127·64; extra error per value <= 0.5 + 127·64/65534 < 0.65
+ * units of s/64 (final rounding, and the rounding of the 15-bit block multiplier). */
 #define V16_SCALE 64.0f
 /* largest quantized probability: TILE·PMAX·max|v| must stay below 2^31 */
 #define PMAX_Q8_KV 32767.0f
@@ -225,23 +226,31 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
             }
 #if MINILLM_AVX2
             if (INT_VALUES(ATTN_Q8_0)) {
+                /* v16 = round((q·64)·M_b / 2^15) with M_b = round(d_b/s·32767) (vpmulhrsw):
+                 * row value scale vs = s·32768/(32767·64) */
                 float sv = 0.0f;
                 for (int j = 0; j < DV / QK; j++) sv = fmaxf(sv, T->kd[r * nb + j]);
-                T->vs[r] = sv / V16_SCALE;
+                T->vs[r] = sv * (32768.0f / 32767.0f / V16_SCALE);
                 /* rows r-1, r as int16 pairs; an odd last row pairs with zeros */
                 if (r & 1 || r == nt - 1) {
                     const int ra = r & 1 ? r - 1 : r;
                     const block_q8_0 *ba = (const block_q8_0 *)(L->cache + (size_t)(t0 + ra) * L->rb);
-                    const float ia = T->vs[ra] > 0.0f ? 1.0f / T->vs[ra] : 0.0f, ib = sv > 0.0f ? V16_SCALE / sv : 0.0f;
+                    float sa = 0.0f;
+                    for (int j = 0; j < DV / QK; j++) sa = fmaxf(sa, T->kd[ra * nb + j]);
+                    const float ia = sa > 0.0f ? 32767.0f / sa : 0.0f, ib = r & 1 && sv > 0.0f ? 32767.0f / sv : 0.0f;
                     int32_t *vp = T->vp + (size_t)(r / 2) * DV;
+                    int32_t mul_a[72], mul_b[72]; /* DV/32 <= 64, rounded up to 8 */
+                    for (int j = 0; j < DV / QK; j += 8) {
+                        _mm256_storeu_si256((__m256i *)(mul_a + j), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(T->kd + ra * nb + j), _mm256_set1_ps(ia))));
+                        _mm256_storeu_si256((__m256i *)(mul_b + j), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(T->kd + r * nb + j), _mm256_set1_ps(ib))));
+                    }
                     for (int j = 0; j < DV / QK; j++) {
-                        const __m256 ma = _mm256_set1_ps(T->kd[ra * nb + j] * ia);
-                        const __m256 mb = _mm256_set1_ps(r & 1 ? T->kd[r * nb + j] * ib : 0.0f);
+                        const __m128i ma = _mm_set1_epi16((int16_t)mul_a[j]);
+                        const __m128i mb = _mm_set1_epi16((int16_t)mul_b[j]);
                         for (int i = 0; i < QK; i += 8) {
-                            const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(ma, load_i8x8(ba[j].qs + i)));
-                            const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(mb, load_i8x8(b[j].qs + i)));
-                            _mm256_store_si256((__m256i *)(vp + j * QK + i),
-                                               _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(c, 16)));
+                            const __m128i a = _mm_mulhrs_epi16(_mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(ba[j].qs + i))), 6), ma);
+                            const __m128i c = _mm_mulhrs_epi16(_mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(b[j].qs + i))), 6), mb);
+                            _mm256_store_si256((__m256i *)(vp + j * QK + i), _mm256_set_m128i(_mm_unpackhi_epi16(a, c), _mm_unpacklo_epi16(a, c)));
                         }
                     }
                 }
@@ -590,7 +599,7 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
 static int tile_alloc(const layout_t *L, tile_t *T) {
     T->kf = xalloc(sizeof(float) * TILE * (size_t)L->D);
     T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
-    T->kd = xalloc(sizeof(float) * TILE * (size_t)(L->nb + 1));
+    T->kd = xalloc(sizeof(float) * (TILE * (size_t)(L->nb + 1) + 8)); /* +8: vector reads past the last row */
     T->s = xalloc(sizeof(float) * TILE * LANES);
     T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
