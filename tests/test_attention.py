@@ -309,14 +309,23 @@ def test_prefill_equals_token_by_token(ct, threads):
     batch.store(0, pos0, prob.rows[pos0:pos0 + n_new])
     out_b = np.zeros((n_new, H, KV_LORA), np.float32)
     attn.mla_prefill(q_lat, batch.layer(0), ct, pos0, SCALE, out_b, threads)
-    # token by token: store one row, decode over everything so far
+    # token by token: store one row, decode over everything so far.  Same arithmetic up to
+    # summation order; on the integer value path a weight may round to the neighbouring
+    # integer (running maxima differ between the two paths), so twice its bound is allowed.
     step = KVCache(1, 200, ct)
     step.store(0, 0, prob.rows[:pos0])
+    x = batch.load(0, 0, pos0 + n_new).astype(np.float64)
     for i in range(n_new):
         step.store(0, pos0 + i, prob.rows[pos0 + i:pos0 + i + 1])
         out = np.zeros((H, KV_LORA), np.float32)
         attn.mla_decode(q_lat[i], step.layer(0), ct, pos0 + i + 1, SCALE, out, "kparallel", threads)
-        assert np.abs(out - out_b[i]).max() <= 1e-5 * np.abs(out).max() + 1e-7, (ct, i)
+        tol = 1e-5 * np.abs(out).max() + 1e-7
+        if ct in PMAX:
+            qd, _ = quantize_query(q_lat[i] * np.float32(SCALE), ct)
+            s = qd @ x[:pos0 + i + 1].T
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            tol = tol + 2 * int_value_bound(x[:pos0 + i + 1], p / p.sum(axis=1, keepdims=True), ct)
+        assert (np.abs(out - out_b[i]) <= tol).all(), (ct, i)
     assert np.array_equal(batch.layer(0), step.layer(0))
 
 
