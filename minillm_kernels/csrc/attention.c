@@ -1,21 +1,28 @@
 /* MLA attention over the latent KV cache: token generation (two strategies)
  * and causal prompt processing.  See attention.h for the contract.
  *
- * The workhorse is attend_tile(): a tile of TILE cache rows is converted once
- * (to float for the value part, to int16 for the int8 key part of the 8-bit
- * caches) and then multiplied against a group of 16 query rows (16 heads of
- * one token) as two small GEMMs:
- *   scores S[t][h] = Σ_d row_t[d] · q_h[d]    (vectorized over the 16 heads)
- *   O[h][:]       += Σ_t p[t][h] · row_t[:dv] (vectorized over dv)
- * with an online softmax in between (running max m, running sum l, and the
- * unnormalized accumulator O, rescaled when the max grows).  Each cache row is
- * read from memory once and reused for all heads while it sits in L1/L2,
- * which makes attention at depth compute-bound rather than bandwidth-bound.
+ * The workhorse is attend_range(): tiles of TILE cache rows are converted once
+ * and then multiplied against a group of 16 query rows (16 heads of one token)
+ * as two small GEMMs, with an online softmax in between (running max m, running
+ * sum l, and the unnormalized accumulator O, rescaled when the max grows):
+ *   scores S[t][h] = Σ_d row_t[d] · q_h[d]     vectorized over the 16 heads:
+ *       f16/bf16: fp32 FMAs on the rows converted to float;
+ *       q8_0/q8_KV: the query quantized the same way, int16 pairs and vpmaddwd
+ *       (two int8 products per lane), scales applied per block / per row;
+ *   O[h][:]       += Σ_t p[t][h] · row_t[:dv]  vectorized over dv:
+ *       f16/bf16: fp32 FMAs;
+ *       q8_0/q8_KV: probabilities quantized to int16 per head and tile, row pairs
+ *       interleaved as int16, vpmaddwd (two rows per instruction), exact int32 sums.
+ * Each cache row is read from memory once and reused for all heads while it sits
+ * in L1/L2: attention at depth becomes compute-bound rather than bandwidth-bound.
  *
- * "kparallel" (FlashMLA-style) decode splits the cache rows between threads,
- * each keeping its own (m, l, O), then merges the partials with a
- * log-sum-exp after one barrier.  "heads" decode gives each thread whole
- * heads; each head streams the whole cache with row-by-row dot products.
+ * "kparallel" (FlashMLA-style) decode splits the cache rows between threads
+ * (dynamically handed-out chunks), each keeping its own (m, l, O), then merges
+ * the partials with a log-sum-exp after one barrier.  "heads" decode gives each
+ * thread whole heads; each head streams the whole cache with row-by-row dot
+ * products (the classic layout, kept as the small-depth strategy and baseline).
+ * Prompt processing runs the same tiles for blocks of QBLOCK tokens (each token
+ * with its own causal limit), parallel over (token block, head group) items.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -640,8 +647,7 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
 #pragma omp parallel num_threads(nthr)
     {
         const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#pragma omp single
-        used = nt;
+        if (tid == 0) used = nt; /* read after the barrier below */
         state_t *mine = st + (size_t)tid * ng;
         for (int k = 0; k < ng; k++) state_init(&mine[k], DV);
         /* chunks of rows handed out dynamically: a thread slowed down (shared machine)
@@ -662,8 +668,9 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
         }
         tile_free(&T);
 #pragma omp barrier
-        /* log-sum-exp merge of the per-thread partials, heads split between threads */
-#pragma omp for schedule(static)
+        /* log-sum-exp merge of the per-thread partials, heads split between threads
+         * (no barrier of its own: the end of the parallel region is the only other one) */
+#pragma omp for schedule(static) nowait
         for (int h = 0; h < H; h++) {
             const int k = h / LANES, lane = h % LANES;
             float M = -INFINITY;
