@@ -385,3 +385,12 @@ def test_bad_inputs_raise(caches, token):
     with pytest.raises(ValueError):
         attn.mla_prefill(np.zeros((4, H, WIDTH), np.float32), cache, "f16", 0, SCALE,
                          np.zeros((4, H + 1, KV_LORA), np.float32))
+
+
+def test_auto_reports_the_strategy_it_chose(caches, token):
+    q_lat, _ = token
+    out = np.zeros((H, KV_LORA), np.float32)
+    for n_kv, threads in [(1, 1), (20, 1), (8, 2), (3000, 2)]:
+        used = attn.mla_decode(q_lat, caches["f16"].layer(0), "f16", n_kv, SCALE, out, "auto", threads)
+        assert used == attn.choose_strategy(n_kv, threads)
+    assert attn.choose_strategy(8, 2) == "heads" and attn.choose_strategy(3000, 2) == "kparallel"
