@@ -1,0 +1,21 @@
+# C declarations of the MLA attention kernels (csrc/attention.h).
+from libc.stdint cimport uint8_t
+
+cdef extern from "attention.h" nogil:
+    enum:
+        ATTN_F16
+        ATTN_BF16
+        ATTN_Q8_0
+        ATTN_Q8_KV
+        ATTN_HEADS
+        ATTN_KPARALLEL
+    size_t attn_row_bytes(int type, int width)
+    void attn_store_rows(uint8_t *layer, int type, int width, int pos, int n, const float *rows)
+    void attn_load_rows(const uint8_t *layer, int type, int width, int pos, int n, float *rows)
+    int attn_decode(const float *q, int n_head, const uint8_t *layer, int type, int width, int dv,
+                    int n_kv, float scale, float *out, int strategy, int n_threads)
+    int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, int type, int width,
+                     int dv, int pos0, float scale, float *out, int n_threads)
+    double attn_bench_read(const uint8_t *buf, size_t n, int n_threads, double *checksum)
+    double attn_bench_fma(long iters, int n_threads, double *checksum)
+    int attn_bench_fma_flops_per_iter()

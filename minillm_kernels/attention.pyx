@@ -1,0 +1,229 @@
+# distutils: sources = minillm_kernels/csrc/attention.c minillm_kernels/csrc/attn_store.c minillm_kernels/csrc/attn_bench.c
+"""MLA attention over the latent KV cache (Python API of csrc/attention.c).
+
+A layer's cache is a C-contiguous uint8 array of shape (n_ctx, row_bytes);
+each row holds one token's normalized c_kv followed by its roped k_pe
+(``width`` values, 576 for DeepSeek2), stored as f16, bf16, q8_0 or q8_KV
+(see ``minillm.kv_cache``).  Queries come absorbed: per head
+q_lat = (q_nope · W_kb) ‖ q_pe.  Outputs are the latent (c_kv-space) outputs,
+``dv`` wide (kv_lora_rank); the caller applies attn_v_b.
+
+Every function checks its arguments and raises ValueError before the C code
+runs; the C code runs without the GIL.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint8_t
+
+cnp.import_array()
+
+CACHE_TYPES = {"f16": ATTN_F16, "bf16": ATTN_BF16, "q8_0": ATTN_Q8_0, "q8_KV": ATTN_Q8_KV}
+STRATEGIES = ("auto", "heads", "kparallel")
+MAX_WIDTH = 2048
+MAX_THREADS = 256
+
+# "auto" decode strategy: kparallel from KPARALLEL_MIN_KV[n_threads] cached tokens on, heads below.
+# Measured with tools/bench_attention.py's small-depth sweep (fastest of >= 20 calls, H=16, width 576,
+# 2-vCPU Xeon shared with other jobs, 2026-11-22), ms heads / kparallel:
+#   1 thread : f16 16: 0.032/0.031  32: 0.050/0.039   q8_0 8: 0.034/0.035  16: 0.048/0.040
+#              q8_KV 8: 0.038/0.033  16: 0.046/0.037   bf16 16: 0.044/0.039
+#   2 threads: f16 32: 0.048/0.056  48: 0.060/0.059  64: 0.078/0.060   q8_0 48: 0.059/0.063  64: 0.076/0.069
+#              bf16 32: 0.044/0.044  64: 0.072/0.057   q8_KV 48: 0.059/0.050
+# and kparallel won at every depth 128..16384 for every type at 1 and 2 threads (bench table).
+# With more threads each needs at least one 32-row chunk to be busy: 32 per thread (not measured).
+KPARALLEL_MIN_KV = {1: 16, 2: 64}
+
+
+def choose_strategy(int n_kv, int n_threads):
+    """The strategy "auto" uses for a decode step over n_kv cached rows with n_threads threads."""
+    threshold = KPARALLEL_MIN_KV.get(n_threads, 32 * n_threads)
+    return "kparallel" if n_kv >= threshold else "heads"
+
+
+def _type_id(cache_type):
+    if cache_type not in CACHE_TYPES:
+        raise ValueError(f"unknown KV cache type {cache_type!r}; choose one of {', '.join(CACHE_TYPES)}")
+    return CACHE_TYPES[cache_type]
+
+
+def _threads(n_threads):
+    if not isinstance(n_threads, (int, np.integer)) or n_threads < 0 or n_threads > MAX_THREADS:
+        raise ValueError(f"n_threads must be an int in 0..{MAX_THREADS} (0 = all), got {n_threads!r}")
+    if n_threads == 0:
+        import os
+        n_threads = len(os.sched_getaffinity(0))
+    return min(int(n_threads), MAX_THREADS)
+
+
+def row_bytes(cache_type, int width):
+    """Bytes of one cached row of ``width`` values."""
+    cdef int t = _type_id(cache_type)
+    if width <= 0 or width % 32 or width > MAX_WIDTH:
+        raise ValueError(f"cache row width must be a positive multiple of 32 up to {MAX_WIDTH}, got {width}")
+    return int(attn_row_bytes(t, width))
+
+
+def _check_cache(cache, cache_type, int width):
+    if not isinstance(cache, np.ndarray) or cache.dtype != np.uint8 or cache.ndim != 2:
+        raise ValueError("cache layer buffer must be a 2-D numpy uint8 array (n_ctx, row_bytes)")
+    if not cache.flags.c_contiguous:
+        raise ValueError("cache layer buffer must be C-contiguous")
+    rb = row_bytes(cache_type, width)
+    if cache.shape[1] != rb:
+        raise ValueError(f"cache rows are {cache.shape[1]} bytes but a {cache_type} row of {width} values "
+                         f"takes {rb}")
+    return cache.shape[0]
+
+
+def _check_f32(a, name, int ndim, writable=False):
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+        raise ValueError(f"{name} must be a float32 numpy array")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+
+
+def _check_finite(a, name):
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+
+
+def kv_cache_store(cache, cache_type, int pos, rows):
+    """Quantize/convert ``rows`` (float32 [N, width]) into cache rows pos .. pos+N-1."""
+    _check_f32(rows, "rows", 2)
+    cdef int width = rows.shape[1], n = rows.shape[0]
+    cdef int t = _type_id(cache_type)
+    n_ctx = _check_cache(cache, cache_type, width)
+    if pos < 0:
+        raise ValueError(f"cache position must be >= 0, got {pos}")
+    if pos + n > n_ctx:
+        raise ValueError(f"context too long: storing {n} rows at position {pos} needs {pos + n} cache rows, "
+                         f"but the cache holds n_ctx={n_ctx}")
+    _check_finite(rows, "rows")
+    if n == 0:
+        return
+    cdef uint8_t[:, ::1] c = cache
+    cdef float[:, ::1] r = rows
+    with nogil:
+        attn_store_rows(&c[0, 0], t, width, pos, n, &r[0, 0])
+
+
+def kv_cache_load(cache, cache_type, int pos, int n, int width=576):
+    """Rows pos .. pos+n-1 of a cache layer, dequantized to float32 [n, width]."""
+    cdef int t = _type_id(cache_type)
+    n_ctx = _check_cache(cache, cache_type, width)
+    if pos < 0 or n < 0 or pos + n > n_ctx:
+        raise ValueError(f"rows {pos}..{pos + n - 1} are outside the cache (n_ctx={n_ctx})")
+    out = np.empty((n, width), np.float32)
+    if n == 0:
+        return out
+    cdef uint8_t[:, ::1] c = cache
+    cdef float[:, ::1] o = out
+    with nogil:
+        attn_load_rows(&c[0, 0], t, width, pos, n, &o[0, 0])
+    return out
+
+
+def _check_dims(int width, int dv):
+    if width <= 0 or width % 32 or width > MAX_WIDTH:
+        raise ValueError(f"query width must be a positive multiple of 32 up to {MAX_WIDTH}, got {width}")
+    if dv <= 0 or dv % 64 or dv > width:
+        raise ValueError(f"output width must be a positive multiple of 64 no larger than the query width "
+                         f"{width}, got {dv}")
+
+
+def mla_decode(q_lat, cache, cache_type, int n_kv, float scale, out, strategy="auto", n_threads=0):
+    """Attention of one new token: q_lat float32 [H, width] over cache rows 0 .. n_kv-1.
+
+    Writes the latent outputs to ``out`` (float32 [H, dv]) and returns the strategy used.
+    strategy: "heads" (threads split the heads), "kparallel" (threads split the cache rows,
+    log-sum-exp merge) or "auto" (chosen from n_kv and the thread count).
+    """
+    _check_f32(q_lat, "q_lat", 2)
+    _check_f32(out, "out", 2, writable=True)
+    cdef int H = q_lat.shape[0], width = q_lat.shape[1], dv = out.shape[1]
+    cdef int t = _type_id(cache_type)
+    if H < 1:
+        raise ValueError("q_lat needs at least one head")
+    if out.shape[0] != H:
+        raise ValueError(f"out has {out.shape[0]} heads but q_lat has {H}")
+    _check_dims(width, dv)
+    n_ctx = _check_cache(cache, cache_type, width)
+    if n_kv < 1 or n_kv > n_ctx:
+        raise ValueError(f"n_kv must be in 1..{n_ctx} (the cache capacity), got {n_kv}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if not np.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    cdef int nthr = _threads(n_threads)
+    _check_finite(q_lat, "q_lat")
+    if strategy == "auto":
+        strategy = choose_strategy(n_kv, nthr)
+    cdef int strat = ATTN_HEADS if strategy == "heads" else ATTN_KPARALLEL
+    cdef const float[:, ::1] q = q_lat
+    cdef float[:, ::1] o = out
+    cdef const uint8_t[:, ::1] c = cache
+    cdef int rc
+    with nogil:
+        rc = attn_decode(&q[0, 0], H, &c[0, 0], t, width, dv, n_kv, scale, &o[0, 0], strat, nthr)
+    if rc:
+        raise MemoryError("out of memory in mla_decode")
+    return strategy
+
+
+def mla_prefill(q_lat, cache, cache_type, int pos0, float scale, out, n_threads=0):
+    """Causal attention of N new tokens stored at cache rows pos0 .. pos0+N-1.
+
+    q_lat float32 [N, H, width]; token i attends to rows 0 .. pos0+i; writes out float32 [N, H, dv].
+    """
+    _check_f32(q_lat, "q_lat", 3)
+    _check_f32(out, "out", 3, writable=True)
+    cdef int N = q_lat.shape[0], H = q_lat.shape[1], width = q_lat.shape[2], dv = out.shape[2]
+    cdef int t = _type_id(cache_type)
+    if N < 1 or H < 1:
+        raise ValueError(f"q_lat needs at least one token and one head, got shape {q_lat.shape}")
+    if out.shape[0] != N or out.shape[1] != H:
+        raise ValueError(f"out shape {out.shape} does not match q_lat shape {q_lat.shape}")
+    _check_dims(width, dv)
+    n_ctx = _check_cache(cache, cache_type, width)
+    if pos0 < 0 or pos0 + N > n_ctx:
+        raise ValueError(f"tokens at positions {pos0}..{pos0 + N - 1} do not fit the cache (n_ctx={n_ctx})")
+    if not np.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    cdef int nthr = _threads(n_threads)
+    _check_finite(q_lat, "q_lat")
+    cdef const float[:, :, ::1] q = q_lat
+    cdef float[:, :, ::1] o = out
+    cdef const uint8_t[:, ::1] c = cache
+    cdef int rc
+    with nogil:
+        rc = attn_prefill(&q[0, 0, 0], N, H, &c[0, 0], t, width, dv, pos0, scale, &o[0, 0, 0], nthr)
+    if rc:
+        raise MemoryError("out of memory in mla_prefill")
+
+
+def bench_read(buf, n_threads=0):
+    """Seconds to stream-read the uint8 array ``buf`` once (for bandwidth figures)."""
+    if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or not buf.flags.c_contiguous or buf.size < 128:
+        raise ValueError("buf must be a C-contiguous uint8 array of at least 128 bytes")
+    cdef int nthr = _threads(n_threads)
+    cdef const uint8_t[::1] b = buf.reshape(-1)
+    cdef double chk = 0.0, sec
+    cdef size_t n = b.shape[0]
+    with nogil:
+        sec = attn_bench_read(&b[0], n, nthr, &chk)
+    return sec
+
+
+def bench_fma(long iters, n_threads=0):
+    """(seconds, flops) of ``iters`` rounds of independent fp32 FMAs on each thread."""
+    if iters < 1:
+        raise ValueError("iters must be >= 1")
+    cdef int nthr = _threads(n_threads)
+    cdef double chk = 0.0, sec
+    with nogil:
+        sec = attn_bench_fma(iters, nthr, &chk)
+    return sec, float(iters) * attn_bench_fma_flops_per_iter() * nthr

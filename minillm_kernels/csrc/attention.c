@@ -1,0 +1,910 @@
+/* MLA attention over the latent KV cache: token generation (two strategies)
+ * and causal prompt processing.  See attention.h for the contract.
+ *
+ * The workhorse is attend_range(): tiles of TILE cache rows are converted once
+ * and then multiplied against a group of 16 query rows (16 heads of one token)
+ * as two small GEMMs, with an online softmax in between (running max m, running
+ * sum l, and the unnormalized accumulator O, rescaled when the max grows):
+ *   scores S[t][h] = Σ_d row_t[d] · q_h[d]     vectorized over the 16 heads:
+ *       f16/bf16: fp32 FMAs on the rows converted to float;
+ *       q8_0/q8_KV: the query quantized the same way, int16 pairs and vpmaddwd
+ *       (two int8 products per lane), scales applied per block / per row;
+ *   O[h][:]       += Σ_t p[t][h] · row_t[:dv]  vectorized over dv:
+ *       f16/bf16: fp32 FMAs;
+ *       q8_0/q8_KV: probabilities quantized to int16 per head and tile, row pairs
+ *       interleaved as int16, vpmaddwd (two rows per instruction), exact int32 sums.
+ * Each cache row is read from memory once and reused for all heads while it sits
+ * in L1/L2: attention at depth becomes compute-bound rather than bandwidth-bound.
+ *
+ * "kparallel" (FlashMLA-style) decode splits the cache rows between threads
+ * (dynamically handed-out chunks), each keeping its own (m, l, O), then merges
+ * the partials with a log-sum-exp after one barrier.  "heads" decode gives each
+ * thread whole heads; each head streams the whole cache with row-by-row dot
+ * products (the classic layout, kept as the small-depth strategy and baseline).
+ * Prompt processing runs the same tiles for blocks of QBLOCK tokens (each token
+ * with its own causal limit), parallel over (token block, head group) items.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <omp.h>
+#include "quants.h"
+#include "attention.h"
+#include "attn_q8.h"
+
+#define LANES 16   /* query rows handled together: two 8-float vectors */
+#ifndef TILE
+#define TILE 32    /* cache rows converted and multiplied together (even) */
+#endif
+#ifndef KQ_SPLIT
+#define KQ_SPLIT 2 /* the score GEMM walks the row width in this many slices (L1 fit) */
+#endif
+#define QBLOCK 4   /* prompt tokens sharing one pass over the cache */
+#define HTILE 64   /* rows per softmax step of the "heads" strategy */
+_Static_assert(TILE % 2 == 0, "row pairs");
+
+typedef struct {
+    int type, D, DV, nb; /* nb: 32-value blocks per row */
+    size_t rb;           /* bytes per row */
+    const uint8_t *cache;
+} layout_t;
+
+/* Up to 16 query rows, scaled by the softmax scale and laid out for the tile GEMM. */
+typedef struct {
+    float *qf;   /* f16/bf16: [D][16] transposed float queries */
+    int32_t *qi; /* q8_0/q8_KV: [D/2][16] pairs of int16 query values */
+    float *qd;   /* q8_0: [nb][16] block scales; q8_KV: [16] row scales */
+    int nlanes;  /* active query rows (the rest are zero padding) */
+} qgroup_t;
+
+typedef struct {
+    float m[LANES], l[LANES]; /* running max and sum of exp per query row */
+    float *o;                 /* [LANES][DV] unnormalized output */
+} state_t;
+
+typedef struct {
+    float *kf;   /* [TILE][D] rows as float (only the first DV for 8-bit caches) */
+    int16_t *ki; /* [TILE][D] 8-bit caches: quantized values widened to int16 */
+    float *kd;   /* [TILE][nb] (q8_0) or [TILE] (q8_KV) scales */
+    float *s;    /* [TILE][LANES] scores, then probabilities */
+    int32_t *vp; /* INT_VALUES: [TILE/2][DV] values of row pairs as int16 pairs */
+    int32_t *pp; /* INT_VALUES: [TILE/2][LANES] quantized probabilities of row pairs */
+    float *vs;   /* INT_VALUES: [TILE] scale of each row's int16 values */
+    const char *pf, *pf_end; /* cache bytes still to prefetch for the next tile */
+} tile_t;
+
+/* Prefetch the next `bytes` of the pending range into L2. */
+static inline void prefetch_some(tile_t *T, size_t bytes) {
+#if MINILLM_AVX2
+    const char *end = T->pf + bytes < T->pf_end ? T->pf + bytes : T->pf_end;
+    for (; T->pf < end; T->pf += 64) _mm_prefetch(T->pf, _MM_HINT_T1);
+#else
+    (void)T; (void)bytes;
+#endif
+}
+
+/* 8-bit cache values are multiplied by int16-quantized probabilities with vpmaddwd (two
+ * rows per instruction) instead of fp32 FMAs: see tile_values_int(). */
+#ifndef Q8_0_INT_VALUES
+#define Q8_0_INT_VALUES 1
+#endif
+#define INT_VALUES(type) (MINILLM_AVX2 && ((type) == ATTN_Q8_KV || (Q8_0_INT_VALUES && (type) == ATTN_Q8_0)))
+/* q8_0 rows become int16 values v16 ≈ q·(d_b/s)·V16_SCALE with one row scale s = max_b d_b
+ * (over the value blocks): |v16| <= 127·64; extra error per value <= 0.5 + 127·64/65534 < 0.65
+ * units of s/64 (final rounding, and the rounding of the 15-bit block multiplier). */
+#define V16_SCALE 64.0f
+/* largest quantized probability: TILE·PMAX·max|v| must stay below 2^31 */
+#define PMAX_Q8_KV 32767.0f
+#define PMAX_Q8_0 8191.0f
+_Static_assert(TILE * 32767.0 * 127 < 2147483647.0 && TILE * 8191.0 * 127 * 64 < 2147483647.0, "int32 value sums");
+
+static int is_q8(int type) { return type == ATTN_Q8_0 || type == ATTN_Q8_KV; }
+
+static void *xalloc(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
+    return p;
+}
+
+/* ------------------------------------------------------------------ vector helpers */
+#if MINILLM_AVX2
+static inline __m256 exp_ps(__m256 x) {
+    /* e^x = 2^n · e^r, n = round(x/ln2), |r| <= ln2/2; degree-6 Taylor (rel. error ~2e-7). */
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256 load_f16x8(const fp16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline __m256 load_bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline __m256 load_i8x8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+/* Eight int32 partial sums of the 32 products k[i]·q[i] (|k|,|q| <= 127: no int16 saturation). */
+static inline __m256i dot32_i8(__m256i k, __m256i q) {
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(k, k), _mm256_sign_epi8(q, k));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+#endif
+
+/* ------------------------------------------------------------------ query preparation */
+#define quantize_q8 attn_quantize_q8
+
+static size_t qgroup_floats(const layout_t *L) {
+    /* room for one group: qf [D][16] floats, or qi [D/2][16] int32 + qd [nb][16] */
+    return (size_t)L->D * LANES + (size_t)L->nb * LANES + 64;
+}
+
+/* rows: nq query rows of D floats, row stride `stride` floats. */
+static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, int nq, float scale,
+                           float *mem, qgroup_t *g) {
+    const int D = L->D;
+    g->nlanes = nq;
+    g->qf = NULL; g->qi = NULL; g->qd = NULL;
+    if (!is_q8(L->type)) {
+        g->qf = mem;
+        for (int d = 0; d < D; d++)
+            for (int h = 0; h < LANES; h++) g->qf[d * LANES + h] = h < nq ? scale * rows[h * stride + d] : 0.0f;
+        return;
+    }
+    g->qi = (int32_t *)mem;
+    g->qd = mem + (size_t)D / 2 * LANES;
+    int8_t q[2048 + 32];
+    for (int h = 0; h < LANES; h++) {
+        if (h < nq) {
+            if (L->type == ATTN_Q8_0)
+                for (int b = 0; b < L->nb; b++) g->qd[b * LANES + h] = quantize_q8(rows + h * stride + b * QK, scale, QK, q + b * QK);
+            else
+                g->qd[h] = quantize_q8(rows + h * stride, scale, D, q);
+        } else {
+            memset(q, 0, (size_t)D);
+            if (L->type == ATTN_Q8_0) for (int b = 0; b < L->nb; b++) g->qd[b * LANES + h] = 0.0f;
+            else g->qd[h] = 0.0f;
+        }
+        for (int d = 0; d < D; d += 2)
+            g->qi[(d / 2) * LANES + h] = (int32_t)(((uint32_t)(uint16_t)(int16_t)q[d]) | ((uint32_t)(uint16_t)(int16_t)q[d + 1] << 16));
+    }
+}
+
+/* ------------------------------------------------------------------ tile conversion */
+static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
+    const int D = L->D, DV = L->DV, nb = L->nb;
+    for (int r = 0; r < nt; r++) {
+        const uint8_t *src = L->cache + (size_t)(t0 + r) * L->rb;
+        float *kf = T->kf + (size_t)r * D;
+        int16_t *ki = T->ki + (size_t)r * D;
+        switch (L->type) {
+        case ATTN_F16: {
+            const fp16_t *h = (const fp16_t *)src;
+#if MINILLM_AVX2
+            for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_f16x8(h + d));
+#else
+            for (int d = 0; d < D; d++) kf[d] = fp16_to_fp32(h[d]);
+#endif
+            break;
+        }
+        case ATTN_BF16: {
+            const uint16_t *h = (const uint16_t *)src;
+#if MINILLM_AVX2
+            for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_bf16x8(h + d));
+#else
+            for (int d = 0; d < D; d++) kf[d] = bf16_to_fp32(h[d]);
+#endif
+            break;
+        }
+        case ATTN_Q8_0: {
+            const block_q8_0 *b = (const block_q8_0 *)src;
+            for (int j = 0; j < nb; j++) {
+                const float d = fp16_to_fp32(b[j].d);
+                T->kd[r * nb + j] = d;
+#if MINILLM_AVX2
+                const __m256i v = _mm256_loadu_si256((const __m256i *)b[j].qs);
+                _mm256_store_si256((__m256i *)(ki + j * QK), _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
+                _mm256_store_si256((__m256i *)(ki + j * QK + 16), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
+                if (j * QK < DV && !INT_VALUES(ATTN_Q8_0)) {
+                    const __m256 vd = _mm256_set1_ps(d);
+                    for (int i = 0; i < QK; i += 8) _mm256_store_ps(kf + j * QK + i, _mm256_mul_ps(vd, load_i8x8(b[j].qs + i)));
+                }
+#else
+                for (int i = 0; i < QK; i++) {
+                    ki[j * QK + i] = b[j].qs[i];
+                    if (j * QK + i < DV) kf[j * QK + i] = d * b[j].qs[i];
+                }
+#endif
+            }
+#if MINILLM_AVX2
+            if (INT_VALUES(ATTN_Q8_0)) {
+                /* v16 = round((q·64)·M_b / 2^15) with M_b = round(d_b/s·32767) (vpmulhrsw):
+                 * row value scale vs = s·32768/(32767·64) */
+                float sv = 0.0f;
+                for (int j = 0; j < DV / QK; j++) sv = fmaxf(sv, T->kd[r * nb + j]);
+                T->vs[r] = sv * (32768.0f / 32767.0f / V16_SCALE);
+                /* rows r-1, r as int16 pairs; an odd last row pairs with zeros */
+                if (r & 1 || r == nt - 1) {
+                    const int ra = r & 1 ? r - 1 : r;
+                    const block_q8_0 *ba = (const block_q8_0 *)(L->cache + (size_t)(t0 + ra) * L->rb);
+                    float sa = 0.0f;
+                    for (int j = 0; j < DV / QK; j++) sa = fmaxf(sa, T->kd[ra * nb + j]);
+                    const float ia = sa > 0.0f ? 32767.0f / sa : 0.0f, ib = r & 1 && sv > 0.0f ? 32767.0f / sv : 0.0f;
+                    int32_t *vp = T->vp + (size_t)(r / 2) * DV;
+                    int32_t mul_a[72], mul_b[72]; /* DV/32 <= 64, rounded up to 8 */
+                    for (int j = 0; j < DV / QK; j += 8) {
+                        _mm256_storeu_si256((__m256i *)(mul_a + j), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(T->kd + ra * nb + j), _mm256_set1_ps(ia))));
+                        _mm256_storeu_si256((__m256i *)(mul_b + j), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(T->kd + r * nb + j), _mm256_set1_ps(ib))));
+                    }
+                    for (int j = 0; j < DV / QK; j++) {
+                        const __m128i ma = _mm_set1_epi16((int16_t)mul_a[j]);
+                        const __m128i mb = _mm_set1_epi16((int16_t)mul_b[j]);
+                        for (int i = 0; i < QK; i += 8) {
+                            const __m128i a = _mm_mulhrs_epi16(_mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(ba[j].qs + i))), 6), ma);
+                            const __m128i c = _mm_mulhrs_epi16(_mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(b[j].qs + i))), 6), mb);
+                            _mm256_store_si256((__m256i *)(vp + j * QK + i), _mm256_set_m128i(_mm_unpackhi_epi16(a, c), _mm_unpacklo_epi16(a, c)));
+                        }
+                    }
+                }
+            }
+#endif
+            break;
+        }
+        case ATTN_Q8_KV: {
+            float d; memcpy(&d, src, 4);
+            T->kd[r] = d;
+            T->vs[r] = d;
+            const int8_t *q = (const int8_t *)(src + 8);
+#if MINILLM_AVX2
+            for (int i = 0; i < D; i += 16)
+                _mm256_store_si256((__m256i *)(ki + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i))));
+            /* rows r-1, r as interleaved int16 pairs; an odd last row pairs with zeros */
+            if (r & 1 || r == nt - 1) {
+                const int8_t *qa = r & 1 ? (const int8_t *)(L->cache + (size_t)(t0 + r - 1) * L->rb + 8) : q;
+                int32_t *vp = T->vp + (size_t)(r / 2) * DV;
+                for (int i = 0; i < DV; i += 8) {
+                    const __m128i a = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(qa + i)));
+                    const __m128i b = r & 1 ? _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(q + i))) : _mm_setzero_si128();
+                    _mm256_store_si256((__m256i *)(vp + i), _mm256_set_m128i(_mm_unpackhi_epi16(a, b), _mm_unpacklo_epi16(a, b)));
+                }
+            }
+#else
+            for (int i = 0; i < D; i++) ki[i] = q[i];
+            for (int i = 0; i < DV; i++) kf[i] = d * q[i];
+#endif
+            break;
+        }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ scores: S = rows · Qᵀ */
+#if MINILLM_AVX2
+/* R rows of a float tile against 16 query rows: 2R accumulators, broadcast row values. */
+static inline __attribute__((always_inline)) void kq_f32_rows(const float *kf, int D, int d0, int d1, const float *qf,
+                                                              float *s, const int R) {
+    __m256 a0[6], a1[6];
+    for (int r = 0; r < R; r++) {
+        a0[r] = d0 ? _mm256_load_ps(s + r * LANES) : _mm256_setzero_ps();
+        a1[r] = d0 ? _mm256_load_ps(s + r * LANES + 8) : _mm256_setzero_ps();
+    }
+    for (int d = d0; d < d1; d++) {
+        const __m256 q0 = _mm256_load_ps(qf + d * LANES), q1 = _mm256_load_ps(qf + d * LANES + 8);
+        for (int r = 0; r < R; r++) {
+            const __m256 k = _mm256_broadcast_ss(kf + (size_t)r * D + d);
+            a0[r] = _mm256_fmadd_ps(k, q0, a0[r]);
+            a1[r] = _mm256_fmadd_ps(k, q1, a1[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) { _mm256_store_ps(s + r * LANES, a0[r]); _mm256_store_ps(s + r * LANES + 8, a1[r]); }
+}
+
+/* R rows of int16 values against 16 int16 query rows: pairs of values broadcast as one
+ * int32, vpmaddwd with the interleaved query pairs, int32 accumulation over [d0, d1). */
+static inline __attribute__((always_inline)) void kq_i16_span(const int16_t *ki, int D, const int32_t *qi, int d0, int d1,
+                                                              __m256i *a0, __m256i *a1, const int R) {
+    for (int r = 0; r < R; r++) { a0[r] = _mm256_setzero_si256(); a1[r] = _mm256_setzero_si256(); }
+    for (int d = d0; d < d1; d += 2) {
+        const __m256i q0 = _mm256_load_si256((const __m256i *)(qi + (d / 2) * LANES));
+        const __m256i q1 = _mm256_load_si256((const __m256i *)(qi + (d / 2) * LANES + 8));
+        for (int r = 0; r < R; r++) {
+            int32_t pair; memcpy(&pair, ki + (size_t)r * D + d, 4);
+            const __m256i k = _mm256_set1_epi32(pair);
+            a0[r] = _mm256_add_epi32(a0[r], _mm256_madd_epi16(k, q0));
+            a1[r] = _mm256_add_epi32(a1[r], _mm256_madd_epi16(k, q1));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void kq_q8_0_rows(const int16_t *ki, int D, const float *kd, int nb,
+                                                               const qgroup_t *g, float *s, const int R) {
+    __m256 f0[4], f1[4];
+    __m256i a0[4], a1[4];
+    for (int r = 0; r < R; r++) { f0[r] = _mm256_setzero_ps(); f1[r] = _mm256_setzero_ps(); }
+    for (int b = 0; b < nb; b++) {
+        kq_i16_span(ki, D, g->qi, b * QK, b * QK + QK, a0, a1, R);
+        const __m256 d0 = _mm256_load_ps(g->qd + b * LANES), d1 = _mm256_load_ps(g->qd + b * LANES + 8);
+        for (int r = 0; r < R; r++) {
+            const __m256 dk = _mm256_set1_ps(kd[r * nb + b]);
+            f0[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[r]), _mm256_mul_ps(dk, d0), f0[r]);
+            f1[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[r]), _mm256_mul_ps(dk, d1), f1[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) { _mm256_store_ps(s + r * LANES, f0[r]); _mm256_store_ps(s + r * LANES + 8, f1[r]); }
+}
+
+static inline __attribute__((always_inline)) void kq_q8kv_rows(const int16_t *ki, int D, const float *kd,
+                                                               const qgroup_t *g, float *s, const int R) {
+    __m256i a0[6], a1[6];
+    kq_i16_span(ki, D, g->qi, 0, D, a0, a1, R);
+    const __m256 d0 = _mm256_load_ps(g->qd), d1 = _mm256_load_ps(g->qd + 8);
+    for (int r = 0; r < R; r++) {
+        const __m256 dk = _mm256_set1_ps(kd[r]);
+        _mm256_store_ps(s + r * LANES, _mm256_mul_ps(_mm256_cvtepi32_ps(a0[r]), _mm256_mul_ps(dk, d0)));
+        _mm256_store_ps(s + r * LANES + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(a1[r]), _mm256_mul_ps(dk, d1)));
+    }
+}
+#endif
+
+static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup_t *g) {
+    const int D = L->D, nb = L->nb;
+#if MINILLM_AVX2
+    int r = 0;
+    switch (L->type) {
+    case ATTN_F16: case ATTN_BF16:
+        for (int part = 0; part < KQ_SPLIT; part++) {
+            const int d0 = D * part / KQ_SPLIT, d1 = D * (part + 1) / KQ_SPLIT;
+            for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 6);
+            for (; r < nt; r++) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
+        }
+        break;
+    case ATTN_Q8_0:
+        for (; r + 4 <= nt; r += 4) kq_q8_0_rows(T->ki + (size_t)r * D, D, T->kd + r * nb, nb, g, T->s + r * LANES, 4);
+        for (; r < nt; r++) kq_q8_0_rows(T->ki + (size_t)r * D, D, T->kd + r * nb, nb, g, T->s + r * LANES, 1);
+        break;
+    case ATTN_Q8_KV:
+        for (; r + 6 <= nt; r += 6) kq_q8kv_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 6);
+        for (; r < nt; r++) kq_q8kv_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 1);
+        break;
+    }
+#else
+    for (int r = 0; r < nt; r++) {
+        float *s = T->s + r * LANES;
+        for (int h = 0; h < LANES; h++) {
+            if (!is_q8(L->type)) {
+                float acc = 0.0f;
+                for (int d = 0; d < D; d++) acc += T->kf[(size_t)r * D + d] * g->qf[d * LANES + h];
+                s[h] = acc;
+                continue;
+            }
+            const int16_t *k = T->ki + (size_t)r * D;
+            float acc = 0.0f;
+            for (int b = 0; b < (L->type == ATTN_Q8_0 ? nb : 1); b++) {
+                const int d0 = L->type == ATTN_Q8_0 ? b * QK : 0, d1 = L->type == ATTN_Q8_0 ? d0 + QK : D;
+                int32_t isum = 0;
+                for (int d = d0; d < d1; d++) {
+                    const int32_t pair = g->qi[(d / 2) * LANES + h];
+                    isum += k[d] * (int16_t)(d & 1 ? (uint32_t)pair >> 16 : (uint32_t)pair & 0xffff);
+                }
+                acc += L->type == ATTN_Q8_0 ? (float)isum * T->kd[r * nb + b] * g->qd[b * LANES + h]
+                                            : (float)isum * T->kd[r] * g->qd[h];
+            }
+            s[h] = acc;
+        }
+    }
+#endif
+}
+
+/* ------------------------------------------------------------------ online softmax + values */
+/* Fold n rows of scores (in T->s) into the state: new max, rescale, probabilities in place. */
+static void softmax_step(state_t *st, float *s, int n, int DV, int nlanes) {
+#if MINILLM_AVX2
+    for (int v = 0; v < LANES; v += 8) {
+        const __m256 mold = _mm256_loadu_ps(st->m + v);
+        __m256 mnew = mold;
+        for (int t = 0; t < n; t++) mnew = _mm256_max_ps(mnew, _mm256_load_ps(s + t * LANES + v));
+        const __m256 alpha = exp_ps(_mm256_sub_ps(mold, mnew));
+        __m256 lsum = _mm256_setzero_ps();
+        for (int t = 0; t < n; t++) {
+            const __m256 p = exp_ps(_mm256_sub_ps(_mm256_load_ps(s + t * LANES + v), mnew));
+            _mm256_store_ps(s + t * LANES + v, p);
+            lsum = _mm256_add_ps(lsum, p);
+        }
+        _mm256_storeu_ps(st->l + v, _mm256_fmadd_ps(_mm256_loadu_ps(st->l + v), alpha, lsum));
+        _mm256_storeu_ps(st->m + v, mnew);
+        int changed = _mm256_movemask_ps(_mm256_cmp_ps(alpha, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ));
+        float a[8];
+        _mm256_storeu_ps(a, alpha);
+        for (int h = v; h < v + 8 && h < nlanes; h++) {
+            if (!(changed >> (h - v) & 1)) continue;
+            const __m256 va = _mm256_set1_ps(a[h - v]);
+            float *o = st->o + (size_t)h * DV;
+            for (int d = 0; d < DV; d += 8) _mm256_store_ps(o + d, _mm256_mul_ps(va, _mm256_load_ps(o + d)));
+        }
+    }
+#else
+    for (int h = 0; h < LANES; h++) {
+        float mnew = st->m[h];
+        for (int t = 0; t < n; t++) mnew = fmaxf(mnew, s[t * LANES + h]);
+        const float alpha = expf(st->m[h] - mnew);
+        float lsum = 0.0f;
+        for (int t = 0; t < n; t++) { s[t * LANES + h] = expf(s[t * LANES + h] - mnew); lsum += s[t * LANES + h]; }
+        st->l[h] = st->l[h] * alpha + lsum;
+        st->m[h] = mnew;
+        if (alpha != 1.0f && h < nlanes)
+            for (int d = 0; d < DV; d++) st->o[(size_t)h * DV + d] *= alpha;
+    }
+#endif
+}
+
+/* O[h][:] += Σ_t p[t][h] · row_t[:DV] for the active heads. */
+#if MINILLM_AVX2
+/* NH heads x 16 values: 2·NH independent FMA chains (12 for NH=6 covers FMA latency x 2 ports). */
+static inline __attribute__((always_inline)) void v_block(const float *kf, int D, int DV, const float *p, int n,
+                                                          float *o0, const int NH) {
+    __m256 a0[6], a1[6];
+    for (int i = 0; i < NH; i++) { a0[i] = _mm256_load_ps(o0 + (size_t)i * DV); a1[i] = _mm256_load_ps(o0 + (size_t)i * DV + 8); }
+    for (int t = 0; t < n; t++) {
+        const __m256 v0 = _mm256_load_ps(kf + (size_t)t * D), v1 = _mm256_load_ps(kf + (size_t)t * D + 8);
+        for (int i = 0; i < NH; i++) {
+            const __m256 pb = _mm256_broadcast_ss(p + t * LANES + i);
+            a0[i] = _mm256_fmadd_ps(pb, v0, a0[i]);
+            a1[i] = _mm256_fmadd_ps(pb, v1, a1[i]);
+        }
+    }
+    for (int i = 0; i < NH; i++) { _mm256_store_ps(o0 + (size_t)i * DV, a0[i]); _mm256_store_ps(o0 + (size_t)i * DV + 8, a1[i]); }
+}
+#endif
+
+static void tile_values(tile_t *T, int D, int DV, int n, float *o, int nlanes) {
+    const float *kf = T->kf, *p = T->s;
+#if MINILLM_AVX2
+    const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
+    for (int dc = 0; dc < DV; dc += 16) {
+        prefetch_some(T, pf_step);
+        for (int hb = 0; hb < nlanes; hb += 6) {
+            float *o0 = o + (size_t)hb * DV + dc;
+            const float *kc = kf + dc, *pc = p + hb;
+            switch (nlanes - hb < 6 ? nlanes - hb : 6) {
+            case 6: v_block(kc, D, DV, pc, n, o0, 6); break;
+            case 5: v_block(kc, D, DV, pc, n, o0, 5); break;
+            case 4: v_block(kc, D, DV, pc, n, o0, 4); break;
+            case 3: v_block(kc, D, DV, pc, n, o0, 3); break;
+            case 2: v_block(kc, D, DV, pc, n, o0, 2); break;
+            default: v_block(kc, D, DV, pc, n, o0, 1); break;
+            }
+        }
+    }
+#else
+    for (int h = 0; h < nlanes; h++)
+        for (int t = 0; t < n; t++) {
+            const float pt = p[t * LANES + h];
+            for (int d = 0; d < DV; d++) o[(size_t)h * DV + d] += pt * kf[(size_t)t * D + d];
+        }
+#endif
+}
+
+#if MINILLM_AVX2
+/* NH heads x 16 values over np row pairs: int32 sums of p16·v16 pairs, then O += sum·scale. */
+static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp, int DV, const int32_t *pp, int np,
+                                                              const float *sc, float *o0, const int NH) {
+    __m256i a0[6], a1[6];
+    for (int i = 0; i < NH; i++) { a0[i] = _mm256_setzero_si256(); a1[i] = _mm256_setzero_si256(); }
+    for (int t = 0; t < np; t++) {
+        const __m256i v0 = _mm256_load_si256((const __m256i *)(vp + (size_t)t * DV));
+        const __m256i v1 = _mm256_load_si256((const __m256i *)(vp + (size_t)t * DV + 8));
+        for (int i = 0; i < NH; i++) {
+            const __m256i pb = _mm256_set1_epi32(pp[t * LANES + i]);
+            a0[i] = _mm256_add_epi32(a0[i], _mm256_madd_epi16(pb, v0));
+            a1[i] = _mm256_add_epi32(a1[i], _mm256_madd_epi16(pb, v1));
+        }
+    }
+    for (int i = 0; i < NH; i++) {
+        const __m256 c = _mm256_set1_ps(sc[i]);
+        float *o = o0 + (size_t)i * DV;
+        _mm256_store_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[i]), c, _mm256_load_ps(o)));
+        _mm256_store_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[i]), c, _mm256_load_ps(o + 8)));
+    }
+}
+
+/* Values for 8-bit rows: p'[t][h] = p[t][h]·vs_t (vs_t: the row's int16 value scale) is
+ * quantized per head over the tile to int16 in 0..pmax (rounding error <= 0.5/pmax of the
+ * tile's largest weight: 1.5e-5 for q8_KV, 6.1e-5 for q8_0), and Σ_t p'·v16_t is computed
+ * exactly in int32 (see the static assert on TILE·pmax·max|v16|). */
+static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, float pmax) {
+    const int np = (n + 1) / 2;
+    float sc[LANES] __attribute__((aligned(32)));
+    for (int v = 0; v < LANES; v += 8) {
+        __m256 mx = _mm256_setzero_ps();
+        for (int t = 0; t < n; t++) {
+            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(T->vs[t]));
+            _mm256_store_ps(T->s + t * LANES + v, pw);
+            mx = _mm256_max_ps(mx, pw);
+        }
+        const __m256 scale = _mm256_mul_ps(mx, _mm256_set1_ps(1.0f / pmax));
+        _mm256_store_ps(sc + v, scale);
+        const __m256 inv = _mm256_blendv_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), scale), _mm256_setzero_ps(),
+                                            _mm256_cmp_ps(scale, _mm256_setzero_ps(), _CMP_EQ_OQ));
+        const __m256i lo16 = _mm256_set1_epi32(0xffff);
+        for (int t = 0; t < np; t++) {
+            const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(T->s + 2 * t * LANES + v), inv));
+            const __m256i b = 2 * t + 1 < n ? _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(T->s + (2 * t + 1) * LANES + v), inv))
+                                            : _mm256_setzero_si256();
+            _mm256_store_si256((__m256i *)(T->pp + t * LANES + v), _mm256_or_si256(_mm256_and_si256(a, lo16), _mm256_slli_epi32(b, 16)));
+        }
+    }
+    const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
+    for (int dc = 0; dc < DV; dc += 16) {
+        prefetch_some(T, pf_step);
+        for (int hb = 0; hb < nlanes; hb += 6) {
+            float *o0 = o + (size_t)hb * DV + dc;
+            const int32_t *vp = T->vp + dc, *pp = T->pp + hb;
+            switch (nlanes - hb < 6 ? nlanes - hb : 6) {
+            case 6: v_block_i16(vp, DV, pp, np, sc + hb, o0, 6); break;
+            case 5: v_block_i16(vp, DV, pp, np, sc + hb, o0, 5); break;
+            case 4: v_block_i16(vp, DV, pp, np, sc + hb, o0, 4); break;
+            case 3: v_block_i16(vp, DV, pp, np, sc + hb, o0, 3); break;
+            case 2: v_block_i16(vp, DV, pp, np, sc + hb, o0, 2); break;
+            default: v_block_i16(vp, DV, pp, np, sc + hb, o0, 1); break;
+            }
+        }
+    }
+}
+#endif
+
+static void state_init(state_t *st, int DV) {
+    for (int h = 0; h < LANES; h++) { st->m[h] = -INFINITY; st->l[h] = 0.0f; }
+    memset(st->o, 0, sizeof(float) * LANES * (size_t)DV);
+}
+
+
+/* Attend query groups g[0..ng) to cache rows [r0, r1); group k sees rows < lim[k]. */
+static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, state_t *st,
+                         const int *lim, int ng, tile_t *T) {
+    for (int t0 = r0; t0 < r1; t0 += TILE) {
+        int nt = r1 - t0 < TILE ? r1 - t0 : TILE;
+        int need = 0;
+        for (int k = 0; k < ng; k++) need = lim[k] - t0 > need ? lim[k] - t0 : need;
+        if (need <= 0) break;
+        if (nt > need) nt = need;
+        tile_convert(L, t0, nt, T);
+        /* the next tile's rows are requested (into L2) a slice at a time during this tile's
+         * value GEMM, so the next conversion pass does not wait on memory */
+        const int n_next = r1 - (t0 + nt) < TILE ? r1 - (t0 + nt) : TILE;
+        T->pf = (const char *)L->cache + (size_t)(t0 + nt) * L->rb;
+        T->pf_end = n_next > 0 ? T->pf + (size_t)n_next * L->rb : T->pf;
+        for (int k = 0; k < ng; k++) {
+            const int n = lim[k] - t0 < nt ? lim[k] - t0 : nt;
+            if (n <= 0) continue;
+            tile_scores(L, T, n, &g[k]);
+            softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
+#if MINILLM_AVX2
+            if (INT_VALUES(L->type))
+                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, L->type == ATTN_Q8_KV ? PMAX_Q8_KV : PMAX_Q8_0);
+            else
+#endif
+            tile_values(T, L->D, L->DV, n, st[k].o, g[k].nlanes);
+        }
+    }
+}
+
+static int tile_alloc(const layout_t *L, tile_t *T) {
+    T->kf = xalloc(sizeof(float) * TILE * (size_t)L->D);
+    T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
+    T->kd = xalloc(sizeof(float) * (TILE * (size_t)(L->nb + 1) + 8)); /* +8: vector reads past the last row */
+    T->s = xalloc(sizeof(float) * TILE * LANES);
+    T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
+    T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
+    T->vs = xalloc(sizeof(float) * TILE);
+    return T->kf && T->ki && T->kd && T->s && T->vp && T->pp && T->vs;
+}
+
+static void tile_free(tile_t *T) { free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp); free(T->vs); }
+
+static int resolve_threads(int n_threads) { return n_threads > 0 ? n_threads : omp_get_max_threads(); }
+
+static void layout_init(layout_t *L, const uint8_t *cache, int type, int width, int dv) {
+    L->type = type; L->D = width; L->DV = dv; L->nb = width / QK;
+    L->rb = attn_row_bytes(type, width);
+    L->cache = cache;
+}
+
+/* ------------------------------------------------------------------ decode: kparallel */
+static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, float scale, float *out, int nthr) {
+    const int ng = (H + LANES - 1) / LANES, DV = L->DV;
+    const size_t qfl = qgroup_floats(L);
+    float *qmem = xalloc(sizeof(float) * qfl * ng);
+    qgroup_t *g = malloc(sizeof(qgroup_t) * ng);
+    int *lim = malloc(sizeof(int) * ng);
+    state_t *st = malloc(sizeof(state_t) * (size_t)ng * nthr);
+    float *omem = xalloc(sizeof(float) * (size_t)ng * nthr * LANES * DV);
+    for (int k = 0; k < ng; k++) {
+        const int nq = H - k * LANES < LANES ? H - k * LANES : LANES;
+        qgroup_prepare(L, q + (size_t)k * LANES * L->D, L->D, nq, scale, qmem + k * qfl, &g[k]);
+        lim[k] = n_kv;
+    }
+    if (!qmem || !g || !lim || !st || !omem) {
+        free(qmem); free(g); free(lim); free(st); free(omem);
+        return -1;
+    }
+    for (int i = 0; i < ng * nthr; i++) st[i].o = omem + (size_t)i * LANES * DV;
+    int used = 1, failed = 0;
+#pragma omp parallel num_threads(nthr)
+    {
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (tid == 0) used = nt; /* read after the barrier below */
+        state_t *mine = st + (size_t)tid * ng;
+        for (int k = 0; k < ng; k++) state_init(&mine[k], DV);
+        /* chunks of rows handed out dynamically: a thread slowed down (shared machine)
+         * takes fewer; each thread folds whatever chunks it gets into its own state */
+        const int chunk = n_kv / (nt * 4) < TILE ? TILE : (n_kv / (nt * 4) + TILE - 1) / TILE * TILE;
+        const int n_chunks = (n_kv + chunk - 1) / chunk;
+        tile_t T;
+        const int ok = tile_alloc(L, &T);
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int c = 0; c < n_chunks; c++) {
+            if (!ok) continue;
+            const int r0 = c * chunk, r1 = r0 + chunk < n_kv ? r0 + chunk : n_kv;
+            attend_range(L, r0, r1, g, mine, lim, ng, &T);
+        }
+        tile_free(&T);
+#pragma omp barrier
+        /* log-sum-exp merge of the per-thread partials, heads split between threads
+         * (no barrier of its own: the end of the parallel region is the only other one) */
+#pragma omp for schedule(static) nowait
+        for (int h = 0; h < H; h++) {
+            const int k = h / LANES, lane = h % LANES;
+            float M = -INFINITY;
+            for (int i = 0; i < used; i++) M = fmaxf(M, st[i * ng + k].m[lane]);
+            float w[256], lsum = 0.0f;
+            for (int i = 0; i < used; i++) {
+                const state_t *s = &st[i * ng + k];
+                w[i] = s->l[lane] > 0.0f ? expf(s->m[lane] - M) : 0.0f;
+                lsum += w[i] * s->l[lane];
+            }
+            float *y = out + (size_t)h * DV;
+            for (int d = 0; d < DV; d++) y[d] = 0.0f;
+            for (int i = 0; i < used; i++) {
+                if (w[i] == 0.0f) continue;
+                const float wi = w[i] / lsum, *o = st[i * ng + k].o + (size_t)lane * DV;
+                for (int d = 0; d < DV; d++) y[d] += wi * o[d];
+            }
+        }
+    }
+    free(qmem); free(g); free(lim); free(st); free(omem);
+    return failed ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ decode: heads */
+/* One head's prepared query for the row-by-row strategy. */
+typedef struct { float *qf; int8_t *qs; float *qd; } hquery_t;
+
+static float row_dot(const layout_t *L, const uint8_t *src, const hquery_t *hq) {
+    const int D = L->D;
+    switch (L->type) {
+    case ATTN_F16: case ATTN_BF16: {
+#if MINILLM_AVX2
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        const int f16 = L->type == ATTN_F16;
+        for (int d = 0; d < D; d += 32) {
+#define LD(o) (f16 ? load_f16x8((const fp16_t *)src + d + (o)) : load_bf16x8((const uint16_t *)src + d + (o)))
+            a0 = _mm256_fmadd_ps(LD(0), _mm256_load_ps(hq->qf + d), a0);
+            a1 = _mm256_fmadd_ps(LD(8), _mm256_load_ps(hq->qf + d + 8), a1);
+            a2 = _mm256_fmadd_ps(LD(16), _mm256_load_ps(hq->qf + d + 16), a2);
+            a3 = _mm256_fmadd_ps(LD(24), _mm256_load_ps(hq->qf + d + 24), a3);
+#undef LD
+        }
+        return hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#else
+        float acc = 0.0f;
+        for (int d = 0; d < D; d++)
+            acc += (L->type == ATTN_F16 ? fp16_to_fp32(((const fp16_t *)src)[d]) : bf16_to_fp32(((const uint16_t *)src)[d])) * hq->qf[d];
+        return acc;
+#endif
+    }
+    case ATTN_Q8_0: {
+        const block_q8_0 *b = (const block_q8_0 *)src;
+#if MINILLM_AVX2
+        __m256 acc = _mm256_setzero_ps();
+        for (int j = 0; j < L->nb; j++) {
+            const __m256i p = dot32_i8(_mm256_loadu_si256((const __m256i *)b[j].qs), _mm256_load_si256((const __m256i *)(hq->qs + j * QK)));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(fp16_to_fp32(b[j].d) * hq->qd[j]), acc);
+        }
+        return hsum_ps(acc);
+#else
+        float acc = 0.0f;
+        for (int j = 0; j < L->nb; j++) {
+            int32_t isum = 0;
+            for (int i = 0; i < QK; i++) isum += b[j].qs[i] * hq->qs[j * QK + i];
+            acc += (float)isum * fp16_to_fp32(b[j].d) * hq->qd[j];
+        }
+        return acc;
+#endif
+    }
+    default: { /* q8_KV */
+        float d; memcpy(&d, src, 4);
+        const int8_t *k = (const int8_t *)(src + 8);
+#if MINILLM_AVX2
+        __m256i acc = _mm256_setzero_si256();
+        for (int i = 0; i < D; i += 32)
+            acc = _mm256_add_epi32(acc, dot32_i8(_mm256_loadu_si256((const __m256i *)(k + i)), _mm256_load_si256((const __m256i *)(hq->qs + i))));
+        return hsum_ps(_mm256_cvtepi32_ps(acc)) * d * hq->qd[0];
+#else
+        int32_t isum = 0;
+        for (int i = 0; i < D; i++) isum += k[i] * hq->qs[i];
+        return (float)isum * d * hq->qd[0];
+#endif
+    }
+    }
+}
+
+/* o[0:64] += Σ_t p[t] · row_t[d0 : d0+64] for n rows starting at row t0, converting on the fly. */
+static void row_values64(const layout_t *L, int t0, int n, const float *p, int d0, float *o) {
+#if MINILLM_AVX2
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_load_ps(o + 8 * i);
+    for (int t = 0; t < n; t++) {
+        const uint8_t *src = L->cache + (size_t)(t0 + t) * L->rb;
+        switch (L->type) {
+        case ATTN_F16: {
+            const __m256 pb = _mm256_set1_ps(p[t]);
+            for (int i = 0; i < 8; i++) a[i] = _mm256_fmadd_ps(pb, load_f16x8((const fp16_t *)src + d0 + 8 * i), a[i]);
+            break;
+        }
+        case ATTN_BF16: {
+            const __m256 pb = _mm256_set1_ps(p[t]);
+            for (int i = 0; i < 8; i++) a[i] = _mm256_fmadd_ps(pb, load_bf16x8((const uint16_t *)src + d0 + 8 * i), a[i]);
+            break;
+        }
+        case ATTN_Q8_0: {
+            const block_q8_0 *b = (const block_q8_0 *)src + d0 / QK;
+            const __m256 p0 = _mm256_set1_ps(p[t] * fp16_to_fp32(b[0].d)), p1 = _mm256_set1_ps(p[t] * fp16_to_fp32(b[1].d));
+            for (int i = 0; i < 4; i++) a[i] = _mm256_fmadd_ps(p0, load_i8x8(b[0].qs + 8 * i), a[i]);
+            for (int i = 0; i < 4; i++) a[4 + i] = _mm256_fmadd_ps(p1, load_i8x8(b[1].qs + 8 * i), a[4 + i]);
+            break;
+        }
+        default: {
+            float d; memcpy(&d, src, 4);
+            const __m256 pb = _mm256_set1_ps(p[t] * d);
+            for (int i = 0; i < 8; i++) a[i] = _mm256_fmadd_ps(pb, load_i8x8((const int8_t *)(src + 8) + d0 + 8 * i), a[i]);
+        }
+        }
+    }
+    for (int i = 0; i < 8; i++) _mm256_store_ps(o + 8 * i, a[i]);
+#else
+    float row[4096];
+    for (int t = 0; t < n; t++) {
+        attn_load_rows(L->cache, L->type, L->D, t0 + t, 1, row);
+        for (int i = 0; i < 64; i++) o[i] += p[t] * row[d0 + i];
+    }
+#endif
+}
+
+static int decode_heads(const layout_t *L, const float *q, int H, int n_kv, float scale, float *out, int nthr) {
+    const int D = L->D, DV = L->DV;
+    int failed = 0;
+#pragma omp parallel num_threads(nthr)
+    {
+        float *qf = xalloc(sizeof(float) * D), *o = xalloc(sizeof(float) * DV);
+        int8_t *qs = xalloc((size_t)D);
+        float qd[128], s[HTILE];
+        hquery_t hq = {qf, qs, qd};
+        const int ok = qf && o && qs;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int h = 0; h < H; h++) {
+            if (!ok) continue;
+            const float *qh = q + (size_t)h * D;
+            if (is_q8(L->type)) {
+                if (L->type == ATTN_Q8_0)
+                    for (int b = 0; b < L->nb; b++) qd[b] = quantize_q8(qh + b * QK, scale, QK, qs + b * QK);
+                else
+                    qd[0] = quantize_q8(qh, scale, D, qs);
+            } else {
+                for (int d = 0; d < D; d++) qf[d] = scale * qh[d];
+            }
+            float m = -INFINITY, l = 0.0f;
+            memset(o, 0, sizeof(float) * DV);
+            for (int t0 = 0; t0 < n_kv; t0 += HTILE) {
+                const int n = n_kv - t0 < HTILE ? n_kv - t0 : HTILE;
+                float mnew = m;
+                for (int t = 0; t < n; t++) {
+                    s[t] = row_dot(L, L->cache + (size_t)(t0 + t) * L->rb, &hq);
+                    mnew = fmaxf(mnew, s[t]);
+                }
+                const float alpha = expf(m - mnew);
+                float lsum = 0.0f;
+                for (int t = 0; t < n; t++) { s[t] = expf(s[t] - mnew); lsum += s[t]; }
+                l = l * alpha + lsum;
+                m = mnew;
+                if (alpha != 1.0f) for (int d = 0; d < DV; d++) o[d] *= alpha;
+                for (int d0 = 0; d0 < DV; d0 += 64) row_values64(L, t0, n, s, d0, o + d0);
+            }
+            const float il = 1.0f / l;
+            for (int d = 0; d < DV; d++) out[(size_t)h * DV + d] = o[d] * il;
+        }
+        free(qf); free(o); free(qs);
+    }
+    return failed ? -1 : 0;
+}
+
+int attn_decode(const float *q, int n_head, const uint8_t *layer, int type, int width, int dv,
+                int n_kv, float scale, float *out, int strategy, int n_threads) {
+    layout_t L;
+    layout_init(&L, layer, type, width, dv);
+    const int nthr = resolve_threads(n_threads);
+    if (strategy == ATTN_HEADS) return decode_heads(&L, q, n_head, n_kv, scale, out, nthr);
+    return decode_kparallel(&L, q, n_head, n_kv, scale, out, nthr);
+}
+
+/* ------------------------------------------------------------------ prompt processing */
+int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, int type, int width,
+                 int dv, int pos0, float scale, float *out, int n_threads) {
+    int failed = 0;
+    layout_t L;
+    layout_init(&L, layer, type, width, dv);
+    const int nthr = resolve_threads(n_threads), D = width, DV = dv;
+    const int hg = (n_head + LANES - 1) / LANES, nqb = (n_tok + QBLOCK - 1) / QBLOCK;
+    const size_t qfl = qgroup_floats(&L);
+    const int n_items = nqb * hg;
+#pragma omp parallel num_threads(nthr)
+    {
+        tile_t T;
+        float *qmem = xalloc(sizeof(float) * qfl * QBLOCK);
+        float *omem = xalloc(sizeof(float) * QBLOCK * LANES * (size_t)DV);
+        const int ok = tile_alloc(&L, &T) && qmem && omem;
+        qgroup_t g[QBLOCK];
+        state_t st[QBLOCK];
+        int lim[QBLOCK];
+        for (int k = 0; k < QBLOCK; k++) st[k].o = omem + (size_t)k * LANES * DV;
+        /* later query blocks see more rows: hand them out first */
+#pragma omp for schedule(dynamic, 1)
+        for (int it = n_items - 1; it >= 0; it--) {
+            if (!ok) {
+#pragma omp atomic write
+                failed = 1;
+                continue;
+            }
+            const int qb = it / hg, grp = it % hg, h0 = grp * LANES;
+            const int nh = n_head - h0 < LANES ? n_head - h0 : LANES;
+            const int i0 = qb * QBLOCK, ni = n_tok - i0 < QBLOCK ? n_tok - i0 : QBLOCK;
+            for (int k = 0; k < ni; k++) {
+                qgroup_prepare(&L, q + ((size_t)(i0 + k) * n_head + h0) * D, D, nh, scale, qmem + k * qfl, &g[k]);
+                lim[k] = pos0 + i0 + k + 1;
+                state_init(&st[k], DV);
+            }
+            attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ni, &T);
+            for (int k = 0; k < ni; k++)
+                for (int h = 0; h < nh; h++) {
+                    const float il = 1.0f / st[k].l[h];
+                    const float *o = st[k].o + (size_t)h * DV;
+                    float *y = out + ((size_t)(i0 + k) * n_head + h0 + h) * DV;
+                    for (int d = 0; d < DV; d++) y[d] = o[d] * il;
+                }
+        }
+        tile_free(&T); free(qmem); free(omem);
+    }
+    return failed ? -1 : 0;
+}

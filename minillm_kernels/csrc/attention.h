@@ -1,0 +1,46 @@
+/* MLA attention over the latent KV cache (absorbed form).
+ *
+ * A cached row holds, for one token of one layer, `width` values: the
+ * normalized c_kv (the first `dv` values, also the "value") followed by the
+ * roped k_pe.  Queries come already absorbed: q_lat = (q_nope·W_kb) ‖ q_pe.
+ * For every query row the kernels return the unnormalized-then-normalized
+ * latent output o = Σ_t softmax_t(scale · q·row_t) · row_t[:dv].
+ *
+ * The Python layer (attention.pyx) validates every argument; these functions
+ * trust their inputs.  attn_decode/attn_prefill return 0, or -1 when out of memory.
+ */
+#ifndef MINILLM_ATTENTION_H
+#define MINILLM_ATTENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { ATTN_F16 = 0, ATTN_BF16 = 1, ATTN_Q8_0 = 2, ATTN_Q8_KV = 3 };
+enum { ATTN_HEADS = 0, ATTN_KPARALLEL = 1 };
+
+/* Bytes of one cached row of `width` values (width % 32 == 0). */
+size_t attn_row_bytes(int type, int width);
+
+/* Quantize/convert n float rows into rows pos .. pos+n-1 of one layer's cache. */
+void attn_store_rows(uint8_t *layer, int type, int width, int pos, int n, const float *rows);
+
+/* Dequantize rows pos .. pos+n-1 back to float (for tests and tools). */
+void attn_load_rows(const uint8_t *layer, int type, int width, int pos, int n, float *rows);
+
+/* One new token: q [H][width] -> out [H][dv] over cache rows 0 .. n_kv-1. */
+int attn_decode(const float *q, int n_head, const uint8_t *layer, int type, int width, int dv,
+                int n_kv, float scale, float *out, int strategy, int n_threads);
+
+/* A batch of n_tok new tokens at positions pos0 .. pos0+n_tok-1 (already stored):
+ * token i attends to rows 0 .. pos0+i.  q [n_tok][H][width] -> out [n_tok][H][dv]. */
+int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, int type, int width,
+                 int dv, int pos0, float scale, float *out, int n_threads);
+
+/* Benchmark helpers: seconds to stream-read n bytes (split over threads), and
+ * seconds for `iters` rounds of independent FMAs per thread (flops_per_iter
+ * reports how many floating point operations one round does on one thread). */
+double attn_bench_read(const uint8_t *buf, size_t n, int n_threads, double *checksum);
+double attn_bench_fma(long iters, int n_threads, double *checksum);
+int attn_bench_fma_flops_per_iter(void);
+
+#endif

@@ -1,0 +1,396 @@
+"""MLA attention kernels against an independent numpy reference.
+
+The reference is the PLAIN (non-absorbed) multi-head latent attention of
+DeepSeek2, written here from the model definition: per head h,
+    K_h[t] = [c_kv[t] · W_k^hᵀ ‖ k_pe[t]],  V_h[t] = c_kv[t] · W_v^hᵀ,
+    out_h  = softmax_t(scale · q_h · K_h[t]) · V_h,
+with c_kv RMS-normalized as the model does and attn_kv_b-style per-head weights
+[k_nope rows | v rows].  The kernels compute the absorbed form (query through
+W_k^h into the 512-wide latent space, latent output through W_v^h afterwards,
+done here in numpy) over a cache stored as f16 / bf16 / q8_0 / q8_KV.
+
+Two checks per case:
+1. tight: the kernel against the absorbed attention computed in float64 on the
+   *dequantized* cache with the query quantized the same way as the kernel
+   (q8_0 blocks / q8_KV row, scale max|x|/127, round half away from zero).
+   What is left is fp32 accumulation order, |err| <= 2e-4 · max|ref| + 1e-6, plus, for
+   the 8-bit caches, the integer value path of the tile kernels (int_value_bound()):
+   per tile of 32 rows and head, the weights p'_t = P_t·vs_t (vs_t: the row's int16
+   value scale; q8_KV: its stored d, q8_0: max block d / 64) are rounded to integers
+   0..pmax (pmax 32767 for q8_KV, 8191 for q8_0), each off by at most
+   0.5·max_tile(p')/pmax, which moves output d by at most
+   Σ_tiles 0.5/pmax · max_{u∈tile}(P_u·vs_u) · Σ_{t∈tile}|x_t,d|/vs_t; and q8_0 rows are
+   re-expressed as int16 with that one row scale, off by at most 0.65·vs_t per value
+   (rounding, and the rounding of a 15-bit block multiplier), adding Σ_t P_t·0.65·vs_t.
+2. derived: the kernel against the plain reference on the exact c_kv.  With
+   per-value storage error e[t,i] (f16: 2^-11·|x|, bf16: 2^-8·|x|, q8_0: d_block/2,
+   q8_KV: d_row/2) and query quantization error u[i] (q8 types: d_q/2, else 0), the
+   score error is |Δs_t| <= scale·Σ_i(|q_i|·e[t,i] + |x_t,i|·u[i] + e[t,i]·u[i]) =: δ_t.
+   Softmax shifts every weight by a factor in [exp(-2δ), exp(2δ)] with δ = max_t δ_t,
+   so the latent output error is bounded by
+       B_d = Σ_t p_t·e[t,d] + (exp(2δ)-1)·Σ_t p_t·(|x_t,d| + e[t,d]),
+   and the head output error by |W_v^h|·B (+ fp32 slack 1e-5·max|ref|).
+   The bound is computed from the data of each case; the measured error must lie
+   under it.  Additionally the relative error is checked against a loose fixed
+   ceiling per type so the bound cannot silently grow large.
+"""
+import numpy as np
+import pytest
+
+from minillm.kv_cache import CACHE_TYPES, KVCache, cache_row_bytes
+from minillm_kernels import attention as attn
+
+KV_LORA, ROPE, NOPE, VDIM, H = 512, 64, 128, 128, 16
+WIDTH = KV_LORA + ROPE
+SCALE = 1.0 / np.sqrt(NOPE + ROPE)
+DEPTHS = (1, 37, 1000, 3000)
+N_CTX = 3072
+# loose relative-error ceilings (err / max|ref|), far above what rounding gives
+REL_CEILING = {"f16": 2e-3, "bf16": 2e-2, "q8_0": 6e-2, "q8_KV": 6e-2}
+
+
+# ----------------------------------------------------------------------------- model data
+class Problem:
+    """Random latent cache rows, per-head queries and attn_kv_b weights."""
+
+    def __init__(self, n_tok, n_head=H, seed=0):
+        rng = np.random.default_rng(seed)
+        c = rng.standard_normal((n_tok, KV_LORA))
+        norm_w = rng.uniform(0.5, 1.5, KV_LORA)
+        self.c_kv = c / np.sqrt((c * c).mean(axis=1, keepdims=True) + 1e-6) * norm_w  # RMS norm
+        self.k_pe = rng.standard_normal((n_tok, ROPE))
+        self.rows = np.concatenate([self.c_kv, self.k_pe], axis=1).astype(np.float32)
+        self.c_kv = self.rows[:, :KV_LORA].astype(np.float64)
+        self.k_pe = self.rows[:, KV_LORA:].astype(np.float64)
+        # attn_kv_b: per head NOPE k rows then VDIM v rows, each KV_LORA wide
+        kv_b = rng.standard_normal((n_head, NOPE + VDIM, KV_LORA)) / np.sqrt(KV_LORA)
+        self.w_k, self.w_v = kv_b[:, :NOPE], kv_b[:, NOPE:]
+        self.n_head = n_head
+        self.rng = rng
+
+    def queries(self, n):
+        """n tokens of per-head q_nope, q_pe (float64) and the absorbed float32 q_lat."""
+        q_nope = self.rng.standard_normal((n, self.n_head, NOPE)) * 2.0
+        q_pe = self.rng.standard_normal((n, self.n_head, ROPE)) * 2.0
+        q_lat = np.concatenate([np.einsum("nhk,hkl->nhl", q_nope, self.w_k), q_pe], axis=2)
+        return q_nope, q_pe, q_lat.astype(np.float32)
+
+    def plain(self, q_nope, q_pe, n_kv):
+        """Non-absorbed MLA of one token over rows 0..n_kv-1 -> [H, VDIM] (float64)."""
+        c, pe = self.c_kv[:n_kv], self.k_pe[:n_kv]
+        out = np.empty((self.n_head, VDIM))
+        for h in range(self.n_head):
+            k = np.concatenate([c @ self.w_k[h].T, pe], axis=1)
+            v = c @ self.w_v[h].T
+            s = SCALE * (k @ np.concatenate([q_nope[h], q_pe[h]]))
+            p = np.exp(s - s.max())
+            out[h] = (p / p.sum()) @ v
+        return out
+
+    def up(self, o_lat):
+        """attn_v_b applied to latent outputs [H, KV_LORA] -> [H, VDIM]."""
+        return np.einsum("hl,hvl->hv", o_lat.astype(np.float64), self.w_v)
+
+
+# ----------------------------------------------------------------------------- numpy quantizers
+def round_away(x):
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def quantize_query(q, cache_type):
+    """The query as the kernel quantizes it (dequantized), and its per-value error bound."""
+    q = q.astype(np.float64)
+    if cache_type in ("f16", "bf16"):
+        return q, np.zeros_like(q)
+    blocks = q.reshape(q.shape[0], -1, 32) if cache_type == "q8_0" else q.reshape(q.shape[0], 1, -1)
+    d = np.abs(blocks).max(axis=2, keepdims=True) / 127.0
+    d32 = d.astype(np.float32).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qq = np.where(d32 > 0, round_away(blocks.astype(np.float32) * (1.0 / d.astype(np.float32))), 0)
+    deq = (qq * d32).reshape(q.shape)
+    return deq, np.broadcast_to(d32 / 2 * 1.0001, blocks.shape).reshape(q.shape)
+
+
+def storage_error(rows, cache_type):
+    """Per-value bound on |stored - exact| for each cache type."""
+    a = np.abs(rows.astype(np.float64))
+    if cache_type == "f16":
+        return a * 2.0**-11 + 2.0**-25
+    if cache_type == "bf16":
+        return a * 2.0**-8
+    if cache_type == "q8_0":
+        d = a.reshape(len(rows), -1, 32).max(axis=2, keepdims=True) / 127.0
+        # half a quantum, with the scale rounded to f16 (relative 2^-11) on top
+        return np.broadcast_to(d * (0.5 + 127 * 2.0**-11) * 1.001, (len(rows), WIDTH // 32, 32)).reshape(rows.shape)
+    d = a.max(axis=1, keepdims=True) / 127.0
+    return np.broadcast_to(d * 0.5 * 1.001, rows.shape)
+
+
+TILE = 32  # rows per tile of the kernels' integer value path (csrc/attention.c)
+PMAX = {"q8_KV": 32767.0, "q8_0": 8191.0}
+
+
+def int_value_bound(x, p, cache_type):
+    """Bound [H, KV_LORA] on what the integer value path adds (see the module docstring).
+
+    x: dequantized cache rows [n, WIDTH]; p: softmax weights [H, n] (rows sum to 1)."""
+    if cache_type not in PMAX:
+        return 0.0
+    xv = np.abs(x[:, :KV_LORA])
+    if cache_type == "q8_KV":
+        vs = np.abs(x).max(axis=1) / 127.0
+    else:
+        vs = xv.reshape(len(x), -1, 32).max(axis=2).max(axis=1) / 127.0 / 64.0
+    vs = np.maximum(vs, 1e-30)
+    bound = np.zeros((p.shape[0], KV_LORA))
+    for t0 in range(0, len(x), TILE):
+        sl = slice(t0, t0 + TILE)
+        step = (p[:, sl] * vs[sl]).max(axis=1) / PMAX[cache_type]  # [H]
+        bound += 0.5 * step[:, None] * (xv[sl] / vs[sl, None]).sum(axis=0)[None, :]
+    if cache_type == "q8_0":
+        bound += 0.65 * (p * vs[None, :]).sum(axis=1)[:, None]
+    return bound * 1.01
+
+
+def make_cache(rows, cache_type, n_ctx=N_CTX):
+    kv = KVCache(1, n_ctx, cache_type, WIDTH)
+    kv.store(0, 0, rows)
+    return kv
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def problem():
+    return Problem(max(DEPTHS), seed=1)
+
+
+@pytest.fixture(scope="module")
+def caches(problem):
+    return {ct: make_cache(problem.rows, ct) for ct in CACHE_TYPES}
+
+
+@pytest.fixture(scope="module")
+def token(problem):
+    q_nope, q_pe, q_lat = problem.queries(1)
+    refs = {n: problem.plain(q_nope[0], q_pe[0], n) for n in DEPTHS}
+    return q_lat[0], refs
+
+
+# ----------------------------------------------------------------------------- cache format
+def test_row_bytes_agree():
+    for ct in CACHE_TYPES:
+        assert attn.row_bytes(ct, WIDTH) == cache_row_bytes(ct, WIDTH)
+    assert cache_row_bytes("q8_0", 576) == 18 * 34 == 612
+    kv = KVCache(3, 100, "q8_KV")
+    assert kv.nbytes == 3 * 100 * 584 and kv.layer(2).shape == (100, 584)
+
+
+def test_stored_bytes_match_independent_formats(problem):
+    import gguf
+    from gguf.quants import quantize
+
+    rows = problem.rows[:200]
+    f16 = make_cache(rows, "f16", 200).layer(0)
+    assert np.array_equal(f16.view(np.float16), rows.astype(np.float16))
+
+    bf = make_cache(rows, "bf16", 200).layer(0).view(np.uint16)
+    bits = rows.view(np.uint32).astype(np.uint64)
+    expect = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    assert np.array_equal(bf, expect)
+
+    q8 = make_cache(rows, "q8_0", 200).layer(0)
+    ref = quantize(rows, gguf.GGMLQuantizationType.Q8_0).reshape(q8.shape)
+    blocks, rblocks = q8.reshape(200, 18, 34), ref.reshape(200, 18, 34)
+    assert np.array_equal(blocks[:, :, :2], rblocks[:, :, :2])  # f16 scales
+    diff = np.abs(blocks[:, :, 2:].view(np.int8).astype(int) - rblocks[:, :, 2:].view(np.int8).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # only exact .5 ties may round differently
+
+    kv = make_cache(rows, "q8_KV", 200).layer(0)
+    d = kv[:, :4].copy().view(np.float32)[:, 0]
+    s = kv[:, 4:8].copy().view(np.int32)[:, 0]
+    q = kv[:, 8:].view(np.int8)
+    assert np.allclose(d, np.abs(rows).max(axis=1) / 127, rtol=1e-6)
+    assert np.array_equal(q, round_away(rows / d[:, None].astype(np.float32)).astype(np.int8))
+    assert np.array_equal(s, q.astype(np.int32).sum(axis=1))
+
+
+@pytest.mark.parametrize("ct", CACHE_TYPES)
+def test_load_is_dequantization(problem, caches, ct):
+    deq = caches[ct].load(0, 0, 300)
+    err = np.abs(deq - problem.rows[:300])
+    assert (err <= storage_error(problem.rows[:300], ct)).all()
+
+
+# ----------------------------------------------------------------------------- decode
+def check_decode(problem, kv, ct, q_lat, ref_plain, n_kv, strategy, threads):
+    out = np.full((problem.n_head, KV_LORA), np.nan, np.float32)
+    used = attn.mla_decode(q_lat, kv.layer(0), ct, n_kv, SCALE, out, strategy, threads)
+    assert used == strategy or strategy == "auto"
+    x = kv.load(0, 0, n_kv).astype(np.float64)
+    qd, qerr = quantize_query(q_lat * np.float32(SCALE), ct)
+
+    # 1. tight: same quantized operands, float64 reference arithmetic
+    s = qd @ x.T
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    tight = p @ x[:, :KV_LORA]
+    tol = 2e-4 * np.abs(tight).max() + 1e-6 + int_value_bound(x, p, ct)
+    assert (np.abs(out - tight) <= tol).all(), (ct, n_kv, strategy, threads)
+
+    # 2. derived bound against the plain (non-absorbed, unquantized) attention
+    exact = problem.rows[:n_kv].astype(np.float64)
+    e = storage_error(problem.rows[:n_kv], ct)
+    q_exact = q_lat.astype(np.float64) * SCALE
+    delta = (np.abs(q_exact) @ e.T + qerr @ np.abs(exact).T + qerr @ e.T).max()
+    s_ex = q_exact @ exact.T
+    p_ex = np.exp(s_ex - s_ex.max(axis=1, keepdims=True))
+    p_ex /= p_ex.sum(axis=1, keepdims=True)
+    ev = e[:, :KV_LORA]
+    bound_lat = p_ex @ ev + np.expm1(2 * delta) * (p_ex @ (np.abs(exact[:, :KV_LORA]) + ev))
+    bound_lat = bound_lat + int_value_bound(x, p, ct)
+    bound = np.einsum("hl,hvl->hv", bound_lat, np.abs(problem.w_v))
+    got = problem.up(out)
+    err = np.abs(got - ref_plain)
+    slack = 1e-5 * np.abs(ref_plain).max()
+    assert (err <= bound + slack).all(), (ct, n_kv, strategy, threads, err.max(), bound.max())
+    assert err.max() <= REL_CEILING[ct] * np.abs(ref_plain).max(), (ct, err.max())
+    return out
+
+
+@pytest.mark.parametrize("ct", CACHE_TYPES)
+@pytest.mark.parametrize("strategy", ["heads", "kparallel"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_matches_plain_mla(problem, caches, token, ct, strategy, threads):
+    q_lat, refs = token
+    for n_kv in DEPTHS:
+        check_decode(problem, caches[ct], ct, q_lat, refs[n_kv], n_kv, strategy, threads)
+
+
+@pytest.mark.parametrize("ct", CACHE_TYPES)
+def test_strategies_agree(problem, caches, token, ct):
+    """heads and kparallel, 1 and 2 threads: same result up to fp32 summation order, plus
+    for the 8-bit caches the integer value path of kparallel (int_value_bound)."""
+    q_lat, _ = token
+    n_kv = 2500
+    outs = []
+    for strategy, threads in [("heads", 1), ("heads", 2), ("kparallel", 1), ("kparallel", 2), ("auto", 2)]:
+        out = np.zeros((H, KV_LORA), np.float32)
+        attn.mla_decode(q_lat, caches[ct].layer(0), ct, n_kv, SCALE, out, strategy, threads)
+        outs.append(out)
+    x = caches[ct].load(0, 0, n_kv).astype(np.float64)
+    qd, _ = quantize_query(q_lat * np.float32(SCALE), ct)
+    s = qd @ x.T
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    tol = 1e-5 * np.abs(outs[0]).max() + 1e-7 + int_value_bound(x, p, ct)
+    for o in outs[1:]:
+        assert (np.abs(o - outs[0]) <= tol).all()
+
+
+@pytest.mark.parametrize("n_head", [3, 20])
+def test_head_counts_other_than_16(n_head):
+    prob = Problem(200, n_head=n_head, seed=5)
+    q_nope, q_pe, q_lat = prob.queries(1)
+    kv = make_cache(prob.rows, "f16", 256)
+    for strategy in ("heads", "kparallel"):
+        check_decode(prob, kv, "f16", q_lat[0], prob.plain(q_nope[0], q_pe[0], 150), 150, strategy, 2)
+
+
+# ----------------------------------------------------------------------------- prefill
+@pytest.mark.parametrize("ct", CACHE_TYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefill_equals_token_by_token(ct, threads):
+    prob = Problem(160, seed=7)
+    pos0, n_new = 103, 57  # a prompt continuing an existing cache, not a multiple of any tile
+    _, _, q_lat = prob.queries(n_new)
+    # batch path: earlier tokens, then the new batch stored at once and attended in one call
+    batch = KVCache(1, 200, ct)
+    batch.store(0, 0, prob.rows[:pos0])
+    batch.store(0, pos0, prob.rows[pos0:pos0 + n_new])
+    out_b = np.zeros((n_new, H, KV_LORA), np.float32)
+    attn.mla_prefill(q_lat, batch.layer(0), ct, pos0, SCALE, out_b, threads)
+    # token by token: store one row, decode over everything so far.  Same arithmetic up to
+    # summation order; on the integer value path a weight may round to the neighbouring
+    # integer (running maxima differ between the two paths), so twice its bound is allowed.
+    step = KVCache(1, 200, ct)
+    step.store(0, 0, prob.rows[:pos0])
+    x = batch.load(0, 0, pos0 + n_new).astype(np.float64)
+    for i in range(n_new):
+        step.store(0, pos0 + i, prob.rows[pos0 + i:pos0 + i + 1])
+        out = np.zeros((H, KV_LORA), np.float32)
+        attn.mla_decode(q_lat[i], step.layer(0), ct, pos0 + i + 1, SCALE, out, "kparallel", threads)
+        tol = 1e-5 * np.abs(out).max() + 1e-7
+        if ct in PMAX:
+            qd, _ = quantize_query(q_lat[i] * np.float32(SCALE), ct)
+            s = qd @ x[:pos0 + i + 1].T
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            tol = tol + 2 * int_value_bound(x[:pos0 + i + 1], p / p.sum(axis=1, keepdims=True), ct)
+        assert (np.abs(out - out_b[i]) <= tol).all(), (ct, i)
+    assert np.array_equal(batch.layer(0), step.layer(0))
+
+
+def test_prefill_from_empty_cache_matches_plain():
+    prob = Problem(70, seed=9)
+    q_nope, q_pe, q_lat = prob.queries(70)
+    kv = make_cache(prob.rows, "f16", 80)
+    out = np.zeros((70, H, KV_LORA), np.float32)
+    attn.mla_prefill(q_lat, kv.layer(0), "f16", 0, SCALE, out, 2)
+    for i in (0, 1, 31, 32, 69):
+        ref = prob.plain(q_nope[i], q_pe[i], i + 1)
+        assert np.abs(prob.up(out[i]) - ref).max() <= 2e-3 * np.abs(ref).max()
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs_raise(caches, token):
+    q_lat, _ = token
+    cache = caches["f16"].layer(0)
+    out = np.zeros((H, KV_LORA), np.float32)
+    ok = dict(q_lat=q_lat, cache=cache, cache_type="f16", n_kv=10, scale=SCALE, out=out)
+
+    def call(**kw):
+        args = {**ok, **kw}
+        return attn.mla_decode(args["q_lat"], args["cache"], args["cache_type"], args["n_kv"],
+                               args["scale"], args["out"], kw.get("strategy", "auto"), kw.get("n_threads", 0))
+
+    call()
+    bad = [
+        dict(q_lat=q_lat.astype(np.float64)),
+        dict(q_lat=np.asfortranarray(np.zeros((H, WIDTH), np.float32))[:, :]),
+        dict(q_lat=np.zeros((H, WIDTH + 32), np.float32)),  # row width disagrees with the cache
+        dict(q_lat=np.zeros((H, 100), np.float32)),
+        dict(q_lat=np.full((H, WIDTH), np.nan, np.float32)),
+        dict(out=np.zeros((H + 1, KV_LORA), np.float32)),
+        dict(out=np.zeros((H, 100), np.float32)),
+        dict(out=np.zeros((H, KV_LORA), np.float32)[:, ::1].T.copy().T),
+        dict(n_kv=0), dict(n_kv=N_CTX + 1),
+        dict(cache_type="q4_0"), dict(cache_type="q8_0"),  # q8_0 rows are 612 bytes, not 1152
+        dict(cache=cache.astype(np.int16)), dict(cache=cache[:, :-2]),
+        dict(scale=float("inf")),
+        dict(strategy="rows"), dict(n_threads=-1),
+    ]
+    for kw in bad:
+        with pytest.raises(ValueError):
+            call(**kw)
+    with pytest.raises(ValueError, match="context too long"):
+        KVCache(1, 10, "q8_0").store(0, 8, np.zeros((3, WIDTH), np.float32))
+    with pytest.raises(ValueError):
+        KVCache(1, 10, "q8_0").store(0, 0, np.zeros((3, WIDTH), np.float64))
+    with pytest.raises(ValueError):
+        KVCache(1, 10, "q8_0").store(0, 0, np.full((1, WIDTH), np.inf, np.float32))
+    with pytest.raises(ValueError):
+        KVCache(1, 10, "q5_0")
+    with pytest.raises(ValueError):
+        attn.mla_prefill(np.zeros((4, H, WIDTH), np.float32), cache, "f16", N_CTX - 2, SCALE,
+                         np.zeros((4, H, KV_LORA), np.float32))
+    with pytest.raises(ValueError):
+        attn.mla_prefill(np.zeros((4, H, WIDTH), np.float32), cache, "f16", 0, SCALE,
+                         np.zeros((4, H + 1, KV_LORA), np.float32))
+
+
+def test_auto_reports_the_strategy_it_chose(caches, token):
+    q_lat, _ = token
+    out = np.zeros((H, KV_LORA), np.float32)
+    for n_kv, threads in [(1, 1), (20, 1), (8, 2), (3000, 2)]:
+        used = attn.mla_decode(q_lat, caches["f16"].layer(0), "f16", n_kv, SCALE, out, "auto", threads)
+        assert used == attn.choose_strategy(n_kv, threads)
+    assert attn.choose_strategy(8, 2) == "heads" and attn.choose_strategy(3000, 2) == "kparallel"

@@ -1,0 +1,192 @@
+"""Benchmark one-token MLA attention (absorbed, latent cache) per layer.
+
+For each cache type, strategy ("heads", "kparallel"), thread count and depth,
+the median seconds of one mla_decode call (H=16 heads, 576-wide rows, 512-wide
+outputs: one layer of DeepSeek-V2-Lite), expressed two ways against limits the
+tool measures in the same run:
+  gbps / bw_fraction     : cache bytes (n_kv x row bytes, read once) per second vs
+                           the streaming read bandwidth at that thread count
+  gflops / flop_fraction : 2·H·n_kv·(576+512) flops per second vs the fp32 FMA peak
+                           at that thread count (int8 dot products can exceed it)
+Then the crossover depth where kparallel overtakes heads, and the ratio to
+ik_llama.cpp's FlashMLA per-layer figures (fit of llama-sweep-bench, 2 threads,
+Zen3; ../shared/reference/ik_llama_cpp_sweeps.md): different machines, orientation only.
+
+    python tools/bench_attention.py                 # full table
+    python tools/bench_attention.py --json          # records only
+    python tools/bench_attention.py --types q8_0 --depths 1024,4096 --threads 2
+    python tools/bench_attention.py --wait-policy passive   # on a machine shared with other jobs
+
+Figures are medians of --reps calls ("seconds" in the JSON records); the table also
+shows the fastest call, which is what survives on a machine shared with other jobs
+(an OpenMP team whose second thread is descheduled stalls for whole time slices).
+The crossover is reported from both statistics, and from a sweep of small depths.
+"""
+import os
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+attn = None  # imported in main(), after OMP_WAIT_POLICY is set
+
+N_HEAD, WIDTH, DV = 16, 576, 512
+DEPTHS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+SMALL_DEPTHS = (1, 8, 16, 32, 48, 64, 96)
+TYPES = ("f16", "bf16", "q8_0", "q8_KV")
+STRATEGIES = ("heads", "kparallel")
+# ik_llama.cpp FlashMLA attention, ms per layer per token at depth (2 threads), from the fitted sweeps
+IK_MS = {"f16": {4096: 1.43, 8192: 2.87, 16384: 5.73}, "q8_0": {4096: 1.16, 8192: 2.32, 16384: 4.64}}
+
+
+def time_calls(fn, reps, min_seconds=0.15):
+    """(median, fastest) seconds of fn over at least reps calls (more for short calls)."""
+    fn()  # warm-up (page faults, thread pool)
+    times = []
+    t_start = time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - t_start < min_seconds and len(times) < 50):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(np.min(times))
+
+
+def machine_limits(threads, reps):
+    """Read bandwidth (bytes/s) and FMA peak (flop/s) per thread count, medians."""
+    buf = np.ones(256 << 20, np.uint8)
+    limits = {}
+    for t in threads:
+        attn.bench_read(buf, t)
+        bw = np.median([buf.size / attn.bench_read(buf, t) for _ in range(reps)])
+        fl = []
+        for _ in range(reps):
+            sec, flops = attn.bench_fma(5_000_000, t)
+            fl.append(flops / sec)
+        limits[t] = (float(bw), float(np.median(fl)))
+    return limits
+
+
+def run(args):
+    threads = [int(t) for t in args.threads.split(",")]
+    depths = [int(d) for d in args.depths.split(",")]
+    types = args.types.split(",")
+    strategies = args.strategies.split(",")
+    limits = machine_limits(threads, args.reps)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((N_HEAD, WIDTH)).astype(np.float32)
+    out = np.zeros((N_HEAD, DV), np.float32)
+    records, best_times = [], {}
+    for ct in types:
+        n_ctx = max(depths)
+        cache = np.zeros((n_ctx, attn.row_bytes(ct, WIDTH)), np.uint8)
+        for p in range(0, n_ctx, 4096):
+            n = min(4096, n_ctx - p)
+            attn.kv_cache_store(cache, ct, p, rng.standard_normal((n, WIDTH)).astype(np.float32))
+        for t in threads:
+            bw, peak = limits[t]
+            for d in depths:
+                for st in strategies:
+                    sec, best = time_calls(lambda: attn.mla_decode(q, cache, ct, d, 0.07, out, st, t), args.reps)
+                    best_times[(st, ct, d, t)] = best
+                    gbps = d * cache.shape[1] / sec / 1e9
+                    gflops = 2.0 * N_HEAD * d * (WIDTH + DV) / sec / 1e9
+                    records.append({"strategy": st, "cache_type": ct, "depth": d, "threads": t, "seconds": sec,
+                                    "gbps": gbps, "bw_fraction": gbps * 1e9 / bw,
+                                    "gflops": gflops, "flop_fraction": gflops * 1e9 / peak})
+    return records, limits, best_times
+
+
+def small_depth_sweep(types, threads, reps):
+    """Fastest-call times of both strategies at small depths (where the crossover lies)."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((N_HEAD, WIDTH)).astype(np.float32)
+    out = np.zeros((N_HEAD, DV), np.float32)
+    best = {}
+    for ct in types:
+        cache = np.zeros((1024, attn.row_bytes(ct, WIDTH)), np.uint8)
+        attn.kv_cache_store(cache, ct, 0, rng.standard_normal((1024, WIDTH)).astype(np.float32))
+        for t in threads:
+            for d in SMALL_DEPTHS:
+                for st in ("heads", "kparallel"):
+                    best[(st, ct, d, t)] = time_calls(lambda: attn.mla_decode(q, cache, ct, d, 0.07, out, st, t),
+                                                      max(reps, 20))[1]
+    return best
+
+
+def crossover(times_by_key, ct, t):
+    """Smallest measured depth from which kparallel is faster than heads at every larger depth."""
+    times = {}
+    for (st, c, d, th), sec in times_by_key.items():
+        if c == ct and th == t:
+            times.setdefault(d, {})[st] = sec
+    depths = sorted(d for d in times if len(times[d]) == 2)
+    best = None
+    for d in reversed(depths):
+        if times[d]["kparallel"] < times[d]["heads"]:
+            best = d
+        else:
+            break
+    return best
+
+
+def print_table(records, limits, best_times, small, wait_policy):
+    print(f"OMP_WAIT_POLICY={wait_policy}; machine (measured in this run, medians):")
+    for t, (bw, peak) in sorted(limits.items()):
+        print(f"  {t} thread(s): read {bw / 1e9:6.1f} GB/s, fp32 FMA peak {peak / 1e9:6.1f} GFLOP/s")
+    print()
+    print(f"{'type':6s} {'thr':>3s} {'depth':>6s} {'strategy':9s} {'ms/layer':>9s} {'GB/s':>6s} {'%bw':>5s} "
+          f"{'GFLOP/s':>8s} {'%peak':>6s} {'best ms':>8s} {'best GF/s':>9s}")
+    for r in records:
+        best = best_times[(r["strategy"], r["cache_type"], r["depth"], r["threads"])]
+        print(f"{r['cache_type']:6s} {r['threads']:3d} {r['depth']:6d} {r['strategy']:9s} {r['seconds'] * 1e3:9.3f} "
+              f"{r['gbps']:6.1f} {100 * r['bw_fraction']:5.0f} {r['gflops']:8.1f} {100 * r['flop_fraction']:6.0f} "
+              f"{best * 1e3:8.3f} {r['gflops'] * r['seconds'] / best:9.1f}")
+    print()
+    med = {(r["strategy"], r["cache_type"], r["depth"], r["threads"]): r["seconds"] for r in records}
+    keys = sorted({(r["cache_type"], r["threads"]) for r in records})
+    print("crossover (kparallel faster than heads from this depth on; medians / fastest calls / "
+          f"fastest calls with the small-depth sweep {SMALL_DEPTHS}):")
+    for ct, t in keys:
+        cs = [crossover(med, ct, t), crossover(best_times, ct, t), crossover({**small, **best_times}, ct, t)]
+        print(f"  {ct:6s} {t} thread(s): " + " / ".join(str(c) if c is not None else "never" for c in cs))
+    print()
+    print("vs ik_llama.cpp FlashMLA per-layer attention (2 threads, fitted from its sweeps on its Zen3 machine;\n"
+          "ratio > 1: we are faster; ours as median / fastest call):")
+    for r in records:
+        ik = IK_MS.get(r["cache_type"], {}).get(r["depth"])
+        if ik and r["threads"] == 2 and r["strategy"] == "kparallel":
+            best = best_times[("kparallel", r["cache_type"], r["depth"], 2)] * 1e3
+            print(f"  {r['cache_type']:6s} depth {r['depth']:6d}: ik {ik:5.2f} ms, ours {r['seconds'] * 1e3:6.2f} / "
+                  f"{best:6.2f} ms, ratio {ik / (r['seconds'] * 1e3):5.2f} / {ik / best:5.2f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--depths", default=",".join(map(str, DEPTHS)))
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--reps", type=int, default=7, help="timed repetitions per figure (median)")
+    ap.add_argument("--json", action="store_true", help="print the records as a JSON list")
+    ap.add_argument("--wait-policy", choices=("active", "passive"), default=None,
+                    help="set OMP_WAIT_POLICY for this run (default: leave the environment as it is)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the small-depth crossover sweep")
+    args = ap.parse_args(argv)
+    if args.wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = args.wait_policy
+    global attn
+    from minillm_kernels import attention as attn
+    records, limits, best_times = run(args)
+    if args.json:
+        json.dump(records, sys.stdout, indent=1)
+        print()
+        return
+    small = {} if args.no_sweep else small_depth_sweep(args.types.split(","), [int(t) for t in args.threads.split(",")],
+                                                        args.reps)
+    print_table(records, limits, best_times, small, os.environ.get("OMP_WAIT_POLICY", "(unset: active spin)"))
+
+
+if __name__ == "__main__":
+    main()
