@@ -399,7 +399,7 @@ def test_scalar_build_agrees(tmp_path):
             raw = random_weights(src, (13, k), seed=src)
             if t == mm.IQ1_S_REPACKED:
                 raw = mm.repack_iq1_s(raw)
-            x = np.random.default_rng(t).standard_normal((5, k), dtype=np.float32)
+            x = np.random.default_rng(src).standard_normal((5, k), dtype=np.float32)
             out[str(t)] = mm.matmul(raw, t, x)
             out["q" + str(t)] = mm.quantize_activations(x, t)
         np.savez({str(tmp_path / 'scalar.npz')!r}, **out)
