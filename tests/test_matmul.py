@@ -41,7 +41,8 @@ from gguf.quants import quantize as gguf_quantize
 from minillm_kernels import matmul as mm
 from minillm_kernels.random_blocks import TYPES, random_weights
 
-SUPPORTED = sorted(mm.supported_types())
+SUPPORTED = sorted(t for t in mm.supported_types() if t not in mm.INTERNAL_TYPES)  # the GGUF types
+IQ1_S, IQ1_S_R, IQ4_NL = 19, mm.IQ1_S_REPACKED, 20
 K_TYPES = {10, 12, 13, 14, 19}
 FLOAT_TYPES = {0, 1, 30}
 
@@ -116,6 +117,10 @@ def test_supported_types_cover_the_project():
     assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "IQ4_NL"} <= names
     for t in SUPPORTED:
         assert mm.block_geometry(t)[:2] == TYPES[t][1:3]
+    # the internal load-time conversion is a weight type too, outside ggml's id range
+    assert mm.supported_types()[IQ1_S_R] == "IQ1_S_R" and IQ1_S_R not in TYPES
+    assert mm.INTERNAL_TYPES == {IQ1_S_R: IQ1_S}
+    assert mm.block_geometry(IQ1_S_R) == (256, 74, "Q8_K")
 
 
 @pytest.mark.parametrize("scalar", [False, True])
@@ -390,8 +395,11 @@ def test_scalar_build_agrees(tmp_path):
         for t in sorted(mm.supported_types()):
             bs = mm.block_geometry(t)[0]
             k = 512 if bs > 1 else 77
-            raw = random_weights(t, (13, k), seed=t)
-            x = np.random.default_rng(t).standard_normal((5, k), dtype=np.float32)
+            src = mm.INTERNAL_TYPES.get(t, t)
+            raw = random_weights(src, (13, k), seed=src)
+            if t == mm.IQ1_S_REPACKED:
+                raw = mm.repack_iq1_s(raw)
+            x = np.random.default_rng(src).standard_normal((5, k), dtype=np.float32)
             out[str(t)] = mm.matmul(raw, t, x)
             out["q" + str(t)] = mm.quantize_activations(x, t)
         np.savez({str(tmp_path / 'scalar.npz')!r}, **out)
@@ -409,3 +417,116 @@ def test_scalar_build_agrees(tmp_path):
         a = deq_acts(x, t)
         fp = 2 * fp_factor(t, k) * (np.abs(a) @ np.abs(deq_weights(raw, t)).T)
         assert np.all(np.abs(y - ref[str(t)]) <= fp), type_name(t)
+    # the repacked IQ1_S of the scalar build gives the scalar IQ1_S's bits
+    assert np.array_equal(ref[str(IQ1_S_R)], ref[str(IQ1_S)])
+
+
+# ---- IQ1_S repacked (IQ1_S_R, a load-time conversion): the same bits as IQ1_S ----
+
+def iq1_s_pair(shape, seed):
+    raw = random_weights(IQ1_S, shape, seed=seed, scale=0.1)
+    return raw, mm.repack_iq1_s(raw)
+
+
+def test_repack_iq1_s_layout():
+    raw, rep = iq1_s_pair((2, 3, 5 * 256), seed=1)
+    assert rep.dtype == np.uint8 and rep.shape == (2, 3, 5 * 74) and rep.flags.c_contiguous
+    for nth in (1, 2):
+        assert np.array_equal(mm.repack_iq1_s(raw, n_threads=nth), rep)
+    # rows (and blocks) are converted independently
+    assert np.array_equal(mm.repack_iq1_s(raw[1, 2].copy()), rep[1, 2])
+    assert np.array_equal(mm.repack_iq1_s(raw[0, 0, 50:100].copy()), rep[0, 0, 74:148])
+    # the fp16 super-block scale is kept as the first two bytes of each block
+    blocks, rblocks = raw.reshape(-1, 50), rep.reshape(-1, 74)
+    assert np.array_equal(blocks[:, :2], rblocks[:, :2])
+    assert mm.repack_iq1_s(np.empty((0, 50), np.uint8)).shape == (0, 74)
+
+
+@pytest.mark.parametrize("scalar", [False, True])
+def test_repacked_dequantize_rows_match_gguf(scalar):
+    mm.set_force_scalar(scalar)
+    raw, rep = iq1_s_pair((11, 3 * 256), seed=2)
+    ref = gguf_dequantize(raw, IQ1_S)
+    ids = np.array([3, 0, 10, 3, 7], dtype=np.int64)
+    for nth in (1, 2):
+        assert np.array_equal(mm.dequantize_rows(rep, IQ1_S_R, ids, n_threads=nth), ref[ids])
+    raw3, rep3 = iq1_s_pair((2, 4, 512), seed=3)
+    assert np.array_equal(mm.dequantize(rep3, IQ1_S_R), gguf_dequantize(raw3, IQ1_S))
+
+
+@pytest.mark.parametrize("n_tok", [1, 3, 17])
+def test_repacked_matmul_bit_identical(n_tok):
+    for si, (m, k) in enumerate([(7, 256), (33, 5 * 256), (5, 2048)]):
+        raw, rep = iq1_s_pair((m, k), seed=10 + si)
+        x = rand_x(n_tok, k, seed=si + n_tok)
+        assert np.array_equal(mm.quantize_activations(x, IQ1_S_R), mm.quantize_activations(x, IQ1_S))
+        y = mm.matmul(raw, IQ1_S, x, n_threads=2)
+        for nth in (1, 2):
+            assert np.array_equal(mm.matmul(rep, IQ1_S_R, x, n_threads=nth), y)
+        assert np.array_equal(mm.matmul(rep, IQ1_S_R, x[n_tok - 1]), y[n_tok - 1])  # GEMV
+        # and, through IQ1_S, within the derived bounds of the gguf.quants product
+        check_product(y, deq_weights(raw, IQ1_S), x, deq_acts(x, IQ1_S), IQ1_S)
+
+
+def test_repacked_matmul_batched_bit_identical():
+    raw, rep = iq1_s_pair((3, 9, 512), seed=4)
+    for n in (1, 5, 12):
+        x = rand_x(3 * n, 512, seed=n).reshape(3, n, 512)
+        y = mm.matmul_batched(raw, IQ1_S, x, n_threads=2)
+        for nth in (1, 2):
+            assert np.array_equal(mm.matmul_batched(rep, IQ1_S_R, x, n_threads=nth), y)
+
+
+@pytest.mark.parametrize("n_tok", [1, 3, 17])
+@pytest.mark.parametrize("types", [(IQ1_S_R, IQ1_S_R, IQ1_S_R), (IQ1_S_R, IQ1_S_R, IQ4_NL),
+                                   (IQ1_S_R, IQ1_S, IQ4_NL), (IQ1_S, IQ1_S_R, 12)],
+                         ids=lambda ts: "-".join(mm.supported_types()[t] for t in ts))
+def test_repacked_moe_bit_identical(types, n_tok):
+    """gate/up/down in IQ1_S_R give the bits of the same experts in IQ1_S, mixed with other types too"""
+    E, k_used, K, F, K_out = 5, 3, 512, 512, 33
+    rng = np.random.default_rng(n_tok)
+    orig = {}
+    mats = []
+    for i, (t, shape) in enumerate(zip(types, [(E, F, K), (E, F, K), (E, K_out, F)])):
+        src = mm.INTERNAL_TYPES.get(t, t)
+        raw = random_weights(src, shape, seed=20 + i, scale=0.1)
+        orig[i] = (raw, src)
+        mats.append((mm.repack_iq1_s(raw) if t == IQ1_S_R else raw, t))
+    x = rand_x(n_tok, K, seed=5)
+    ids = np.stack([rng.permutation(E)[:k_used] for _ in range(n_tok)]).astype(np.int32)
+    ew = rng.uniform(0.1, 1.0, size=(n_tok, k_used)).astype(np.float32)
+    (g, gt), (u, ut), (d, dt) = mats
+    (g0, gt0), (u0, ut0), (d0, dt0) = orig[0], orig[1], orig[2]
+    ref = mm.moe_forward(x, ids, ew, g0, gt0, u0, ut0, d0, dt0, n_threads=2)
+    for nth in (1, 2):
+        assert np.array_equal(mm.moe_forward(x, ids, ew, g, gt, u, ut, d, dt, n_threads=nth), ref)
+    if gt == ut:  # merged gate_up, repacked as one tensor
+        merged = mm.repack_iq1_s(np.concatenate([g0, u0], axis=1)) if gt == IQ1_S_R else np.concatenate([g, u], 1)
+        outm = mm.moe_forward(x, ids, ew, merged, gt, None, ut, d, dt, merged_gate_up=True)
+        assert np.array_equal(outm, ref)
+    if n_tok == 3:  # the reference itself against numpy on gguf.quants weights
+        deq = lambda a, t: [deq_weights(a[e], t) for e in range(E)]  # noqa: E731
+        moe_check(ref, x, ids, ew, deq(g0, gt0), deq(u0, ut0), deq(d0, dt0), gt0, ut0, dt0)
+
+
+def test_repack_bad_inputs_raise():
+    raw = random_weights(IQ1_S, (4, 512))
+    with pytest.raises(TypeError, match="numpy array"):
+        mm.repack_iq1_s(raw.tolist())
+    with pytest.raises(TypeError, match="dtype"):
+        mm.repack_iq1_s(raw.view(np.int8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mm.repack_iq1_s(raw[::2])
+    with pytest.raises(ValueError, match="IQ1_S blocks"):
+        mm.repack_iq1_s(raw[:, :99].copy())
+    with pytest.raises(ValueError, match="IQ1_S blocks"):
+        mm.repack_iq1_s(np.empty((3, 0), np.uint8))
+    with pytest.raises(ValueError, match="row axis"):
+        mm.repack_iq1_s(np.array(5, np.uint8))
+    with pytest.raises(ValueError, match="n_threads"):
+        mm.repack_iq1_s(raw, n_threads=-2)
+    # un-repacked IQ1_S rows are not IQ1_S_R rows (100 bytes is not a whole number of 74-byte blocks)
+    with pytest.raises(ValueError, match="whole number"):
+        mm.matmul(raw, IQ1_S_R, rand_x(1, 512, 0))
+    with pytest.raises(ValueError, match="whole number"):
+        mm.dequantize_rows(raw, IQ1_S_R, np.array([0]))

@@ -12,6 +12,11 @@ mul_mat is also timed in this run, alternating with ours on the same weights
 (the fairest comparison on a shared machine).  On an oversubscribed machine
 set OMP_WAIT_POLICY=passive: spinning OpenMP workers then stall each other.
 
+IQ1_S_R is IQ1_S repacked at load time by minillm (matmul.repack_iq1_s; 74 bytes
+per 256 values instead of 50, bit-identical results): its rows are timed on the
+repacked weights, but its GB/s and bw% count the ORIGINAL IQ1_S bytes (the file's
+weights, the same bytes as the IQ1_S row), and it is compared with ik's IQ1_S.
+
     python tools/bench_kernels.py                      # all types, table
     python tools/bench_kernels.py --types Q8_0,IQ4_NL --ops gemv --json out.json
 """
@@ -27,7 +32,24 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minillm_kernels import matmul as mm  # noqa: E402
-from minillm_kernels.random_blocks import TYPE_IDS, TYPES, random_weights, row_bytes  # noqa: E402
+from minillm_kernels.random_blocks import TYPE_IDS as GGUF_TYPE_IDS  # noqa: E402
+from minillm_kernels.random_blocks import TYPES, random_weights, row_bytes  # noqa: E402
+
+# every type the kernels take: the GGUF types and minillm's internal load-time conversions
+TYPE_IDS = {**GGUF_TYPE_IDS, **{name: t for t, name in mm.supported_types().items() if t in mm.INTERNAL_TYPES}}
+TYPE_NAMES = {t: name for name, t in TYPE_IDS.items()}
+
+
+def gguf_type(t):
+    """the GGUF type whose weights t is made from (t itself unless an internal conversion)"""
+    return mm.INTERNAL_TYPES.get(t, t)
+
+
+def bench_weights(t, shape, seed):
+    """(weights in type t, the same weights in their GGUF type): random valid GGUF blocks,
+    converted as the model loader would for an internal type"""
+    src = random_weights(gguf_type(t), shape, seed=seed)
+    return (mm.repack_iq1_s(src) if t == mm.IQ1_S_REPACKED else src), src
 
 # ik_llama.cpp per-op figures on this machine kind (commit 8337e4cd3, native build), copied from
 # /work/shared/reference/ik_llama_cpp_ops.md (measured by the project's reference session):
@@ -225,7 +247,8 @@ LARGE = {"dense", "dense_down", "output"}  # where the >= 85 % of bandwidth targ
 N_EMBD, N_FF_EXP = 2048, 1408
 # experts' down projection has K = 1408, not a multiple of 256: llama.cpp quantizes it with a
 # 32-block type instead (its fallback for the 256-block types)
-DOWN_FALLBACK = {"Q2_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_0", "Q6_K": "Q8_0", "IQ1_S": "IQ4_NL"}
+DOWN_FALLBACK = {"Q2_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_0", "Q6_K": "Q8_0", "IQ1_S": "IQ4_NL",
+                 "IQ1_S_R": "IQ4_NL"}
 
 
 def median_time(fn, min_reps, min_seconds):
@@ -249,6 +272,10 @@ def copies_of(w, pool_bytes):
     return [w] + [w.copy() for _ in range(n - 1)]
 
 
+def converted_copies(t, ws_src):
+    return [mm.repack_iq1_s(w) for w in ws_src] if t == mm.IQ1_S_REPACKED else ws_src
+
+
 def ik_fig(tname, op_name, col):
     fig = IK_OPS.get((tname, op_name))
     return fig[col] if fig else None
@@ -256,19 +283,24 @@ def ik_fig(tname, op_name, col):
 
 def bench_type(tname, args, bw, records, rows):
     t = TYPE_IDS[tname]
-    bs = TYPES[t][1]
+    src_t = gguf_type(t)  # ik runs this type, and its bytes are the ones counted
+    src_name = TYPE_NAMES[src_t]
+    bs = TYPES[src_t][1]
     rng = np.random.default_rng(0)
     for name, K, M in SHAPES:
-        if K % bs or (args.skip_output and name == "output"):
+        if K % bs or (args.skip_output and name == "output") or name not in args.shapes:
             continue
-        w = random_weights(t, (M, K), seed=1)
+        w, w_src = bench_weights(t, (M, K), seed=1)
         if w.nbytes > args.max_weight_bytes:
             continue
         if "gemv" in args.ops:
-            ws = copies_of(w, args.pool_bytes)
+            ws_src = copies_of(w_src, args.pool_bytes)
+            ws = converted_copies(t, ws_src)
             x = rng.standard_normal(K, dtype=np.float32)
             out = np.empty(M, np.float32)
-            ikc = args.ik.prepare(ws, t, x.reshape(1, K)) if args.ik else None
+            ikc = args.ik.prepare(ws_src, src_t, x.reshape(1, K)) if args.ik else None
+            if t != src_t:
+                del ws_src
             for nth in args.threads:
                 ours = lambda i: mm.matmul(ws[i % len(ws)], t, x, out=out, n_threads=nth)  # noqa: E731
                 if ikc:
@@ -276,8 +308,8 @@ def bench_type(tname, args, bw, records, rows):
                                                   args.reps, args.min_seconds)
                 else:
                     s, s_ik = median_time(ours, args.reps, args.min_seconds), None
-                gbps = w.nbytes / s / 1e9
-                ik = ik_fig(tname, name, 0 if nth == 1 else 1) if nth <= 2 else None
+                gbps = w_src.nbytes / s / 1e9
+                ik = ik_fig(src_name, name, 0 if nth == 1 else 1) if nth <= 2 else None
                 add(records, rows, "gemv", tname, f"{K}x{M}", 1, nth, s, gbps, gbps * 1e9 / bw[nth],
                     None, ik, gbps / ik if ik else None, name, s_ik / s if s_ik else None)
             if ikc:
@@ -286,7 +318,7 @@ def bench_type(tname, args, bw, records, rows):
         if "gemm" in args.ops and not (name == "output" and not args.gemm_output):
             x = rng.standard_normal((args.tokens, K), dtype=np.float32)
             out = np.empty((args.tokens, M), np.float32)
-            ikc = args.ik.prepare([w], t, x) if args.ik else None
+            ikc = args.ik.prepare([w_src], src_t, x) if args.ik else None
             for nth in args.threads:
                 ours = lambda i: mm.matmul(w, t, x, out=out, n_threads=nth)  # noqa: E731
                 if ikc:
@@ -295,32 +327,33 @@ def bench_type(tname, args, bw, records, rows):
                 else:
                     s, s_ik = median_time(ours, args.gemm_reps, 0), None
                 gflops = 2.0 * K * M * args.tokens / s / 1e9
-                ik = ik_fig(tname, name, 2 if nth == 1 else 3) if nth <= 2 else None
-                add(records, rows, "gemm", tname, f"{K}x{M}", args.tokens, nth, s, w.nbytes / s / 1e9,
-                    w.nbytes / s / bw[nth], gflops, ik, gflops / ik if ik else None, name,
+                ik = ik_fig(src_name, name, 2 if nth == 1 else 3) if nth <= 2 else None
+                add(records, rows, "gemm", tname, f"{K}x{M}", args.tokens, nth, s, w_src.nbytes / s / 1e9,
+                    w_src.nbytes / s / bw[nth], gflops, ik, gflops / ik if ik else None, name,
                     s_ik / s if s_ik else None)
             if ikc:
                 args.ik.free(ikc[0])
-        del w
+        del w, w_src
     if "moe" in args.ops:
         bench_moe(tname, args, bw, records, rows)
 
 
 def bench_moe(tname, args, bw, records, rows):
     gt = TYPE_IDS[tname]
-    dname = tname if N_FF_EXP % TYPES[gt][1] == 0 else DOWN_FALLBACK[tname]
+    gt_src = gguf_type(gt)
+    dname = tname if N_FF_EXP % TYPES[gt_src][1] == 0 else DOWN_FALLBACK[tname]
     dt = TYPE_IDS[dname]
     label = tname if dname == tname else f"{tname}/{dname}"
     K, F = N_EMBD, N_FF_EXP
-    per_expert = 2 * F * row_bytes(gt, K) + K * row_bytes(dt, F)
+    per_expert = 2 * F * row_bytes(gt_src, K) + K * row_bytes(gguf_type(dt), F)  # GGUF bytes
     n_expert = 64
     while n_expert * per_expert > args.max_weight_bytes * 2 and n_expert > 8:
         n_expert //= 2
-    gate = random_weights(gt, (n_expert, F, K), seed=2)
-    up = random_weights(gt, (n_expert, F, K), seed=3)
-    down = random_weights(dt, (n_expert, K, F), seed=4)
+    gate, gate_src = bench_weights(gt, (n_expert, F, K), seed=2)
+    up, up_src = bench_weights(gt, (n_expert, F, K), seed=3)
+    down, down_src = bench_weights(dt, (n_expert, K, F), seed=4)
     rng = np.random.default_rng(5)
-    up_ik = lambda col: ik_fig(tname, "moe_up", col)  # noqa: E731
+    up_ik = lambda col: ik_fig(TYPE_NAMES[gt_src], "moe_up", col)  # noqa: E731
     down_ik = lambda col: ik_fig(dname, "moe_down", col) or ik_fig(dname, "exp_down", col)  # noqa: E731
     for n_tok, k_used in ((1, 8), (1, 6), (args.tokens, 6)):
         x = rng.standard_normal((n_tok, K), dtype=np.float32)
@@ -330,7 +363,8 @@ def bench_moe(tname, args, bw, records, rows):
         ew = np.full((n_tok, k_used), 1.0 / k_used, np.float32)
         out = np.empty((n_tok, K), np.float32)
         n_sel = [len(np.unique(r)) for r in routes]
-        ikc = args.ik.prepare_moe(x, routes, gate, gt, up, down, dt) if args.ik else None
+        ikc = (args.ik.prepare_moe(x, routes, gate_src, gt_src, up_src, down_src, gguf_type(dt))
+               if args.ik else None)
         for nth in args.threads:
             reps = args.reps if n_tok == 1 else args.gemm_reps
             ours = lambda i: mm.moe_forward(x, routes[i % n_routes], ew, gate, gt, up, gt, down, dt, out=out,  # noqa: E731
@@ -347,7 +381,7 @@ def bench_moe(tname, args, bw, records, rows):
             ik = None
             if nth <= 2 and up_ik(col) and down_ik(col):
                 if n_tok == 1:  # ik time for the same bytes: gate + up at its moe_up rate, down at moe_down's
-                    b_up, b_down = 2 * F * row_bytes(gt, K), K * row_bytes(dt, F)
+                    b_up, b_down = 2 * F * row_bytes(gt_src, K), K * row_bytes(gguf_type(dt), F)
                     ik = (b_up + b_down) / (b_up / up_ik(col) + b_down / down_ik(col))
                 else:
                     ik = 3 / (2 / up_ik(col) + 1 / down_ik(col))
@@ -368,6 +402,7 @@ def add(records, rows, op, tname, shape, tokens, nth, s, gbps, frac, gflops, ik,
 
 
 rows_quiet = [False]
+INTERNAL_NAMES = {TYPE_NAMES[t] for t in mm.INTERNAL_TYPES}
 HEADER = ("op", "type", "name", "shape", "tok", "thr", "ms", "GB/s", "bw%", "GFLOP/s", "ik fig", "ratio",
           "ik same run: t_ik/t_ours")
 
@@ -382,7 +417,7 @@ def print_row(r, f):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--types", default=",".join(TYPES[t][0] for t in sorted(mm.supported_types())))
+    ap.add_argument("--types", default=",".join(TYPE_NAMES[t] for t in sorted(mm.supported_types())))
     ap.add_argument("--ops", default="gemv,gemm,moe")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--tokens", type=int, default=512, help="tokens for GEMM and prefill MoE")
@@ -393,12 +428,14 @@ def main():
     ap.add_argument("--bw-bytes", type=float, default=512e6, help="read-bandwidth buffer (bytes)")
     ap.add_argument("--max-weight-bytes", type=float, default=600e6, help="skip larger weight tensors")
     ap.add_argument("--skip-output", action="store_true", help="skip the 2048x102400 output shape")
+    ap.add_argument("--shapes", default=",".join(n for n, _, _ in SHAPES), help="shape names to run (GEMV/GEMM)")
     ap.add_argument("--gemm-output", action="store_true", help="also GEMM the output shape (slow)")
     ap.add_argument("--ik", action="store_true",
                     help="also time ik_llama.cpp's mul_mat (ik-llama-cpp-python wheel) in the same run")
     ap.add_argument("--json", nargs="?", const="-", help="write the records as JSON (to stdout with no file)")
     args = ap.parse_args()
     args.ops = set(args.ops.split(","))
+    args.shapes = set(args.shapes.split(","))
     args.ik = IkGgml() if args.ik else None
     args.threads = [int(v) for v in args.threads.split(",")]
     types = [v.strip().upper() for v in args.types.split(",")]
@@ -425,6 +462,9 @@ def main():
     print("|" + "---|" * len(HEADER), file=out)
     for r in rows:
         print_row(r, out)
+    if any(r[1].split("/")[0] in INTERNAL_NAMES for r in rows):
+        print("\nIQ1_S_R: IQ1_S repacked at load time by minillm (74 B per 256 values); its GB/s and bw% "
+              "count the ORIGINAL IQ1_S bytes (50 B per 256 values), ik figures are ik's IQ1_S.", file=out)
     if args.json:
         text = json.dumps(records, indent=1)
         if args.json == "-":

@@ -48,8 +48,9 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #define K_TILE(t) NULL
 #define K_TILE_RC 1, 4, 1
 #endif
-#define K_TYPE(ID, t, ts)                                                                      \
-    {ID, #t, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
+#define K_TYPE(ID, t, ts) K_TYPE_NAMED(ID, #t, t, ts)
+#define K_TYPE_NAMED(ID, name, t, ts)                                                          \
+    {ID, name, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
      {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, NULL, NULL}
 
 static const type_traits TABLE[] = {
@@ -66,6 +67,7 @@ static const type_traits TABLE[] = {
     K_TYPE(GGML_Q5_K, q5_K, 176),
     K_TYPE(GGML_Q6_K, q6_K, 210),
     K_TYPE(GGML_IQ1_S, iq1_s, 50),
+    K_TYPE_NAMED(MINILLM_IQ1_S_R, "iq1_s_r", iq1_s_u, 74), /* internal: repack_row_iq1_s_u of IQ1_S rows */
 #endif
 };
 

@@ -16,6 +16,12 @@ enum {
     GGML_IQ1_S = 19, GGML_IQ4_NL = 20, GGML_BF16 = 30,
 };
 
+/* Internal weight types: minillm's own load-time conversions, never found in a
+ * GGUF file (ids far above ggml's so they cannot collide with a future ggml type).
+ * IQ1_S_R: IQ1_S repacked to 2-bit codes (kquants.h block_iq1_s_u, 74 bytes per
+ * 256 values), results bit-identical to IQ1_S's, ~2x faster dot products. */
+enum { MINILLM_IQ1_S_R = 1019 };
+
 /* Activation formats are named by the ggml type they are stored in. */
 enum { ACT_F32 = GGML_F32, ACT_Q8_0 = GGML_Q8_0, ACT_Q8_K = GGML_Q8_K };
 
