@@ -69,11 +69,11 @@ class DeepSeek2Config:
 
     @property
     def yarn_mscale(self) -> float:
-        """DeepSeek's mscale: 1 + log_mul·ln(factor) (1 when not YaRN-scaled)."""
-        f = self.rope_scaling_factor
-        if self.rope_scaling_type != "yarn" or not f or f <= 1.0:
+        """DeepSeek's mscale: 1 + log_mul·ln(1/freq_scale), as llama.cpp/ik compute it for this
+        architecture whatever the scaling type (1 when the rope is not scaled)."""
+        if self.rope_freq_scale == 1.0:
             return 1.0
-        return 1.0 + self.rope_yarn_log_mul * math.log(f)
+        return 1.0 + self.rope_yarn_log_mul * math.log(1.0 / self.rope_freq_scale)
 
     @property
     def kq_scale(self) -> float:
