@@ -193,6 +193,19 @@ def repack_iq1_s(w_raw, n_threads=0):
 
 # ---- layer operations ----
 
+cdef _run_matmul(int wtype, cnp.ndarray w, Py_ssize_t row_bytes, Py_ssize_t batch_stride, Py_ssize_t M,
+                 int K, cnp.ndarray x, Py_ssize_t N, Py_ssize_t B, cnp.ndarray out, int nth):
+    """The one C call behind matmul and matmul_batched (arguments already validated)."""
+    cdef int rc = MM_OK
+    cdef const uint8_t *pw = _u8(w)
+    cdef const float *px = _f32(x)
+    cdef float *po = _f32(out)
+    if B > 0 and N > 0 and M > 0:
+        with nogil:
+            rc = mm_matmul(wtype, pw, row_bytes, batch_stride, <int>M, K, px, <int>N, <int>B, po, nth)
+    _raise_rc(rc)
+
+
 def matmul(w_raw, int wtype, x, out=None, n_threads=0):
     """out[N, M] = x[N, K] @ W.T for W the M x K matrix in w_raw [M, row_bytes].
 
@@ -217,16 +230,7 @@ def matmul(w_raw, int wtype, x, out=None, n_threads=0):
         raise ValueError("matrix too large")
     shape = (int(M),) if one_d else (int(N), int(M))
     out = _check_out(out, "out", shape)
-    cdef int nth = _check_threads(n_threads)
-    cdef int rc = MM_OK
-    cdef cnp.ndarray aw = w_raw, ax = x2, ao = out
-    cdef const uint8_t *pw = _u8(aw)
-    cdef const float *px = _f32(ax)
-    cdef float *po = _f32(ao)
-    if N > 0 and M > 0:
-        with nogil:
-            rc = mm_matmul(wtype, pw, row_bytes, 0, <int>M, K, px, <int>N, 1, po, nth)
-    _raise_rc(rc)
+    _run_matmul(wtype, w_raw, row_bytes, 0, M, K, x2, N, 1, out, _check_threads(n_threads))
     return out
 
 
@@ -245,16 +249,7 @@ def matmul_batched(w_raw, int wtype, x, out=None, n_threads=0):
     if M >= 2**31 or B * N >= 2**31:
         raise ValueError("matrix too large")
     out = _check_out(out, "out", (B, N, M))
-    cdef int nth = _check_threads(n_threads)
-    cdef int rc = MM_OK
-    cdef cnp.ndarray aw = w_raw, ax = x, ao = out
-    cdef const uint8_t *pw = _u8(aw)
-    cdef const float *px = _f32(ax)
-    cdef float *po = _f32(ao)
-    if B > 0 and N > 0 and M > 0:
-        with nogil:
-            rc = mm_matmul(wtype, pw, row_bytes, M * row_bytes, <int>M, K, px, <int>N, <int>B, po, nth)
-    _raise_rc(rc)
+    _run_matmul(wtype, w_raw, row_bytes, M * row_bytes, M, K, x, N, B, out, _check_threads(n_threads))
     return out
 
 

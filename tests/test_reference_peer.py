@@ -134,21 +134,22 @@ def check(pc: "ik_peer.PeerComparison") -> list[str]:
     return failures
 
 
-@pytest.mark.parametrize("name", list(FILES))
-def test_reference_matches_ik(comparisons, name):
+def _assert_matches_ik(comparisons, name):
     pc = comparisons(name)
     print(f"\n{name}:\n" + _table(pc))
     failures = check(pc)
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_reference_matches_ik(comparisons, name):
+    _assert_matches_ik(comparisons, name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SLOW_FILES))
 def test_reference_matches_ik_more_layouts(comparisons, name):
-    pc = comparisons(name)
-    print(f"\n{name}:\n" + _table(pc))
-    failures = check(pc)
-    assert not failures, "\n".join(failures)
+    _assert_matches_ik(comparisons, name)
 
 
 def test_float_file_is_sharp(comparisons):
