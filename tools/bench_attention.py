@@ -11,11 +11,15 @@ tool measures in the same run:
 Then the crossover depth where kparallel overtakes heads, and the ratio to
 ik_llama.cpp's FlashMLA per-layer figures (fit of llama-sweep-bench, 2 threads,
 Zen3; ../shared/reference/ik_llama_cpp_sweeps.md): different machines, orientation only.
+With --ik, ik_llama.cpp's own FlashMLA (ggml_flash_attn_ext through the
+ik-llama-cpp-python wheel, on the same cache bytes, f16 and q8_0 caches) is timed
+in the same run, its calls alternating with ours: the side-by-side ratio.
 
     python tools/bench_attention.py                 # full table
     python tools/bench_attention.py --json          # records only
     python tools/bench_attention.py --types q8_0 --depths 1024,4096 --threads 2
     python tools/bench_attention.py --wait-policy passive   # on a machine shared with other jobs
+    python tools/bench_attention.py --ik --types f16,q8_0 --depths 4096,8192,16384 --threads 2
 
 Figures are medians of --reps calls ("seconds" in the JSON records); the table also
 shows the fastest call, which is what survives on a machine shared with other jobs
@@ -30,6 +34,7 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 attn = None  # imported in main(), after OMP_WAIT_POLICY is set
 
 N_HEAD, WIDTH, DV = 16, 576, 512
@@ -98,6 +103,38 @@ def run(args):
     return records, limits, best_times
 
 
+IK_CACHE_TYPES = ("f16", "q8_0")  # ik's bf16 FlashMLA aborts without AVX512-BF16; its q8_KV rows differ
+
+
+def side_by_side(args):
+    """kparallel vs ik_llama.cpp's FlashMLA on the same cache bytes, calls alternating: medians of each."""
+    from ik_ggml import IkGgml
+    from bench_kernels import paired_median_times
+
+    ik = IkGgml()
+    threads = [int(t) for t in args.threads.split(",")]
+    depths = [int(d) for d in args.depths.split(",")]
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((N_HEAD, WIDTH)).astype(np.float32)
+    out = np.zeros((N_HEAD, DV), np.float32)
+    rows = []
+    for ct in args.types.split(","):
+        if ct not in IK_CACHE_TYPES:
+            continue
+        cache = np.zeros((max(depths), attn.row_bytes(ct, WIDTH)), np.uint8)
+        attn.kv_cache_store(cache, ct, 0, rng.standard_normal((cache.shape[0], WIDTH)).astype(np.float32))
+        ctx, graphs = ik.prepare_mla(q, cache, ct, depths, 0.07)
+        for t in threads:
+            for d in depths:
+                ours = lambda i: attn.mla_decode(q, cache, ct, d, 0.07, out, "kparallel", t)  # noqa: E731
+                theirs = lambda i: ik.compute(ctx, graphs[d][0], t)  # noqa: E731
+                ours(0), theirs(0)
+                s_ours, s_ik = paired_median_times(ours, theirs, args.reps, 0.3)
+                rows.append((ct, t, d, s_ours, s_ik))
+        ik.free(ctx)
+    return rows
+
+
 def small_depth_sweep(types, threads, reps):
     """Fastest-call times of both strategies at small depths (where the crossover lies)."""
     rng = np.random.default_rng(1)
@@ -162,6 +199,14 @@ def print_table(records, limits, best_times, small, wait_policy):
                   f"{best:6.2f} ms, ratio {ik / (r['seconds'] * 1e3):5.2f} / {ik / best:5.2f}")
 
 
+def print_side_by_side(rows):
+    print("same run, ik_llama.cpp FlashMLA (ggml_flash_attn_ext, its default f16 precision) vs our kparallel,\n"
+          "calls alternating, medians; ratio = t_ik / t_ours (> 1: we are faster):")
+    print(f"{'type':6s} {'thr':>3s} {'depth':>6s} {'ik ms':>8s} {'ours ms':>8s} {'ratio':>6s}")
+    for ct, t, d, s_ours, s_ik in rows:
+        print(f"{ct:6s} {t:3d} {d:6d} {s_ik * 1e3:8.3f} {s_ours * 1e3:8.3f} {s_ik / s_ours:6.2f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", default=",".join(TYPES))
@@ -173,11 +218,16 @@ def main(argv=None):
     ap.add_argument("--wait-policy", choices=("active", "passive"), default=None,
                     help="set OMP_WAIT_POLICY for this run (default: leave the environment as it is)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the small-depth crossover sweep")
+    ap.add_argument("--ik", action="store_true",
+                    help="only the same-run side-by-side with ik_llama.cpp's FlashMLA (f16 and q8_0 caches)")
     args = ap.parse_args(argv)
     if args.wait_policy:
         os.environ["OMP_WAIT_POLICY"] = args.wait_policy
     global attn
     from minillm_kernels import attention as attn
+    if args.ik:
+        print_side_by_side(side_by_side(args))
+        return
     records, limits, best_times = run(args)
     if args.json:
         json.dump(records, sys.stdout, indent=1)

@@ -35,6 +35,8 @@ from minillm_kernels import matmul as mm  # noqa: E402
 from minillm_kernels.random_blocks import TYPE_IDS as GGUF_TYPE_IDS  # noqa: E402
 from minillm_kernels.random_blocks import TYPES, random_weights, row_bytes  # noqa: E402
 
+from ik_ggml import IkGgml  # noqa: E402  (tools/ is on sys.path when run as a script)
+
 # every type the kernels take: the GGUF types and minillm's internal load-time conversions
 TYPE_IDS = {**GGUF_TYPE_IDS, **{name: t for t, name in mm.supported_types().items() if t in mm.INTERNAL_TYPES}}
 TYPE_NAMES = {t: name for name, t in TYPE_IDS.items()}
@@ -133,97 +135,6 @@ IK_OPS = {  # (type, op name): (N=1 1thr GB/s, N=1 2thr GB/s, N=512 1thr GFLOP/s
     ("BF16", "moe_up"): (16.2, 25.4, 48.5, 91.1),
     ("BF16", "moe_down"): (14.1, 21.2, 45.9, 91.1),
 }
-
-class IkGgml:
-    """ik_llama.cpp's ggml_mul_mat through the ik-llama-cpp-python wheel's libggml (ctypes), timed in
-    the same run as ours on the same weight bytes: a side-by-side ratio that the machine's load
-    affects equally (the IK_OPS figures come from another session)."""
-
-    def __init__(self):
-        import ctypes
-        import ik_llama_cpp
-
-        self.c = ctypes
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(ik_llama_cpp.__file__), "lib", "libggml.so"))
-
-        class InitParams(ctypes.Structure):
-            _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-        self.InitParams = InitParams
-        vp = ctypes.c_void_p
-        for name, res, args in [("ggml_init", vp, [InitParams]),
-                                ("ggml_new_tensor_2d", vp, [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
-                                ("ggml_mul_mat", vp, [vp, vp, vp]), ("ggml_new_graph", vp, [vp]),
-                                ("ggml_build_forward_expand", None, [vp, vp]),
-                                ("ggml_graph_compute_with_ctx", ctypes.c_int, [vp, vp, ctypes.c_int]),
-                                ("ggml_get_data", vp, [vp]), ("ggml_free", None, [vp]),
-                                ("ggml_new_tensor_3d", vp, [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
-                                                            ctypes.c_int64]),
-                                ("ggml_mul_mat_id", vp, [vp, vp, vp, vp]), ("ggml_silu", vp, [vp, vp]),
-                                ("ggml_mul", vp, [vp, vp, vp])]:
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = res, args
-        self.lib = lib
-
-    def prepare(self, ws, t, x):
-        """one graph per weight copy: y = W x; returns (ctx, graphs, out pointers)"""
-        lib, c = self.lib, self.c
-        n, k = x.shape
-        m = ws[0].shape[0]
-        mem = sum(w.nbytes for w in ws) + len(ws) * (x.nbytes + n * m * 4 + 4096) + n * k * 4 + (64 << 20)
-        ctx = lib.ggml_init(self.InitParams(int(mem), None, False))
-        if not ctx:
-            raise MemoryError("ggml_init")
-        graphs = []
-        for w in ws:
-            a = lib.ggml_new_tensor_2d(ctx, t, k, m)
-            b = lib.ggml_new_tensor_2d(ctx, 0, k, n)
-            c.memmove(lib.ggml_get_data(a), w.ctypes.data, w.nbytes)
-            c.memmove(lib.ggml_get_data(b), x.ctypes.data, x.nbytes)
-            g = lib.ggml_new_graph(ctx)
-            lib.ggml_build_forward_expand(g, lib.ggml_mul_mat(ctx, a, b))
-            graphs.append(g)
-        return ctx, graphs
-
-    def prepare_moe(self, x, routes, gate, gt, up, down, dt):
-        """ik's MoE FFN as llama.cpp builds it: mul_mat_id gate and up, silu(gate) * up,
-        mul_mat_id down (the final weighted sum over experts omitted); one graph per routing"""
-        lib, c = self.lib, self.c
-        n_tok, k_dim = x.shape
-        n_expert, f, _ = gate.shape
-        k_used = routes[0].shape[1]
-        per_graph = x.nbytes + n_tok * k_used * 4 * (5 * f + 2 * k_dim + 1) + 16384  # inputs, intermediates
-        work = 4 * n_tok * k_used * (f + k_dim) * 2  # ggml's work buffer (converted activations, row maps)
-        mem = gate.nbytes + up.nbytes + down.nbytes + len(routes) * per_graph + work + (64 << 20)
-        ctx = lib.ggml_init(self.InitParams(int(mem), None, False))
-        if not ctx:
-            raise MemoryError("ggml_init")
-        tensors = []
-        for arr, t, rows, cols in ((gate, gt, f, k_dim), (up, gt, f, k_dim), (down, dt, k_dim, f)):
-            tt = lib.ggml_new_tensor_3d(ctx, t, cols, rows, n_expert)
-            c.memmove(lib.ggml_get_data(tt), arr.ctypes.data, arr.nbytes)
-            tensors.append(tt)
-        graphs = []
-        for ids in routes:
-            xt = lib.ggml_new_tensor_3d(ctx, 0, k_dim, 1, n_tok)
-            c.memmove(lib.ggml_get_data(xt), x.ctypes.data, x.nbytes)
-            it = lib.ggml_new_tensor_2d(ctx, 26, k_used, n_tok)  # GGML_TYPE_I32
-            c.memmove(lib.ggml_get_data(it), ids.ctypes.data, ids.nbytes)
-            g_out = lib.ggml_mul_mat_id(ctx, tensors[0], xt, it)
-            u_out = lib.ggml_mul_mat_id(ctx, tensors[1], xt, it)
-            h = lib.ggml_mul(ctx, lib.ggml_silu(ctx, g_out), u_out)
-            d_out = lib.ggml_mul_mat_id(ctx, tensors[2], h, it)
-            g = lib.ggml_new_graph(ctx)
-            lib.ggml_build_forward_expand(g, d_out)
-            graphs.append(g)
-        return ctx, graphs
-
-    def compute(self, ctx, graph, n_threads):
-        self.lib.ggml_graph_compute_with_ctx(ctx, graph, n_threads)
-
-    def free(self, ctx):
-        self.lib.ggml_free(ctx)
-
 
 def paired_median_times(ours, theirs, min_reps, min_seconds):
     """alternate our call and ik's so both see the same machine load; medians of each"""
