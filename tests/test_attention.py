@@ -10,21 +10,23 @@ W_k^h into the 512-wide latent space, latent output through W_v^h afterwards,
 done here in numpy) over a cache stored as f16 / bf16 / q8_0 / q8_KV.
 
 Two checks per case:
-1. tight: the kernel against the absorbed attention computed in float64 on the
-   *dequantized* cache with the query quantized the same way as the kernel
-   (q8_0 blocks / q8_KV row, scale max|x|/127, round half away from zero).
-   What is left is fp32 accumulation order, |err| <= 2e-4 · max|ref| + 1e-6, plus, for
-   the 8-bit caches, the integer value path of the tile kernels (int_value_bound()):
-   per tile of 32 rows and head, the weights p'_t = P_t·vs_t (vs_t: the row's int16
-   value scale; q8_KV: its stored d, q8_0: max block d / 64) are rounded to integers
-   0..pmax (pmax 32767 for q8_KV, 8191 for q8_0), each off by at most
+1. tight: the kernel against the absorbed attention computed in float64 on the rows
+   the kernel computes with, and the query quantized the same way as the kernel (8-bit
+   caches: one int16 scale per query row, max|x|/qmax, round half away from zero).
+   Those rows are the dequantized cache, except q8_0 on the tile path (kparallel and
+   prefill), which re-expresses each row as int16 values on one row scale: emulated
+   exactly in tile_rows().  What is left is fp32 accumulation order,
+   |err| <= 2e-4 · max|ref| + 1e-6, plus, for the 8-bit caches, the integer value path
+   of the tile kernels (int_value_bound()): per tile of 32 rows and head, the weights
+   p'_t = P_t·vs_t (vs_t: the row's int16 unit; q8_KV: its stored d) are rounded to
+   integers 0..pmax (pmax 32767 for q8_KV, 8191 for q8_0), each off by at most
    0.5·max_tile(p')/pmax, which moves output d by at most
-   Σ_tiles 0.5/pmax · max_{u∈tile}(P_u·vs_u) · Σ_{t∈tile}|x_t,d|/vs_t; and q8_0 rows are
-   re-expressed as int16 with that one row scale, off by at most 0.65·vs_t per value
-   (rounding, and the rounding of a 15-bit block multiplier), adding Σ_t P_t·0.65·vs_t.
+   Σ_tiles 0.5/pmax · max_{u∈tile}(P_u·vs_u) · Σ_{t∈tile}|x_t,d|/vs_t.
 2. derived: the kernel against the plain reference on the exact c_kv.  With
-   per-value storage error e[t,i] (f16: 2^-11·|x|, bf16: 2^-8·|x|, q8_0: d_block/2,
-   q8_KV: d_row/2) and query quantization error u[i] (q8 types: d_q/2, else 0), the
+   per-value storage error e[t,i] (f16: 2^-11·|x|, bf16: 2^-8·|x|, q8_0: d_block/2, plus
+   0.65·vs_t on the tile path for the int16 re-expression (its rounding, and the rounding
+   of a 15-bit block multiplier), q8_KV: d_row/2) and query quantization error u[i]
+   (q8 types: d_q/2, else 0), the
    score error is |Δs_t| <= scale·Σ_i(|q_i|·e[t,i] + |x_t,i|·u[i] + e[t,i]·u[i]) =: δ_t.
    Softmax shifts every weight by a factor in [exp(-2δ), exp(2δ)] with δ = max_t δ_t,
    so the latent output error is bounded by
@@ -97,18 +99,50 @@ def round_away(x):
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
+# largest |int16 value| of a cached row: q8_KV its int8 values, q8_0 the re-expressed ones (127·64)
+KMAX = {"q8_KV": 127, "q8_0": 127 * 64}
+
+
+def query_qmax(cache_type, width=WIDTH):
+    """Largest int16 query value: a score sums width products |k|·|q| in int32."""
+    return min(32767, (2**31 - 1) // (KMAX[cache_type] * width))
+
+
 def quantize_query(q, cache_type):
-    """The query as the kernel quantizes it (dequantized), and its per-value error bound."""
-    q = q.astype(np.float64)
+    """The query (rows already scaled, float32) as the kernel quantizes it (dequantized),
+    and its per-value error bound."""
     if cache_type in ("f16", "bf16"):
+        q = q.astype(np.float64)
         return q, np.zeros_like(q)
-    blocks = q.reshape(q.shape[0], -1, 32) if cache_type == "q8_0" else q.reshape(q.shape[0], 1, -1)
-    d = np.abs(blocks).max(axis=2, keepdims=True) / 127.0
-    d32 = d.astype(np.float32).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        qq = np.where(d32 > 0, round_away(blocks.astype(np.float32) * (1.0 / d.astype(np.float32))), 0)
-    deq = (qq * d32).reshape(q.shape)
-    return deq, np.broadcast_to(d32 / 2 * 1.0001, blocks.shape).reshape(q.shape)
+    q32 = q.astype(np.float32)
+    d = np.abs(q32).max(axis=1, keepdims=True) / np.float32(query_qmax(cache_type))
+    with np.errstate(divide="ignore"):
+        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    deq = round_away(q32 * inv) * d.astype(np.float64)
+    return deq, np.broadcast_to(d.astype(np.float64) / 2, q.shape)
+
+
+def tile_rows(layer, cache_type, n):
+    """The first n cached rows as the tile path (kparallel, prefill) computes with them:
+    float64 rows and, for the 8-bit caches, each row's int16 unit (else None).  q8_0 rows
+    are re-expressed on the largest block scale s of the row (csrc/attention.c,
+    q8_0_row_to_i16): M_b = rint(d_b·(32767/s)), k16 = (q·64·M_b + 2^14) >> 15 (vpmulhrsw),
+    unit = s·(32768/32767/64), all in float32 as the C code does."""
+    if cache_type == "q8_0":
+        blocks = layer[:n].reshape(n, WIDTH // 32, 34)
+        d = blocks[:, :, :2].copy().view(np.float16).astype(np.float32)[:, :, 0]
+        q = blocks[:, :, 2:].view(np.int8).astype(np.int64)
+        s = d.max(axis=1)
+        with np.errstate(divide="ignore"):
+            ia = np.where(s > 0, np.float32(32767) / s, np.float32(0)).astype(np.float32)
+        m = np.rint((d * ia[:, None]).astype(np.float32)).astype(np.int64)
+        k16 = (q * 64 * m[:, :, None] + 16384) >> 15
+        unit = (s * (np.float32(32768) / np.float32(32767) / np.float32(64))).astype(np.float32)
+        return (k16.reshape(n, WIDTH) * unit[:, None].astype(np.float64)), unit.astype(np.float64)
+    x = attn.kv_cache_load(layer, cache_type, 0, n).astype(np.float64)
+    if cache_type == "q8_KV":
+        return x, layer[:n, :4].copy().view(np.float32)[:, 0].astype(np.float64)
+    return x, None
 
 
 def storage_error(rows, cache_type):
@@ -130,26 +164,42 @@ TILE = 32  # rows per tile of the kernels' integer value path (csrc/attention.c)
 PMAX = {"q8_KV": 32767.0, "q8_0": 8191.0}
 
 
-def int_value_bound(x, p, cache_type):
+def int_value_bound(x, unit, p, cache_type):
     """Bound [H, KV_LORA] on what the integer value path adds (see the module docstring).
 
-    x: dequantized cache rows [n, WIDTH]; p: softmax weights [H, n] (rows sum to 1)."""
-    if cache_type not in PMAX:
+    x, unit: tile_rows() of the cache; p: softmax weights [H, n] (rows sum to 1)."""
+    if cache_type not in PMAX or unit is None:  # unit None: the heads path, float values
         return 0.0
     xv = np.abs(x[:, :KV_LORA])
-    if cache_type == "q8_KV":
-        vs = np.abs(x).max(axis=1) / 127.0
-    else:
-        vs = xv.reshape(len(x), -1, 32).max(axis=2).max(axis=1) / 127.0 / 64.0
-    vs = np.maximum(vs, 1e-30)
+    vs = np.maximum(unit, 1e-30)
     bound = np.zeros((p.shape[0], KV_LORA))
     for t0 in range(0, len(x), TILE):
         sl = slice(t0, t0 + TILE)
         step = (p[:, sl] * vs[sl]).max(axis=1) / PMAX[cache_type]  # [H]
         bound += 0.5 * step[:, None] * (xv[sl] / vs[sl, None]).sum(axis=0)[None, :]
-    if cache_type == "q8_0":
-        bound += 0.65 * (p * vs[None, :]).sum(axis=1)[:, None]
     return bound * 1.01
+
+
+def softmax_rows(s):
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def kernel_operands(kv, ct, q_lat, n_kv, path):
+    """(rows, units, quantized query, its error) the kernel computes with on `path`
+    ("heads": the dequantized rows; "tile": see tile_rows)."""
+    if path == "tile":
+        x, unit = tile_rows(kv.layer(0), ct, n_kv)
+    else:
+        x, unit = kv.load(0, 0, n_kv).astype(np.float64), None
+    qd, qerr = quantize_query(q_lat * np.float32(SCALE), ct)
+    return x, unit, qd, qerr
+
+
+def decode_path(strategy, n_kv, threads):
+    if strategy == "auto":
+        strategy = attn.choose_strategy(n_kv, threads)
+    return "heads" if strategy == "heads" else "tile"
 
 
 def make_cache(rows, cache_type, n_ctx=N_CTX):
@@ -226,20 +276,20 @@ def check_decode(problem, kv, ct, q_lat, ref_plain, n_kv, strategy, threads):
     out = np.full((problem.n_head, KV_LORA), np.nan, np.float32)
     used = attn.mla_decode(q_lat, kv.layer(0), ct, n_kv, SCALE, out, strategy, threads)
     assert used == strategy or strategy == "auto"
-    x = kv.load(0, 0, n_kv).astype(np.float64)
-    qd, qerr = quantize_query(q_lat * np.float32(SCALE), ct)
+    path = decode_path(strategy, n_kv, threads)
+    x, unit, qd, qerr = kernel_operands(kv, ct, q_lat, n_kv, path)
 
     # 1. tight: same quantized operands, float64 reference arithmetic
-    s = qd @ x.T
-    p = np.exp(s - s.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    p = softmax_rows(qd @ x.T)
     tight = p @ x[:, :KV_LORA]
-    tol = 2e-4 * np.abs(tight).max() + 1e-6 + int_value_bound(x, p, ct)
+    tol = 2e-4 * np.abs(tight).max() + 1e-6 + int_value_bound(x, unit, p, ct)
     assert (np.abs(out - tight) <= tol).all(), (ct, n_kv, strategy, threads)
 
     # 2. derived bound against the plain (non-absorbed, unquantized) attention
     exact = problem.rows[:n_kv].astype(np.float64)
     e = storage_error(problem.rows[:n_kv], ct)
+    if ct == "q8_0" and path == "tile":
+        e = e + 0.65 * unit[:, None]
     q_exact = q_lat.astype(np.float64) * SCALE
     delta = (np.abs(q_exact) @ e.T + qerr @ np.abs(exact).T + qerr @ e.T).max()
     s_ex = q_exact @ exact.T
@@ -247,7 +297,7 @@ def check_decode(problem, kv, ct, q_lat, ref_plain, n_kv, strategy, threads):
     p_ex /= p_ex.sum(axis=1, keepdims=True)
     ev = e[:, :KV_LORA]
     bound_lat = p_ex @ ev + np.expm1(2 * delta) * (p_ex @ (np.abs(exact[:, :KV_LORA]) + ev))
-    bound_lat = bound_lat + int_value_bound(x, p, ct)
+    bound_lat = bound_lat + int_value_bound(x, unit, p, ct)
     bound = np.einsum("hl,hvl->hv", bound_lat, np.abs(problem.w_v))
     got = problem.up(out)
     err = np.abs(got - ref_plain)
@@ -268,23 +318,19 @@ def test_decode_matches_plain_mla(problem, caches, token, ct, strategy, threads)
 
 @pytest.mark.parametrize("ct", CACHE_TYPES)
 def test_strategies_agree(problem, caches, token, ct):
-    """heads and kparallel, 1 and 2 threads: same result up to fp32 summation order, plus
-    for the 8-bit caches the integer value path of kparallel (int_value_bound)."""
+    """heads and kparallel, 1 and 2 threads: each the same as its path's float64 result
+    on the same operands up to fp32 summation order (plus, on the tile path of the 8-bit
+    caches, the integer value path); the two paths differ only in their operands (q8_0)."""
     q_lat, _ = token
     n_kv = 2500
-    outs = []
     for strategy, threads in [("heads", 1), ("heads", 2), ("kparallel", 1), ("kparallel", 2), ("auto", 2)]:
         out = np.zeros((H, KV_LORA), np.float32)
         attn.mla_decode(q_lat, caches[ct].layer(0), ct, n_kv, SCALE, out, strategy, threads)
-        outs.append(out)
-    x = caches[ct].load(0, 0, n_kv).astype(np.float64)
-    qd, _ = quantize_query(q_lat * np.float32(SCALE), ct)
-    s = qd @ x.T
-    p = np.exp(s - s.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    tol = 1e-5 * np.abs(outs[0]).max() + 1e-7 + int_value_bound(x, p, ct)
-    for o in outs[1:]:
-        assert (np.abs(o - outs[0]) <= tol).all()
+        x, unit, qd, _ = kernel_operands(caches[ct], ct, q_lat, n_kv, decode_path(strategy, n_kv, threads))
+        p = softmax_rows(qd @ x.T)
+        tight = p @ x[:, :KV_LORA]
+        tol = 2e-5 * np.abs(tight).max() + 1e-7 + int_value_bound(x, unit, p, ct)
+        assert (np.abs(out - tight) <= tol).all(), (strategy, threads)
 
 
 @pytest.mark.parametrize("n_head", [3, 20])
@@ -314,17 +360,14 @@ def test_prefill_equals_token_by_token(ct, threads):
     # integer (running maxima differ between the two paths), so twice its bound is allowed.
     step = KVCache(1, 200, ct)
     step.store(0, 0, prob.rows[:pos0])
-    x = batch.load(0, 0, pos0 + n_new).astype(np.float64)
     for i in range(n_new):
         step.store(0, pos0 + i, prob.rows[pos0 + i:pos0 + i + 1])
         out = np.zeros((H, KV_LORA), np.float32)
         attn.mla_decode(q_lat[i], step.layer(0), ct, pos0 + i + 1, SCALE, out, "kparallel", threads)
         tol = 1e-5 * np.abs(out).max() + 1e-7
         if ct in PMAX:
-            qd, _ = quantize_query(q_lat[i] * np.float32(SCALE), ct)
-            s = qd @ x[:pos0 + i + 1].T
-            p = np.exp(s - s.max(axis=1, keepdims=True))
-            tol = tol + 2 * int_value_bound(x[:pos0 + i + 1], p / p.sum(axis=1, keepdims=True), ct)
+            x, unit, qd, _ = kernel_operands(batch, ct, q_lat[i], pos0 + i + 1, "tile")
+            tol = tol + 2 * int_value_bound(x, unit, softmax_rows(qd @ x.T), ct)
         assert (np.abs(out - out_b[i]) <= tol).all(), (ct, i)
     assert np.array_equal(batch.layer(0), step.layer(0))
 

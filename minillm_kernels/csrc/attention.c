@@ -7,12 +7,14 @@
  * sum l, and the unnormalized accumulator O, rescaled when the max grows):
  *   scores S[t][h] = Σ_d row_t[d] · q_h[d]     vectorized over the 16 heads:
  *       f16/bf16: fp32 FMAs on the rows converted to float;
- *       q8_0/q8_KV: the query quantized the same way, int16 pairs and vpmaddwd
- *       (two int8 products per lane), scales applied per block / per row;
+ *       q8_0/q8_KV: each row as int16 values with ONE scale (q8_KV: its own; q8_0:
+ *       the blocks re-expressed on the row's largest block scale, see tile_convert),
+ *       the query as int16 with one scale per head, vpmaddwd (two products per lane)
+ *       and one int32 sum per row and head: no per-block float work;
  *   O[h][:]       += Σ_t p[t][h] · row_t[:dv]  vectorized over dv:
  *       f16/bf16: fp32 FMAs;
- *       q8_0/q8_KV: probabilities quantized to int16 per head and tile, row pairs
- *       interleaved as int16, vpmaddwd (two rows per instruction), exact int32 sums.
+ *       q8_0/q8_KV: probabilities quantized to int16 per head and tile, the same int16
+ *       rows interleaved in pairs, vpmaddwd (two rows per instruction), exact int32 sums.
  * Each cache row is read from memory once and reused for all heads while it sits
  * in L1/L2: attention at depth becomes compute-bound rather than bandwidth-bound.
  *
@@ -52,7 +54,7 @@ typedef struct {
 typedef struct {
     float *qf;   /* f16/bf16: [D][16] transposed float queries */
     int32_t *qi; /* q8_0/q8_KV: [D/2][16] pairs of int16 query values */
-    float *qd;   /* q8_0: [nb][16] block scales; q8_KV: [16] row scales */
+    float *qd;   /* q8_0/q8_KV: [16] scale of each query row */
     int nlanes;  /* active query rows (the rest are zero padding) */
 } qgroup_t;
 
@@ -62,13 +64,12 @@ typedef struct {
 } state_t;
 
 typedef struct {
-    float *kf;   /* [TILE][D] rows as float (only the first DV for 8-bit caches) */
-    int16_t *ki; /* [TILE][D] 8-bit caches: quantized values widened to int16 */
-    float *kd;   /* [TILE][nb] (q8_0) or [TILE] (q8_KV) scales */
+    float *kf;   /* [TILE][D] rows as float (scalar build: the first DV values of 8-bit rows) */
+    int16_t *ki; /* [TILE][D] 8-bit caches: each row as int16 values ... */
+    float *kd;   /* [TILE]    ... times this one scale per row */
     float *s;    /* [TILE][LANES] scores, then probabilities */
-    int32_t *vp; /* INT_VALUES: [TILE/2][DV] values of row pairs as int16 pairs */
+    int32_t *vp; /* INT_VALUES: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
     int32_t *pp; /* INT_VALUES: [TILE/2][LANES] quantized probabilities of row pairs */
-    float *vs;   /* INT_VALUES: [TILE] scale of each row's int16 values */
     const char *pf, *pf_end; /* cache bytes still to prefetch for the next tile */
 } tile_t;
 
@@ -84,20 +85,26 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 
 /* 8-bit cache values are multiplied by int16-quantized probabilities with vpmaddwd (two
  * rows per instruction) instead of fp32 FMAs: see tile_values_int(). */
-#ifndef Q8_0_INT_VALUES
-#define Q8_0_INT_VALUES 1
-#endif
-#define INT_VALUES(type) (MINILLM_AVX2 && ((type) == ATTN_Q8_KV || (Q8_0_INT_VALUES && (type) == ATTN_Q8_0)))
-/* q8_0 rows become int16 values v16 ≈ q·(d_b/s)·V16_SCALE with one row scale s = max_b d_b
- * (over the value blocks): |v16| <= 127·64; extra error per value <= 0.5 + 127·64/65534 < 0.65
- * units of s/64 (final rounding, and the rounding of the 15-bit block multiplier). */
+#define INT_VALUES(type) (MINILLM_AVX2 && is_q8(type))
+/* q8_0 rows become int16 values k16 = round(q·64·M_b / 2^15), M_b = round(d_b/s·32767), with
+ * one row scale s = max_b d_b: k16·s·32768/(32767·64) ≈ q·d_b, |k16| <= 127·64, extra error per
+ * value <= 0.5 + 127·64/65534 < 0.65 units of that row scale (the final rounding, and the
+ * rounding of the 15-bit block multiplier). */
 #define V16_SCALE 64.0f
-/* largest quantized probability: TILE·PMAX·max|v| must stay below 2^31 */
+#define KMAX_Q8_0 (127 * 64)
+#define KMAX_Q8_KV 127
+/* largest quantized probability: TILE·PMAX·max|k16| must stay below 2^31 */
 #define PMAX_Q8_KV 32767.0f
 #define PMAX_Q8_0 8191.0f
-_Static_assert(TILE * 32767.0 * 127 < 2147483647.0 && TILE * 8191.0 * 127 * 64 < 2147483647.0, "int32 value sums");
+_Static_assert(TILE * 32767.0 * KMAX_Q8_KV < 2147483647.0 && TILE * 8191.0 * KMAX_Q8_0 < 2147483647.0, "int32 value sums");
 
 static int is_q8(int type) { return type == ATTN_Q8_0 || type == ATTN_Q8_KV; }
+
+/* Largest int16 query value for an 8-bit cache: a score sums D products |k16|·|q| in int32. */
+static int query_qmax(int type, int D) {
+    const long long q = 2147483647LL / ((long long)(type == ATTN_Q8_0 ? KMAX_Q8_0 : KMAX_Q8_KV) * D);
+    return q > 32767 ? 32767 : (int)q;
+}
 
 static void *xalloc(size_t bytes) {
     void *p = NULL;
@@ -107,6 +114,10 @@ static void *xalloc(size_t bytes) {
 
 /* ------------------------------------------------------------------ vector helpers */
 #if MINILLM_AVX2
+/* An empty asm that claims to modify x: placed at the end of a loop body, it makes GCC keep
+ * an accumulator in one register across iterations (otherwise GCC 12 writes each new sum to
+ * another register and adds a register move per accumulator per iteration). */
+#define PIN(x) __asm__("" : "+v"(x))
 static inline __m256 exp_ps(__m256 x) {
     /* e^x = 2^n · e^r, n = round(x/ln2), |r| <= ln2/2; degree-6 Taylor (rel. error ~2e-7). */
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
@@ -139,19 +150,19 @@ static inline __m256 load_bf16x8(const uint16_t *p) {
 static inline __m256 load_i8x8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
-/* Eight int32 partial sums of the 32 products k[i]·q[i] (|k|,|q| <= 127: no int16 saturation). */
-static inline __m256i dot32_i8(__m256i k, __m256i q) {
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(k, k), _mm256_sign_epi8(q, k));
-    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+/* Eight int32 partial sums of the 32 products k[i]·q[i]: int8 k, int16 q. */
+static inline __m256i dot32_i8_i16(const int8_t *k, const int16_t *q) {
+    const __m256i k0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)k));
+    const __m256i k1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(k + 16)));
+    return _mm256_add_epi32(_mm256_madd_epi16(k0, _mm256_loadu_si256((const __m256i *)q)),
+                            _mm256_madd_epi16(k1, _mm256_loadu_si256((const __m256i *)(q + 16))));
 }
 #endif
 
 /* ------------------------------------------------------------------ query preparation */
-#define quantize_q8 attn_quantize_q8
-
 static size_t qgroup_floats(const layout_t *L) {
-    /* room for one group: qf [D][16] floats, or qi [D/2][16] int32 + qd [nb][16] */
-    return (size_t)L->D * LANES + (size_t)L->nb * LANES + 64;
+    /* room for one group: qf [D][16] floats, or qi [D/2][16] int32 + qd [16] */
+    return (size_t)L->D * LANES + LANES + 64;
 }
 
 /* rows: nq query rows of D floats, row stride `stride` floats. */
@@ -168,26 +179,46 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     }
     g->qi = (int32_t *)mem;
     g->qd = mem + (size_t)D / 2 * LANES;
-    int8_t q[2048 + 32];
+    const int qmax = query_qmax(L->type, D);
+    int16_t q[2048];
     for (int h = 0; h < LANES; h++) {
         if (h < nq) {
-            if (L->type == ATTN_Q8_0)
-                for (int b = 0; b < L->nb; b++) g->qd[b * LANES + h] = quantize_q8(rows + h * stride + b * QK, scale, QK, q + b * QK);
-            else
-                g->qd[h] = quantize_q8(rows + h * stride, scale, D, q);
+            g->qd[h] = attn_quantize_i16(rows + h * stride, scale, D, qmax, q);
         } else {
-            memset(q, 0, (size_t)D);
-            if (L->type == ATTN_Q8_0) for (int b = 0; b < L->nb; b++) g->qd[b * LANES + h] = 0.0f;
-            else g->qd[h] = 0.0f;
+            memset(q, 0, sizeof(int16_t) * (size_t)D);
+            g->qd[h] = 0.0f;
         }
         for (int d = 0; d < D; d += 2)
-            g->qi[(d / 2) * LANES + h] = (int32_t)(((uint32_t)(uint16_t)(int16_t)q[d]) | ((uint32_t)(uint16_t)(int16_t)q[d + 1] << 16));
+            g->qi[(d / 2) * LANES + h] = (int32_t)((uint32_t)(uint16_t)q[d] | (uint32_t)(uint16_t)q[d + 1] << 16);
     }
 }
 
 /* ------------------------------------------------------------------ tile conversion */
+/* One q8_0 row as int16 values on one row scale (see V16_SCALE); returns that scale. */
+static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
+    float db[64], s = 0.0f; /* nb <= MAX_WIDTH / 32 */
+    for (int j = 0; j < nb; j++) {
+        db[j] = fp16_to_fp32(b[j].d);
+        s = db[j] > s ? db[j] : s;
+    }
+    const float ia = s > 0.0f ? 32767.0f / s : 0.0f;
+    for (int j = 0; j < nb; j++) {
+        const int16_t m = (int16_t)lrintf(db[j] * ia); /* 0..32767 */
+#if MINILLM_AVX2
+        const __m256i vm = _mm256_set1_epi16(m);
+        for (int i = 0; i < QK; i += 16) {
+            const __m256i k = _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b[j].qs + i))), 6);
+            _mm256_store_si256((__m256i *)(ki + j * QK + i), _mm256_mulhrs_epi16(k, vm));
+        }
+#else
+        for (int i = 0; i < QK; i++) ki[j * QK + i] = (int16_t)((b[j].qs[i] * 64 * (int32_t)m + 16384) >> 15);
+#endif
+    }
+    return s * (32768.0f / 32767.0f / V16_SCALE);
+}
+
 static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
-    const int D = L->D, DV = L->DV, nb = L->nb;
+    const int D = L->D, DV = L->DV;
     for (int r = 0; r < nt; r++) {
         const uint8_t *src = L->cache + (size_t)(t0 + r) * L->rb;
         float *kf = T->kf + (size_t)r * D;
@@ -211,86 +242,43 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
 #endif
             break;
         }
-        case ATTN_Q8_0: {
-            const block_q8_0 *b = (const block_q8_0 *)src;
-            for (int j = 0; j < nb; j++) {
-                const float d = fp16_to_fp32(b[j].d);
-                T->kd[r * nb + j] = d;
-#if MINILLM_AVX2
-                const __m256i v = _mm256_loadu_si256((const __m256i *)b[j].qs);
-                _mm256_store_si256((__m256i *)(ki + j * QK), _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
-                _mm256_store_si256((__m256i *)(ki + j * QK + 16), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
-                if (j * QK < DV && !INT_VALUES(ATTN_Q8_0)) {
-                    const __m256 vd = _mm256_set1_ps(d);
-                    for (int i = 0; i < QK; i += 8) _mm256_store_ps(kf + j * QK + i, _mm256_mul_ps(vd, load_i8x8(b[j].qs + i)));
-                }
-#else
-                for (int i = 0; i < QK; i++) {
-                    ki[j * QK + i] = b[j].qs[i];
-                    if (j * QK + i < DV) kf[j * QK + i] = d * b[j].qs[i];
-                }
-#endif
-            }
-#if MINILLM_AVX2
-            if (INT_VALUES(ATTN_Q8_0)) {
-                /* v16 = round((q·64)·M_b / 2^15) with M_b = round(d_b/s·32767) (vpmulhrsw):
-                 * row value scale vs = s·32768/(32767·64) */
-                float sv = 0.0f;
-                for (int j = 0; j < DV / QK; j++) sv = fmaxf(sv, T->kd[r * nb + j]);
-                T->vs[r] = sv * (32768.0f / 32767.0f / V16_SCALE);
-                /* rows r-1, r as int16 pairs; an odd last row pairs with zeros */
-                if (r & 1 || r == nt - 1) {
-                    const int ra = r & 1 ? r - 1 : r;
-                    const block_q8_0 *ba = (const block_q8_0 *)(L->cache + (size_t)(t0 + ra) * L->rb);
-                    float sa = 0.0f;
-                    for (int j = 0; j < DV / QK; j++) sa = fmaxf(sa, T->kd[ra * nb + j]);
-                    const float ia = sa > 0.0f ? 32767.0f / sa : 0.0f, ib = r & 1 && sv > 0.0f ? 32767.0f / sv : 0.0f;
-                    int32_t *vp = T->vp + (size_t)(r / 2) * DV;
-                    int32_t mul_a[72], mul_b[72]; /* DV/32 <= 64, rounded up to 8 */
-                    for (int j = 0; j < DV / QK; j += 8) {
-                        _mm256_storeu_si256((__m256i *)(mul_a + j), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(T->kd + ra * nb + j), _mm256_set1_ps(ia))));
-                        _mm256_storeu_si256((__m256i *)(mul_b + j), _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(T->kd + r * nb + j), _mm256_set1_ps(ib))));
-                    }
-                    for (int j = 0; j < DV / QK; j++) {
-                        const __m128i ma = _mm_set1_epi16((int16_t)mul_a[j]);
-                        const __m128i mb = _mm_set1_epi16((int16_t)mul_b[j]);
-                        for (int i = 0; i < QK; i += 8) {
-                            const __m128i a = _mm_mulhrs_epi16(_mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(ba[j].qs + i))), 6), ma);
-                            const __m128i c = _mm_mulhrs_epi16(_mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(b[j].qs + i))), 6), mb);
-                            _mm256_store_si256((__m256i *)(vp + j * QK + i), _mm256_set_m128i(_mm_unpackhi_epi16(a, c), _mm_unpacklo_epi16(a, c)));
-                        }
-                    }
-                }
-            }
-#endif
+        case ATTN_Q8_0:
+            T->kd[r] = q8_0_row_to_i16((const block_q8_0 *)src, L->nb, ki);
             break;
-        }
         case ATTN_Q8_KV: {
-            float d; memcpy(&d, src, 4);
-            T->kd[r] = d;
-            T->vs[r] = d;
+            memcpy(&T->kd[r], src, 4);
             const int8_t *q = (const int8_t *)(src + 8);
 #if MINILLM_AVX2
             for (int i = 0; i < D; i += 16)
                 _mm256_store_si256((__m256i *)(ki + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i))));
-            /* rows r-1, r as interleaved int16 pairs; an odd last row pairs with zeros */
-            if (r & 1 || r == nt - 1) {
-                const int8_t *qa = r & 1 ? (const int8_t *)(L->cache + (size_t)(t0 + r - 1) * L->rb + 8) : q;
-                int32_t *vp = T->vp + (size_t)(r / 2) * DV;
-                for (int i = 0; i < DV; i += 8) {
-                    const __m128i a = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(qa + i)));
-                    const __m128i b = r & 1 ? _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(q + i))) : _mm_setzero_si128();
-                    _mm256_store_si256((__m256i *)(vp + i), _mm256_set_m128i(_mm_unpackhi_epi16(a, b), _mm_unpacklo_epi16(a, b)));
-                }
-            }
 #else
             for (int i = 0; i < D; i++) ki[i] = q[i];
-            for (int i = 0; i < DV; i++) kf[i] = d * q[i];
 #endif
             break;
         }
         }
+#if !MINILLM_AVX2
+        if (is_q8(L->type)) /* the scalar value loop works on floats */
+            for (int d = 0; d < DV; d++) kf[d] = T->kd[r] * ki[d];
+#endif
     }
+#if MINILLM_AVX2
+    if (!is_q8(L->type)) return;
+    /* value rows in pairs (2p, 2p+1), interleaved value by value for vpmaddwd;
+     * an odd last row pairs with zeros */
+    for (int p = 0; 2 * p < nt; p++) {
+        const int16_t *a = T->ki + (size_t)(2 * p) * D, *b = a + D;
+        const int has_b = 2 * p + 1 < nt;
+        int32_t *vp = T->vp + (size_t)p * DV;
+        for (int d = 0; d < DV; d += 16) {
+            const __m256i va = _mm256_load_si256((const __m256i *)(a + d));
+            const __m256i vb = has_b ? _mm256_load_si256((const __m256i *)(b + d)) : _mm256_setzero_si256();
+            const __m256i lo = _mm256_unpacklo_epi16(va, vb), hi = _mm256_unpackhi_epi16(va, vb);
+            _mm256_store_si256((__m256i *)(vp + d), _mm256_permute2x128_si256(lo, hi, 0x20));
+            _mm256_store_si256((__m256i *)(vp + d + 8), _mm256_permute2x128_si256(lo, hi, 0x31));
+        }
+    }
+#endif
 }
 
 /* ------------------------------------------------------------------ scores: S = rows · Qᵀ */
@@ -310,6 +298,7 @@ static inline __attribute__((always_inline)) void kq_f32_rows(const float *kf, i
             a0[r] = _mm256_fmadd_ps(k, q0, a0[r]);
             a1[r] = _mm256_fmadd_ps(k, q1, a1[r]);
         }
+        for (int r = 0; r < R; r++) { PIN(a0[r]); PIN(a1[r]); }
     }
     for (int r = 0; r < R; r++) { _mm256_store_ps(s + r * LANES, a0[r]); _mm256_store_ps(s + r * LANES + 8, a1[r]); }
 }
@@ -319,50 +308,60 @@ static inline __attribute__((always_inline)) void kq_f32_rows(const float *kf, i
 static inline __attribute__((always_inline)) void kq_i16_span(const int16_t *ki, int D, const int32_t *qi, int d0, int d1,
                                                               __m256i *a0, __m256i *a1, const int R) {
     for (int r = 0; r < R; r++) { a0[r] = _mm256_setzero_si256(); a1[r] = _mm256_setzero_si256(); }
-    for (int d = d0; d < d1; d += 2) {
-        const __m256i q0 = _mm256_load_si256((const __m256i *)(qi + (d / 2) * LANES));
-        const __m256i q1 = _mm256_load_si256((const __m256i *)(qi + (d / 2) * LANES + 8));
+    const int32_t *qp = qi + (size_t)(d0 / 2) * LANES;
+    const int16_t *kp = ki + d0;
+    for (int n = (d1 - d0) / 2; n > 0; n--, qp += LANES, kp += 2) {
+        const __m256i q0 = _mm256_load_si256((const __m256i *)qp), q1 = _mm256_load_si256((const __m256i *)(qp + 8));
         for (int r = 0; r < R; r++) {
-            int32_t pair; memcpy(&pair, ki + (size_t)r * D + d, 4);
+            int32_t pair; memcpy(&pair, kp + (size_t)r * D, 4);
             const __m256i k = _mm256_set1_epi32(pair);
             a0[r] = _mm256_add_epi32(a0[r], _mm256_madd_epi16(k, q0));
             a1[r] = _mm256_add_epi32(a1[r], _mm256_madd_epi16(k, q1));
         }
+        for (int r = 0; r < R; r++) { PIN(a0[r]); PIN(a1[r]); }
     }
 }
 
-static inline __attribute__((always_inline)) void kq_q8_0_rows(const int16_t *ki, int D, const float *kd, int nb,
-                                                               const qgroup_t *g, float *s, const int R) {
-    __m256 f0[4], f1[4];
-    __m256i a0[4], a1[4];
-    for (int r = 0; r < R; r++) { f0[r] = _mm256_setzero_ps(); f1[r] = _mm256_setzero_ps(); }
-    for (int b = 0; b < nb; b++) {
-        kq_i16_span(ki, D, g->qi, b * QK, b * QK + QK, a0, a1, R);
-        const __m256 d0 = _mm256_load_ps(g->qd + b * LANES), d1 = _mm256_load_ps(g->qd + b * LANES + 8);
-        for (int r = 0; r < R; r++) {
-            const __m256 dk = _mm256_set1_ps(kd[r * nb + b]);
-            f0[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[r]), _mm256_mul_ps(dk, d0), f0[r]);
-            f1[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[r]), _mm256_mul_ps(dk, d1), f1[r]);
-        }
-    }
-    for (int r = 0; r < R; r++) { _mm256_store_ps(s + r * LANES, f0[r]); _mm256_store_ps(s + r * LANES + 8, f1[r]); }
+/* R int16 rows against 16 int16 query rows, one int32 sum per row and query, times the
+ * row scale and the query scale. */
+static inline __attribute__((always_inline)) void kq_i16_store(__m256i a0, __m256i a1, float kd, const qgroup_t *g, float *s) {
+    const __m256 dk = _mm256_set1_ps(kd);
+    _mm256_store_ps(s, _mm256_mul_ps(_mm256_cvtepi32_ps(a0), _mm256_mul_ps(dk, _mm256_load_ps(g->qd))));
+    _mm256_store_ps(s + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(a1), _mm256_mul_ps(dk, _mm256_load_ps(g->qd + 8))));
 }
 
-static inline __attribute__((always_inline)) void kq_q8kv_rows(const int16_t *ki, int D, const float *kd,
-                                                               const qgroup_t *g, float *s, const int R) {
-    __m256i a0[6], a1[6];
-    kq_i16_span(ki, D, g->qi, 0, D, a0, a1, R);
-    const __m256 d0 = _mm256_load_ps(g->qd), d1 = _mm256_load_ps(g->qd + 8);
-    for (int r = 0; r < R; r++) {
-        const __m256 dk = _mm256_set1_ps(kd[r]);
-        _mm256_store_ps(s + r * LANES, _mm256_mul_ps(_mm256_cvtepi32_ps(a0[r]), _mm256_mul_ps(dk, d0)));
-        _mm256_store_ps(s + r * LANES + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(a1[r]), _mm256_mul_ps(dk, d1)));
+static void kq_i16_rows1(const int16_t *ki, int D, const float *kd, const qgroup_t *g, float *s) {
+    __m256i a0, a1;
+    kq_i16_span(ki, D, g->qi, 0, D, &a0, &a1, 1);
+    kq_i16_store(a0, a1, kd[0], g, s);
+}
+
+/* Six rows at once (12 accumulators, 2 query vectors, 1 broadcast: 15 registers). */
+static void kq_i16_rows6(const int16_t *ki, int D, const float *kd, const qgroup_t *g, float *s) {
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+    __m256i a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
+    const int32_t *qp = g->qi;
+    const int16_t *k = ki;
+    for (int n = D / 2; n > 0; n--, qp += LANES, k += 2) {
+        const __m256i q0 = _mm256_load_si256((const __m256i *)qp), q1 = _mm256_load_si256((const __m256i *)(qp + 8));
+#define ROW(r, x0, x1) { int32_t pair; memcpy(&pair, k + (size_t)(r) * D, 4); const __m256i kb = _mm256_set1_epi32(pair); \
+        x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(kb, q0)); x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(kb, q1)); }
+        ROW(0, a00, a01) ROW(1, a10, a11) ROW(2, a20, a21) ROW(3, a30, a31) ROW(4, a40, a41) ROW(5, a50, a51)
+#undef ROW
+        PIN(a00); PIN(a01); PIN(a10); PIN(a11); PIN(a20); PIN(a21);
+        PIN(a30); PIN(a31); PIN(a40); PIN(a41); PIN(a50); PIN(a51);
     }
+    kq_i16_store(a00, a01, kd[0], g, s);
+    kq_i16_store(a10, a11, kd[1], g, s + LANES);
+    kq_i16_store(a20, a21, kd[2], g, s + 2 * LANES);
+    kq_i16_store(a30, a31, kd[3], g, s + 3 * LANES);
+    kq_i16_store(a40, a41, kd[4], g, s + 4 * LANES);
+    kq_i16_store(a50, a51, kd[5], g, s + 5 * LANES);
 }
 #endif
 
 static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup_t *g) {
-    const int D = L->D, nb = L->nb;
+    const int D = L->D;
 #if MINILLM_AVX2
     int r = 0;
     switch (L->type) {
@@ -373,13 +372,9 @@ static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup
             for (; r < nt; r++) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
         }
         break;
-    case ATTN_Q8_0:
-        for (; r + 4 <= nt; r += 4) kq_q8_0_rows(T->ki + (size_t)r * D, D, T->kd + r * nb, nb, g, T->s + r * LANES, 4);
-        for (; r < nt; r++) kq_q8_0_rows(T->ki + (size_t)r * D, D, T->kd + r * nb, nb, g, T->s + r * LANES, 1);
-        break;
-    case ATTN_Q8_KV:
-        for (; r + 6 <= nt; r += 6) kq_q8kv_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 6);
-        for (; r < nt; r++) kq_q8kv_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 1);
+    case ATTN_Q8_0: case ATTN_Q8_KV:
+        for (; r + 6 <= nt; r += 6) kq_i16_rows6(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES);
+        for (; r < nt; r++) kq_i16_rows1(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES);
         break;
     }
 #else
@@ -393,18 +388,12 @@ static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup
                 continue;
             }
             const int16_t *k = T->ki + (size_t)r * D;
-            float acc = 0.0f;
-            for (int b = 0; b < (L->type == ATTN_Q8_0 ? nb : 1); b++) {
-                const int d0 = L->type == ATTN_Q8_0 ? b * QK : 0, d1 = L->type == ATTN_Q8_0 ? d0 + QK : D;
-                int32_t isum = 0;
-                for (int d = d0; d < d1; d++) {
-                    const int32_t pair = g->qi[(d / 2) * LANES + h];
-                    isum += k[d] * (int16_t)(d & 1 ? (uint32_t)pair >> 16 : (uint32_t)pair & 0xffff);
-                }
-                acc += L->type == ATTN_Q8_0 ? (float)isum * T->kd[r * nb + b] * g->qd[b * LANES + h]
-                                            : (float)isum * T->kd[r] * g->qd[h];
+            int32_t isum = 0;
+            for (int d = 0; d < D; d++) {
+                const int32_t pair = g->qi[(d / 2) * LANES + h];
+                isum += k[d] * (int16_t)(d & 1 ? (uint32_t)pair >> 16 : (uint32_t)pair & 0xffff);
             }
-            s[h] = acc;
+            s[h] = (float)isum * (T->kd[r] * g->qd[h]);
         }
     }
 #endif
@@ -466,6 +455,7 @@ static inline __attribute__((always_inline)) void v_block(const float *kf, int D
             a0[i] = _mm256_fmadd_ps(pb, v0, a0[i]);
             a1[i] = _mm256_fmadd_ps(pb, v1, a1[i]);
         }
+        for (int i = 0; i < NH; i++) { PIN(a0[i]); PIN(a1[i]); }
     }
     for (int i = 0; i < NH; i++) { _mm256_store_ps(o0 + (size_t)i * DV, a0[i]); _mm256_store_ps(o0 + (size_t)i * DV + 8, a1[i]); }
 }
@@ -513,6 +503,7 @@ static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp,
             a0[i] = _mm256_add_epi32(a0[i], _mm256_madd_epi16(pb, v0));
             a1[i] = _mm256_add_epi32(a1[i], _mm256_madd_epi16(pb, v1));
         }
+        for (int i = 0; i < NH; i++) { PIN(a0[i]); PIN(a1[i]); }
     }
     for (int i = 0; i < NH; i++) {
         const __m256 c = _mm256_set1_ps(sc[i]);
@@ -522,7 +513,7 @@ static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp,
     }
 }
 
-/* Values for 8-bit rows: p'[t][h] = p[t][h]·vs_t (vs_t: the row's int16 value scale) is
+/* Values for 8-bit rows: p'[t][h] = p[t][h]·kd_t (kd_t: the row's int16 value scale) is
  * quantized per head over the tile to int16 in 0..pmax (rounding error <= 0.5/pmax of the
  * tile's largest weight: 1.5e-5 for q8_KV, 6.1e-5 for q8_0), and Σ_t p'·v16_t is computed
  * exactly in int32 (see the static assert on TILE·pmax·max|v16|). */
@@ -532,7 +523,7 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
     for (int v = 0; v < LANES; v += 8) {
         __m256 mx = _mm256_setzero_ps();
         for (int t = 0; t < n; t++) {
-            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(T->vs[t]));
+            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(T->kd[t]));
             _mm256_store_ps(T->s + t * LANES + v, pw);
             mx = _mm256_max_ps(mx, pw);
         }
@@ -606,15 +597,14 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
 static int tile_alloc(const layout_t *L, tile_t *T) {
     T->kf = xalloc(sizeof(float) * TILE * (size_t)L->D);
     T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
-    T->kd = xalloc(sizeof(float) * (TILE * (size_t)(L->nb + 1) + 8)); /* +8: vector reads past the last row */
+    T->kd = xalloc(sizeof(float) * TILE);
     T->s = xalloc(sizeof(float) * TILE * LANES);
     T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    T->vs = xalloc(sizeof(float) * TILE);
-    return T->kf && T->ki && T->kd && T->s && T->vp && T->pp && T->vs;
+    return T->kf && T->ki && T->kd && T->s && T->vp && T->pp;
 }
 
-static void tile_free(tile_t *T) { free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp); free(T->vs); }
+static void tile_free(tile_t *T) { free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp); }
 
 static int resolve_threads(int n_threads) { return n_threads > 0 ? n_threads : omp_get_max_threads(); }
 
@@ -696,7 +686,7 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
 
 /* ------------------------------------------------------------------ decode: heads */
 /* One head's prepared query for the row-by-row strategy. */
-typedef struct { float *qf; int8_t *qs; float *qd; } hquery_t;
+typedef struct { float *qf; int16_t *qs; float qd; } hquery_t; /* qs, qd: 8-bit caches (as qgroup_prepare) */
 
 static float row_dot(const layout_t *L, const uint8_t *src, const hquery_t *hq) {
     const int D = L->D;
@@ -725,19 +715,17 @@ static float row_dot(const layout_t *L, const uint8_t *src, const hquery_t *hq) 
         const block_q8_0 *b = (const block_q8_0 *)src;
 #if MINILLM_AVX2
         __m256 acc = _mm256_setzero_ps();
-        for (int j = 0; j < L->nb; j++) {
-            const __m256i p = dot32_i8(_mm256_loadu_si256((const __m256i *)b[j].qs), _mm256_load_si256((const __m256i *)(hq->qs + j * QK)));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(fp16_to_fp32(b[j].d) * hq->qd[j]), acc);
-        }
-        return hsum_ps(acc);
+        for (int j = 0; j < L->nb; j++)
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_i8_i16(b[j].qs, hq->qs + j * QK)), _mm256_set1_ps(fp16_to_fp32(b[j].d)), acc);
+        return hsum_ps(acc) * hq->qd;
 #else
         float acc = 0.0f;
         for (int j = 0; j < L->nb; j++) {
             int32_t isum = 0;
             for (int i = 0; i < QK; i++) isum += b[j].qs[i] * hq->qs[j * QK + i];
-            acc += (float)isum * fp16_to_fp32(b[j].d) * hq->qd[j];
+            acc += (float)isum * fp16_to_fp32(b[j].d);
         }
-        return acc;
+        return acc * hq->qd;
 #endif
     }
     default: { /* q8_KV */
@@ -745,13 +733,12 @@ static float row_dot(const layout_t *L, const uint8_t *src, const hquery_t *hq) 
         const int8_t *k = (const int8_t *)(src + 8);
 #if MINILLM_AVX2
         __m256i acc = _mm256_setzero_si256();
-        for (int i = 0; i < D; i += 32)
-            acc = _mm256_add_epi32(acc, dot32_i8(_mm256_loadu_si256((const __m256i *)(k + i)), _mm256_load_si256((const __m256i *)(hq->qs + i))));
-        return hsum_ps(_mm256_cvtepi32_ps(acc)) * d * hq->qd[0];
+        for (int i = 0; i < D; i += 32) acc = _mm256_add_epi32(acc, dot32_i8_i16(k + i, hq->qs + i));
+        return hsum_ps(_mm256_cvtepi32_ps(acc)) * d * hq->qd;
 #else
         int32_t isum = 0;
         for (int i = 0; i < D; i++) isum += k[i] * hq->qs[i];
-        return (float)isum * d * hq->qd[0];
+        return (float)isum * d * hq->qd;
 #endif
     }
     }
@@ -805,9 +792,9 @@ static int decode_heads(const layout_t *L, const float *q, int H, int n_kv, floa
 #pragma omp parallel num_threads(nthr)
     {
         float *qf = xalloc(sizeof(float) * D), *o = xalloc(sizeof(float) * DV);
-        int8_t *qs = xalloc((size_t)D);
-        float qd[128], s[HTILE];
-        hquery_t hq = {qf, qs, qd};
+        int16_t *qs = xalloc(sizeof(int16_t) * (size_t)D);
+        float s[HTILE];
+        hquery_t hq = {qf, qs, 0.0f};
         const int ok = qf && o && qs;
         if (!ok) {
 #pragma omp atomic write
@@ -818,10 +805,7 @@ static int decode_heads(const layout_t *L, const float *q, int H, int n_kv, floa
             if (!ok) continue;
             const float *qh = q + (size_t)h * D;
             if (is_q8(L->type)) {
-                if (L->type == ATTN_Q8_0)
-                    for (int b = 0; b < L->nb; b++) qd[b] = quantize_q8(qh + b * QK, scale, QK, qs + b * QK);
-                else
-                    qd[0] = quantize_q8(qh, scale, D, qs);
+                hq.qd = attn_quantize_i16(qh, scale, D, query_qmax(L->type, D), qs);
             } else {
                 for (int d = 0; d < D; d++) qf[d] = scale * qh[d];
             }
