@@ -203,14 +203,15 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
     }
     const float ia = s > 0.0f ? 32767.0f / s : 0.0f;
     for (int j = 0; j < nb; j++) {
-        const int16_t m = (int16_t)lrintf(db[j] * ia); /* 0..32767 */
 #if MINILLM_AVX2
+        const int16_t m = (int16_t)_mm_cvtss_si32(_mm_set_ss(db[j] * ia)); /* 0..32767, rounded to nearest even */
         const __m256i vm = _mm256_set1_epi16(m);
         for (int i = 0; i < QK; i += 16) {
             const __m256i k = _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b[j].qs + i))), 6);
             _mm256_store_si256((__m256i *)(ki + j * QK + i), _mm256_mulhrs_epi16(k, vm));
         }
 #else
+        const int16_t m = (int16_t)lrintf(db[j] * ia);
         for (int i = 0; i < QK; i++) ki[j * QK + i] = (int16_t)((b[j].qs[i] * 64 * (int32_t)m + 16384) >> 15);
 #endif
     }
