@@ -21,6 +21,9 @@ in the same run, its calls alternating with ours: the side-by-side ratio.
     python tools/bench_attention.py --wait-policy passive   # on a machine shared with other jobs
     python tools/bench_attention.py --ik --types f16,q8_0 --depths 4096,8192,16384 --threads 2
 
+Each call reads its cache from memory, not from the last-level cache, as decoding
+does (every layer has its own cache): the calls cycle over copies of the cache that
+together exceed --pool-bytes (0: one copy, which then sits in the L2/L3 caches).
 Figures are medians of --reps calls ("seconds" in the JSON records); the table also
 shows the fastest call, which is what survives on a machine shared with other jobs
 (an OpenMP team whose second thread is descheduled stalls for whole time slices).
@@ -28,6 +31,7 @@ The crossover is reported from both statistics, and from a sweep of small depths
 """
 import os
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -58,6 +62,15 @@ def time_calls(fn, reps, min_seconds=0.15):
     return float(np.median(times)), float(np.min(times))
 
 
+def make_caches(ct, n_ctx, pool_bytes, rng):
+    """Copies of one random cache of n_ctx rows, enough to exceed pool_bytes together."""
+    cache = np.zeros((n_ctx, attn.row_bytes(ct, WIDTH)), np.uint8)
+    for p in range(0, n_ctx, 4096):
+        n = min(4096, n_ctx - p)
+        attn.kv_cache_store(cache, ct, p, rng.standard_normal((n, WIDTH)).astype(np.float32))
+    return [cache] + [cache.copy() for _ in range(int(pool_bytes // cache.nbytes))]
+
+
 def machine_limits(threads, reps):
     """Read bandwidth (bytes/s) and FMA peak (flop/s) per thread count, medians."""
     buf = np.ones(256 << 20, np.uint8)
@@ -84,18 +97,15 @@ def run(args):
     out = np.zeros((N_HEAD, DV), np.float32)
     records, best_times = [], {}
     for ct in types:
-        n_ctx = max(depths)
-        cache = np.zeros((n_ctx, attn.row_bytes(ct, WIDTH)), np.uint8)
-        for p in range(0, n_ctx, 4096):
-            n = min(4096, n_ctx - p)
-            attn.kv_cache_store(cache, ct, p, rng.standard_normal((n, WIDTH)).astype(np.float32))
+        caches = make_caches(ct, max(depths), args.pool_bytes, rng)
+        nxt = itertools.cycle(caches).__next__
         for t in threads:
             bw, peak = limits[t]
             for d in depths:
                 for st in strategies:
-                    sec, best = time_calls(lambda: attn.mla_decode(q, cache, ct, d, 0.07, out, st, t), args.reps)
+                    sec, best = time_calls(lambda: attn.mla_decode(q, nxt(), ct, d, 0.07, out, st, t), args.reps)
                     best_times[(st, ct, d, t)] = best
-                    gbps = d * cache.shape[1] / sec / 1e9
+                    gbps = d * caches[0].shape[1] / sec / 1e9
                     gflops = 2.0 * N_HEAD * d * (WIDTH + DV) / sec / 1e9
                     records.append({"strategy": st, "cache_type": ct, "depth": d, "threads": t, "seconds": sec,
                                     "gbps": gbps, "bw_fraction": gbps * 1e9 / bw,
@@ -121,17 +131,18 @@ def side_by_side(args):
     for ct in args.types.split(","):
         if ct not in IK_CACHE_TYPES:
             continue
-        cache = np.zeros((max(depths), attn.row_bytes(ct, WIDTH)), np.uint8)
-        attn.kv_cache_store(cache, ct, 0, rng.standard_normal((cache.shape[0], WIDTH)).astype(np.float32))
-        ctx, graphs = ik.prepare_mla(q, cache, ct, depths, 0.07)
+        caches = make_caches(ct, max(depths), args.pool_bytes, rng)
+        peers = [ik.prepare_mla(q, c, ct, depths, 0.07) for c in caches]  # ik's own copies, cycled the same way
+        n = len(caches)
         for t in threads:
             for d in depths:
-                ours = lambda i: attn.mla_decode(q, cache, ct, d, 0.07, out, "kparallel", t)  # noqa: E731
-                theirs = lambda i: ik.compute(ctx, graphs[d][0], t)  # noqa: E731
+                ours = lambda i: attn.mla_decode(q, caches[i % n], ct, d, 0.07, out, "kparallel", t)  # noqa: E731
+                theirs = lambda i: ik.compute(peers[i % n][0], peers[i % n][1][d][0], t)  # noqa: E731
                 ours(0), theirs(0)
                 s_ours, s_ik = paired_median_times(ours, theirs, args.reps, 0.3)
                 rows.append((ct, t, d, s_ours, s_ik))
-        ik.free(ctx)
+        for ctx, _ in peers:
+            ik.free(ctx)
     return rows
 
 
@@ -218,6 +229,8 @@ def main(argv=None):
     ap.add_argument("--wait-policy", choices=("active", "passive"), default=None,
                     help="set OMP_WAIT_POLICY for this run (default: leave the environment as it is)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the small-depth crossover sweep")
+    ap.add_argument("--pool-bytes", type=float, default=256e6,
+                    help="cycle over cache copies exceeding this many bytes (0: one copy, cache-resident)")
     ap.add_argument("--ik", action="store_true",
                     help="only the same-run side-by-side with ik_llama.cpp's FlashMLA (f16 and q8_0 caches)")
     args = ap.parse_args(argv)
