@@ -181,6 +181,8 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
                 const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));              \
                 for (int r = 0; r < R; r++) {                                                    \
                     const block_t *b = (const block_t *)(w + r * ws) + i;                        \
+                    for (int o = 0; o < 4 * (int)sizeof(block_t); o += 64)                       \
+                        _mm_prefetch((const char *)b + (size_t)R * ws + o, _MM_HINT_T0);          \
                     __m256i p[4];                                                                \
                     for (int k = 0; k < 4; k++) {                                                \
                         __m256i q, aq;                                                           \
