@@ -455,6 +455,11 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
 #define dot_ps_q5_K dot_k4
 #define dot_ps_q6_K dot_q6_K
 
+/* bytes ahead of the current weight block that a row dot prefetches (GEMV reads rows in order) */
+#ifndef KQ_PREFETCH_BYTES
+#define KQ_PREFETCH_BYTES 2048
+#endif
+
 /* one row (vec_dot) and a tile of rows x activation rows, from decode_<t> and dot_<t> */
 #define DEFINE_AVX2_ROW_AND_TILE(t, PRESCALE)                                                                 \
     static float avx2_row_##t(int n, const void *vw, const void *va) {                                                \
@@ -462,6 +467,8 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
         const block_q8_K *a = (const block_q8_K *)va;                                                  \
         __m256 acc = _mm256_setzero_ps();                                                              \
         for (int b = 0; b < n / QK_K; b++) {                                                           \
+            for (int o = 0; o < (int)sizeof(block_##t); o += 64) /* GEMV streams rows: fetch ahead */  \
+                _mm_prefetch((const char *)(w + b) + KQ_PREFETCH_BYTES + o, _MM_HINT_T0);              \
             dec_##t D;                                                                                 \
             decode_##t(w + b, &D);                                                                     \
             acc = dot_##t(&D, a + b, acc);                                                             \
