@@ -771,12 +771,15 @@ void repack_row_iq1_s_u(const void *vw, void *vy, int n) {
         for (int ib = 0; ib < 8; ib++) {
             const uint16_t qh = w[b].qh[ib];
             y[b].sc[ib] = (uint8_t)(((qh >> 12) & 7) | ((qh >> 15) << 3));
+            /* values 32ib + 8l + j (j < 8) are bits 2k..2k+1 (k = ib % 4) of the 8 bytes
+             * qs[32h + 8l ..] (h = ib / 4): one 64-bit OR of the grid entry's 8 codes (each <= 2) */
             for (int l = 0; l < 4; l++) {
-                const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
-                for (int j = 0; j < 8; j++) {
-                    const int i = 32 * ib + 8 * l + j, h = i / 128, k = (i % 128) / 32;
-                    y[b].qs[32 * h + i % 32] |= (uint8_t)(g[j] << (2 * k));
-                }
+                uint64_t g, q;
+                memcpy(&g, &iq1s_grid_u[iq1s_index(w + b, ib, l)], 8);
+                uint8_t *dst = y[b].qs + 32 * (ib / 4) + 8 * l;
+                memcpy(&q, dst, 8);
+                q |= g << (2 * (ib % 4));
+                memcpy(dst, &q, 8);
             }
         }
     }
