@@ -854,6 +854,127 @@ DEFINE_TILE(q6_K)
 DEFINE_TILE(iq1_s)
 DEFINE_TILE(iq1_s_u)
 
+/* ---- Q4_K / Q5_K GEMM on 8 interleaved rows (prompt processing) ----
+ *
+ * Like the 32-value types' packed GEMM (quants_avx2.c): a group of 8 weight rows is
+ * decoded once to unsigned codes, interleaved in 4-byte groups (vector j of sub-block g
+ * holds values 32g + 4j .. 32g + 4j + 3 of each row), with each row's sub-block scale
+ * and min as int16 pairs.  Against a broadcast 4-byte group of a q8_K activation,
+ * maddubs gives the 8 rows' pair sums in their 2 int16 lanes each; codes <= 15 (31)
+ * times |y| <= 127 let 8 (4) such groups add up in int16 before one madd with the
+ * scales takes them to int32: ~half the multiply-port work of the register tiles.
+ * Integer sums are exact; per (row, token) the two float terms d*dy*isum and
+ * dmin*dy*msum are added once per 256-block, so results are rounded differently
+ * from vec_dot (within the same bounds). */
+#if MINILLM_AVX2
+typedef struct {
+    uint8_t q[8][8][32]; /* [g][j][4 * row + k] = code of value 32g + 4j + k */
+    int16_t sc[8][16];   /* [g][2 * row + {0, 1}] = scale of sub-block g */
+    int16_t m[8][16];    /* mins, same layout */
+    float d[8], dmin[8];
+} packed_k4_block;
+
+size_t packed_k4_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_k4_block); }
+
+static void pack8_k4(int n, const uint8_t *w, size_t ws, size_t bs, int has_qh, int nr, packed_k4_block *p) {
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        memset(p, 0, sizeof(*p));
+        for (int r = 0; r < nr && r < 8; r++) {
+            const uint8_t *blk = w + r * ws + (size_t)b * bs;
+            /* Q4_K and Q5_K share d, dmin, scales[12] at the start; then Q5_K's qh[32], then qs */
+            fp16_t d, dmin;
+            memcpy(&d, blk, 2);
+            memcpy(&dmin, blk + 2, 2);
+            const uint8_t *scales = blk + 4, *qh = has_qh ? blk + 16 : NULL, *qs = blk + (has_qh ? 48 : 16);
+            uint8_t sc[8], m[8], codes[QK_K];
+            unpack_scales_k4(scales, sc, m);
+            dec_k4 D; /* the register tiles' decoder: codes of sub-block g in D.q[g] */
+            decode_k4(scales, qs, qh, d, dmin, &D);
+            for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(codes + 32 * g), D.q[g]);
+            for (int g = 0; g < 8; g++) {
+                for (int j = 0; j < 8; j++) memcpy(&p->q[g][j][4 * r], codes + 32 * g + 4 * j, 4);
+                p->sc[g][2 * r] = p->sc[g][2 * r + 1] = sc[g];
+                p->m[g][2 * r] = p->m[g][2 * r + 1] = m[g];
+            }
+            p->d[r] = fp16_to_fp32(d);
+            p->dmin[r] = fp16_to_fp32(dmin);
+        }
+    }
+}
+void pack8_q4_K(int n, const void *w, size_t ws, int nr, void *dst) {
+    pack8_k4(n, (const uint8_t *)w, ws, sizeof(block_q4_K), 0, nr, (packed_k4_block *)dst);
+}
+void pack8_q5_K(int n, const void *w, size_t ws, int nr, void *dst) {
+    pack8_k4(n, (const uint8_t *)w, ws, sizeof(block_q5_K), 1, nr, (packed_k4_block *)dst);
+}
+
+/* GROUP: 4-byte groups summed in int16 before the scale madd (8 for codes <= 15, 4 for <= 31) */
+static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed_k4_block *p, const char *a,
+                                                             size_t as, float *out, size_t os, int nr,
+                                                             const int C, const int GROUP) {
+    __m256 acc[4];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        const block_q8_K *y[4];
+        __m256i isum[4], msum[4];
+        for (int c = 0; c < C; c++) {
+            y[c] = (const block_q8_K *)(a + c * as) + b;
+            isum[c] = msum[c] = _mm256_setzero_si256();
+        }
+        for (int g = 0; g < 8; g++) { /* the two bsums of each sub-block against its min */
+            const __m256i mn = _mm256_loadu_si256((const __m256i *)p->m[g]);
+            for (int c = 0; c < C; c++) {
+                int32_t bs;
+                memcpy(&bs, &y[c]->bsums[2 * g], 4);
+                msum[c] = _mm256_add_epi32(msum[c], _mm256_madd_epi16(mn, _mm256_set1_epi32(bs)));
+            }
+        }
+        for (int g = 0; g < 8; g++) {
+            const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[g]);
+            for (int j0 = 0; j0 < 8; j0 += GROUP) {
+                __m256i s16[4];
+                for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
+#pragma GCC unroll 4 /* unrolled 8 times, GCC hoists the broadcasts and spills (16 ymm registers) */
+                for (int j = j0; j < j0 + GROUP; j++) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)p->q[g][j]);
+                    for (int c = 0; c < C; c++) {
+                        int32_t v;
+                        memcpy(&v, y[c]->qs + 32 * g + 4 * j, 4);
+                        s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(q, _mm256_set1_epi32(v)));
+                    }
+                }
+                for (int c = 0; c < C; c++) isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], sc));
+            }
+        }
+        const __m256 d = _mm256_loadu_ps(p->d), dmin = _mm256_loadu_ps(p->dmin);
+        for (int c = 0; c < C; c++) {
+            const __m256 dy = _mm256_set1_ps(y[c]->d);
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, dy), _mm256_cvtepi32_ps(isum[c]), acc[c]);
+            acc[c] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dy), _mm256_cvtepi32_ps(msum[c]), acc[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, acc[c]);
+        memcpy(out + c * os, tmp, sizeof(float) * (size_t)nr);
+    }
+}
+#define GEMM8_K4(name, GROUP)                                                                               \
+    void gemm8_##name(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr, \
+                      int nc) {                                                                             \
+        const packed_k4_block *p = (const packed_k4_block *)packed;                                         \
+        const char *ab = (const char *)a;                                                                   \
+        switch (nc) {                                                                                       \
+            case 1: gemm8_k4_c(n, p, ab, as, out, os, nr, 1, GROUP); break;                                 \
+            case 2: gemm8_k4_c(n, p, ab, as, out, os, nr, 2, GROUP); break;                                 \
+            case 3: gemm8_k4_c(n, p, ab, as, out, os, nr, 3, GROUP); break;                                 \
+            default: gemm8_k4_c(n, p, ab, as, out, os, nr, 4, GROUP); break;                                \
+        }                                                                                                   \
+    }
+GEMM8_K4(q4_K, 8)
+GEMM8_K4(q5_K, 4)
+#endif
+
 /* ---- dequantization entry points ---------------------------------------- */
 #if MINILLM_AVX2
 #define DQ_BODY(t) avx2_dequant_##t

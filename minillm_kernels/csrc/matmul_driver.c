@@ -84,7 +84,7 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
 static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts,
                              int ntok, float *out, size_t os) {
     enum { GROUPS = ROW_TILE / 8 };
-    const size_t gbytes = packed8_bytes(k->K);
+    const size_t gbytes = k->tt->packed_bytes(k->K);
     uint8_t *packed = (uint8_t *)malloc(GROUPS * gbytes + 64);
     if (!packed) { /* no memory for the packed rows: the register tiles need none */
         for (int r = r0; r < r1; r += k->tr)
