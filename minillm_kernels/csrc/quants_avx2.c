@@ -342,6 +342,7 @@ ALWAYS_INLINE void gemm8_c(int n, const packed8_block *p, const uint8_t *a, size
             y[c] = (const block_q8_0 *)(a + c * as) + i;
             isum[c] = _mm256_setzero_si256();
         }
+#pragma GCC unroll 2 /* unrolled 8 times, GCC hoists the broadcasts and spills (16 ymm registers) */
         for (int j = 0; j < 8; j++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)p[i].q[j]);
             const __m256i aq = _mm256_loadu_si256((const __m256i *)p[i].aq[j]);
