@@ -39,7 +39,8 @@ cdef extern from * nogil:
 
 # Batches of this many tokens or more use the packed 8-row GEMM of the types that have one
 # (matmul_driver.c PACK8_MIN_TOKENS); their results then differ from the GEMV of the same token
-# by float rounding only (below that, and for the other types, they are bit-identical).
+# by float rounding only (below that, and for the other types, they are bit-identical; IQ1_S
+# batches run on row tiles converted to IQ1_S_R, bit-identical too).
 PACKED_GEMM_MIN_TOKENS = 8
 # Q4_0, Q5_0, Q8_0, IQ4_NL (quants_avx2.c) and Q4_K, Q5_K (kquants.c) have a packed GEMM
 _PACKED_GEMM_TYPES = (2, 6, 8, 20, 12, 13)
