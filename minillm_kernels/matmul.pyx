@@ -42,8 +42,8 @@ cdef extern from * nogil:
 # by float rounding only (below that, and for the other types, they are bit-identical; IQ1_S
 # batches run on row tiles converted to IQ1_S_R, bit-identical too).
 PACKED_GEMM_MIN_TOKENS = 8
-# Q4_0, Q5_0, Q8_0, IQ4_NL (quants_avx2.c) and Q4_K, Q5_K (kquants.c) have a packed GEMM
-_PACKED_GEMM_TYPES = (2, 6, 8, 20, 12, 13)
+# Q4_0, Q5_0, Q8_0, IQ4_NL (quants_avx2.c) and Q4_K, Q5_K, Q6_K (kquants.c) have a packed GEMM
+_PACKED_GEMM_TYPES = (2, 6, 8, 20, 12, 13, 14)
 
 _ACT_NAMES = {0: "F32", 8: "Q8_0", 15: "Q8_K"}
 

@@ -973,6 +973,99 @@ static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed
     }
 GEMM8_K4(q4_K, 8)
 GEMM8_K4(q5_K, 4)
+
+/* Q6_K the same way: codes 0..63 (the -32 offset taken off with the bsums), int8 scales per
+ * 16 values; two 4-byte groups (<= 2 * 2 * 63 * 127 per int16 lane) add up before each madd. */
+typedef struct {
+    uint8_t q[8][8][32]; /* [g][j][4 * row + k] = code of value 32g + 4j + k */
+    int16_t sc[16][16];  /* [s][2 * row + {0, 1}] = scale of sub-block s (16 values) */
+    int16_t scp[8][16];  /* [g][2 * row + {0, 1}] = scales of sub-blocks 2g, 2g + 1 */
+    float d[8];
+} packed_q6_K_block;
+
+size_t packed_q6_K_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_q6_K_block); }
+
+void pack8_q6_K(int n, const void *vw, size_t ws, int nr, void *dst) {
+    const uint8_t *w = (const uint8_t *)vw;
+    packed_q6_K_block *p = (packed_q6_K_block *)dst;
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        memset(p, 0, sizeof(*p));
+        for (int r = 0; r < nr && r < 8; r++) {
+            const block_q6_K *blk = (const block_q6_K *)(w + r * ws) + b;
+            dec_q6_K D;
+            decode_q6_K(blk, &D);
+            uint8_t codes[QK_K];
+            for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(codes + 32 * g), D.q[g]);
+            for (int g = 0; g < 8; g++) {
+                for (int j = 0; j < 8; j++) memcpy(&p->q[g][j][4 * r], codes + 32 * g + 4 * j, 4);
+                p->scp[g][2 * r] = blk->scales[2 * g];
+                p->scp[g][2 * r + 1] = blk->scales[2 * g + 1];
+            }
+            for (int sb = 0; sb < 16; sb++) p->sc[sb][2 * r] = p->sc[sb][2 * r + 1] = blk->scales[sb];
+            p->d[r] = fp16_to_fp32(blk->d);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void gemm8_q6_K_c(int n, const packed_q6_K_block *p, const char *a,
+                                                               size_t as, float *out, size_t os, int nr,
+                                                               const int C) {
+    __m256 acc[4];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        const block_q8_K *y[4];
+        __m256i isum[4], offs[4];
+        for (int c = 0; c < C; c++) {
+            y[c] = (const block_q8_K *)(a + c * as) + b;
+            isum[c] = offs[c] = _mm256_setzero_si256();
+        }
+        for (int g = 0; g < 8; g++) { /* sum of scale * bsum over the 16 sub-blocks */
+            const __m256i scp = _mm256_loadu_si256((const __m256i *)p->scp[g]);
+            for (int c = 0; c < C; c++) {
+                int32_t bs;
+                memcpy(&bs, &y[c]->bsums[2 * g], 4);
+                offs[c] = _mm256_add_epi32(offs[c], _mm256_madd_epi16(scp, _mm256_set1_epi32(bs)));
+            }
+        }
+        for (int g = 0; g < 8; g++) {
+#pragma GCC unroll 1
+            for (int j = 0; j < 8; j += 2) {
+                const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j / 4]);
+                const __m256i q0 = _mm256_loadu_si256((const __m256i *)p->q[g][j]);
+                const __m256i q1 = _mm256_loadu_si256((const __m256i *)p->q[g][j + 1]);
+                for (int c = 0; c < C; c++) {
+                    int32_t v0, v1;
+                    memcpy(&v0, y[c]->qs + 32 * g + 4 * j, 4);
+                    memcpy(&v1, y[c]->qs + 32 * g + 4 * j + 4, 4);
+                    const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(q0, _mm256_set1_epi32(v0)),
+                                                         _mm256_maddubs_epi16(q1, _mm256_set1_epi32(v1)));
+                    isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16, sc));
+                }
+            }
+        }
+        const __m256 d = _mm256_loadu_ps(p->d);
+        for (int c = 0; c < C; c++) {
+            const __m256i it = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(offs[c], 5));
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(y[c]->d)), _mm256_cvtepi32_ps(it), acc[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, acc[c]);
+        memcpy(out + c * os, tmp, sizeof(float) * (size_t)nr);
+    }
+}
+
+void gemm8_q6_K(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr, int nc) {
+    const packed_q6_K_block *p = (const packed_q6_K_block *)packed;
+    const char *ab = (const char *)a;
+    switch (nc) {
+        case 1: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 1); break;
+        case 2: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 2); break;
+        case 3: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 3); break;
+        default: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 4); break;
+    }
+}
 #endif
 
 /* ---- dequantization entry points ---------------------------------------- */

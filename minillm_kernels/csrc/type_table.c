@@ -54,8 +54,10 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
      {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, pack, repack, rtype}
 #if MINILLM_AVX2 && defined(KQ_HAVE_PACK8)
 #define K_PACK8(t) pack8_##t, gemm8_##t, packed_k4_bytes
+#define K_PACK8_Q6 pack8_q6_K, gemm8_q6_K, packed_q6_K_bytes
 #else
 #define K_PACK8(t) NO_PACK8
+#define K_PACK8_Q6 NO_PACK8
 #endif
 
 static const type_traits TABLE[] = {
@@ -70,7 +72,7 @@ static const type_traits TABLE[] = {
     K_TYPE(GGML_Q2_K, q2_K, 84),
     K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K), NULL, 0),
     K_TYPE_NAMED(GGML_Q5_K, "q5_K", q5_K, 176, K_PACK8(q5_K), NULL, 0),
-    K_TYPE(GGML_Q6_K, q6_K, 210),
+    K_TYPE_NAMED(GGML_Q6_K, "q6_K", q6_K, 210, K_PACK8_Q6, NULL, 0),
     K_TYPE_NAMED(GGML_IQ1_S, "iq1_s", iq1_s, 50, NO_PACK8, repack_row_iq1_s_u, MINILLM_IQ1_S_R),
     K_TYPE_NAMED(MINILLM_IQ1_S_R, "iq1_s_r", iq1_s_u, 74, NO_PACK8, NULL, 0), /* internal: repack_row_iq1_s_u of IQ1_S rows */
 #endif
