@@ -6,7 +6,7 @@
  * and a tile gives each (row, token) pair the same result as vec_dot, so the
  * results do not depend on the thread count or the tiling.  Batches of at
  * least PACK8_MIN_TOKENS tokens (8) of the 32-value integer types and of
- * Q4_K / Q5_K take the packed 8-row GEMM, which rounds differently from
+ * Q4_K / Q5_K / Q6_K take the packed 8-row GEMM, which rounds differently from
  * vec_dot (float rounding only); IQ1_S batches that size convert each row
  * tile to IQ1_S_R first (bit-identical).  The choice depends on the batch
  * (or, in MoE, an expert's token count), never on the thread count.
