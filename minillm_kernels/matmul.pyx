@@ -39,8 +39,11 @@ cdef extern from * nogil:
 
 # Batches of this many tokens or more use the packed 8-row GEMM of the types that have one
 # (matmul_driver.c PACK8_MIN_TOKENS); their results then differ from the GEMV of the same token
-# by float rounding only (below that, and for the other types, they are bit-identical).
+# by float rounding only (below that, and for the other types, they are bit-identical; IQ1_S
+# batches run on row tiles converted to IQ1_S_R, bit-identical too).
 PACKED_GEMM_MIN_TOKENS = 8
+# Q4_0, Q5_0, Q8_0, IQ4_NL (quants_avx2.c) and Q4_K, Q5_K, Q6_K (kquants.c) have a packed GEMM
+_PACKED_GEMM_TYPES = (2, 6, 8, 20, 12, 13, 14)
 
 _ACT_NAMES = {0: "F32", 8: "Q8_0", 15: "Q8_K"}
 
@@ -82,7 +85,7 @@ def has_packed_gemm(int wtype):
     """True when batches of PACKED_GEMM_MIN_TOKENS or more take the packed 8-row GEMM
     (the SIMD build, not forced scalar)."""
     cdef const type_traits *tt = _traits(wtype)
-    return bool(simd_compiled()) and not mm_get_force_scalar() and wtype in (2, 6, 8, 20)
+    return bool(simd_compiled()) and not mm_get_force_scalar() and wtype in _PACKED_GEMM_TYPES
 
 
 def block_geometry(int wtype):

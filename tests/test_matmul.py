@@ -205,15 +205,18 @@ def test_matmul_batched(t):
     assert np.array_equal(y_one[:, 0], y1[:, 0])
 
 
-@pytest.mark.parametrize("t", [8, 20, 1, 12], ids=type_name)
+@pytest.mark.parametrize("t", [8, 20, 1, 12, 13, 14, 19], ids=type_name)
 def test_gemm_long_batch(t):
-    """many tokens: crosses the GEMM's token chunks (and the packed path's row groups)"""
+    """many tokens: crosses the GEMM's token chunks (and the packed path's row groups, or
+    IQ1_S's row tiles converted to IQ1_S_R: bit for bit its GEMV)"""
     m, k, n = 21, 2048, 133
     raw = random_weights(t, (m, k), seed=5)
     x = rand_x(n, k, seed=6)
     y1 = mm.matmul(raw, t, x, n_threads=1)
     assert np.array_equal(y1, mm.matmul(raw, t, x, n_threads=2))
     check_product(y1, deq_weights(raw, t), x, deq_acts(x, t), t)
+    if not mm.has_packed_gemm(t):
+        assert np.array_equal(y1[n - 1], mm.matmul(raw, t, x[n - 1]))
 
 
 # ---- fused MoE ----

@@ -455,6 +455,11 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
 #define dot_ps_q5_K dot_k4
 #define dot_ps_q6_K dot_q6_K
 
+/* bytes ahead of the current weight block that a row dot prefetches (GEMV reads rows in order) */
+#ifndef KQ_PREFETCH_BYTES
+#define KQ_PREFETCH_BYTES 2048
+#endif
+
 /* one row (vec_dot) and a tile of rows x activation rows, from decode_<t> and dot_<t> */
 #define DEFINE_AVX2_ROW_AND_TILE(t, PRESCALE)                                                                 \
     static float avx2_row_##t(int n, const void *vw, const void *va) {                                                \
@@ -462,6 +467,8 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
         const block_q8_K *a = (const block_q8_K *)va;                                                  \
         __m256 acc = _mm256_setzero_ps();                                                              \
         for (int b = 0; b < n / QK_K; b++) {                                                           \
+            for (int o = 0; o < (int)sizeof(block_##t); o += 64) /* GEMV streams rows: fetch ahead */  \
+                _mm_prefetch((const char *)(w + b) + KQ_PREFETCH_BYTES + o, _MM_HINT_T0);              \
             dec_##t D;                                                                                 \
             decode_##t(w + b, &D);                                                                     \
             acc = dot_##t(&D, a + b, acc);                                                             \
@@ -764,12 +771,15 @@ void repack_row_iq1_s_u(const void *vw, void *vy, int n) {
         for (int ib = 0; ib < 8; ib++) {
             const uint16_t qh = w[b].qh[ib];
             y[b].sc[ib] = (uint8_t)(((qh >> 12) & 7) | ((qh >> 15) << 3));
+            /* values 32ib + 8l + j (j < 8) are bits 2k..2k+1 (k = ib % 4) of the 8 bytes
+             * qs[32h + 8l ..] (h = ib / 4): one 64-bit OR of the grid entry's 8 codes (each <= 2) */
             for (int l = 0; l < 4; l++) {
-                const uint8_t *g = (const uint8_t *)&iq1s_grid_u[iq1s_index(w + b, ib, l)];
-                for (int j = 0; j < 8; j++) {
-                    const int i = 32 * ib + 8 * l + j, h = i / 128, k = (i % 128) / 32;
-                    y[b].qs[32 * h + i % 32] |= (uint8_t)(g[j] << (2 * k));
-                }
+                uint64_t g, q;
+                memcpy(&g, &iq1s_grid_u[iq1s_index(w + b, ib, l)], 8);
+                uint8_t *dst = y[b].qs + 32 * (ib / 4) + 8 * l;
+                memcpy(&q, dst, 8);
+                q |= g << (2 * (ib % 4));
+                memcpy(dst, &q, 8);
             }
         }
     }
@@ -843,6 +853,220 @@ DEFINE_TILE(q5_K)
 DEFINE_TILE(q6_K)
 DEFINE_TILE(iq1_s)
 DEFINE_TILE(iq1_s_u)
+
+/* ---- Q4_K / Q5_K GEMM on 8 interleaved rows (prompt processing) ----
+ *
+ * Like the 32-value types' packed GEMM (quants_avx2.c): a group of 8 weight rows is
+ * decoded once to unsigned codes, interleaved in 4-byte groups (vector j of sub-block g
+ * holds values 32g + 4j .. 32g + 4j + 3 of each row), with each row's sub-block scale
+ * and min as int16 pairs.  Against a broadcast 4-byte group of a q8_K activation,
+ * maddubs gives the 8 rows' pair sums in their 2 int16 lanes each; codes <= 15 (31)
+ * times |y| <= 127 let 8 (4) such groups add up in int16 before one madd with the
+ * scales takes them to int32: ~half the multiply-port work of the register tiles.
+ * Integer sums are exact; per (row, token) the two float terms d*dy*isum and
+ * dmin*dy*msum are added once per 256-block, so results are rounded differently
+ * from vec_dot (within the same bounds). */
+#if MINILLM_AVX2
+typedef struct {
+    uint8_t q[8][8][32]; /* [g][j][4 * row + k] = code of value 32g + 4j + k */
+    int16_t sc[8][16];   /* [g][2 * row + {0, 1}] = scale of sub-block g */
+    int16_t m[8][16];    /* mins, same layout */
+    float d[8], dmin[8];
+} packed_k4_block;
+
+size_t packed_k4_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_k4_block); }
+
+static void pack8_k4(int n, const uint8_t *w, size_t ws, size_t bs, int has_qh, int nr, packed_k4_block *p) {
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        memset(p, 0, sizeof(*p));
+        for (int r = 0; r < nr && r < 8; r++) {
+            const uint8_t *blk = w + r * ws + (size_t)b * bs;
+            /* Q4_K and Q5_K share d, dmin, scales[12] at the start; then Q5_K's qh[32], then qs */
+            fp16_t d, dmin;
+            memcpy(&d, blk, 2);
+            memcpy(&dmin, blk + 2, 2);
+            const uint8_t *scales = blk + 4, *qh = has_qh ? blk + 16 : NULL, *qs = blk + (has_qh ? 48 : 16);
+            uint8_t sc[8], m[8], codes[QK_K];
+            unpack_scales_k4(scales, sc, m);
+            dec_k4 D; /* the register tiles' decoder: codes of sub-block g in D.q[g] */
+            decode_k4(scales, qs, qh, d, dmin, &D);
+            for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(codes + 32 * g), D.q[g]);
+            for (int g = 0; g < 8; g++) {
+                for (int j = 0; j < 8; j++) memcpy(&p->q[g][j][4 * r], codes + 32 * g + 4 * j, 4);
+                p->sc[g][2 * r] = p->sc[g][2 * r + 1] = sc[g];
+                p->m[g][2 * r] = p->m[g][2 * r + 1] = m[g];
+            }
+            p->d[r] = fp16_to_fp32(d);
+            p->dmin[r] = fp16_to_fp32(dmin);
+        }
+    }
+}
+void pack8_q4_K(int n, const void *w, size_t ws, int nr, void *dst) {
+    pack8_k4(n, (const uint8_t *)w, ws, sizeof(block_q4_K), 0, nr, (packed_k4_block *)dst);
+}
+void pack8_q5_K(int n, const void *w, size_t ws, int nr, void *dst) {
+    pack8_k4(n, (const uint8_t *)w, ws, sizeof(block_q5_K), 1, nr, (packed_k4_block *)dst);
+}
+
+/* GROUP: 4-byte groups summed in int16 before the scale madd (8 for codes <= 15, 4 for <= 31) */
+static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed_k4_block *p, const char *a,
+                                                             size_t as, float *out, size_t os, int nr,
+                                                             const int C, const int GROUP) {
+    __m256 acc[4];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        const block_q8_K *y[4];
+        __m256i isum[4], msum[4];
+        for (int c = 0; c < C; c++) {
+            y[c] = (const block_q8_K *)(a + c * as) + b;
+            isum[c] = msum[c] = _mm256_setzero_si256();
+        }
+        for (int g = 0; g < 8; g++) { /* the two bsums of each sub-block against its min */
+            const __m256i mn = _mm256_loadu_si256((const __m256i *)p->m[g]);
+            for (int c = 0; c < C; c++) {
+                int32_t bs;
+                memcpy(&bs, &y[c]->bsums[2 * g], 4);
+                msum[c] = _mm256_add_epi32(msum[c], _mm256_madd_epi16(mn, _mm256_set1_epi32(bs)));
+            }
+        }
+        for (int g = 0; g < 8; g++) {
+            const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[g]);
+            for (int j0 = 0; j0 < 8; j0 += GROUP) {
+                __m256i s16[4];
+                for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
+#pragma GCC unroll 4 /* unrolled 8 times, GCC hoists the broadcasts and spills (16 ymm registers) */
+                for (int j = j0; j < j0 + GROUP; j++) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)p->q[g][j]);
+                    for (int c = 0; c < C; c++) {
+                        int32_t v;
+                        memcpy(&v, y[c]->qs + 32 * g + 4 * j, 4);
+                        s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(q, _mm256_set1_epi32(v)));
+                    }
+                }
+                for (int c = 0; c < C; c++) isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], sc));
+            }
+        }
+        const __m256 d = _mm256_loadu_ps(p->d), dmin = _mm256_loadu_ps(p->dmin);
+        for (int c = 0; c < C; c++) {
+            const __m256 dy = _mm256_set1_ps(y[c]->d);
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, dy), _mm256_cvtepi32_ps(isum[c]), acc[c]);
+            acc[c] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dy), _mm256_cvtepi32_ps(msum[c]), acc[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, acc[c]);
+        memcpy(out + c * os, tmp, sizeof(float) * (size_t)nr);
+    }
+}
+#define GEMM8_K4(name, GROUP)                                                                               \
+    void gemm8_##name(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr, \
+                      int nc) {                                                                             \
+        const packed_k4_block *p = (const packed_k4_block *)packed;                                         \
+        const char *ab = (const char *)a;                                                                   \
+        switch (nc) {                                                                                       \
+            case 1: gemm8_k4_c(n, p, ab, as, out, os, nr, 1, GROUP); break;                                 \
+            case 2: gemm8_k4_c(n, p, ab, as, out, os, nr, 2, GROUP); break;                                 \
+            case 3: gemm8_k4_c(n, p, ab, as, out, os, nr, 3, GROUP); break;                                 \
+            default: gemm8_k4_c(n, p, ab, as, out, os, nr, 4, GROUP); break;                                \
+        }                                                                                                   \
+    }
+GEMM8_K4(q4_K, 8)
+GEMM8_K4(q5_K, 4)
+
+/* Q6_K the same way: codes 0..63 (the -32 offset taken off with the bsums), int8 scales per
+ * 16 values; two 4-byte groups (<= 2 * 2 * 63 * 127 per int16 lane) add up before each madd. */
+typedef struct {
+    uint8_t q[8][8][32]; /* [g][j][4 * row + k] = code of value 32g + 4j + k */
+    int16_t sc[16][16];  /* [s][2 * row + {0, 1}] = scale of sub-block s (16 values) */
+    int16_t scp[8][16];  /* [g][2 * row + {0, 1}] = scales of sub-blocks 2g, 2g + 1 */
+    float d[8];
+} packed_q6_K_block;
+
+size_t packed_q6_K_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_q6_K_block); }
+
+void pack8_q6_K(int n, const void *vw, size_t ws, int nr, void *dst) {
+    const uint8_t *w = (const uint8_t *)vw;
+    packed_q6_K_block *p = (packed_q6_K_block *)dst;
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        memset(p, 0, sizeof(*p));
+        for (int r = 0; r < nr && r < 8; r++) {
+            const block_q6_K *blk = (const block_q6_K *)(w + r * ws) + b;
+            dec_q6_K D;
+            decode_q6_K(blk, &D);
+            uint8_t codes[QK_K];
+            for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(codes + 32 * g), D.q[g]);
+            for (int g = 0; g < 8; g++) {
+                for (int j = 0; j < 8; j++) memcpy(&p->q[g][j][4 * r], codes + 32 * g + 4 * j, 4);
+                p->scp[g][2 * r] = blk->scales[2 * g];
+                p->scp[g][2 * r + 1] = blk->scales[2 * g + 1];
+            }
+            for (int sb = 0; sb < 16; sb++) p->sc[sb][2 * r] = p->sc[sb][2 * r + 1] = blk->scales[sb];
+            p->d[r] = fp16_to_fp32(blk->d);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void gemm8_q6_K_c(int n, const packed_q6_K_block *p, const char *a,
+                                                               size_t as, float *out, size_t os, int nr,
+                                                               const int C) {
+    __m256 acc[4];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        const block_q8_K *y[4];
+        __m256i isum[4], offs[4];
+        for (int c = 0; c < C; c++) {
+            y[c] = (const block_q8_K *)(a + c * as) + b;
+            isum[c] = offs[c] = _mm256_setzero_si256();
+        }
+        for (int g = 0; g < 8; g++) { /* sum of scale * bsum over the 16 sub-blocks */
+            const __m256i scp = _mm256_loadu_si256((const __m256i *)p->scp[g]);
+            for (int c = 0; c < C; c++) {
+                int32_t bs;
+                memcpy(&bs, &y[c]->bsums[2 * g], 4);
+                offs[c] = _mm256_add_epi32(offs[c], _mm256_madd_epi16(scp, _mm256_set1_epi32(bs)));
+            }
+        }
+        for (int g = 0; g < 8; g++) {
+#pragma GCC unroll 1
+            for (int j = 0; j < 8; j += 2) {
+                const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j / 4]);
+                const __m256i q0 = _mm256_loadu_si256((const __m256i *)p->q[g][j]);
+                const __m256i q1 = _mm256_loadu_si256((const __m256i *)p->q[g][j + 1]);
+                for (int c = 0; c < C; c++) {
+                    int32_t v0, v1;
+                    memcpy(&v0, y[c]->qs + 32 * g + 4 * j, 4);
+                    memcpy(&v1, y[c]->qs + 32 * g + 4 * j + 4, 4);
+                    const __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(q0, _mm256_set1_epi32(v0)),
+                                                         _mm256_maddubs_epi16(q1, _mm256_set1_epi32(v1)));
+                    isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16, sc));
+                }
+            }
+        }
+        const __m256 d = _mm256_loadu_ps(p->d);
+        for (int c = 0; c < C; c++) {
+            const __m256i it = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(offs[c], 5));
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(y[c]->d)), _mm256_cvtepi32_ps(it), acc[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, acc[c]);
+        memcpy(out + c * os, tmp, sizeof(float) * (size_t)nr);
+    }
+}
+
+void gemm8_q6_K(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr, int nc) {
+    const packed_q6_K_block *p = (const packed_q6_K_block *)packed;
+    const char *ab = (const char *)a;
+    switch (nc) {
+        case 1: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 1); break;
+        case 2: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 2); break;
+        case 3: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 3); break;
+        default: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 4); break;
+    }
+}
+#endif
 
 /* ---- dequantization entry points ---------------------------------------- */
 #if MINILLM_AVX2

@@ -33,6 +33,10 @@ typedef struct {
     gemm8_fn gemm8;
     int tr, tc, gv;
     int token_chunk;
+    /* many-token GEMM on row tiles converted to a faster type (bit-identical results), or NULL */
+    void (*repack_row)(const void *w, void *y, int n);
+    tile_fn repacked_tile;
+    size_t repacked_row_bytes;
 } kernel_t;
 
 static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
@@ -53,6 +57,14 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     int chunk = (int)(ACT_CHUNK_BYTES / (k->act_rb ? k->act_rb : 1));
     chunk -= chunk % k->tc;
     k->token_chunk = chunk < k->tc ? k->tc : chunk;
+    k->repack_row = NULL;
+    const type_traits *rt = tt->gemm_repack_type ? type_traits_get(tt->gemm_repack_type) : NULL;
+    if (k->path == PATH_BEST && tt->gemm_repack_row && rt && rt->tile[PATH_BEST] && rt->gemm_rows == tt->gemm_rows &&
+        rt->gemm_cols == tt->gemm_cols) {
+        k->repack_row = tt->gemm_repack_row;
+        k->repacked_tile = rt->tile[PATH_BEST];
+        k->repacked_row_bytes = (size_t)(K / rt->block_size) * (size_t)rt->type_size;
+    }
     return MM_OK;
 }
 
@@ -72,7 +84,7 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
 static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts,
                              int ntok, float *out, size_t os) {
     enum { GROUPS = ROW_TILE / 8 };
-    const size_t gbytes = packed8_bytes(k->K);
+    const size_t gbytes = k->tt->packed_bytes(k->K);
     uint8_t *packed = (uint8_t *)malloc(GROUPS * gbytes + 64);
     if (!packed) { /* no memory for the packed rows: the register tiles need none */
         for (int r = r0; r < r1; r += k->tr)
@@ -95,6 +107,32 @@ static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1
     free(packed);
 }
 
+/* Register tiles of rows [r0, r1) of w (row_bytes apart) over all tokens, chunk by chunk:
+ * for each chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
+static void gemm_rows_tiled(const kernel_t *k, tile_fn tile, const uint8_t *w, size_t row_bytes, int r0, int r1,
+                            const uint8_t *acts, int ntok, float *out, size_t os) {
+    for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
+        const int t1 = imin(ntok, t0 + k->token_chunk);
+        for (int r = r0; r < r1; r += k->tr) {
+            const int nr = imin(k->tr, r1 - r);
+            for (int t = t0; t < t1; t += k->tc)
+                tile(k->K, w + r * row_bytes, row_bytes, acts + t * k->act_rb, k->act_rb, out + t * os + r, os, nr,
+                     imin(k->tc, t1 - t));
+        }
+    }
+}
+
+/* Rows [r0, r1) (at most ROW_TILE) converted to the kernel's repacked type first, then tiled. */
+static int gemm_rows_repacked(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, int ntok,
+                              float *out, size_t os) {
+    uint8_t *buf = (uint8_t *)malloc((size_t)(r1 - r0) * k->repacked_row_bytes + 64);
+    if (!buf) return 0; /* the caller falls back to the file's type */
+    for (int r = r0; r < r1; r++) k->repack_row(w + r * k->row_bytes, buf + (r - r0) * k->repacked_row_bytes, k->K);
+    gemm_rows_tiled(k, k->repacked_tile, buf, k->repacked_row_bytes, 0, r1 - r0, acts, ntok, out + r0, os);
+    free(buf);
+    return 1;
+}
+
 /* Weight rows [r0, r1) against ntok quantized activation rows: out[t * os + r].
  * One token: GEMV, gv rows per call so their FMA chains overlap.  More tokens: for each
  * chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
@@ -109,6 +147,9 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
         gemm_rows_packed(k, w, r0, r1, acts, ntok, out, os);
         return;
     }
+    if (ntok >= PACK8_MIN_TOKENS && k->repack_row && r1 - r0 <= ROW_TILE &&
+        gemm_rows_repacked(k, w, r0, r1, acts, ntok, out, os))
+        return;
     for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
         const int t1 = imin(ntok, t0 + k->token_chunk);
         for (int r = r0; r < r1; r += k->tr) {

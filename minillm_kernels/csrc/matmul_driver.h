@@ -5,10 +5,14 @@
  * Determinism: every output element is computed by exactly one tile call,
  * and a tile gives each (row, token) pair the same result as vec_dot, so the
  * results do not depend on the thread count or the tiling.  Batches of at
- * least PACK8_MIN_TOKENS tokens (8) of the 32-value integer types take the
- * packed 8-row GEMM, which rounds differently from vec_dot (float rounding
- * only); the choice depends on the batch (or, in MoE, an expert's token
- * count), never on the thread count.
+ * least PACK8_MIN_TOKENS tokens (8) of the 32-value integer types and of
+ * Q4_K / Q5_K / Q6_K take the packed 8-row GEMM, which rounds differently from
+ * vec_dot (float rounding only); IQ1_S batches that size convert each row
+ * tile to IQ1_S_R first (bit-identical).  The choice depends on the batch
+ * (or, in MoE, an expert's token count), never on the thread count.
+ * GEMV prefetches ahead of the rows it reads (the 32-value tiles the next
+ * row tile, the 256-value row dots 2 KiB ahead): it must overlap the memory
+ * stream with its compute to approach the read bandwidth.
  */
 #ifndef MINILLM_MATMUL_DRIVER_H
 #define MINILLM_MATMUL_DRIVER_H

@@ -8,8 +8,10 @@
  * vec_dot results, and the drivers may tile however they like.
  *
  * Integer blocks: the weight block is unpacked to 32 signed bytes q, then
- * sum q*y is computed with _mm256_maddubs_epi16(|q|, sign(y, q)), which is
- * exact: |q| <= 128 and |y| <= 127 keep each pair sum below 2^15.
+ * sum q*y is computed with _mm256_maddubs_epi16(|y|, sign(q, y)) (|y| once per
+ * activation block for all rows; Q8_0, whose q may be -128, uses |q| and
+ * sign(y, q)), which is exact: |q| <= 128 and |y| <= 127 keep each pair sum
+ * below 2^15.
  */
 #include "quants_impl.h"
 
@@ -112,27 +114,6 @@ ALWAYS_INLINE __m256i unpack_q5_0(const block_q5_0 *b) {
     return _mm256_sub_epi8(nibbles_32(b->qs), _mm256_andnot_si256(set, _mm256_set1_epi8(0x10)));
 }
 
-/* unpack to (q, |q|): |q| by sign(q, q), except IQ4_NL, which looks |q| up in a second table
- * (a shuffle instead of a multiply-port instruction) */
-#define DEFINE_UNPACK2(name, block_t)                                                         \
-    ALWAYS_INLINE void unpack2_##name(const block_t *b, __m256i *q, __m256i *aq) {            \
-        *q = unpack_##name(b);                                                                \
-        *aq = _mm256_sign_epi8(*q, *q);                                                       \
-    }
-DEFINE_UNPACK2(q8_0, block_q8_0)
-DEFINE_UNPACK2(q4_0, block_q4_0)
-DEFINE_UNPACK2(q5_0, block_q5_0)
-
-static const uint8_t iq4nl_abs_values[16] = {127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113};
-
-ALWAYS_INLINE void unpack2_iq4_nl(const block_iq4_nl *b, __m256i *q, __m256i *aq) {
-    const __m256i n = nibbles_32(b->qs);
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
-    const __m256i atable = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_abs_values));
-    *q = _mm256_shuffle_epi8(table, n);
-    *aq = _mm256_shuffle_epi8(atable, n);
-}
-
 /* ---- integer tile kernel, instantiated per type ----
  *
  * Blocks are taken 4 at a time: the 4 block dots (8 int32 lanes each) are
@@ -142,10 +123,20 @@ ALWAYS_INLINE void unpack2_iq4_nl(const block_iq4_nl *b, __m256i *q, __m256i *aq
  * converted together.  Leftover blocks (n/32 not a multiple of 4) go one at a
  * time.  Every (row, activation) pair follows exactly this order. */
 
-ALWAYS_INLINE __m256i block_dot(__m256i q, __m256i aq, const int8_t *yqs) {
-    const __m256i y = _mm256_loadu_si256((const __m256i *)yqs);
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(y, q)), _mm256_set1_epi16(1));
+/* sum q*y of one block as 8 int32 lanes, exact whenever |q| <= 127: maddubs(|y|, sign(q, y)),
+ * with |y| per activation block, shared by every weight row the tile multiplies with it */
+ALWAYS_INLINE __m256i block_dot(__m256i q, __m256i y, __m256i ay) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ay, _mm256_sign_epi8(q, y)), _mm256_set1_epi16(1));
 }
+/* the same for q down to -128 (Q8_0 weights): maddubs(|q|, sign(y, q)); |q| = 128 reads right
+ * as an unsigned byte, while sign(q, y) would wrap -(-128) */
+ALWAYS_INLINE __m256i block_dot_q8(__m256i q, __m256i y, __m256i ay) {
+    (void)ay;
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q)),
+                             _mm256_set1_epi16(1));
+}
+
+ALWAYS_INLINE __m256i load_y(const block_q8_0 *y) { return _mm256_loadu_si256((const __m256i *)y->qs); }
 
 /* [sum of lanes 0-3 of p0, .. of p3 | sum of lanes 4-7 of p0, .. of p3] */
 ALWAYS_INLINE __m256i fold4(const __m256i *p) {
@@ -164,7 +155,7 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
     return _mm256_set_m128(f, f);
 }
 
-#define DEFINE_Q32_TILE(name, block_t, unpack)                                                   \
+#define DEFINE_Q32_TILE(name, block_t, unpack, block_dot)                                                 \
     ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
                                         size_t as, float *out, size_t os, const int R, const int C) { \
         const int nb = n / QK, n4 = nb & ~3;                                                     \
@@ -176,31 +167,38 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
             __m256 dw[TILE_MAX_R];                                                               \
             for (int r = 0; r < R; r++)                                                          \
                 dw[r] = scales4((const uint8_t *)((const block_t *)(w + r * ws) + i), sizeof(block_t)); \
-            if (C == 1) { /* GEMV: unpack as we go, nothing kept across rows */                  \
+            if (C == 1) { /* GEMV: unpack as we go; prefetch the next row tile */                \
                 const block_q8_0 *y = (const block_q8_0 *)a + i;                                 \
                 const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));              \
+                __m256i yv[4], ay[4];                                                            \
+                for (int k = 0; k < 4; k++) {                                                    \
+                    yv[k] = load_y(&y[k]);                                                       \
+                    ay[k] = _mm256_sign_epi8(yv[k], yv[k]);                                      \
+                }                                                                                \
                 for (int r = 0; r < R; r++) {                                                    \
                     const block_t *b = (const block_t *)(w + r * ws) + i;                        \
+                    for (int o = 0; o < 4 * (int)sizeof(block_t); o += 64)                       \
+                        _mm_prefetch((const char *)b + (size_t)R * ws + o, _MM_HINT_T0);          \
                     __m256i p[4];                                                                \
-                    for (int k = 0; k < 4; k++) {                                                \
-                        __m256i q, aq;                                                           \
-                        unpack2_##name(&b[k], &q, &aq);                                          \
-                        p[k] = block_dot(q, aq, y[k].qs);                                        \
-                    }                                                                            \
+                    for (int k = 0; k < 4; k++) p[k] = block_dot(unpack(&b[k]), yv[k], ay[k]);   \
                     acc[r][0] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), _mm256_cvtepi32_ps(fold4(p)), \
                                                 acc[r][0]);                                      \
                 }                                                                                \
             } else { /* a few tokens: unpack the rows' 4 blocks once for all of them */          \
-                __m256i q[TILE_MAX_R][4], aq[TILE_MAX_R][4];                                     \
+                __m256i q[TILE_MAX_R][4];                                                        \
                 for (int r = 0; r < R; r++)                                                      \
-                    for (int k = 0; k < 4; k++)                                                  \
-                        unpack2_##name((const block_t *)(w + r * ws) + i + k, &q[r][k], &aq[r][k]); \
+                    for (int k = 0; k < 4; k++) q[r][k] = unpack((const block_t *)(w + r * ws) + i + k); \
                 for (int c = 0; c < C; c++) {                                                    \
                     const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
                     const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));          \
+                    __m256i yv[4], ay[4];                                                        \
+                    for (int k = 0; k < 4; k++) {                                                \
+                        yv[k] = load_y(&y[k]);                                                   \
+                        ay[k] = _mm256_sign_epi8(yv[k], yv[k]);                                  \
+                    }                                                                            \
                     for (int r = 0; r < R; r++) {                                                \
                         __m256i p[4];                                                            \
-                        for (int k = 0; k < 4; k++) p[k] = block_dot(q[r][k], aq[r][k], y[k].qs); \
+                        for (int k = 0; k < 4; k++) p[k] = block_dot(q[r][k], yv[k], ay[k]);     \
                         acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy),                    \
                                                     _mm256_cvtepi32_ps(fold4(p)), acc[r][c]);    \
                     }                                                                            \
@@ -210,14 +208,15 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
         for (; i < nb; i++) { /* leftover blocks, one at a time */                               \
             for (int r = 0; r < R; r++) {                                                        \
                 const block_t *b = (const block_t *)(w + r * ws) + i;                            \
-                __m256i q, aq;                                                                   \
-                unpack2_##name(b, &q, &aq);                                                      \
+                const __m256i q = unpack(b);                                                     \
                 const __m256 dw = _mm256_set1_ps(fp16_to_fp32(b->d));                            \
                 for (int c = 0; c < C; c++) {                                                    \
                     const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
                     const __m256 dy = _mm256_set1_ps(fp16_to_fp32(y->d));                        \
+                    const __m256i yv = load_y(y);                                                \
                     acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy),                           \
-                                                _mm256_cvtepi32_ps(block_dot(q, aq, y->qs)), acc[r][c]); \
+                                                _mm256_cvtepi32_ps(block_dot(q, yv, _mm256_sign_epi8(yv, yv))), \
+                                                acc[r][c]);                                      \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
@@ -281,10 +280,10 @@ ALWAYS_INLINE float get1_bf16(const uint8_t *p, int j) { return bf16_to_fp32(((c
         return s;                                                                                 \
     }
 
-DEFINE_Q32_TILE(q8_0, block_q8_0, unpack_q8_0)
-DEFINE_Q32_TILE(q4_0, block_q4_0, unpack_q4_0)
-DEFINE_Q32_TILE(q5_0, block_q5_0, unpack_q5_0)
-DEFINE_Q32_TILE(iq4_nl, block_iq4_nl, unpack_iq4_nl)
+DEFINE_Q32_TILE(q8_0, block_q8_0, unpack_q8_0, block_dot_q8)
+DEFINE_Q32_TILE(q4_0, block_q4_0, unpack_q4_0, block_dot)
+DEFINE_Q32_TILE(q5_0, block_q5_0, unpack_q5_0, block_dot)
+DEFINE_Q32_TILE(iq4_nl, block_iq4_nl, unpack_iq4_nl, block_dot)
 DEFINE_FLOAT_TILE(f32, 4)
 DEFINE_FLOAT_TILE(f16, 2)
 DEFINE_FLOAT_TILE(bf16, 2)
@@ -343,6 +342,7 @@ ALWAYS_INLINE void gemm8_c(int n, const packed8_block *p, const uint8_t *a, size
             y[c] = (const block_q8_0 *)(a + c * as) + i;
             isum[c] = _mm256_setzero_si256();
         }
+#pragma GCC unroll 2 /* unrolled 8 times, GCC hoists the broadcasts and spills (16 ymm registers) */
         for (int j = 0; j < 8; j++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)p[i].q[j]);
             const __m256i aq = _mm256_loadu_si256((const __m256i *)p[i].aq[j]);

@@ -20,14 +20,14 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 
 #define OWN_TYPE(ID, t, bs, ts, act, dq_best, gr, gc, gv, pack)                             \
     {ID, #t, bs, ts, act, {dq_best, dequantize_row_##t##_scalar},                             \
-     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack}
+     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack, NULL, 0}
 
 #if MINILLM_AVX2
-#define PACK8(t) pack8_##t, gemm8_q8_avx2
+#define PACK8(t) pack8_##t, gemm8_q8_avx2, packed8_bytes
 #else
-#define PACK8(t) NULL, NULL
+#define PACK8(t) NULL, NULL, NULL
 #endif
-#define NO_PACK8 NULL, NULL
+#define NO_PACK8 NULL, NULL, NULL
 
 #if MINILLM_AVX2
 #define DQ_F16 dequantize_row_f16_avx2
@@ -48,10 +48,17 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #define K_TILE(t) NULL
 #define K_TILE_RC 1, 4, 1
 #endif
-#define K_TYPE(ID, t, ts) K_TYPE_NAMED(ID, #t, t, ts)
-#define K_TYPE_NAMED(ID, name, t, ts)                                                          \
+#define K_TYPE(ID, t, ts) K_TYPE_NAMED(ID, #t, t, ts, NO_PACK8, NULL, 0)
+#define K_TYPE_NAMED(ID, name, t, ts, pack, repack, rtype)                                     \
     {ID, name, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
-     {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, NULL, NULL}
+     {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, pack, repack, rtype}
+#if MINILLM_AVX2 && defined(KQ_HAVE_PACK8)
+#define K_PACK8(t) pack8_##t, gemm8_##t, packed_k4_bytes
+#define K_PACK8_Q6 pack8_q6_K, gemm8_q6_K, packed_q6_K_bytes
+#else
+#define K_PACK8(t) NO_PACK8
+#define K_PACK8_Q6 NO_PACK8
+#endif
 
 static const type_traits TABLE[] = {
     OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, NO_PACK8),
@@ -63,11 +70,11 @@ static const type_traits TABLE[] = {
     OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4, PACK8(iq4_nl)),
 #if HAVE_KQUANTS
     K_TYPE(GGML_Q2_K, q2_K, 84),
-    K_TYPE(GGML_Q4_K, q4_K, 144),
-    K_TYPE(GGML_Q5_K, q5_K, 176),
-    K_TYPE(GGML_Q6_K, q6_K, 210),
-    K_TYPE(GGML_IQ1_S, iq1_s, 50),
-    K_TYPE_NAMED(MINILLM_IQ1_S_R, "iq1_s_r", iq1_s_u, 74), /* internal: repack_row_iq1_s_u of IQ1_S rows */
+    K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K), NULL, 0),
+    K_TYPE_NAMED(GGML_Q5_K, "q5_K", q5_K, 176, K_PACK8(q5_K), NULL, 0),
+    K_TYPE_NAMED(GGML_Q6_K, "q6_K", q6_K, 210, K_PACK8_Q6, NULL, 0),
+    K_TYPE_NAMED(GGML_IQ1_S, "iq1_s", iq1_s, 50, NO_PACK8, repack_row_iq1_s_u, MINILLM_IQ1_S_R),
+    K_TYPE_NAMED(MINILLM_IQ1_S_R, "iq1_s_r", iq1_s_u, 74, NO_PACK8, NULL, 0), /* internal: repack_row_iq1_s_u of IQ1_S rows */
 #endif
 };
 

@@ -40,6 +40,11 @@ typedef struct {
     int gemv_rows;                      /* rows per tile call in GEMV (independent FMA chains) */
     pack8_fn pack8;                     /* 8-row interleaved GEMM for many tokens (best path only; or NULL) */
     gemm8_fn gemm8;
+    size_t (*packed_bytes)(int n);      /* bytes pack8 writes for 8 rows of n values */
+    /* GEMM of many tokens may first convert each row tile to a faster internal type with
+     * bit-identical results (IQ1_S -> IQ1_S_R): its row converter and type id, or NULL / 0 */
+    void (*gemm_repack_row)(const void *w, void *y, int n);
+    int gemm_repack_type;
 } type_traits;
 
 const type_traits *type_traits_get(int type); /* NULL if unsupported */
