@@ -34,6 +34,9 @@ for pyx in sorted(glob.glob("minillm_kernels/*.pyx")):
             name,
             [pyx],
             include_dirs=[np.get_include(), "minillm_kernels/csrc"],
+            # every C file and header: some sources are pulled in by others (kquants_link.c),
+            # so an edit to any of them must rebuild the module
+            depends=sorted(glob.glob("minillm_kernels/csrc/*")),
             define_macros=macros,
             extra_compile_args=compile_args,
             extra_link_args=["-fopenmp"],
