@@ -304,27 +304,9 @@ static inline __attribute__((always_inline)) void kq_f32_rows(const float *kf, i
     for (int r = 0; r < R; r++) { _mm256_store_ps(s + r * LANES, a0[r]); _mm256_store_ps(s + r * LANES + 8, a1[r]); }
 }
 
-/* R rows of int16 values against 16 int16 query rows: pairs of values broadcast as one
- * int32, vpmaddwd with the interleaved query pairs, int32 accumulation over [d0, d1). */
-static inline __attribute__((always_inline)) void kq_i16_span(const int16_t *ki, int D, const int32_t *qi, int d0, int d1,
-                                                              __m256i *a0, __m256i *a1, const int R) {
-    for (int r = 0; r < R; r++) { a0[r] = _mm256_setzero_si256(); a1[r] = _mm256_setzero_si256(); }
-    const int32_t *qp = qi + (size_t)(d0 / 2) * LANES;
-    const int16_t *kp = ki + d0;
-    for (int n = (d1 - d0) / 2; n > 0; n--, qp += LANES, kp += 2) {
-        const __m256i q0 = _mm256_load_si256((const __m256i *)qp), q1 = _mm256_load_si256((const __m256i *)(qp + 8));
-        for (int r = 0; r < R; r++) {
-            int32_t pair; memcpy(&pair, kp + (size_t)r * D, 4);
-            const __m256i k = _mm256_set1_epi32(pair);
-            a0[r] = _mm256_add_epi32(a0[r], _mm256_madd_epi16(k, q0));
-            a1[r] = _mm256_add_epi32(a1[r], _mm256_madd_epi16(k, q1));
-        }
-        for (int r = 0; r < R; r++) { PIN(a0[r]); PIN(a1[r]); }
-    }
-}
-
-/* R int16 rows against 16 int16 query rows, one int32 sum per row and query, times the
- * row scale and the query scale. */
+/* Scores of 8-bit rows: int16 row values against 16 int16 query rows, pairs of row values
+ * broadcast as one int32 and vpmaddwd with the interleaved query pairs, one int32 sum per
+ * row and query over the whole row, then times the row scale and the query scale. */
 static inline __attribute__((always_inline)) void kq_i16_store(__m256i a0, __m256i a1, float kd, const qgroup_t *g, float *s) {
     const __m256 dk = _mm256_set1_ps(kd);
     _mm256_store_ps(s, _mm256_mul_ps(_mm256_cvtepi32_ps(a0), _mm256_mul_ps(dk, _mm256_load_ps(g->qd))));
@@ -332,8 +314,14 @@ static inline __attribute__((always_inline)) void kq_i16_store(__m256i a0, __m25
 }
 
 static void kq_i16_rows1(const int16_t *ki, int D, const float *kd, const qgroup_t *g, float *s) {
-    __m256i a0, a1;
-    kq_i16_span(ki, D, g->qi, 0, D, &a0, &a1, 1);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+    const int32_t *qp = g->qi;
+    for (int d = 0; d < D; d += 2, qp += LANES) {
+        int32_t pair; memcpy(&pair, ki + d, 4);
+        const __m256i k = _mm256_set1_epi32(pair);
+        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(k, _mm256_load_si256((const __m256i *)qp)));
+        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(k, _mm256_load_si256((const __m256i *)(qp + 8))));
+    }
     kq_i16_store(a0, a1, kd[0], g, s);
 }
 
