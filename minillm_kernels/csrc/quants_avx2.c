@@ -155,6 +155,16 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
     return _mm256_set_m128(f, f);
 }
 
+/* 4 activation blocks: values, their absolute values (computed once for all weight rows),
+ * and the 4 scales as scales4 gives them */
+ALWAYS_INLINE __m256 load_y4(const block_q8_0 *y, __m256i *yv, __m256i *ay) {
+    for (int k = 0; k < 4; k++) {
+        yv[k] = load_y(&y[k]);
+        ay[k] = _mm256_sign_epi8(yv[k], yv[k]);
+    }
+    return scales4((const uint8_t *)y, sizeof(block_q8_0));
+}
+
 #define DEFINE_Q32_TILE(name, block_t, unpack, block_dot)                                                 \
     ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
                                         size_t as, float *out, size_t os, const int R, const int C) { \
@@ -168,13 +178,8 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
             for (int r = 0; r < R; r++)                                                          \
                 dw[r] = scales4((const uint8_t *)((const block_t *)(w + r * ws) + i), sizeof(block_t)); \
             if (C == 1) { /* GEMV: unpack as we go; prefetch the next row tile */                \
-                const block_q8_0 *y = (const block_q8_0 *)a + i;                                 \
-                const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));              \
                 __m256i yv[4], ay[4];                                                            \
-                for (int k = 0; k < 4; k++) {                                                    \
-                    yv[k] = load_y(&y[k]);                                                       \
-                    ay[k] = _mm256_sign_epi8(yv[k], yv[k]);                                      \
-                }                                                                                \
+                const __m256 dy = load_y4((const block_q8_0 *)a + i, yv, ay);                    \
                 for (int r = 0; r < R; r++) {                                                    \
                     const block_t *b = (const block_t *)(w + r * ws) + i;                        \
                     for (int o = 0; o < 4 * (int)sizeof(block_t); o += 64)                       \
@@ -189,13 +194,8 @@ ALWAYS_INLINE __m256 scales4(const uint8_t *d, size_t stride) {
                 for (int r = 0; r < R; r++)                                                      \
                     for (int k = 0; k < 4; k++) q[r][k] = unpack((const block_t *)(w + r * ws) + i + k); \
                 for (int c = 0; c < C; c++) {                                                    \
-                    const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;                  \
-                    const __m256 dy = scales4((const uint8_t *)y, sizeof(block_q8_0));          \
                     __m256i yv[4], ay[4];                                                        \
-                    for (int k = 0; k < 4; k++) {                                                \
-                        yv[k] = load_y(&y[k]);                                                   \
-                        ay[k] = _mm256_sign_epi8(yv[k], yv[k]);                                  \
-                    }                                                                            \
+                    const __m256 dy = load_y4((const block_q8_0 *)(a + c * as) + i, yv, ay);     \
                     for (int r = 0; r < R; r++) {                                                \
                         __m256i p[4];                                                            \
                         for (int k = 0; k < 4; k++) p[k] = block_dot(q[r][k], yv[k], ay[k]);     \
