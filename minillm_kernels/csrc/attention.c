@@ -114,10 +114,6 @@ static void *xalloc(size_t bytes) {
 
 /* ------------------------------------------------------------------ vector helpers */
 #if MINILLM_AVX2
-/* An empty asm that claims to modify x: placed at the end of a loop body, it makes GCC keep
- * an accumulator in one register across iterations (otherwise GCC 12 writes each new sum to
- * another register and adds a register move per accumulator per iteration). */
-#define PIN(x) __asm__("" : "+v"(x))
 static inline __m256 exp_ps(__m256 x) {
     /* e^x = 2^n · e^r, n = round(x/ln2), |r| <= ln2/2; degree-6 Taylor (rel. error ~2e-7). */
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));

@@ -21,6 +21,8 @@ int mm_max_threads(void) { return omp_get_num_procs(); }
 
 static int resolve_threads(int n) { return n > 0 ? n : omp_get_num_procs(); }
 static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+static inline size_t zmax3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
 /* The kernels of one weight type at one row length, for the path selected now. */
 typedef struct {
@@ -31,6 +33,7 @@ typedef struct {
     tile_fn tile; /* NULL: loop over vec_dot */
     pack8_fn pack8; /* NULL: no packed GEMM (or the scalar path) */
     gemm8_fn gemm8;
+    int batch_act;  /* activation format of batches of PACK8_MIN_TOKENS or more */
     int tr, tc, gv;
     int token_chunk;
     /* many-token GEMM on row tiles converted to a faster type (bit-identical results), or NULL */
@@ -51,6 +54,7 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->tile = tt->tile[k->path];
     k->pack8 = k->path == PATH_BEST ? tt->pack8 : NULL;
     k->gemm8 = k->path == PATH_BEST ? tt->gemm8 : NULL;
+    k->batch_act = k->pack8 ? tt->pack8_act : tt->act_type;
     k->tr = tt->gemm_rows;
     k->tc = tt->gemm_cols;
     k->gv = tt->gemv_rows;
@@ -68,6 +72,26 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     return MM_OK;
 }
 
+/* the activation format gemm_rows reads for a batch of ntok tokens */
+static inline int act_format(const kernel_t *k, int ntok) {
+    return ntok >= PACK8_MIN_TOKENS && k->pack8 ? k->batch_act : k->tt->act_type;
+}
+
+/* row bytes of activation buffers that may hold either format (MoE: it depends on each expert's batch) */
+static size_t act_stride(const kernel_t *k) {
+    const size_t a = act_row_bytes(k->tt->act_type, k->K), b = act_row_bytes(k->batch_act, k->K);
+    return a > b ? a : b;
+}
+
+/* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed or
+ * repacked row tiles), 0 for none */
+static size_t scratch_bytes(const kernel_t *k, int ntok) {
+    if (ntok < PACK8_MIN_TOKENS) return 0;
+    if (k->pack8) return (ROW_TILE / 8) * k->tt->packed_bytes(k->K);
+    if (k->repack_row) return ROW_TILE * k->repacked_row_bytes;
+    return 0;
+}
+
 /* out[c * os + r] for nr rows starting at w, nc activation rows starting at a */
 static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t *a, size_t as, float *out,
                              size_t os, int nr, int nc) {
@@ -80,83 +104,66 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
 }
 
 /* Packed GEMM of rows [r0, r1) (at most ROW_TILE): unpack them to groups of 8 interleaved
- * int8 rows once, then sweep all tokens 4 at a time over each group. */
-static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts,
-                             int ntok, float *out, size_t os) {
-    enum { GROUPS = ROW_TILE / 8 };
+ * int8 rows once (in scratch), then sweep all tokens pack8_cols at a time over each group. */
+static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
+                             int ntok, float *out, size_t os, uint8_t *scratch) {
     const size_t gbytes = k->tt->packed_bytes(k->K);
-    uint8_t *packed = (uint8_t *)malloc(GROUPS * gbytes + 64);
-    if (!packed) { /* no memory for the packed rows: the register tiles need none */
-        for (int r = r0; r < r1; r += k->tr)
-            for (int t = 0; t < ntok; t += k->tc)
-                tile_call(k, w + r * k->row_bytes, acts + t * k->act_rb, k->act_rb, out + t * os + r, os,
-                          imin(k->tr, r1 - r), imin(k->tc, ntok - t));
-        return;
-    }
     const int ng = (r1 - r0 + 7) / 8;
     for (int g = 0; g < ng; g++)
         k->pack8(k->K, w + (size_t)(r0 + 8 * g) * k->row_bytes, k->row_bytes, imin(8, r1 - r0 - 8 * g),
-                 packed + g * gbytes);
+                 scratch + g * gbytes);
     for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
         const int t1 = imin(ntok, t0 + k->token_chunk);
         for (int g = 0; g < ng; g++)
-            for (int t = t0; t < t1; t += 4)
-                k->gemm8(k->K, packed + g * gbytes, acts + t * k->act_rb, k->act_rb, out + t * os + r0 + 8 * g,
-                         os, imin(8, r1 - r0 - 8 * g), imin(4, t1 - t));
+            for (int t = t0; t < t1; t += k->tt->pack8_cols)
+                k->gemm8(k->K, scratch + g * gbytes, acts + t * as, as, out + t * os + r0 + 8 * g, os,
+                         imin(8, r1 - r0 - 8 * g), imin(k->tt->pack8_cols, t1 - t));
     }
-    free(packed);
 }
 
 /* Register tiles of rows [r0, r1) of w (row_bytes apart) over all tokens, chunk by chunk:
  * for each chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
 static void gemm_rows_tiled(const kernel_t *k, tile_fn tile, const uint8_t *w, size_t row_bytes, int r0, int r1,
-                            const uint8_t *acts, int ntok, float *out, size_t os) {
+                            const uint8_t *acts, size_t as, int ntok, float *out, size_t os) {
     for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
         const int t1 = imin(ntok, t0 + k->token_chunk);
         for (int r = r0; r < r1; r += k->tr) {
             const int nr = imin(k->tr, r1 - r);
             for (int t = t0; t < t1; t += k->tc)
-                tile(k->K, w + r * row_bytes, row_bytes, acts + t * k->act_rb, k->act_rb, out + t * os + r, os, nr,
+                tile(k->K, w + r * row_bytes, row_bytes, acts + t * as, as, out + t * os + r, os, nr,
                      imin(k->tc, t1 - t));
         }
     }
 }
 
-/* Rows [r0, r1) (at most ROW_TILE) converted to the kernel's repacked type first, then tiled. */
-static int gemm_rows_repacked(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, int ntok,
-                              float *out, size_t os) {
-    uint8_t *buf = (uint8_t *)malloc((size_t)(r1 - r0) * k->repacked_row_bytes + 64);
-    if (!buf) return 0; /* the caller falls back to the file's type */
-    for (int r = r0; r < r1; r++) k->repack_row(w + r * k->row_bytes, buf + (r - r0) * k->repacked_row_bytes, k->K);
-    gemm_rows_tiled(k, k->repacked_tile, buf, k->repacked_row_bytes, 0, r1 - r0, acts, ntok, out + r0, os);
-    free(buf);
-    return 1;
+/* Rows [r0, r1) (at most ROW_TILE) converted to the kernel's repacked type first (in scratch), then tiled. */
+static void gemm_rows_repacked(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
+                               int ntok, float *out, size_t os, uint8_t *scratch) {
+    for (int r = r0; r < r1; r++)
+        k->repack_row(w + r * k->row_bytes, scratch + (r - r0) * k->repacked_row_bytes, k->K);
+    gemm_rows_tiled(k, k->repacked_tile, scratch, k->repacked_row_bytes, 0, r1 - r0, acts, as, ntok, out + r0, os);
 }
 
-/* Weight rows [r0, r1) against ntok quantized activation rows: out[t * os + r].
- * One token: GEMV, gv rows per call so their FMA chains overlap.  More tokens: for each
- * chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
-static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, int ntok,
-                      float *out, size_t os) {
+/* Weight rows [r0, r1) (at most ROW_TILE) against ntok activation rows in act_format(k, ntok),
+ * as bytes apart: out[t * os + r].  One token: GEMV, gv rows per call so their FMA chains
+ * overlap.  Many tokens: the packed or repacked row tile (scratch: scratch_bytes(k)).
+ * Otherwise for each chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
+static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as, int ntok,
+                      float *out, size_t os, uint8_t *scratch) {
     if (ntok == 1) {
         for (int r = r0; r < r1; r += k->gv)
             tile_call(k, w + r * k->row_bytes, acts, 0, out + r, 1, imin(k->gv, r1 - r), 1);
-        return;
-    }
-    if (ntok >= PACK8_MIN_TOKENS && k->pack8 && r1 - r0 <= ROW_TILE) {
-        gemm_rows_packed(k, w, r0, r1, acts, ntok, out, os);
-        return;
-    }
-    if (ntok >= PACK8_MIN_TOKENS && k->repack_row && r1 - r0 <= ROW_TILE &&
-        gemm_rows_repacked(k, w, r0, r1, acts, ntok, out, os))
-        return;
-    for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
-        const int t1 = imin(ntok, t0 + k->token_chunk);
-        for (int r = r0; r < r1; r += k->tr) {
-            const int nr = imin(k->tr, r1 - r);
-            for (int t = t0; t < t1; t += k->tc)
-                tile_call(k, w + r * k->row_bytes, acts + t * k->act_rb, k->act_rb, out + t * os + r, os, nr,
-                          imin(k->tc, t1 - t));
+    } else if (ntok >= PACK8_MIN_TOKENS && k->pack8) {
+        gemm_rows_packed(k, w, r0, r1, acts, as, ntok, out, os, scratch);
+    } else if (ntok >= PACK8_MIN_TOKENS && k->repack_row) {
+        gemm_rows_repacked(k, w, r0, r1, acts, as, ntok, out, os, scratch);
+    } else {
+        for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
+            const int t1 = imin(ntok, t0 + k->token_chunk);
+            for (int r = r0; r < r1; r += k->tr)
+                for (int t = t0; t < t1; t += k->tc)
+                    tile_call(k, w + r * k->row_bytes, acts + t * as, as, out + t * os + r, os, imin(k->tr, r1 - r),
+                              imin(k->tc, t1 - t));
         }
     }
 }
@@ -169,37 +176,53 @@ int mm_quantize_rows(int act_type, const float *x, int n, int K, uint8_t *out, i
     return MM_OK;
 }
 
+/* the calling thread's scratch of n bytes (NULL for none); *failed is set when out of memory */
+static uint8_t *alloc_scratch(size_t n, int *failed) {
+    uint8_t *p = n ? (uint8_t *)malloc(n) : NULL;
+    if (n && !p) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+    return p;
+}
+
 int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stride, int M, int K,
               const float *x, int N, int B, float *out, int n_threads) {
     kernel_t k;
     if (kernel_init(&k, wtype, K, row_bytes)) return MM_ERR_TYPE;
     const long rows = (long)B * N;
+    const int act = act_format(&k, N);
+    const size_t as = act_row_bytes(act, K);
     uint8_t *buf = NULL;
     const uint8_t *acts = (const uint8_t *)x;
-    if (k.tt->act_type != ACT_F32) {
-        buf = (uint8_t *)malloc(rows * k.act_rb + 64);
+    if (act != ACT_F32) {
+        buf = (uint8_t *)malloc(rows * as + 64);
         if (!buf) return MM_ERR_NOMEM;
         acts = buf;
     }
     const int tiles = (M + ROW_TILE - 1) / ROW_TILE;
     const long items = (long)B * tiles;
+    const size_t sbytes = scratch_bytes(&k, N);
+    int failed = 0;
 #pragma omp parallel num_threads(resolve_threads(n_threads))
     {
+        uint8_t *scratch = alloc_scratch(sbytes, &failed);
         if (buf) {
 #pragma omp for schedule(static)
-            for (long i = 0; i < rows; i++)
-                quantize_act_row(k.tt->act_type, x + i * K, buf + i * k.act_rb, K, k.path);
+            for (long i = 0; i < rows; i++) quantize_act_row(act, x + i * K, buf + i * as, K, k.path);
         }
 #pragma omp for schedule(static)
         for (long it = 0; it < items; it++) {
+            if (sbytes && !scratch) continue;
             const long b = it / tiles;
             const int r0 = (int)(it % tiles) * ROW_TILE;
-            gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + ROW_TILE), acts + b * N * k.act_rb, N,
-                      out + b * N * M, M);
+            gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + ROW_TILE), acts + b * N * as, as, N,
+                      out + b * N * M, M, scratch);
         }
+        free(scratch);
     }
     free(buf);
-    return MM_OK;
+    return failed ? MM_ERR_NOMEM : MM_OK;
 }
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
@@ -229,19 +252,22 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     for (int s = 0; s < S; s++)
         if (ids[s] < 0 || ids[s] >= n_expert) return MM_ERR_EXPERT_ID;
 
-    const int same_act = kg.tt->act_type == ku.tt->act_type;
+    /* each expert's tokens are quantized in the format of its batch size (act_format) */
+    const int same_act = kg.tt->act_type == ku.tt->act_type && kg.batch_act == ku.batch_act;
+    const size_t as_g = act_stride(&kg), as_u = act_stride(&ku), as_d = act_stride(&kd);
     const int tiles_f = (F + ROW_TILE - 1) / ROW_TILE, tiles_o = (K_out + ROW_TILE - 1) / ROW_TILE;
     int *counts = calloc((size_t)n_expert, sizeof(int)), *offs = calloc((size_t)n_expert + 1, sizeof(int));
     int *slot_token = malloc(sizeof(int) * (size_t)S), *slot_of = malloc(sizeof(int) * (size_t)S);
+    int *slot_expert = malloc(sizeof(int) * (size_t)S);
     work_item *items_f = malloc(sizeof(work_item) * (size_t)(S * tiles_f + 1));
     work_item *items_o = malloc(sizeof(work_item) * (size_t)(S * tiles_o + 1));
-    uint8_t *acts_g = malloc((size_t)S * kg.act_rb + 64);
-    uint8_t *acts_u = same_act ? acts_g : malloc((size_t)S * ku.act_rb + 64);
+    uint8_t *acts_g = malloc((size_t)S * as_g + 64);
+    uint8_t *acts_u = same_act ? acts_g : malloc((size_t)S * as_u + 64);
     float *gbuf = malloc(sizeof(float) * (size_t)S * F), *ubuf = malloc(sizeof(float) * (size_t)S * F);
-    uint8_t *hq = malloc((size_t)S * kd.act_rb + 64);
+    uint8_t *hq = malloc((size_t)S * as_d + 64);
     float *ybuf = malloc(sizeof(float) * (size_t)S * K_out);
     int rc = MM_OK;
-    if (!counts || !offs || !slot_token || !slot_of || !items_f || !items_o || !acts_g || !acts_u || !gbuf ||
+    if (!counts || !offs || !slot_token || !slot_of || !slot_expert || !items_f || !items_o || !acts_g || !acts_u || !gbuf ||
         !ubuf || !hq || !ybuf) {
         rc = MM_ERR_NOMEM;
         goto done;
@@ -256,6 +282,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         for (int s = 0; s < S; s++) {
             const int e = ids[s], slot = offs[e] + fill[e]++;
             slot_token[slot] = s / k_used;
+            slot_expert[slot] = e;
             slot_of[s] = slot;
         }
         free(fill);
@@ -263,25 +290,34 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     const int n_items_f = make_items(counts, n_expert, F, items_f);
     const int n_items_o = make_items(counts, n_expert, K_out, items_o);
     int uniform = 1; /* every used expert has the same token count: equal-cost items, static split */
-    for (int e = 0; e < n_expert; e++)
+    int max_count = 0;
+    for (int e = 0; e < n_expert; e++) {
         if (counts[e] && counts[e] != counts[ids[0]]) uniform = 0;
+        max_count = imax(max_count, counts[e]);
+    }
+    const size_t sbytes = zmax3(scratch_bytes(&kg, max_count), scratch_bytes(&ku, max_count),
+                                scratch_bytes(&kd, max_count));
+    int failed = 0;
 
 #pragma omp parallel num_threads(resolve_threads(n_threads))
     {
+        uint8_t *scratch = alloc_scratch(sbytes, &failed);
 #pragma omp for schedule(static)
         for (int s = 0; s < S; s++) {
             const float *xt = x + (size_t)slot_token[s] * K;
-            quantize_act_row(kg.tt->act_type, xt, acts_g + s * kg.act_rb, K, kg.path);
-            if (!same_act) quantize_act_row(ku.tt->act_type, xt, acts_u + s * ku.act_rb, K, ku.path);
+            const int n_e = counts[slot_expert[s]];
+            quantize_act_row(act_format(&kg, n_e), xt, acts_g + s * as_g, K, kg.path);
+            if (!same_act) quantize_act_row(act_format(&ku, n_e), xt, acts_u + s * as_u, K, ku.path);
         }
         /* gate and up: each item is a row tile of one expert against all of its tokens */
 #define GATE_UP_ITEM(i)                                                                                  \
     {                                                                                                    \
+        if (sbytes && !scratch) continue;                                                                \
         const int e = items_f[i].e, r0 = items_f[i].r0, r1 = imin(F, r0 + ROW_TILE);                     \
-        gemm_rows(&kg, gate + e * gate_estride, r0, r1, acts_g + offs[e] * kg.act_rb, counts[e],         \
-                  gbuf + (size_t)offs[e] * F, F);                                                        \
-        gemm_rows(&ku, up + e * up_estride, r0, r1, acts_u + offs[e] * ku.act_rb, counts[e],             \
-                  ubuf + (size_t)offs[e] * F, F);                                                        \
+        gemm_rows(&kg, gate + e * gate_estride, r0, r1, acts_g + offs[e] * as_g, as_g, counts[e],        \
+                  gbuf + (size_t)offs[e] * F, F, scratch);                                               \
+        gemm_rows(&ku, up + e * up_estride, r0, r1, acts_u + offs[e] * as_u, as_u, counts[e],            \
+                  ubuf + (size_t)offs[e] * F, F, scratch);                                               \
     }
         if (uniform) {
 #pragma omp for schedule(static)
@@ -296,13 +332,14 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
             float *g = gbuf + (size_t)s * F;
             const float *u = ubuf + (size_t)s * F;
             for (int f = 0; f < F; f++) g[f] = silu(g[f]) * u[f];
-            quantize_act_row(kd.tt->act_type, g, hq + s * kd.act_rb, F, kd.path);
+            quantize_act_row(act_format(&kd, counts[slot_expert[s]]), g, hq + s * as_d, F, kd.path);
         }
 #define DOWN_ITEM(i)                                                                                     \
     {                                                                                                    \
+        if (sbytes && !scratch) continue;                                                                \
         const int e = items_o[i].e, r0 = items_o[i].r0;                                                  \
-        gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + ROW_TILE), hq + offs[e] * kd.act_rb, \
-                  counts[e], ybuf + (size_t)offs[e] * K_out, K_out);                                     \
+        gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + ROW_TILE), hq + offs[e] * as_d, as_d, \
+                  counts[e], ybuf + (size_t)offs[e] * K_out, K_out, scratch);                            \
     }
         if (uniform) {
 #pragma omp for schedule(static)
@@ -322,9 +359,11 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
                 for (int c = 0; c < K_out; c++) o[c] += wj * y[c];
             }
         }
+        free(scratch);
     }
+    if (failed) rc = MM_ERR_NOMEM;
 done:
-    free(counts); free(offs); free(slot_token); free(slot_of); free(items_f); free(items_o);
+    free(counts); free(offs); free(slot_token); free(slot_of); free(slot_expert); free(items_f); free(items_o);
     if (acts_u != acts_g) free(acts_u);
     free(acts_g); free(gbuf); free(ubuf); free(hq); free(ybuf);
     return rc;

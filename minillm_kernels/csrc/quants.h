@@ -14,6 +14,11 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(MINILLM_FORCE_SCALAR)
 #define MINILLM_AVX2 1
 #include <immintrin.h>
+/* An empty asm that claims to modify x: placed at the end of a loop body, it makes GCC keep
+ * an accumulator in one register across iterations (otherwise GCC 12 writes each new sum to
+ * another register and adds a register move per accumulator per iteration, or computes all
+ * products of an unrolled loop first and spills them). */
+#define PIN(x) __asm__("" : "+v"(x))
 #else
 #define MINILLM_AVX2 0
 #endif
@@ -32,6 +37,10 @@ typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]
 typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K; /* 176 B */
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; fp16_t d; } block_q6_K;      /* 210 B */
 typedef struct { fp16_t d; uint8_t qs[QK_K / 8]; uint16_t qh[QK_K / 32]; } block_iq1_s;                  /* 50 B */
+/* q8_0 activations re-laid for the packed 8-row GEMM of the 32-value types (minillm's own,
+ * built from block_q8_0 rows): the scale as float, the sum of the values, and each group of 4
+ * values followed by their negations, so that one byte shuffle gives y or -y per weight sign. */
+typedef struct { float d; int32_t sum; int8_t pm[2 * QK]; } block_q8_0_pm;                /* 72 B */
 /* Activations for the 256-blocks: float scale, int8 values, and sums of each 16 values. */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;                     /* 292 B */
 
@@ -45,6 +54,7 @@ _Static_assert(sizeof(block_q5_K) == 176, "q5_K");
 _Static_assert(sizeof(block_q6_K) == 210, "q6_K");
 _Static_assert(sizeof(block_iq1_s) == 50, "iq1_s");
 _Static_assert(sizeof(block_q8_K) == 292, "q8_K");
+_Static_assert(sizeof(block_q8_0_pm) == 72, "q8_0_pm");
 
 /* ---- the per-type contract ------------------------------------------------
  * n is the row length in values, a multiple of the type's block size.

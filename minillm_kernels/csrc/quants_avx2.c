@@ -15,15 +15,6 @@
  */
 #include "quants_impl.h"
 
-/* one block of 8 packed rows (see the packed GEMM below) */
-typedef struct {
-    int8_t q[8][32];   /* [j][4 * row + k] = value 4j + k of row */
-    int8_t aq[8][32];  /* |q| */
-    float d[8];        /* row scales */
-} packed8_block;
-
-size_t packed8_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8_block); }
-
 #if MINILLM_AVX2
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -290,76 +281,97 @@ DEFINE_FLOAT_TILE(bf16, 2)
 
 /* ---- GEMM on 8 interleaved rows (prompt processing) ----
  *
- * For many tokens, a group of 8 weight rows is first unpacked to int8 and
- * interleaved in 4-byte groups: vector j of block i holds values 4j..4j+3 of
- * each of the 8 rows.  Against one broadcast 4-byte group of the activation,
- * maddubs + madd then gives the 8 rows' partial dots in the 8 lanes, so the
- * integer block dot of all 8 rows needs no horizontal sum and the block scales
- * are applied to 8 rows with one multiply.  Per (row, token, block) this takes
- * about half the vector-multiply-port work of the register tile above.
- * (The result is rounded differently from vec_dot: each (row, token) pair
- * accumulates exact integer block dots in one float chain.)
+ * For many tokens, a group of 8 weight rows is first unpacked and interleaved
+ * in 4-byte groups (an 8 x 8 transpose of 32-bit words): vector j of block i
+ * holds values 4j..4j+3 of each of the 8 rows.  Against one 4-byte group of
+ * the activation broadcast to all lanes, maddubs + madd then give the 8 rows'
+ * partial dots in the 8 lanes: no horizontal sums, and the block scales are
+ * applied to 8 rows with one multiply.
+ *
+ * maddubs multiplies unsigned by signed bytes; the weights take one of two forms:
+ * - signed values (Q8_0, IQ4_NL) are stored as |q| plus a byte-shuffle selector
+ *   per value that picks y or -y out of the activation's block_q8_0_pm group: a
+ *   shuffle (which runs beside the multiply ports) instead of a sign per token;
+ * - Q4_0 / Q5_0 are stored as their unsigned codes c = q + 8 (q + 16).  A pair
+ *   sum of maddubs is then at most 2 * 31 * 127, so 8 (Q4_0) or 4 (Q5_0) of them
+ *   add up in int16 before one madd, and sum q y = sum c y - 8 sum y exactly.
+ * Either way the integer block dot is exact, and each (row, token) pair
+ * accumulates d_w d_y dot in one float chain (rounded differently from
+ * vec_dot, which folds 4 blocks before scaling).
  */
+typedef struct {
+    uint8_t aq[8][32];  /* |q|: [j][4 * row + k] = value 4j + k of row */
+    uint8_t sel[8][32]; /* index of y (k + 8 (j & 1)) or of -y (+ 4) in pm group j / 2 */
+    float d[8];         /* row scales */
+} packed8s_block;
+typedef struct {
+    uint8_t c[8][32];   /* unsigned codes, same order */
+    float d[8];
+} packed8u_block;
 
-#define DEFINE_PACK8(name, block_t, unpack)                                                       \
+size_t packed8s_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8s_block); }
+size_t packed8u_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8u_block); }
+
+/* r[i] = 8 words of row i  ->  r[j] = word j of rows 0..7 */
+ALWAYS_INLINE void transpose8_epi32(__m256i r[8]) {
+    __m256i t[8], u[8];
+    for (int k = 0; k < 4; k++) { /* rows 2k, 2k+1: words (0, 1 | 4, 5) and (2, 3 | 6, 7) interleaved */
+        t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int h = 0; h < 2; h++) { /* rows 4h..4h+3: u[4h + j] = word j | word j + 4 */
+        u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+        u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+        r[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+    }
+}
+
+ALWAYS_INLINE void store_packed8s(packed8s_block *p, const __m256i v[8]) {
+    const __m256i k4 = _mm256_set1_epi32(0x03020100);
+    for (int j = 0; j < 8; j++) {
+        const __m256i neg = _mm256_and_si256(_mm256_cmpgt_epi8(_mm256_setzero_si256(), v[j]), _mm256_set1_epi8(4));
+        const __m256i base = _mm256_add_epi8(k4, _mm256_set1_epi8((char)(8 * (j & 1))));
+        _mm256_storeu_si256((__m256i *)p->aq[j], _mm256_abs_epi8(v[j]));
+        _mm256_storeu_si256((__m256i *)p->sel[j], _mm256_add_epi8(base, neg));
+    }
+}
+
+ALWAYS_INLINE void store_packed8u(packed8u_block *p, const __m256i v[8]) {
+    for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)p->c[j], v[j]);
+}
+
+ALWAYS_INLINE __m256i code_q4_0(const block_q4_0 *b) { return nibbles_32(b->qs); }
+ALWAYS_INLINE __m256i code_q5_0(const block_q5_0 *b) { return _mm256_add_epi8(unpack_q5_0(b), _mm256_set1_epi8(16)); }
+
+/* pack8_<t>(n, w, ws, nr, dst): nr <= 8 rows of w (ws bytes apart) -> packed blocks (missing rows: zero) */
+#define DEFINE_PACK8(name, block_t, unpack, form)                                                 \
     void pack8_##name(int n, const void *vw, size_t ws, int nr, void *dst) {                      \
-        packed8_block *p = (packed8_block *)dst;                                                  \
+        packed8##form##_block *p = (packed8##form##_block *)dst;                                  \
         const uint8_t *w = (const uint8_t *)vw;                                                   \
         for (int i = 0; i < n / QK; i++) {                                                        \
-            int8_t rows[8][32];                                                                   \
+            __m256i v[8];                                                                         \
             for (int r = 0; r < 8; r++) {                                                         \
-                if (r < nr) {                                                                     \
-                    const block_t *b = (const block_t *)(w + r * ws) + i;                         \
-                    _mm256_storeu_si256((__m256i *)rows[r], unpack(b));                           \
-                    p[i].d[r] = fp16_to_fp32(b->d);                                               \
-                } else {                                                                          \
-                    memset(rows[r], 0, 32);                                                       \
-                    p[i].d[r] = 0.0f;                                                             \
-                }                                                                                 \
+                const block_t *b = (const block_t *)(w + r * ws) + i;                             \
+                v[r] = r < nr ? unpack(b) : _mm256_setzero_si256();                               \
+                p[i].d[r] = r < nr ? fp16_to_fp32(b->d) : 0.0f;                                   \
             }                                                                                     \
-            for (int j = 0; j < 8; j++)                                                           \
-                for (int r = 0; r < 8; r++) memcpy(&p[i].q[j][4 * r], &rows[r][4 * j], 4);        \
-            for (int j = 0; j < 8; j++) {                                                         \
-                const __m256i q = _mm256_loadu_si256((const __m256i *)p[i].q[j]);                 \
-                _mm256_storeu_si256((__m256i *)p[i].aq[j], _mm256_sign_epi8(q, q));              \
-            }                                                                                     \
+            transpose8_epi32(v);                                                                  \
+            store_packed8##form(&p[i], v);                                                        \
         }                                                                                         \
     }
-DEFINE_PACK8(q8_0, block_q8_0, unpack_q8_0)
-DEFINE_PACK8(q4_0, block_q4_0, unpack_q4_0)
-DEFINE_PACK8(q5_0, block_q5_0, unpack_q5_0)
-DEFINE_PACK8(iq4_nl, block_iq4_nl, unpack_iq4_nl)
+DEFINE_PACK8(q8_0, block_q8_0, unpack_q8_0, s)
+DEFINE_PACK8(iq4_nl, block_iq4_nl, unpack_iq4_nl, s)
+DEFINE_PACK8(q4_0, block_q4_0, code_q4_0, u)
+DEFINE_PACK8(q5_0, block_q5_0, code_q5_0, u)
 
-ALWAYS_INLINE void gemm8_c(int n, const packed8_block *p, const uint8_t *a, size_t as, float *out, size_t os,
-                           int nr, const int C) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[4];
-    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
-    for (int i = 0; i < n / QK; i++) {
-        __m256i isum[4];
-        const block_q8_0 *y[4];
-        for (int c = 0; c < C; c++) {
-            y[c] = (const block_q8_0 *)(a + c * as) + i;
-            isum[c] = _mm256_setzero_si256();
-        }
-#pragma GCC unroll 2 /* unrolled 8 times, GCC hoists the broadcasts and spills (16 ymm registers) */
-        for (int j = 0; j < 8; j++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)p[i].q[j]);
-            const __m256i aq = _mm256_loadu_si256((const __m256i *)p[i].aq[j]);
-            for (int c = 0; c < C; c++) {
-                int32_t g;
-                memcpy(&g, y[c]->qs + 4 * j, 4);
-                const __m256i yb = _mm256_set1_epi32(g);
-                const __m256i m = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(yb, q));
-                isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(m, ones));
-            }
-        }
-        const __m256 dw = _mm256_loadu_ps(p[i].d);
-        for (int c = 0; c < C; c++) {
-            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_to_fp32(y[c]->d)));
-            acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[c]), acc[c]);
-        }
-    }
+#define GEMM8_MAX_C 8 /* tokens per call: each packed weight vector serves up to 8 tokens */
+
+ALWAYS_INLINE void store_rows8(float *out, size_t os, const __m256 *acc, int nr, const int C) {
     for (int c = 0; c < C; c++) {
         if (nr == 8) {
             _mm256_storeu_ps(out + c * os, acc[c]);
@@ -371,16 +383,93 @@ ALWAYS_INLINE void gemm8_c(int n, const packed8_block *p, const uint8_t *a, size
     }
 }
 
-/* out[c * os + r] for the nr (<= 8) packed rows and nc (<= 4) activation rows */
-void gemm8_q8_avx2(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr, int nc) {
-    const packed8_block *p = (const packed8_block *)packed;
-    const uint8_t *ab = (const uint8_t *)a;
-    switch (nc) {
-        case 1: gemm8_c(n, p, ab, as, out, os, nr, 1); break;
-        case 2: gemm8_c(n, p, ab, as, out, os, nr, 2); break;
-        case 3: gemm8_c(n, p, ab, as, out, os, nr, 3); break;
-        default: gemm8_c(n, p, ab, as, out, os, nr, 4); break;
+/* signed weights: per pm group (2 weight vectors), one broadcast of the token's 16 bytes */
+ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, size_t as, float *out, size_t os,
+                            int nr, const int C) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[GEMM8_MAX_C];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        const block_q8_0_pm *y[GEMM8_MAX_C];
+        __m256i isum[GEMM8_MAX_C];
+        for (int c = 0; c < C; c++) {
+            y[c] = (const block_q8_0_pm *)(a + c * as) + i;
+            isum[c] = _mm256_setzero_si256();
+        }
+#pragma GCC unroll 1 /* unrolled, GCC hoists the loads of all 4 groups and spills (16 ymm registers) */
+        for (int g = 0; g < 4; g++) {
+            const __m256i aq0 = _mm256_loadu_si256((const __m256i *)p[i].aq[2 * g]);
+            const __m256i aq1 = _mm256_loadu_si256((const __m256i *)p[i].aq[2 * g + 1]);
+            const __m256i *sel = (const __m256i *)p[i].sel[2 * g]; /* loadu: memory operands of the shuffles */
+            for (int c = 0; c < C; c++) {
+                const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(y[c]->pm + 16 * g)));
+                const __m256i m0 = _mm256_madd_epi16(_mm256_maddubs_epi16(aq0, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel))), ones);
+                const __m256i m1 = _mm256_madd_epi16(_mm256_maddubs_epi16(aq1, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel + 1))), ones);
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_add_epi32(m0, m1));
+                PIN(isum[c]);
+            }
+        }
+        const __m256 dw = _mm256_loadu_ps(p[i].d);
+        for (int c = 0; c < C; c++)
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(y[c]->d)), _mm256_cvtepi32_ps(isum[c]), acc[c]);
     }
+    store_rows8(out, os, acc, nr, C);
 }
+
+/* unsigned codes (offset 8: Q4_0, 16: Q5_0): int16 sums over `span` 4-byte groups, then one madd */
+ALWAYS_INLINE void gemm8u_c(int n, const packed8u_block *p, const uint8_t *a, size_t as, float *out, size_t os,
+                            int nr, const int C, const int offset) {
+    const int span = offset == 8 ? 8 : 4; /* span * 2 * (2 * offset - 1) * 127 < 2^15 */
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[GEMM8_MAX_C];
+    for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        const block_q8_0_pm *y[GEMM8_MAX_C];
+        __m256i isum[GEMM8_MAX_C];
+        for (int c = 0; c < C; c++) {
+            y[c] = (const block_q8_0_pm *)(a + c * as) + i;
+            isum[c] = _mm256_set1_epi32(-offset * y[c]->sum);
+        }
+        for (int j0 = 0; j0 < 8; j0 += span) {
+            __m256i s16[GEMM8_MAX_C];
+            for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
+            for (int j = j0; j < j0 + span; j++) {
+                const __m256i u = _mm256_loadu_si256((const __m256i *)p[i].c[j]);
+                for (int c = 0; c < C; c++) {
+                    int32_t g;
+                    memcpy(&g, y[c]->pm + 8 * j, 4);
+                    s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(u, _mm256_set1_epi32(g)));
+                    PIN(s16[c]);
+                }
+            }
+            for (int c = 0; c < C; c++) isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], ones));
+        }
+        const __m256 dw = _mm256_loadu_ps(p[i].d);
+        for (int c = 0; c < C; c++)
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(y[c]->d)), _mm256_cvtepi32_ps(isum[c]), acc[c]);
+    }
+    store_rows8(out, os, acc, nr, C);
+}
+
+/* out[c * os + r] for the nr (<= 8) packed rows and nc (<= GEMM8_MAX_C) block_q8_0_pm activation rows */
+#define DEFINE_GEMM8(name, kernel, block_t, ...)                                                  \
+    void gemm8_##name##_avx2(int n, const void *packed, const void *a, size_t as, float *out, size_t os, \
+                             int nr, int nc) {                                                    \
+        const block_t *p = (const block_t *)packed;                                               \
+        const uint8_t *ab = (const uint8_t *)a;                                                   \
+        switch (nc) {                                                                             \
+            case 1: kernel(n, p, ab, as, out, os, nr, 1 __VA_ARGS__); break;                      \
+            case 2: kernel(n, p, ab, as, out, os, nr, 2 __VA_ARGS__); break;                      \
+            case 3: kernel(n, p, ab, as, out, os, nr, 3 __VA_ARGS__); break;                      \
+            case 4: kernel(n, p, ab, as, out, os, nr, 4 __VA_ARGS__); break;                      \
+            case 5: kernel(n, p, ab, as, out, os, nr, 5 __VA_ARGS__); break;                      \
+            case 6: kernel(n, p, ab, as, out, os, nr, 6 __VA_ARGS__); break;                      \
+            case 7: kernel(n, p, ab, as, out, os, nr, 7 __VA_ARGS__); break;                      \
+            default: kernel(n, p, ab, as, out, os, nr, 8 __VA_ARGS__); break;                     \
+        }                                                                                         \
+    }
+DEFINE_GEMM8(signed, gemm8s_c, packed8s_block)
+DEFINE_GEMM8(q4_0, gemm8u_c, packed8u_block, , 8)
+DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
 
 #endif /* MINILLM_AVX2 */

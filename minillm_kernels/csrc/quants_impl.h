@@ -28,6 +28,7 @@ extern const int8_t iq4nl_values[16];
 
 /* scalar bodies (always compiled) */
 void quantize_row_q8_0_scalar(const float *x, void *y, int n);
+void q8_0_to_pm(const void *x, void *y, int n); /* block_q8_0 row -> block_q8_0_pm row */
 #define DECLARE_TYPE(t, suffix)                                        \
     void dequantize_row_##t##_##suffix(const void *w, float *y, int n); \
     float vec_dot_##t##_##suffix(int n, const void *w, const void *a);
@@ -53,14 +54,19 @@ DECLARE_AVX2(q8_0)
 DECLARE_AVX2(q4_0)
 DECLARE_AVX2(q5_0)
 DECLARE_AVX2(iq4_nl)
-/* 8-row interleaved GEMM for the 32-value integer types (quants_avx2.c) */
-size_t packed8_bytes(int n);
+/* 8-row interleaved GEMM for the 32-value integer types (quants_avx2.c), on block_q8_0_pm activations */
+size_t packed8s_bytes(int n);
+size_t packed8u_bytes(int n);
 void pack8_q8_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_q4_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_q5_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_iq4_nl(int n, const void *w, size_t w_stride, int nr, void *dst);
-void gemm8_q8_avx2(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride,
-                   int nr, int nc);
+#define DECLARE_GEMM8(t)                                                                                  \
+    void gemm8_##t##_avx2(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, \
+                          int nr, int nc);
+DECLARE_GEMM8(signed) /* Q8_0, IQ4_NL */
+DECLARE_GEMM8(q4_0)
+DECLARE_GEMM8(q5_0)
 #endif
 
 #endif

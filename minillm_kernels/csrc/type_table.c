@@ -23,11 +23,13 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
      {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack, NULL, 0}
 
 #if MINILLM_AVX2
-#define PACK8(t) pack8_##t, gemm8_q8_avx2, packed8_bytes
+#define PACK8_S(t) pack8_##t, gemm8_signed_avx2, packed8s_bytes, ACT_Q8_0_PM, 8
+#define PACK8_U(t) pack8_##t, gemm8_##t##_avx2, packed8u_bytes, ACT_Q8_0_PM, 4
 #else
-#define PACK8(t) NULL, NULL, NULL
+#define PACK8_S(t) NO_PACK8
+#define PACK8_U(t) NO_PACK8
 #endif
-#define NO_PACK8 NULL, NULL, NULL
+#define NO_PACK8 NULL, NULL, NULL, 0, 0
 
 #if MINILLM_AVX2
 #define DQ_F16 dequantize_row_f16_avx2
@@ -53,8 +55,8 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
     {ID, name, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
      {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, pack, repack, rtype}
 #if MINILLM_AVX2 && defined(KQ_HAVE_PACK8)
-#define K_PACK8(t) pack8_##t, gemm8_##t, packed_k4_bytes
-#define K_PACK8_Q6 pack8_q6_K, gemm8_q6_K, packed_q6_K_bytes
+#define K_PACK8(t) pack8_##t, gemm8_##t, packed_k4_bytes, ACT_Q8_K, 4
+#define K_PACK8_Q6 pack8_q6_K, gemm8_q6_K, packed_q6_K_bytes, ACT_Q8_K, 4
 #else
 #define K_PACK8(t) NO_PACK8
 #define K_PACK8_Q6 NO_PACK8
@@ -64,10 +66,10 @@ static const type_traits TABLE[] = {
     OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, NO_PACK8),
     OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4, NO_PACK8),
     OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, NO_PACK8),
-    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4, PACK8(q8_0)),
-    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8(q4_0)),
-    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8(q5_0)),
-    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4, PACK8(iq4_nl)),
+    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4, PACK8_S(q8_0)),
+    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8_U(q4_0)),
+    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8_U(q5_0)),
+    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4, PACK8_S(iq4_nl)),
 #if HAVE_KQUANTS
     K_TYPE(GGML_Q2_K, q2_K, 84),
     K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K), NULL, 0),
@@ -103,6 +105,7 @@ size_t act_row_bytes(int act_type, int k) {
     switch (act_type) {
         case ACT_Q8_0: return (size_t)(k / QK) * sizeof(block_q8_0);
         case ACT_Q8_K: return (size_t)(k / QK_K) * sizeof(block_q8_K);
+        case ACT_Q8_0_PM: return (size_t)(k / QK) * sizeof(block_q8_0_pm);
         default: return (size_t)k * sizeof(float);
     }
 }
@@ -112,6 +115,13 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
         case ACT_Q8_0:
             if (path == PATH_SCALAR) quantize_row_q8_0_scalar(x, y, k);
             else quantize_row_q8_0(x, y, k);
+            break;
+        case ACT_Q8_0_PM: /* block by block through q8_0 */
+            for (int b = 0; b < k / QK; b++) {
+                block_q8_0 tmp;
+                quantize_act_row(ACT_Q8_0, x + b * QK, &tmp, QK, path);
+                q8_0_to_pm(&tmp, (block_q8_0_pm *)y + b, QK);
+            }
             break;
 #if HAVE_KQUANTS
         case ACT_Q8_K: quantize_row_q8_K(x, y, k); break;

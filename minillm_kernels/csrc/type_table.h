@@ -22,8 +22,9 @@ enum {
  * 256 values), results bit-identical to IQ1_S's, ~2x faster dot products. */
 enum { MINILLM_IQ1_S_R = 1019 };
 
-/* Activation formats are named by the ggml type they are stored in. */
-enum { ACT_F32 = GGML_F32, ACT_Q8_0 = GGML_Q8_0, ACT_Q8_K = GGML_Q8_K };
+/* Activation formats are named by the ggml type they are stored in; ACT_Q8_0_PM
+ * (block_q8_0_pm, internal) feeds the packed GEMM of the 32-value types. */
+enum { ACT_F32 = GGML_F32, ACT_Q8_0 = GGML_Q8_0, ACT_Q8_K = GGML_Q8_K, ACT_Q8_0_PM = 1008 };
 
 enum { PATH_BEST = 0, PATH_SCALAR = 1 };
 
@@ -41,6 +42,8 @@ typedef struct {
     pack8_fn pack8;                     /* 8-row interleaved GEMM for many tokens (best path only; or NULL) */
     gemm8_fn gemm8;
     size_t (*packed_bytes)(int n);      /* bytes pack8 writes for 8 rows of n values */
+    int pack8_act;                      /* ACT_*: the activation format gemm8 reads */
+    int pack8_cols;                     /* activation rows per gemm8 call (at most) */
     /* GEMM of many tokens may first convert each row tile to a faster internal type with
      * bit-identical results (IQ1_S -> IQ1_S_R): its row converter and type id, or NULL / 0 */
     void (*gemm_repack_row)(const void *w, void *y, int n);
