@@ -37,9 +37,9 @@ typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]
 typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K; /* 176 B */
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; fp16_t d; } block_q6_K;      /* 210 B */
 typedef struct { fp16_t d; uint8_t qs[QK_K / 8]; uint16_t qh[QK_K / 32]; } block_iq1_s;                  /* 50 B */
-/* q8_0 activations re-laid for the packed 8-row GEMM of the 32-value types (minillm's own,
- * built from block_q8_0 rows): the scale as float, the sum of the values, and each group of 4
- * values followed by their negations, so that one byte shuffle gives y or -y per weight sign. */
+/* q8_0 activations re-laid for the packed 8-row GEMM of the 32-value types (minillm's own;
+ * the same quantization as block_q8_0): the scale as float, the sum of the values, and each
+ * group of 4 values followed by their negations, so that one byte shuffle gives y or -y. */
 typedef struct { float d; int32_t sum; int8_t pm[2 * QK]; } block_q8_0_pm;                /* 72 B */
 /* Activations for the 256-blocks: float scale, int8 values, and sums of each 16 values. */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;                     /* 292 B */

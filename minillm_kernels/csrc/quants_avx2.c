@@ -38,29 +38,54 @@ ALWAYS_INLINE __m256 round_away_ps(__m256 v) {
     return _mm256_add_ps(t, _mm256_and_ps(up, one));
 }
 
+/* one q8_0 block of x: returns the 32 values in order, *d its scale, *sum their sum */
+ALWAYS_INLINE __m256i quantize_block_q8_0(const float *x, fp16_t *d16, int32_t *sum) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 v[4];
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        m = _mm256_max_ps(m, _mm256_and_ps(v[k], abs_mask));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    *d16 = fp32_to_fp16(d);
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i i[4];
+    for (int k = 0; k < 4; k++) i[k] = _mm256_cvtps_epi32(round_away_ps(_mm256_mul_ps(v[k], vid)));
+    if (sum) {
+        const __m256i s8 = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        *sum = _mm_cvtsi128_si32(s4);
+    }
+    /* packs interleave the 128-bit lanes; the permute puts the 32 bytes back in order */
+    const __m256i p16a = _mm256_packs_epi32(i[0], i[1]), p16b = _mm256_packs_epi32(i[2], i[3]);
+    const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    return _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 void quantize_row_q8_0_avx2(const float *x, void *vy, int n) {
     block_q8_0 *y = (block_q8_0 *)vy;
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int b = 0; b < n / QK; b++, x += QK)
+        _mm256_storeu_si256((__m256i *)y[b].qs, quantize_block_q8_0(x, &y[b].d, NULL));
+}
+
+/* the same quantization, stored as block_q8_0_pm (see quants.h) */
+void quantize_row_q8_0_pm_avx2(const float *x, void *vy, int n) {
+    block_q8_0_pm *y = (block_q8_0_pm *)vy;
     for (int b = 0; b < n / QK; b++, x += QK) {
-        __m256 v[4];
-        __m256 m = _mm256_setzero_ps();
-        for (int k = 0; k < 4; k++) {
-            v[k] = _mm256_loadu_ps(x + 8 * k);
-            m = _mm256_max_ps(m, _mm256_and_ps(v[k], abs_mask));
-        }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = fp32_to_fp16(d);
-        const __m256 vid = _mm256_set1_ps(id);
-        __m256i i[4];
-        for (int k = 0; k < 4; k++) i[k] = _mm256_cvtps_epi32(round_away_ps(_mm256_mul_ps(v[k], vid)));
-        /* packs interleave the 128-bit lanes; the permute puts the 32 bytes back in order */
-        const __m256i p16a = _mm256_packs_epi32(i[0], i[1]), p16b = _mm256_packs_epi32(i[2], i[3]);
-        const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-        const __m256i q = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)y[b].qs, q);
+        fp16_t d16;
+        const __m256i q = quantize_block_q8_0(x, &d16, &y[b].sum);
+        const __m256i neg = _mm256_sub_epi8(_mm256_setzero_si256(), q);
+        /* 4-byte groups: lo = [g0 -g0 g1 -g1 | g4 -g4 g5 -g5], hi = the same for g2 g3 | g6 g7 */
+        const __m256i lo = _mm256_unpacklo_epi32(q, neg), hi = _mm256_unpackhi_epi32(q, neg);
+        _mm256_storeu_si256((__m256i *)y[b].pm, _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256((__m256i *)(y[b].pm + 32), _mm256_permute2x128_si256(lo, hi, 0x31));
+        y[b].d = fp16_to_fp32(d16);
     }
 }
 

@@ -28,7 +28,6 @@ extern const int8_t iq4nl_values[16];
 
 /* scalar bodies (always compiled) */
 void quantize_row_q8_0_scalar(const float *x, void *y, int n);
-void q8_0_to_pm(const void *x, void *y, int n); /* block_q8_0 row -> block_q8_0_pm row */
 #define DECLARE_TYPE(t, suffix)                                        \
     void dequantize_row_##t##_##suffix(const void *w, float *y, int n); \
     float vec_dot_##t##_##suffix(int n, const void *w, const void *a);
@@ -42,6 +41,7 @@ DECLARE_TYPE(iq4_nl, scalar)
 
 #if MINILLM_AVX2
 void quantize_row_q8_0_avx2(const float *x, void *y, int n);
+void quantize_row_q8_0_pm_avx2(const float *x, void *y, int n);
 void dequantize_row_f16_avx2(const void *w, float *y, int n);
 #define DECLARE_AVX2(t)                                                     \
     float vec_dot_##t##_avx2(int n, const void *w, const void *a);          \

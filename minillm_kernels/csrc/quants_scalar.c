@@ -29,22 +29,6 @@ void quantize_row_q8_0_scalar(const float *x, void *vy, int n) {
     }
 }
 
-/* block_q8_0 -> block_q8_0_pm: 4-value group g at pm[8g], its negation at pm[8g + 4] */
-void q8_0_to_pm(const void *vx, void *vy, int n) {
-    const block_q8_0 *x = (const block_q8_0 *)vx;
-    block_q8_0_pm *y = (block_q8_0_pm *)vy;
-    for (int b = 0; b < n / QK; b++) {
-        int32_t sum = 0;
-        for (int k = 0; k < QK; k++) {
-            sum += x[b].qs[k];
-            y[b].pm[8 * (k / 4) + k % 4] = x[b].qs[k];
-            y[b].pm[8 * (k / 4) + 4 + k % 4] = (int8_t)-x[b].qs[k]; /* |qs| <= 127 */
-        }
-        y[b].d = fp16_to_fp32(x[b].d);
-        y[b].sum = sum;
-    }
-}
-
 /* ---- float types: activations stay float32 ---- */
 
 void dequantize_row_f32_scalar(const void *w, float *y, int n) { memcpy(y, w, (size_t)n * sizeof(float)); }

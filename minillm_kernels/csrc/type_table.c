@@ -116,13 +116,9 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
             if (path == PATH_SCALAR) quantize_row_q8_0_scalar(x, y, k);
             else quantize_row_q8_0(x, y, k);
             break;
-        case ACT_Q8_0_PM: /* block by block through q8_0 */
-            for (int b = 0; b < k / QK; b++) {
-                block_q8_0 tmp;
-                quantize_act_row(ACT_Q8_0, x + b * QK, &tmp, QK, path);
-                q8_0_to_pm(&tmp, (block_q8_0_pm *)y + b, QK);
-            }
-            break;
+#if MINILLM_AVX2
+        case ACT_Q8_0_PM: quantize_row_q8_0_pm_avx2(x, y, k); break; /* only the AVX2 packed GEMM reads it */
+#endif
 #if HAVE_KQUANTS
         case ACT_Q8_K: quantize_row_q8_K(x, y, k); break;
 #endif
