@@ -9,6 +9,7 @@ cdef extern from "type_table.h" nogil:
         int block_size
         int type_size
         int act_type
+        void *pack8  # NULL: no packed GEMM
     const type_traits *type_traits_get(int type)
     int type_traits_count()
     const type_traits *type_traits_at(int i)

@@ -38,12 +38,10 @@ cdef extern from * nogil:
     uint64_t stream_read_sum(const uint8_t *buf, size_t n, int n_threads)
 
 # Batches of this many tokens or more use the packed 8-row GEMM of the types that have one
-# (matmul_driver.c PACK8_MIN_TOKENS); their results then differ from the GEMV of the same token
-# by float rounding only (below that, and for the other types, they are bit-identical; IQ1_S
-# batches run on row tiles converted to IQ1_S_R, bit-identical too).
+# (matmul_driver.c PACK8_MIN_TOKENS; see has_packed_gemm); their results then differ from the
+# GEMV of the same token by float rounding only (below that, and for the other types, they are
+# bit-identical).
 PACKED_GEMM_MIN_TOKENS = 8
-# Q4_0, Q5_0, Q8_0, IQ4_NL (quants_avx2.c) and Q4_K, Q5_K, Q6_K (kquants.c) have a packed GEMM
-_PACKED_GEMM_TYPES = (2, 6, 8, 20, 12, 13, 14)
 
 _ACT_NAMES = {0: "F32", 8: "Q8_0", 15: "Q8_K"}
 
@@ -85,7 +83,7 @@ def has_packed_gemm(int wtype):
     """True when batches of PACKED_GEMM_MIN_TOKENS or more take the packed 8-row GEMM
     (the SIMD build, not forced scalar)."""
     cdef const type_traits *tt = _traits(wtype)
-    return bool(simd_compiled()) and not mm_get_force_scalar() and wtype in _PACKED_GEMM_TYPES
+    return tt.pack8 != NULL and not mm_get_force_scalar()
 
 
 def block_geometry(int wtype):

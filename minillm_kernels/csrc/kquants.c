@@ -876,37 +876,97 @@ typedef struct {
 
 size_t packed_k4_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_k4_block); }
 
-static void pack8_k4(int n, const uint8_t *w, size_t ws, size_t bs, int has_qh, int nr, packed_k4_block *p) {
-    for (int b = 0; b < n / QK_K; b++, p++) {
-        memset(p, 0, sizeof(*p));
-        for (int r = 0; r < nr && r < 8; r++) {
-            const uint8_t *blk = w + r * ws + (size_t)b * bs;
-            /* Q4_K and Q5_K share d, dmin, scales[12] at the start; then Q5_K's qh[32], then qs */
-            fp16_t d, dmin;
-            memcpy(&d, blk, 2);
-            memcpy(&dmin, blk + 2, 2);
-            const uint8_t *scales = blk + 4, *qh = has_qh ? blk + 16 : NULL, *qs = blk + (has_qh ? 48 : 16);
-            uint8_t sc[8], m[8], codes[QK_K];
-            unpack_scales_k4(scales, sc, m);
-            dec_k4 D; /* the register tiles' decoder: codes of sub-block g in D.q[g] */
-            decode_k4(scales, qs, qh, d, dmin, &D);
-            for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(codes + 32 * g), D.q[g]);
-            for (int g = 0; g < 8; g++) {
-                for (int j = 0; j < 8; j++) memcpy(&p->q[g][j][4 * r], codes + 32 * g + 4 * j, 4);
-                p->sc[g][2 * r] = p->sc[g][2 * r + 1] = sc[g];
-                p->m[g][2 * r] = p->m[g][2 * r + 1] = m[g];
-            }
-            p->d[r] = fp16_to_fp32(d);
-            p->dmin[r] = fp16_to_fp32(dmin);
-        }
+/* Decoders of one row's block for the packer: codes of the 8 sub-blocks, their scales and mins
+ * (int16), and the two float scales.  IQ1_S fits the same form: value * 8 / d = ls * (8 code -
+ * (8 -+ 1)) with code = g + 1 (see dec_iq1_s), so sc = ls, m = ls * (7 or 9), dmin = d / 8. */
+static inline void pack_row_k4(const uint8_t *blk, int has_qh, __m256i *q, int16_t *sc, int16_t *m, float *d,
+                               float *dmin) {
+    /* Q4_K and Q5_K share d, dmin, scales[12] at the start; then Q5_K's qh[32], then qs */
+    fp16_t d16, dmin16;
+    memcpy(&d16, blk, 2);
+    memcpy(&dmin16, blk + 2, 2);
+    uint8_t sc8[8], m8[8];
+    unpack_scales_k4(blk + 4, sc8, m8);
+    dec_k4 D;
+    decode_k4(blk + 4, blk + (has_qh ? 48 : 16), has_qh ? blk + 16 : NULL, d16, dmin16, &D);
+    for (int g = 0; g < 8; g++) {
+        q[g] = D.q[g];
+        sc[g] = sc8[g];
+        m[g] = m8[g];
     }
+    *d = D.d;
+    *dmin = D.dmin;
 }
-void pack8_q4_K(int n, const void *w, size_t ws, int nr, void *dst) {
-    pack8_k4(n, (const uint8_t *)w, ws, sizeof(block_q4_K), 0, nr, (packed_k4_block *)dst);
+static inline void pack_row_q4_K(const void *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
+    pack_row_k4((const uint8_t *)w, 0, q, sc, m, d, dmin);
 }
-void pack8_q5_K(int n, const void *w, size_t ws, int nr, void *dst) {
-    pack8_k4(n, (const uint8_t *)w, ws, sizeof(block_q5_K), 1, nr, (packed_k4_block *)dst);
+static inline void pack_row_q5_K(const void *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
+    pack_row_k4((const uint8_t *)w, 1, q, sc, m, d, dmin);
 }
+static inline void pack_row_iq1_scales(const dec_iq1_s *D, const int *s3, const int *neg, __m256i *q, int16_t *sc,
+                                       int16_t *m, float *d, float *dmin) {
+    for (int g = 0; g < 8; g++) {
+        q[g] = D->q[g];
+        sc[g] = (int16_t)(2 * s3[g] + 1);
+        m[g] = (int16_t)(sc[g] * (7 + 2 * neg[g]));
+    }
+    *d = D->d;
+    *dmin = 0.125f * D->d;
+}
+static inline void pack_row_iq1_s(const void *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
+    const block_iq1_s *b = (const block_iq1_s *)w;
+    dec_iq1_s D;
+    decode_iq1_s(b, &D);
+    int s3[8], neg[8];
+    for (int g = 0; g < 8; g++) {
+        s3[g] = (b->qh[g] >> 12) & 7;
+        neg[g] = b->qh[g] >> 15;
+    }
+    pack_row_iq1_scales(&D, s3, neg, q, sc, m, d, dmin);
+}
+static inline void pack_row_iq1_s_u(const void *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
+    const block_iq1_s_u *b = (const block_iq1_s_u *)w;
+    dec_iq1_s D;
+    decode_iq1_s_u(b, &D);
+    int s3[8], neg[8];
+    for (int g = 0; g < 8; g++) {
+        s3[g] = b->sc[g] & 7;
+        neg[g] = b->sc[g] >> 3;
+    }
+    pack_row_iq1_scales(&D, s3, neg, q, sc, m, d, dmin);
+}
+
+/* pack8_<t>: nr <= 8 rows of w (ws bytes apart) -> packed_k4 blocks; missing rows are zero */
+#define DEFINE_PACK8_K4(t, block_t)                                                                      \
+    void pack8_##t(int n, const void *vw, size_t ws, int nr, void *dst) {                                \
+        const uint8_t *w = (const uint8_t *)vw;                                                          \
+        packed_k4_block *p = (packed_k4_block *)dst;                                                     \
+        for (int b = 0; b < n / QK_K; b++, p++) {                                                        \
+            __m256i q[8][8]; /* [row][sub-block] */                                                      \
+            for (int r = 0; r < 8; r++) {                                                                \
+                int16_t sc[8] = {0}, m[8] = {0};                                                         \
+                float d = 0.0f, dmin = 0.0f;                                                             \
+                if (r < nr) pack_row_##t((const block_t *)(w + r * ws) + b, q[r], sc, m, &d, &dmin);      \
+                else for (int g = 0; g < 8; g++) q[r][g] = _mm256_setzero_si256();                       \
+                for (int g = 0; g < 8; g++) {                                                            \
+                    p->sc[g][2 * r] = p->sc[g][2 * r + 1] = sc[g];                                       \
+                    p->m[g][2 * r] = p->m[g][2 * r + 1] = m[g];                                          \
+                }                                                                                        \
+                p->d[r] = d;                                                                             \
+                p->dmin[r] = dmin;                                                                       \
+            }                                                                                            \
+            for (int g = 0; g < 8; g++) {                                                                \
+                __m256i v[8];                                                                            \
+                for (int r = 0; r < 8; r++) v[r] = q[r][g];                                              \
+                transpose8_epi32(v);                                                                     \
+                for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)p->q[g][j], v[j]);            \
+            }                                                                                            \
+        }                                                                                                \
+    }
+DEFINE_PACK8_K4(q4_K, block_q4_K)
+DEFINE_PACK8_K4(q5_K, block_q5_K)
+DEFINE_PACK8_K4(iq1_s, block_iq1_s)
+DEFINE_PACK8_K4(iq1_s_u, block_iq1_s_u)
 
 /* GROUP: 4-byte groups summed in int16 before the scale madd (8 for codes <= 15, 4 for <= 31) */
 static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed_k4_block *p, const char *a,
@@ -973,6 +1033,7 @@ static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed
     }
 GEMM8_K4(q4_K, 8)
 GEMM8_K4(q5_K, 4)
+GEMM8_K4(iq1_s, 8) /* codes <= 2 */
 
 /* Q6_K the same way: codes 0..63 (the -32 offset taken off with the bsums), int8 scales per
  * 16 values; two 4-byte groups (<= 2 * 2 * 63 * 127 per int16 lane) add up before each madd. */

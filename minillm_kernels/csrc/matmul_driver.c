@@ -36,10 +36,6 @@ typedef struct {
     int batch_act;  /* activation format of batches of PACK8_MIN_TOKENS or more */
     int tr, tc, gv;
     int token_chunk;
-    /* many-token GEMM on row tiles converted to a faster type (bit-identical results), or NULL */
-    void (*repack_row)(const void *w, void *y, int n);
-    tile_fn repacked_tile;
-    size_t repacked_row_bytes;
 } kernel_t;
 
 static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
@@ -61,14 +57,6 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     int chunk = (int)(ACT_CHUNK_BYTES / (k->act_rb ? k->act_rb : 1));
     chunk -= chunk % k->tc;
     k->token_chunk = chunk < k->tc ? k->tc : chunk;
-    k->repack_row = NULL;
-    const type_traits *rt = tt->gemm_repack_type ? type_traits_get(tt->gemm_repack_type) : NULL;
-    if (k->path == PATH_BEST && tt->gemm_repack_row && rt && rt->tile[PATH_BEST] && rt->gemm_rows == tt->gemm_rows &&
-        rt->gemm_cols == tt->gemm_cols) {
-        k->repack_row = tt->gemm_repack_row;
-        k->repacked_tile = rt->tile[PATH_BEST];
-        k->repacked_row_bytes = (size_t)(K / rt->block_size) * (size_t)rt->type_size;
-    }
     return MM_OK;
 }
 
@@ -83,13 +71,9 @@ static size_t act_stride(const kernel_t *k) {
     return a > b ? a : b;
 }
 
-/* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed or
- * repacked row tiles), 0 for none */
+/* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed row tiles), 0 for none */
 static size_t scratch_bytes(const kernel_t *k, int ntok) {
-    if (ntok < PACK8_MIN_TOKENS) return 0;
-    if (k->pack8) return (ROW_TILE / 8) * k->tt->packed_bytes(k->K);
-    if (k->repack_row) return ROW_TILE * k->repacked_row_bytes;
-    return 0;
+    return ntok >= PACK8_MIN_TOKENS && k->pack8 ? (ROW_TILE / 8) * k->tt->packed_bytes(k->K) : 0;
 }
 
 /* out[c * os + r] for nr rows starting at w, nc activation rows starting at a */
@@ -121,32 +105,9 @@ static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1
     }
 }
 
-/* Register tiles of rows [r0, r1) of w (row_bytes apart) over all tokens, chunk by chunk:
- * for each chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
-static void gemm_rows_tiled(const kernel_t *k, tile_fn tile, const uint8_t *w, size_t row_bytes, int r0, int r1,
-                            const uint8_t *acts, size_t as, int ntok, float *out, size_t os) {
-    for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
-        const int t1 = imin(ntok, t0 + k->token_chunk);
-        for (int r = r0; r < r1; r += k->tr) {
-            const int nr = imin(k->tr, r1 - r);
-            for (int t = t0; t < t1; t += k->tc)
-                tile(k->K, w + r * row_bytes, row_bytes, acts + t * as, as, out + t * os + r, os, nr,
-                     imin(k->tc, t1 - t));
-        }
-    }
-}
-
-/* Rows [r0, r1) (at most ROW_TILE) converted to the kernel's repacked type first (in scratch), then tiled. */
-static void gemm_rows_repacked(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
-                               int ntok, float *out, size_t os, uint8_t *scratch) {
-    for (int r = r0; r < r1; r++)
-        k->repack_row(w + r * k->row_bytes, scratch + (r - r0) * k->repacked_row_bytes, k->K);
-    gemm_rows_tiled(k, k->repacked_tile, scratch, k->repacked_row_bytes, 0, r1 - r0, acts, as, ntok, out + r0, os);
-}
-
 /* Weight rows [r0, r1) (at most ROW_TILE) against ntok activation rows in act_format(k, ntok),
  * as bytes apart: out[t * os + r].  One token: GEMV, gv rows per call so their FMA chains
- * overlap.  Many tokens: the packed or repacked row tile (scratch: scratch_bytes(k)).
+ * overlap.  Many tokens: the packed row tile (scratch: scratch_bytes(k)).
  * Otherwise for each chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
 static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as, int ntok,
                       float *out, size_t os, uint8_t *scratch) {
@@ -155,8 +116,6 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
             tile_call(k, w + r * k->row_bytes, acts, 0, out + r, 1, imin(k->gv, r1 - r), 1);
     } else if (ntok >= PACK8_MIN_TOKENS && k->pack8) {
         gemm_rows_packed(k, w, r0, r1, acts, as, ntok, out, os, scratch);
-    } else if (ntok >= PACK8_MIN_TOKENS && k->repack_row) {
-        gemm_rows_repacked(k, w, r0, r1, acts, as, ntok, out, os, scratch);
     } else {
         for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
             const int t1 = imin(ntok, t0 + k->token_chunk);

@@ -19,6 +19,26 @@
  * another register and adds a register move per accumulator per iteration, or computes all
  * products of an unrolled loop first and spills them). */
 #define PIN(x) __asm__("" : "+v"(x))
+
+/* The packed GEMMs' interleave (8 rows, 4 bytes of each per vector): */
+/* r[i] = 8 words of row i  ->  r[j] = word j of rows 0..7 */
+static inline __attribute__((always_inline)) void transpose8_epi32(__m256i r[8]) {
+    __m256i t[8], u[8];
+    for (int k = 0; k < 4; k++) { /* rows 2k, 2k+1: words (0, 1 | 4, 5) and (2, 3 | 6, 7) interleaved */
+        t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int h = 0; h < 2; h++) { /* rows 4h..4h+3: u[4h + j] = word j | word j + 4 */
+        u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+        u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+        r[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+    }
+}
 #else
 #define MINILLM_AVX2 0
 #endif

@@ -337,25 +337,6 @@ typedef struct {
 size_t packed8s_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8s_block); }
 size_t packed8u_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8u_block); }
 
-/* r[i] = 8 words of row i  ->  r[j] = word j of rows 0..7 */
-ALWAYS_INLINE void transpose8_epi32(__m256i r[8]) {
-    __m256i t[8], u[8];
-    for (int k = 0; k < 4; k++) { /* rows 2k, 2k+1: words (0, 1 | 4, 5) and (2, 3 | 6, 7) interleaved */
-        t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
-        t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
-    }
-    for (int h = 0; h < 2; h++) { /* rows 4h..4h+3: u[4h + j] = word j | word j + 4 */
-        u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
-        u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
-        u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
-        u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
-    }
-    for (int j = 0; j < 4; j++) {
-        r[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
-        r[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
-    }
-}
-
 ALWAYS_INLINE void store_packed8s(packed8s_block *p, const __m256i v[8]) {
     const __m256i k4 = _mm256_set1_epi32(0x03020100);
     for (int j = 0; j < 8; j++) {

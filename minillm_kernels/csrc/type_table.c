@@ -20,7 +20,7 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 
 #define OWN_TYPE(ID, t, bs, ts, act, dq_best, gr, gc, gv, pack)                             \
     {ID, #t, bs, ts, act, {dq_best, dequantize_row_##t##_scalar},                             \
-     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack, NULL, 0}
+     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack}
 
 #if MINILLM_AVX2
 #define PACK8_S(t) pack8_##t, gemm8_signed_avx2, packed8s_bytes, ACT_Q8_0_PM, 8
@@ -50,14 +50,16 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #define K_TILE(t) NULL
 #define K_TILE_RC 1, 4, 1
 #endif
-#define K_TYPE(ID, t, ts) K_TYPE_NAMED(ID, #t, t, ts, NO_PACK8, NULL, 0)
-#define K_TYPE_NAMED(ID, name, t, ts, pack, repack, rtype)                                     \
+#define K_TYPE(ID, t, ts) K_TYPE_NAMED(ID, #t, t, ts, NO_PACK8)
+#define K_TYPE_NAMED(ID, name, t, ts, pack)                                                    \
     {ID, name, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
-     {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, pack, repack, rtype}
+     {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, pack}
 #if MINILLM_AVX2 && defined(KQ_HAVE_PACK8)
-#define K_PACK8(t) pack8_##t, gemm8_##t, packed_k4_bytes, ACT_Q8_K, 4
+#define K_PACK8_AS(t, g) pack8_##t, gemm8_##g, packed_k4_bytes, ACT_Q8_K, 4
+#define K_PACK8(t) K_PACK8_AS(t, t)
 #define K_PACK8_Q6 pack8_q6_K, gemm8_q6_K, packed_q6_K_bytes, ACT_Q8_K, 4
 #else
+#define K_PACK8_AS(t, g) NO_PACK8
 #define K_PACK8(t) NO_PACK8
 #define K_PACK8_Q6 NO_PACK8
 #endif
@@ -72,11 +74,12 @@ static const type_traits TABLE[] = {
     OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4, PACK8_S(iq4_nl)),
 #if HAVE_KQUANTS
     K_TYPE(GGML_Q2_K, q2_K, 84),
-    K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K), NULL, 0),
-    K_TYPE_NAMED(GGML_Q5_K, "q5_K", q5_K, 176, K_PACK8(q5_K), NULL, 0),
-    K_TYPE_NAMED(GGML_Q6_K, "q6_K", q6_K, 210, K_PACK8_Q6, NULL, 0),
-    K_TYPE_NAMED(GGML_IQ1_S, "iq1_s", iq1_s, 50, NO_PACK8, repack_row_iq1_s_u, MINILLM_IQ1_S_R),
-    K_TYPE_NAMED(MINILLM_IQ1_S_R, "iq1_s_r", iq1_s_u, 74, NO_PACK8, NULL, 0), /* internal: repack_row_iq1_s_u of IQ1_S rows */
+    K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K)),
+    K_TYPE_NAMED(GGML_Q5_K, "q5_K", q5_K, 176, K_PACK8(q5_K)),
+    K_TYPE_NAMED(GGML_Q6_K, "q6_K", q6_K, 210, K_PACK8_Q6),
+    K_TYPE_NAMED(GGML_IQ1_S, "iq1_s", iq1_s, 50, K_PACK8(iq1_s)),
+    /* internal: repack_row_iq1_s_u of IQ1_S rows; packs to the same blocks as IQ1_S */
+    K_TYPE_NAMED(MINILLM_IQ1_S_R, "iq1_s_r", iq1_s_u, 74, K_PACK8_AS(iq1_s_u, iq1_s)),
 #endif
 };
 

@@ -44,10 +44,6 @@ typedef struct {
     size_t (*packed_bytes)(int n);      /* bytes pack8 writes for 8 rows of n values */
     int pack8_act;                      /* ACT_*: the activation format gemm8 reads */
     int pack8_cols;                     /* activation rows per gemm8 call (at most) */
-    /* GEMM of many tokens may first convert each row tile to a faster internal type with
-     * bit-identical results (IQ1_S -> IQ1_S_R): its row converter and type id, or NULL / 0 */
-    void (*gemm_repack_row)(const void *w, void *y, int n);
-    int gemm_repack_type;
 } type_traits;
 
 const type_traits *type_traits_get(int type); /* NULL if unsupported */
