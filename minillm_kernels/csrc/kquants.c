@@ -854,31 +854,33 @@ DEFINE_TILE(q6_K)
 DEFINE_TILE(iq1_s)
 DEFINE_TILE(iq1_s_u)
 
-/* ---- Q4_K / Q5_K GEMM on 8 interleaved rows (prompt processing) ----
+/* ---- Q2_K / Q4_K / Q5_K / IQ1_S GEMM on 8 interleaved rows (prompt processing) ----
  *
  * Like the 32-value types' packed GEMM (quants_avx2.c): a group of 8 weight rows is
  * decoded once to unsigned codes, interleaved in 4-byte groups (vector j of sub-block g
- * holds values 32g + 4j .. 32g + 4j + 3 of each row), with each row's sub-block scale
- * and min as int16 pairs.  Against a broadcast 4-byte group of a q8_K activation,
- * maddubs gives the 8 rows' pair sums in their 2 int16 lanes each; codes <= 15 (31)
- * times |y| <= 127 let 8 (4) such groups add up in int16 before one madd with the
- * scales takes them to int32: ~half the multiply-port work of the register tiles.
+ * holds values 32g + 4j .. 32g + 4j + 3 of each row), with each row's scales and mins
+ * as int16 pairs.  Against a broadcast 4-byte group of a q8_K activation, maddubs
+ * gives the 8 rows' pair sums in their 2 int16 lanes each; codes <= 15 (31) times
+ * |y| <= 127 let 8 (4) such groups add up in int16 before one madd with the scales
+ * takes them to int32: ~half the multiply-port work of the register tiles.  (Q2_K
+ * has a scale per 16 values, so it sums 4 groups per madd.)
  * Integer sums are exact; per (row, token) the two float terms d*dy*isum and
  * dmin*dy*msum are added once per 256-block, so results are rounded differently
  * from vec_dot (within the same bounds). */
 #if MINILLM_AVX2
 typedef struct {
     uint8_t q[8][8][32]; /* [g][j][4 * row + k] = code of value 32g + 4j + k */
-    int16_t sc[8][16];   /* [g][2 * row + {0, 1}] = scale of sub-block g */
-    int16_t m[8][16];    /* mins, same layout */
+    int16_t sc[16][16];  /* [s][2 * row + {0, 1}] = scale of values 16s .. 16s + 15 */
+    int16_t m[8][16];    /* [g][2 * row + {0, 1}] = mins of values 32g .. 32g + 15 and 32g + 16 .. 32g + 31 */
     float d[8], dmin[8];
 } packed_k4_block;
 
 size_t packed_k4_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_k4_block); }
 
-/* Decoders of one row's block for the packer: codes of the 8 sub-blocks, their scales and mins
- * (int16), and the two float scales.  IQ1_S fits the same form: value * 8 / d = ls * (8 code -
- * (8 -+ 1)) with code = g + 1 (see dec_iq1_s), so sc = ls, m = ls * (7 or 9), dmin = d / 8. */
+/* Decoders of one row's block for the packer: the codes of each 32 values, the scale and min
+ * of each 16 values (int16), and the two float scales.  IQ1_S fits the same form: value * 8 / d
+ * = ls * (8 code - (8 -+ 1)) with code = g + 1 (see dec_iq1_s): sc = ls, m = ls * (7 or 9),
+ * dmin = d / 8. */
 static inline void pack_row_k4(const uint8_t *blk, int has_qh, __m256i *q, int16_t *sc, int16_t *m, float *d,
                                float *dmin) {
     /* Q4_K and Q5_K share d, dmin, scales[12] at the start; then Q5_K's qh[32], then qs */
@@ -891,8 +893,8 @@ static inline void pack_row_k4(const uint8_t *blk, int has_qh, __m256i *q, int16
     decode_k4(blk + 4, blk + (has_qh ? 48 : 16), has_qh ? blk + 16 : NULL, d16, dmin16, &D);
     for (int g = 0; g < 8; g++) {
         q[g] = D.q[g];
-        sc[g] = sc8[g];
-        m[g] = m8[g];
+        sc[2 * g] = sc[2 * g + 1] = sc8[g];
+        m[2 * g] = m[2 * g + 1] = m8[g];
     }
     *d = D.d;
     *dmin = D.dmin;
@@ -907,11 +909,23 @@ static inline void pack_row_iq1_scales(const dec_iq1_s *D, const int *s3, const 
                                        int16_t *m, float *d, float *dmin) {
     for (int g = 0; g < 8; g++) {
         q[g] = D->q[g];
-        sc[g] = (int16_t)(2 * s3[g] + 1);
-        m[g] = (int16_t)(sc[g] * (7 + 2 * neg[g]));
+        sc[2 * g] = sc[2 * g + 1] = (int16_t)(2 * s3[g] + 1);
+        m[2 * g] = m[2 * g + 1] = (int16_t)((2 * s3[g] + 1) * (7 + 2 * neg[g]));
     }
     *d = D->d;
     *dmin = 0.125f * D->d;
+}
+static inline void pack_row_q2_K(const void *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
+    const block_q2_K *b = (const block_q2_K *)w;
+    dec_q2_K D;
+    decode_q2_K(b, &D);
+    for (int g = 0; g < 8; g++) q[g] = D.q[g];
+    for (int s = 0; s < 16; s++) {
+        sc[s] = b->scales[s] & 0xF;
+        m[s] = b->scales[s] >> 4;
+    }
+    *d = D.d;
+    *dmin = D.dmin;
 }
 static inline void pack_row_iq1_s(const void *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
     const block_iq1_s *b = (const block_iq1_s *)w;
@@ -944,13 +958,14 @@ static inline void pack_row_iq1_s_u(const void *w, __m256i *q, int16_t *sc, int1
         for (int b = 0; b < n / QK_K; b++, p++) {                                                        \
             __m256i q[8][8]; /* [row][sub-block] */                                                      \
             for (int r = 0; r < 8; r++) {                                                                \
-                int16_t sc[8] = {0}, m[8] = {0};                                                         \
+                int16_t sc[16] = {0}, m[16] = {0};                                                       \
                 float d = 0.0f, dmin = 0.0f;                                                             \
                 if (r < nr) pack_row_##t((const block_t *)(w + r * ws) + b, q[r], sc, m, &d, &dmin);      \
                 else for (int g = 0; g < 8; g++) q[r][g] = _mm256_setzero_si256();                       \
+                for (int s = 0; s < 16; s++) p->sc[s][2 * r] = p->sc[s][2 * r + 1] = sc[s];              \
                 for (int g = 0; g < 8; g++) {                                                            \
-                    p->sc[g][2 * r] = p->sc[g][2 * r + 1] = sc[g];                                       \
-                    p->m[g][2 * r] = p->m[g][2 * r + 1] = m[g];                                          \
+                    p->m[g][2 * r] = m[2 * g];                                                           \
+                    p->m[g][2 * r + 1] = m[2 * g + 1];                                                   \
                 }                                                                                        \
                 p->d[r] = d;                                                                             \
                 p->dmin[r] = dmin;                                                                       \
@@ -963,12 +978,14 @@ static inline void pack_row_iq1_s_u(const void *w, __m256i *q, int16_t *sc, int1
             }                                                                                            \
         }                                                                                                \
     }
+DEFINE_PACK8_K4(q2_K, block_q2_K)
 DEFINE_PACK8_K4(q4_K, block_q4_K)
 DEFINE_PACK8_K4(q5_K, block_q5_K)
 DEFINE_PACK8_K4(iq1_s, block_iq1_s)
 DEFINE_PACK8_K4(iq1_s_u, block_iq1_s_u)
 
-/* GROUP: 4-byte groups summed in int16 before the scale madd (8 for codes <= 15, 4 for <= 31) */
+/* GROUP: 4-byte groups summed in int16 before the scale madd (8 for codes <= 15, 4 for <= 31
+ * or a scale per 16 values) */
 static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed_k4_block *p, const char *a,
                                                              size_t as, float *out, size_t os, int nr,
                                                              const int C, const int GROUP) {
@@ -990,8 +1007,8 @@ static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed
             }
         }
         for (int g = 0; g < 8; g++) {
-            const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[g]);
             for (int j0 = 0; j0 < 8; j0 += GROUP) {
+                const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j0 / 4]);
                 __m256i s16[4];
                 for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
 #pragma GCC unroll 4 /* unrolled 8 times, GCC hoists the broadcasts and spills (16 ymm registers) */
@@ -1031,6 +1048,7 @@ static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed
             default: gemm8_k4_c(n, p, ab, as, out, os, nr, 4, GROUP); break;                                \
         }                                                                                                   \
     }
+GEMM8_K4(q2_K, 4) /* a scale per 16 values */
 GEMM8_K4(q4_K, 8)
 GEMM8_K4(q5_K, 4)
 GEMM8_K4(iq1_s, 8) /* codes <= 2 */

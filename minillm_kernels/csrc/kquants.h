@@ -59,7 +59,7 @@ DECLARE_KQ_TILE(q6_K)
 DECLARE_KQ_TILE(iq1_s)
 DECLARE_KQ_TILE(iq1_s_u)
 
-/* ---- packed 8-row GEMM of Q4_K / Q5_K / Q6_K / IQ1_S (many tokens; the best path only) ----
+/* ---- packed 8-row GEMM of Q2_K / Q4_K / Q5_K / Q6_K / IQ1_S (many tokens; the best path only) ----
  * pack8_<t>(n, w, w_stride, nr, dst): nr <= 8 rows -> packed_k4_bytes(n) (Q6_K: packed_q6_K_bytes) bytes;
  * IQ1_S and its repacked form IQ1_S_R (iq1_s_u) pack to the same blocks and share gemm8_iq1_s;
  * gemm8_<t>(n, dst, a, a_stride, out, out_stride, nr, nc): out[c * out_stride + r] for
@@ -72,6 +72,9 @@ void pack8_q5_K(int n, const void *w, size_t w_stride, int nr, void *dst);
 void gemm8_q4_K(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, int nr,
                 int nc);
 void gemm8_q5_K(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, int nr,
+                int nc);
+void pack8_q2_K(int n, const void *w, size_t w_stride, int nr, void *dst);
+void gemm8_q2_K(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, int nr,
                 int nc);
 void pack8_iq1_s(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_iq1_s_u(int n, const void *w, size_t w_stride, int nr, void *dst);

@@ -50,7 +50,6 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #define K_TILE(t) NULL
 #define K_TILE_RC 1, 4, 1
 #endif
-#define K_TYPE(ID, t, ts) K_TYPE_NAMED(ID, #t, t, ts, NO_PACK8)
 #define K_TYPE_NAMED(ID, name, t, ts, pack)                                                    \
     {ID, name, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
      {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, pack}
@@ -73,7 +72,7 @@ static const type_traits TABLE[] = {
     OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8_U(q5_0)),
     OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4, PACK8_S(iq4_nl)),
 #if HAVE_KQUANTS
-    K_TYPE(GGML_Q2_K, q2_K, 84),
+    K_TYPE_NAMED(GGML_Q2_K, "q2_K", q2_K, 84, K_PACK8(q2_K)),
     K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K)),
     K_TYPE_NAMED(GGML_Q5_K, "q5_K", q5_K, 176, K_PACK8(q5_K)),
     K_TYPE_NAMED(GGML_Q6_K, "q6_K", q6_K, 210, K_PACK8_Q6),
