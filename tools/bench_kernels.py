@@ -1,8 +1,9 @@
 """Benchmark the matmul kernels on the DeepSeek-V2-Lite shapes (issue 5).
 
 For each weight type: GEMV (1 token) time and weight GB/s as a fraction of the
-read bandwidth measured in the same run (a streaming-read kernel over a large
-buffer, 1 and 2 threads), GEMM throughput at 512 tokens (GFLOP/s), and the
+read bandwidth (a streaming-read kernel over as many bytes of the same weight
+pool, timed alternating with the GEMV so that both see the same machine load;
+the median of the per-round ratios), GEMM throughput at 512 tokens (GFLOP/s), and the
 fused MoE op (8 and 6 active of 64 experts for one token; 6 of 64 for 512
 tokens).  Weights are random valid blocks; for GEMV and decode MoE several
 copies are cycled so that the weights come from RAM, not the last-level cache.
@@ -136,17 +137,20 @@ IK_OPS = {  # (type, op name): (N=1 1thr GB/s, N=1 2thr GB/s, N=512 1thr GFLOP/s
     ("BF16", "moe_down"): (14.1, 21.2, 45.9, 91.1),
 }
 
+def alternated_times(fns, min_reps, min_seconds):
+    """call fns in turn, round after round, so all see the same machine load: their times per round"""
+    times, start = [[] for _ in fns], time.perf_counter()
+    while len(times[0]) < min_reps or time.perf_counter() - start < min_seconds:
+        for f, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            f(len(ts))
+            ts.append(time.perf_counter() - t0)
+    return times
+
+
 def paired_median_times(ours, theirs, min_reps, min_seconds):
     """alternate our call and ik's so both see the same machine load; medians of each"""
-    a, b, start = [], [], time.perf_counter()
-    while len(a) < min_reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        ours(len(a))
-        t1 = time.perf_counter()
-        theirs(len(b))
-        t2 = time.perf_counter()
-        a.append(t1 - t0)
-        b.append(t2 - t1)
+    a, b = alternated_times([ours, theirs], min_reps, min_seconds)
     return statistics.median(a), statistics.median(b)
 
 
@@ -212,16 +216,22 @@ def bench_type(tname, args, bw, records, rows):
             ikc = args.ik.prepare(ws_src, src_t, x.reshape(1, K)) if args.ik else None
             if t != src_t:
                 del ws_src
+            # the read bandwidth is measured alternating with the GEMV, by streaming the same
+            # number of bytes from the same pool (its figure then sees the same machine load)
+            n_stream = ws[0].nbytes // 4096 * 4096
+            streams = [w.reshape(-1)[:n_stream] for w in ws]
             for nth in args.threads:
-                ours = lambda i: mm.matmul(ws[i % len(ws)], t, x, out=out, n_threads=nth)  # noqa: E731
+                fns = [lambda i: mm.matmul(ws[i % len(ws)], t, x, out=out, n_threads=nth),  # noqa: E731
+                       lambda i: mm.stream_read(streams[(i + len(ws) // 2) % len(ws)], nth)]
                 if ikc:
-                    s, s_ik = paired_median_times(ours, lambda i: args.ik.compute(ikc[0], ikc[1][i % len(ws)], nth),
-                                                  args.reps, args.min_seconds)
-                else:
-                    s, s_ik = median_time(ours, args.reps, args.min_seconds), None
+                    fns.append(lambda i: args.ik.compute(ikc[0], ikc[1][i % len(ws)], nth))
+                times = alternated_times(fns, args.reps, args.min_seconds)
+                s = statistics.median(times[0])
+                s_ik = statistics.median(times[2]) if ikc else None
+                bw_frac = statistics.median(w_src.nbytes / n_stream * ts / tg for tg, ts in zip(times[0], times[1]))
                 gbps = w_src.nbytes / s / 1e9
                 ik = ik_fig(src_name, name, 0 if nth == 1 else 1) if nth <= 2 else None
-                add(records, rows, "gemv", tname, f"{K}x{M}", 1, nth, s, gbps, gbps * 1e9 / bw[nth],
+                add(records, rows, "gemv", tname, f"{K}x{M}", 1, nth, s, gbps, bw_frac,
                     None, ik, gbps / ik if ik else None, name, s_ik / s if s_ik else None)
             if ikc:
                 args.ik.free(ikc[0])
