@@ -205,7 +205,7 @@ def test_matmul_batched(t):
     assert np.array_equal(y_one[:, 0], y1[:, 0])
 
 
-@pytest.mark.parametrize("t", [8, 20, 1, 12, 13, 14, 19], ids=type_name)
+@pytest.mark.parametrize("t", [8, 20, 0, 1, 30, 12, 13, 14, 19], ids=type_name)
 def test_gemm_long_batch(t):
     """many tokens: crosses the GEMM's token chunks (and the packed path's row groups)"""
     m, k, n = 21, 2048, 133

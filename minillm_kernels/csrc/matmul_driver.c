@@ -24,18 +24,26 @@ static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 static inline size_t zmax3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
+/* tokens of act_rb bytes that fill ACT_CHUNK_BYTES, rounded down to a multiple of step (at least step) */
+static int chunk_tokens(size_t act_rb, int step) {
+    int chunk = (int)(ACT_CHUNK_BYTES / (act_rb ? act_rb : 1));
+    chunk -= chunk % step;
+    return chunk < step ? step : chunk;
+}
+
 /* The kernels of one weight type at one row length, for the path selected now. */
 typedef struct {
     const type_traits *tt;
     int path, K;
-    size_t row_bytes, act_rb;
+    size_t row_bytes;
     vec_dot_fn vec_dot;
     tile_fn tile; /* NULL: loop over vec_dot */
     pack8_fn pack8; /* NULL: no packed GEMM (or the scalar path) */
     gemm8_fn gemm8;
     int batch_act;  /* activation format of batches of PACK8_MIN_TOKENS or more */
     int tr, tc, gv;
-    int token_chunk;
+    int token_chunk;  /* tokens per L2 chunk of the register-tile GEMM (a multiple of tc) */
+    int packed_chunk; /* the same for the packed GEMM (a multiple of pack8_cols: no short calls) */
 } kernel_t;
 
 static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
@@ -45,7 +53,6 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->path = force_scalar ? PATH_SCALAR : PATH_BEST;
     k->K = K;
     k->row_bytes = row_bytes;
-    k->act_rb = act_row_bytes(tt->act_type, K);
     k->vec_dot = tt->vec_dot[k->path];
     k->tile = tt->tile[k->path];
     k->pack8 = k->path == PATH_BEST ? tt->pack8 : NULL;
@@ -54,9 +61,8 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->tr = tt->gemm_rows;
     k->tc = tt->gemm_cols;
     k->gv = tt->gemv_rows;
-    int chunk = (int)(ACT_CHUNK_BYTES / (k->act_rb ? k->act_rb : 1));
-    chunk -= chunk % k->tc;
-    k->token_chunk = chunk < k->tc ? k->tc : chunk;
+    k->token_chunk = chunk_tokens(act_row_bytes(tt->act_type, K), k->tc);
+    k->packed_chunk = k->pack8 ? chunk_tokens(act_row_bytes(tt->pack8_act, K), tt->pack8_cols) : 0;
     return MM_OK;
 }
 
@@ -73,7 +79,7 @@ static size_t act_stride(const kernel_t *k) {
 
 /* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed row tiles), 0 for none */
 static size_t scratch_bytes(const kernel_t *k, int ntok) {
-    return ntok >= PACK8_MIN_TOKENS && k->pack8 ? (ROW_TILE / 8) * k->tt->packed_bytes(k->K) : 0;
+    return ntok >= PACK8_MIN_TOKENS && k->pack8 ? (ROW_TILE / k->tt->pack_rows) * k->tt->packed_bytes(k->K) : 0;
 }
 
 /* out[c * os + r] for nr rows starting at w, nc activation rows starting at a */
@@ -87,21 +93,21 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
         for (int r = 0; r < nr; r++) out[c * os + r] = k->vec_dot(k->K, w + r * k->row_bytes, a + c * as);
 }
 
-/* Packed GEMM of rows [r0, r1) (at most ROW_TILE): unpack them to groups of 8 interleaved
- * int8 rows once (in scratch), then sweep all tokens pack8_cols at a time over each group. */
+/* Packed GEMM of rows [r0, r1) (at most ROW_TILE): unpack them to groups of pack_rows interleaved
+ * rows once (in scratch), then sweep all tokens pack8_cols at a time over each group. */
 static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
                              int ntok, float *out, size_t os, uint8_t *scratch) {
     const size_t gbytes = k->tt->packed_bytes(k->K);
-    const int ng = (r1 - r0 + 7) / 8;
+    const int pr = k->tt->pack_rows, ng = (r1 - r0 + pr - 1) / pr;
     for (int g = 0; g < ng; g++)
-        k->pack8(k->K, w + (size_t)(r0 + 8 * g) * k->row_bytes, k->row_bytes, imin(8, r1 - r0 - 8 * g),
+        k->pack8(k->K, w + (size_t)(r0 + pr * g) * k->row_bytes, k->row_bytes, imin(pr, r1 - r0 - pr * g),
                  scratch + g * gbytes);
-    for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
-        const int t1 = imin(ntok, t0 + k->token_chunk);
+    for (int t0 = 0; t0 < ntok; t0 += k->packed_chunk) {
+        const int t1 = imin(ntok, t0 + k->packed_chunk);
         for (int g = 0; g < ng; g++)
             for (int t = t0; t < t1; t += k->tt->pack8_cols)
-                k->gemm8(k->K, scratch + g * gbytes, acts + t * as, as, out + t * os + r0 + 8 * g, os,
-                         imin(8, r1 - r0 - 8 * g), imin(k->tt->pack8_cols, t1 - t));
+                k->gemm8(k->K, scratch + g * gbytes, acts + t * as, as, out + t * os + r0 + pr * g, os,
+                         imin(pr, r1 - r0 - pr * g), imin(k->tt->pack8_cols, t1 - t));
     }
 }
 

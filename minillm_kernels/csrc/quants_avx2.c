@@ -478,4 +478,88 @@ DEFINE_GEMM8(signed, gemm8s_c, packed8s_block)
 DEFINE_GEMM8(q4_0, gemm8u_c, packed8u_block, , 8)
 DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
 
+
+/* ---- packed float GEMM (F32 / F16 / BF16 weights, float32 activations) ----
+ * 16 weight rows are converted to float once and interleaved by column (packed[k][r]):
+ * each column is two weight vectors that serve every token through broadcast FMAs,
+ * 12 independent accumulator chains for 6 tokens (enough to hide the FMA latency),
+ * with no conversion in the loop. Each output sums a chunk of 8 columns in a register
+ * before adding it to its running sum (in L1), so its rounding stays within K/8 + 8
+ * sequential additions, as in the 8-lane tile. */
+size_t packed16f_bytes(int n) { return (size_t)n * 16 * sizeof(float); }
+
+#define DEFINE_PACK16_FLOAT(name, elem_size)                                                      \
+    void pack16_##name(int n, const void *vw, size_t ws, int nr, void *dst) {                     \
+        float *p = (float *)dst;                                                                  \
+        const uint8_t *w = (const uint8_t *)vw;                                                   \
+        int k = 0;                                                                                \
+        for (; k + 8 <= n; k += 8)                                                                \
+            for (int h = 0; h < 2; h++) {                                                         \
+                __m256i v[8];                                                                     \
+                for (int r = 0; r < 8; r++)                                                       \
+                    v[r] = 8 * h + r < nr                                                         \
+                               ? _mm256_castps_si256(load8_##name(w + (8 * h + r) * ws + (size_t)k * elem_size)) \
+                               : _mm256_setzero_si256();                                          \
+                transpose8_epi32(v);                                                              \
+                for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)(p + 16 * (k + j) + 8 * h), v[j]); \
+            }                                                                                     \
+        for (; k < n; k++)                                                                        \
+            for (int r = 0; r < 16; r++) p[16 * k + r] = r < nr ? get1_##name(w + r * ws, k) : 0.0f; \
+    }
+DEFINE_PACK16_FLOAT(f32, 4)
+DEFINE_PACK16_FLOAT(f16, 2)
+DEFINE_PACK16_FLOAT(bf16, 2)
+
+#define GEMM16F_MAX_C 6 /* tokens per call: 12 chunk sums + 2 weight vectors + a broadcast */
+
+/* sum[c][0..15] += the chunk of kn (<= 8) packed columns from k0 against token c */
+ALWAYS_INLINE void gemm16f_chunk(const float *p, const float *const *a, int k0, const int kn, float *sum,
+                                 const int C) {
+    __m256 lo[GEMM16F_MAX_C], hi[GEMM16F_MAX_C];
+    const __m256 w0 = _mm256_loadu_ps(p + 16 * k0), w1 = _mm256_loadu_ps(p + 16 * k0 + 8);
+    for (int c = 0; c < C; c++) {
+        const __m256 b = _mm256_broadcast_ss(a[c] + k0);
+        lo[c] = _mm256_mul_ps(w0, b);
+        hi[c] = _mm256_mul_ps(w1, b);
+    }
+    for (int k = k0 + 1; k < k0 + kn; k++) {
+        const __m256 v0 = _mm256_loadu_ps(p + 16 * k), v1 = _mm256_loadu_ps(p + 16 * k + 8);
+        for (int c = 0; c < C; c++) {
+            const __m256 b = _mm256_broadcast_ss(a[c] + k);
+            lo[c] = _mm256_fmadd_ps(v0, b, lo[c]);
+            hi[c] = _mm256_fmadd_ps(v1, b, hi[c]);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        _mm256_store_ps(sum + 16 * c, _mm256_add_ps(_mm256_load_ps(sum + 16 * c), lo[c]));
+        _mm256_store_ps(sum + 16 * c + 8, _mm256_add_ps(_mm256_load_ps(sum + 16 * c + 8), hi[c]));
+    }
+}
+
+ALWAYS_INLINE void gemm16f_c(int n, const float *p, const uint8_t *a, size_t as, float *out, size_t os, int nr,
+                             const int C) {
+    const float *ac[GEMM16F_MAX_C];
+    float sum[GEMM16F_MAX_C * 16] __attribute__((aligned(32)));
+    for (int c = 0; c < C; c++) ac[c] = (const float *)(a + c * as);
+    memset(sum, 0, sizeof(sum));
+    int k0 = 0;
+    for (; k0 + 8 <= n; k0 += 8) gemm16f_chunk(p, ac, k0, 8, sum, C);
+    if (k0 < n) gemm16f_chunk(p, ac, k0, n - k0, sum, C);
+    for (int c = 0; c < C; c++) memcpy(out + c * os, sum + 16 * c, sizeof(float) * (size_t)nr);
+}
+
+/* out[c * os + r] for nr (<= 16) packed rows and nc (<= 6) float32 activation rows */
+void gemm16_float_avx2(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr, int nc) {
+    const float *p = (const float *)packed;
+    const uint8_t *ab = (const uint8_t *)a;
+    switch (nc) {
+        case 1: gemm16f_c(n, p, ab, as, out, os, nr, 1); break;
+        case 2: gemm16f_c(n, p, ab, as, out, os, nr, 2); break;
+        case 3: gemm16f_c(n, p, ab, as, out, os, nr, 3); break;
+        case 4: gemm16f_c(n, p, ab, as, out, os, nr, 4); break;
+        case 5: gemm16f_c(n, p, ab, as, out, os, nr, 5); break;
+        default: gemm16f_c(n, p, ab, as, out, os, nr, 6); break;
+    }
+}
+
 #endif /* MINILLM_AVX2 */

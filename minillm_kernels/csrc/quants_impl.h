@@ -67,6 +67,13 @@ void pack8_iq4_nl(int n, const void *w, size_t w_stride, int nr, void *dst);
 DECLARE_GEMM8(signed) /* Q8_0, IQ4_NL */
 DECLARE_GEMM8(q4_0)
 DECLARE_GEMM8(q5_0)
+/* the float types: 16 rows converted to float and interleaved, float32 activations, up to 6 tokens per call */
+size_t packed16f_bytes(int n);
+void pack16_f32(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack16_f16(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack16_bf16(int n, const void *w, size_t w_stride, int nr, void *dst);
+void gemm16_float_avx2(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride,
+                       int nr, int nc);
 #endif
 
 #endif

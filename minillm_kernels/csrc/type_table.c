@@ -23,13 +23,15 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
      {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack}
 
 #if MINILLM_AVX2
-#define PACK8_S(t) pack8_##t, gemm8_signed_avx2, packed8s_bytes, ACT_Q8_0_PM, 8
-#define PACK8_U(t) pack8_##t, gemm8_##t##_avx2, packed8u_bytes, ACT_Q8_0_PM, 4
+#define PACK8_S(t) pack8_##t, gemm8_signed_avx2, packed8s_bytes, ACT_Q8_0_PM, 8, 8
+#define PACK8_U(t) pack8_##t, gemm8_##t##_avx2, packed8u_bytes, ACT_Q8_0_PM, 4, 8
+#define PACK16_F(t) pack16_##t, gemm16_float_avx2, packed16f_bytes, ACT_F32, 6, 16
 #else
+#define PACK16_F(t) NO_PACK8
 #define PACK8_S(t) NO_PACK8
 #define PACK8_U(t) NO_PACK8
 #endif
-#define NO_PACK8 NULL, NULL, NULL, 0, 0
+#define NO_PACK8 NULL, NULL, NULL, 0, 0, 8
 
 #if MINILLM_AVX2
 #define DQ_F16 dequantize_row_f16_avx2
@@ -54,9 +56,9 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
     {ID, name, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
      {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, pack}
 #if MINILLM_AVX2 && defined(KQ_HAVE_PACK8)
-#define K_PACK8_AS(t, g) pack8_##t, gemm8_##g, packed_k4_bytes, ACT_Q8_K, 4
+#define K_PACK8_AS(t, g) pack8_##t, gemm8_##g, packed_k4_bytes, ACT_Q8_K, 4, 8
 #define K_PACK8(t) K_PACK8_AS(t, t)
-#define K_PACK8_Q6 pack8_q6_K, gemm8_q6_K, packed_q6_K_bytes, ACT_Q8_K, 4
+#define K_PACK8_Q6 pack8_q6_K, gemm8_q6_K, packed_q6_K_bytes, ACT_Q8_K, 4, 8
 #else
 #define K_PACK8_AS(t, g) NO_PACK8
 #define K_PACK8(t) NO_PACK8
@@ -64,9 +66,9 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #endif
 
 static const type_traits TABLE[] = {
-    OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, NO_PACK8),
-    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4, NO_PACK8),
-    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, NO_PACK8),
+    OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, PACK16_F(f32)),
+    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4, PACK16_F(f16)),
+    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, PACK16_F(bf16)),
     OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4, PACK8_S(q8_0)),
     OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8_U(q4_0)),
     OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8_U(q5_0)),

@@ -39,11 +39,12 @@ typedef struct {
     tile_fn tile[2];                    /* NULL: the drivers loop over vec_dot */
     int gemm_rows, gemm_cols;           /* register tile used for GEMM (rows x tokens) */
     int gemv_rows;                      /* rows per tile call in GEMV (independent FMA chains) */
-    pack8_fn pack8;                     /* 8-row interleaved GEMM for many tokens (best path only; or NULL) */
+    pack8_fn pack8;                     /* interleaved-row GEMM for many tokens (best path only; or NULL) */
     gemm8_fn gemm8;
-    size_t (*packed_bytes)(int n);      /* bytes pack8 writes for 8 rows of n values */
+    size_t (*packed_bytes)(int n);      /* bytes pack8 writes for pack_rows rows of n values */
     int pack8_act;                      /* ACT_*: the activation format gemm8 reads */
     int pack8_cols;                     /* activation rows per gemm8 call (at most) */
+    int pack_rows;                      /* weight rows per packed group: 8 (16 for the float types) */
 } type_traits;
 
 const type_traits *type_traits_get(int type); /* NULL if unsupported */
