@@ -455,6 +455,83 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
 #define dot_ps_q5_K dot_k4
 #define dot_ps_q6_K dot_q6_K
 
+/* one weight block against one activation block (the GEMV step): decode, then dot */
+#define DEFINE_ROW_BLOCK(t)                                                                       \
+    static inline __m256 row_block_##t(const block_##t *w, const block_q8_K *a, __m256 acc) {   \
+        dec_##t D;                                                                              \
+        decode_##t(w, &D);                                                                      \
+        return dot_##t(&D, a, acc);                                                             \
+    }
+DEFINE_ROW_BLOCK(q2_K)
+DEFINE_ROW_BLOCK(iq1_s)
+DEFINE_ROW_BLOCK(iq1_s_u)
+
+/* Q4_K / Q5_K: decode_k4 and dot_k4 fused, one 64-value chunk at a time: the same integer
+ * sums and float operations (bit-identical), but no 16 decoded vectors held across the
+ * block, which made GCC spill them (GEMV is compute-bound on these types). */
+static inline __m256 row_block_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, fp16_t d,
+                                  fp16_t dmin, const block_q8_K *a, __m256 acc) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), bit4 = _mm256_set1_epi8(0x10);
+    const __m128i scm = scales_k4_bytes(scales);
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(_mm256_cvtepu8_epi16(scm)));
+    const __m256i hb = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    __m256i isum = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(qv, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+        if (qh) { /* bits 2c and 2c+1 of each qh byte -> bit 4 (16-bit shifts: bit 4 stays in its byte) */
+            const __m256i b0 = 4 - 2 * c >= 0 ? _mm256_slli_epi16(hb, 4 - 2 * c) : _mm256_srli_epi16(hb, 2 * c - 4);
+            const __m256i b1 = 3 - 2 * c >= 0 ? _mm256_slli_epi16(hb, 3 - 2 * c) : _mm256_srli_epi16(hb, 2 * c - 3);
+            lo = _mm256_or_si256(lo, _mm256_and_si256(b0, bit4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(b1, bit4));
+        }
+        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(a->qs + 64 * c))),
+                                             _mm256_shuffle_epi8(sc, REP16(2 * c)));
+        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a->qs + 64 * c + 32))),
+                                             _mm256_shuffle_epi8(sc, REP16(2 * c + 1)));
+        isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+    }
+    const __m256i m = _mm256_cvtepu8_epi16(
+        _mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), m);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * fp16_to_fp32(d)), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * fp16_to_fp32(dmin)), _mm256_cvtepi32_ps(mins), acc);
+}
+/* Q6_K: decode_q6_K and dot_q6_K fused per 128-value half, likewise */
+static inline __m256 row_block_q6_K(const block_q6_K *w, const block_q8_K *a, __m256 acc) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)w->scales);
+    const __m256i sc = _mm256_cvtepi8_epi16(even_odd_bytes(sc8));
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(w->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(w->qh + 32 * h));
+        __m256i q[4], sv[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+        for (int k = 0; k < 4; k++) sv[k] = _mm256_shuffle_epi8(sc, REP16(4 * h + k));
+        for (int k = 0; k < 4; k += 2) {
+            const int8_t *ak = a->qs + 128 * h + 32 * k;
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)ak)), sv[k]);
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[k + 1], _mm256_loadu_si256((const __m256i *)(ak + 32))), sv[k + 1]);
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+        }
+    }
+    const __m256i offs = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), _mm256_cvtepi8_epi16(sc8));
+    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(offs, 5));
+    return _mm256_fmadd_ps(_mm256_set1_ps(a->d * fp16_to_fp32(w->d)), _mm256_cvtepi32_ps(isum), acc);
+}
+static inline __m256 row_block_q4_K(const block_q4_K *w, const block_q8_K *a, __m256 acc) {
+    return row_block_k4(w->scales, w->qs, NULL, w->d, w->dmin, a, acc);
+}
+static inline __m256 row_block_q5_K(const block_q5_K *w, const block_q8_K *a, __m256 acc) {
+    return row_block_k4(w->scales, w->qs, w->qh, w->d, w->dmin, a, acc);
+}
+
 /* bytes ahead of the current weight block that a row dot prefetches into L2 (GEMV reads rows in
  * order; 16 KiB into L2 gave Q4_K-Q6_K GEMV 5-10% more of the read bandwidth than 2 KiB into L1) */
 #ifndef KQ_PREFETCH_BYTES
@@ -470,9 +547,7 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
         for (int b = 0; b < n / QK_K; b++) {                                                           \
             for (int o = 0; o < (int)sizeof(block_##t); o += 64) /* GEMV streams rows: fetch ahead */  \
                 _mm_prefetch((const char *)(w + b) + KQ_PREFETCH_BYTES + o, _MM_HINT_T1);              \
-            dec_##t D;                                                                                 \
-            decode_##t(w + b, &D);                                                                     \
-            acc = dot_##t(&D, a + b, acc);                                                             \
+            acc = row_block_##t(w + b, a + b, acc);                                                    \
         }                                                                                              \
         return hsum_ps(acc);                                                                           \
     }                                                                                                  \
