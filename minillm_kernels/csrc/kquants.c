@@ -15,8 +15,9 @@
  *
  * Besides the contract functions (kquants.h): tile_<t> (several weight rows x
  * several activation rows, each weight block decoded once; bit-identical to
- * vec_dot) and IQ1_S repacked to plain 2-bit codes (iq1_s_u), a load-time
- * conversion that halves IQ1_S's compute per value.
+ * vec_dot), the packed 8-row GEMM for many tokens (pack8_<t> / gemm8_<t>), and
+ * IQ1_S repacked to plain 2-bit codes (iq1_s_u), a load-time conversion that
+ * halves IQ1_S's compute per value.
  */
 #include <math.h>
 
@@ -473,7 +474,6 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
         return dot_##t(&D, a, acc);                                                             \
     }
 DEFINE_ROW_BLOCK(q2_K)
-DEFINE_ROW_BLOCK(iq1_s_u)
 
 /* Q4_K / Q5_K: decode_k4 and dot_k4 fused, one 64-value chunk at a time: the same integer
  * sums and float operations (bit-identical), but no 16 decoded vectors held across the
@@ -507,29 +507,55 @@ static inline __m256 row_block_k4(const uint8_t *scales, const uint8_t *qs, cons
     acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * fp16_to_fp32(d)), _mm256_cvtepi32_ps(isum), acc);
     return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * fp16_to_fp32(dmin)), _mm256_cvtepi32_ps(mins), acc);
 }
-/* IQ1_S: decode_iq1_s and dot_iq1_s fused per pair of groups, likewise */
+/* IQ1_S and IQ1_S_R: decode and dot fused per pair of groups, likewise; ls and coef as
+ * iq1_scales computes them, from the groups' 3-bit scales s3 and delta signs neg */
+static inline __m256 iq1_row_finish(__m256i isum, __m128i ls, __m128i neg, float d, const block_q8_K *a,
+                                    __m256 acc) {
+    const __m128i coef = _mm_mullo_epi16(ls, _mm_sub_epi16(_mm_set1_epi16(-7), _mm_add_epi16(neg, neg)));
+    const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums),
+                                           _mm256_setr_m128i(_mm_unpacklo_epi16(coef, coef), _mm_unpackhi_epi16(coef, coef)));
+    const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(isum, 3), corr);
+    return _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a->d * d), _mm256_cvtepi32_ps(t), acc);
+}
+
+/* isum += ls[ib] * <q0, a_ib> + ls[ib + 1] * <q1, a_ib+1> */
+static inline __m256i iq1_dot2(__m256i isum, __m256i q0, __m256i q1, __m256i lsb, int ib, const block_q8_K *a) {
+    const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, _mm256_loadu_si256((const __m256i *)(a->qs + 32 * ib))),
+                                         _mm256_shuffle_epi8(lsb, REP16(ib)));
+    const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, _mm256_loadu_si256((const __m256i *)(a->qs + 32 * ib + 32))),
+                                         _mm256_shuffle_epi8(lsb, REP16(ib + 1)));
+    return _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+}
+
 static inline __m256 row_block_iq1_s(const block_iq1_s *w, const block_q8_K *a, __m256 acc) {
     __m256i off16[2];
     iq1_s_grid_offsets(w, off16);
     const __m128i qh = _mm_loadu_si128((const __m128i *)w->qh);
-    const __m128i s3 = _mm_and_si128(_mm_srli_epi16(qh, 12), _mm_set1_epi16(7)), neg = _mm_srli_epi16(qh, 15);
+    const __m128i s3 = _mm_and_si128(_mm_srli_epi16(qh, 12), _mm_set1_epi16(7));
     const __m128i ls = _mm_or_si128(_mm_slli_epi16(s3, 1), _mm_set1_epi16(1));
     const __m256i lsb = _mm256_broadcastsi128_si256(ls);
     __m256i isum = _mm256_setzero_si256();
     for (int ib = 0; ib < 8; ib += 2) {
         __m256i q0, q1;
         iq1_s_gather2(off16, ib, &q0, &q1);
-        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, _mm256_loadu_si256((const __m256i *)(a->qs + 32 * ib))),
-                                             _mm256_shuffle_epi8(lsb, REP16(ib)));
-        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, _mm256_loadu_si256((const __m256i *)(a->qs + 32 * ib + 32))),
-                                             _mm256_shuffle_epi8(lsb, REP16(ib + 1)));
-        isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+        isum = iq1_dot2(isum, q0, q1, lsb, ib, a);
     }
-    const __m128i coef = _mm_mullo_epi16(ls, _mm_sub_epi16(_mm_set1_epi16(-7), _mm_add_epi16(neg, neg)));
-    const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums),
-                                           _mm256_setr_m128i(_mm_unpacklo_epi16(coef, coef), _mm_unpackhi_epi16(coef, coef)));
-    const __m256i t = _mm256_add_epi32(_mm256_slli_epi32(isum, 3), corr);
-    return _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a->d * fp16_to_fp32(w->d)), _mm256_cvtepi32_ps(t), acc);
+    return iq1_row_finish(isum, ls, _mm_srli_epi16(qh, 15), fp16_to_fp32(w->d), a, acc);
+}
+
+static inline __m256 row_block_iq1_s_u(const block_iq1_s_u *w, const block_q8_K *a, __m256 acc) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i sc = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)w->sc));
+    const __m128i ls = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(sc, _mm_set1_epi16(7)), 1), _mm_set1_epi16(1));
+    const __m256i lsb = _mm256_broadcastsi128_si256(ls);
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * h));
+        for (int k = 0; k < 4; k += 2)
+            isum = iq1_dot2(isum, _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3),
+                            _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k + 2), m3), lsb, 4 * h + k, a);
+    }
+    return iq1_row_finish(isum, ls, _mm_srli_epi16(sc, 3), fp16_to_fp32(w->d), a, acc);
 }
 
 /* Q6_K: decode_q6_K and dot_q6_K fused per 128-value half, likewise */

@@ -5,14 +5,15 @@
  * Determinism: every output element is computed by exactly one tile call,
  * and a tile gives each (row, token) pair the same result as vec_dot, so the
  * results do not depend on the thread count or the tiling.  Batches of at
- * least PACK8_MIN_TOKENS tokens (8) of the 32-value integer types and of
- * Q4_K / Q5_K / Q6_K take the packed 8-row GEMM, which rounds differently from
- * vec_dot (float rounding only); IQ1_S batches that size convert each row
- * tile to IQ1_S_R first (bit-identical).  The choice depends on the batch
- * (or, in MoE, an expert's token count), never on the thread count.
+ * least PACK8_MIN_TOKENS tokens (8) take the packed GEMM where the type has one
+ * (every type on the AVX2 build): each row tile is converted once to interleaved
+ * rows (8 rows of int8 / unsigned codes; 16 rows of floats for F32/F16/BF16)
+ * and swept by all tokens.  It rounds differently from vec_dot (float rounding
+ * only, within the same bounds).  The choice depends on the batch (or, in MoE,
+ * an expert's token count), never on the thread count.
  * GEMV prefetches ahead of the rows it reads (the 32-value tiles the next
- * row tile, the 256-value row dots 2 KiB ahead): it must overlap the memory
- * stream with its compute to approach the read bandwidth.
+ * row tile, the 256-value row dots 16 KiB ahead into L2): it must overlap the
+ * memory stream with its compute to approach the read bandwidth.
  */
 #ifndef MINILLM_MATMUL_DRIVER_H
 #define MINILLM_MATMUL_DRIVER_H
