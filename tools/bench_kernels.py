@@ -315,8 +315,11 @@ def bench_moe(tname, args, bw, records, rows):
 
 
 def add(records, rows, op, tname, shape, tokens, nth, s, gbps, frac, gflops, ik, ratio, label, same_run=None):
-    records.append({"op": op, "type": tname, "shape": shape, "tokens": tokens, "threads": nth,
-                    "seconds": s, "gbps": gbps, "bw_fraction": frac})
+    rec = {"op": op, "type": tname, "shape": shape, "tokens": tokens, "threads": nth,
+           "seconds": s, "gbps": gbps, "bw_fraction": frac}
+    if same_run:  # with --ik: ik's time for the same op in this run, as t_ik / t_ours
+        rec["ik_same_run_ratio"] = same_run
+    records.append(rec)
     rows.append((op, tname, label, shape, tokens, nth, s * 1e3, gbps, frac, gflops, ik, ratio, same_run))
     if not rows_quiet[0]:
         print_row(rows[-1], sys.stderr)

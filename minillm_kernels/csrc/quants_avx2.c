@@ -252,6 +252,16 @@ ALWAYS_INLINE float get1_f32(const uint8_t *p, int j) { return ((const float *)p
 ALWAYS_INLINE float get1_f16(const uint8_t *p, int j) { return fp16_to_fp32(((const fp16_t *)p)[j]); }
 ALWAYS_INLINE float get1_bf16(const uint8_t *p, int j) { return bf16_to_fp32(((const uint16_t *)p)[j]); }
 
+/* acc[r][c] += the 8 values from i of weight row r times those of activation row c */
+#define FLOAT_TILE_STEP(name, elem_size, i)                                                      \
+    {                                                                                            \
+        __m256 x[TILE_MAX_R];                                                                    \
+        for (int r = 0; r < R; r++) x[r] = load8_##name(w + r * ws + (size_t)(i) * elem_size);   \
+        for (int c = 0; c < C; c++) {                                                            \
+            const __m256 y = _mm256_loadu_ps((const float *)(a + c * as) + (i));                 \
+            for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(x[r], y, acc[r][c]);         \
+        }                                                                                        \
+    }
 #define DEFINE_FLOAT_TILE(name, elem_size)                                                       \
     ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
                                         size_t as, float *out, size_t os, const int R, const int C) { \
@@ -259,14 +269,14 @@ ALWAYS_INLINE float get1_bf16(const uint8_t *p, int j) { return bf16_to_fp32(((c
         for (int r = 0; r < R; r++)                                                              \
             for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();                         \
         int i = 0;                                                                               \
-        for (; i + 8 <= n; i += 8) {                                                             \
-            __m256 x[TILE_MAX_R];                                                                \
-            for (int r = 0; r < R; r++) x[r] = load8_##name(w + r * ws + (size_t)i * elem_size); \
-            for (int c = 0; c < C; c++) {                                                        \
-                const __m256 y = _mm256_loadu_ps((const float *)(a + c * as) + i);               \
-                for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(x[r], y, acc[r][c]);     \
-            }                                                                                    \
+        const int line = 64 / elem_size; /* values per cache line of each row */                 \
+        for (; i + line <= n; i += line) {                                                       \
+            if (C == 1) /* GEMV streams rows: fetch the next row tile's line */                   \
+                for (int r = 0; r < R; r++)                                                      \
+                    _mm_prefetch((const char *)w + (size_t)(R + r) * ws + (size_t)i * elem_size, _MM_HINT_T0); \
+            for (int j = i; j < i + line; j += 8) FLOAT_TILE_STEP(name, elem_size, j)            \
         }                                                                                        \
+        for (; i + 8 <= n; i += 8) FLOAT_TILE_STEP(name, elem_size, i)                           \
         for (int r = 0; r < R; r++)                                                              \
             for (int c = 0; c < C; c++) {                                                        \
                 float s = hsum_ps(acc[r][c]);                                                    \
