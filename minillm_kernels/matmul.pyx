@@ -403,7 +403,7 @@ def quantize_q8_0(x):
 
 
 def stream_read(buf, n_threads=1):
-    """Read every byte of buf (uint8, C-contiguous; whole 4 KiB chunks) once, with the GIL
+    """Read every byte of buf (uint8, C-contiguous; whole 8-byte words) once, with the GIL
     released: time it to measure the memory read bandwidth.  Returns a checksum."""
     _check_array(buf, "buf", np.uint8)
     cdef int nth = _check_threads(n_threads)
