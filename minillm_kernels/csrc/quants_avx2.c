@@ -399,6 +399,16 @@ ALWAYS_INLINE void store_rows8(float *out, size_t os, const __m256 *acc, int nr,
     }
 }
 
+/* block i of each of the C tokens, and its integer sum's start: -offset * (sum of its values)
+ * takes the unsigned codes' offset back out (0 for signed weights) */
+ALWAYS_INLINE void token_blocks(const uint8_t *a, size_t as, int i, const int C, const int offset,
+                                const block_q8_0_pm **y, __m256i *isum) {
+    for (int c = 0; c < C; c++) {
+        y[c] = (const block_q8_0_pm *)(a + c * as) + i;
+        isum[c] = _mm256_set1_epi32(-offset * y[c]->sum);
+    }
+}
+
 /* signed weights: per pm group (2 weight vectors), one broadcast of the token's 16 bytes */
 ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, size_t as, float *out, size_t os,
                             int nr, const int C) {
@@ -408,10 +418,7 @@ ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, si
     for (int i = 0; i < n / QK; i++) {
         const block_q8_0_pm *y[GEMM8_MAX_C];
         __m256i isum[GEMM8_MAX_C];
-        for (int c = 0; c < C; c++) {
-            y[c] = (const block_q8_0_pm *)(a + c * as) + i;
-            isum[c] = _mm256_setzero_si256();
-        }
+        token_blocks(a, as, i, C, 0, y, isum);
 #pragma GCC unroll 1 /* unrolled, GCC hoists the loads of all 4 groups and spills (16 ymm registers) */
         for (int g = 0; g < 4; g++) {
             const __m256i aq0 = _mm256_loadu_si256((const __m256i *)p[i].aq[2 * g]);
@@ -442,10 +449,7 @@ ALWAYS_INLINE void gemm8u_c(int n, const packed8u_block *p, const uint8_t *a, si
     for (int i = 0; i < n / QK; i++) {
         const block_q8_0_pm *y[GEMM8_MAX_C];
         __m256i isum[GEMM8_MAX_C];
-        for (int c = 0; c < C; c++) {
-            y[c] = (const block_q8_0_pm *)(a + c * as) + i;
-            isum[c] = _mm256_set1_epi32(-offset * y[c]->sum);
-        }
+        token_blocks(a, as, i, C, offset, y, isum);
         for (int j0 = 0; j0 < 8; j0 += span) {
             __m256i s16[GEMM8_MAX_C];
             for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
