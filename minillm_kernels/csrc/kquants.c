@@ -466,16 +466,9 @@ static inline __m256 dot_ps_iq1_s(const dec_iq1_s *D, const block_q8_K *a, __m25
 #define dot_ps_q5_K dot_k4
 #define dot_ps_q6_K dot_q6_K
 
-/* one weight block against one activation block (the GEMV step): decode, then dot */
-#define DEFINE_ROW_BLOCK(t)                                                                       \
-    static inline __m256 row_block_##t(const block_##t *w, const block_q8_K *a, __m256 acc) {   \
-        dec_##t D;                                                                              \
-        decode_##t(w, &D);                                                                      \
-        return dot_##t(&D, a, acc);                                                             \
-    }
-DEFINE_ROW_BLOCK(q2_K)
-
-/* Q4_K / Q5_K: decode_k4 and dot_k4 fused, one 64-value chunk at a time: the same integer
+/* row_block_<t>: one weight block against one activation block (the GEMV step).
+ *
+ * Q4_K / Q5_K: decode_k4 and dot_k4 fused, one 64-value chunk at a time: the same integer
  * sums and float operations (bit-identical), but no 16 decoded vectors held across the
  * block, which made GCC spill them (GEMV is compute-bound on these types). */
 static inline __m256 row_block_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, fp16_t d,
@@ -556,6 +549,32 @@ static inline __m256 row_block_iq1_s_u(const block_iq1_s_u *w, const block_q8_K 
                             _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k + 2), m3), lsb, 4 * h + k, a);
     }
     return iq1_row_finish(isum, ls, _mm_srli_epi16(sc, 3), fp16_to_fp32(w->d), a, acc);
+}
+
+/* Q2_K: decode_q2_K and dot_q2_K fused per pair of 32-value groups, likewise */
+static inline __m256 row_block_q2_K(const block_q2_K *w, const block_q8_K *a, __m256 acc) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const __m128i sc8 = _mm_loadu_si128((const __m128i *)w->scales);
+    const __m256i sc = _mm256_cvtepu8_epi16(even_odd_bytes(_mm_and_si128(sc8, m4)));
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * h));
+        for (int k = 0; k < 4; k += 2) {
+            const int j = 4 * h + k;
+            const __m256i p0 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3), _mm256_loadu_si256((const __m256i *)(a->qs + 32 * j))),
+                _mm256_shuffle_epi8(sc, REP16(j)));
+            const __m256i p1 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(qv, 2 * k + 2), m3), _mm256_loadu_si256((const __m256i *)(a->qs + 32 * j + 32))),
+                _mm256_shuffle_epi8(sc, REP16(j + 1)));
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+        }
+    }
+    const __m256i m = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), m4));
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), m);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a->d * fp16_to_fp32(w->d)), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_set1_ps(a->d * fp16_to_fp32(w->dmin)), _mm256_cvtepi32_ps(mins), acc);
 }
 
 /* Q6_K: decode_q6_K and dot_q6_K fused per 128-value half, likewise */
