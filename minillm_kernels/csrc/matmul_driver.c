@@ -82,15 +82,37 @@ static size_t scratch_bytes(const kernel_t *k, int ntok) {
     return ntok >= PACK8_MIN_TOKENS && k->pack8 ? (ROW_TILE / k->tt->pack_rows) * k->tt->packed_bytes(k->K) : 0;
 }
 
-/* out[c * os + r] for nr rows starting at w, nc activation rows starting at a */
-static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t *a, size_t as, float *out,
-                             size_t os, int nr, int nc) {
+/* out[c * os + r] for nr rows starting at w, ws bytes apart, and nc activation rows starting at a */
+static inline void tile_call_ws(const kernel_t *k, const uint8_t *w, size_t ws, const uint8_t *a, size_t as,
+                                float *out, size_t os, int nr, int nc) {
     if (k->tile) {
-        k->tile(k->K, w, k->row_bytes, a, as, out, os, nr, nc);
+        k->tile(k->K, w, ws, a, as, out, os, nr, nc);
         return;
     }
     for (int c = 0; c < nc; c++)
-        for (int r = 0; r < nr; r++) out[c * os + r] = k->vec_dot(k->K, w + r * k->row_bytes, a + c * as);
+        for (int r = 0; r < nr; r++) out[c * os + r] = k->vec_dot(k->K, w + r * ws, a + c * as);
+}
+/* the same for consecutive rows */
+static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t *a, size_t as, float *out,
+                             size_t os, int nr, int nc) {
+    tile_call_ws(k, w, k->row_bytes, a, as, out, os, nr, nc);
+}
+
+/* GEMV of this thread's share of the M rows (the share schedule(static) would give it) as
+ * S = gemv_streams ranges of Q rows, read in turn: row j of every range per tile call.  S
+ * concurrent streams far apart keep more reads in flight than one sequential stream. */
+#define MAX_GEMV_STREAMS 8
+static void gemv_streams(const kernel_t *k, const uint8_t *w, int M, const uint8_t *a, float *out) {
+    const int T = omp_get_num_threads(), t = omp_get_thread_num();
+    const int r0 = (int)((long)M * t / T), r1 = (int)((long)M * (t + 1) / T);
+    const int S = k->tt->gemv_streams, Q = (r1 - r0) / S;
+    float o[MAX_GEMV_STREAMS];
+    for (int j = 0; j < Q; j++) {
+        tile_call_ws(k, w + (size_t)(r0 + j) * k->row_bytes, (size_t)Q * k->row_bytes, a, 0, o, 1, S, 1);
+        for (int s = 0; s < S; s++) out[r0 + s * Q + j] = o[s];
+    }
+    for (int r = r0 + S * Q; r < r1; r += k->gv)
+        tile_call(k, w + (size_t)r * k->row_bytes, a, 0, out + r, 1, imin(k->gv, r1 - r), 1);
 }
 
 /* Packed GEMM of rows [r0, r1) (at most ROW_TILE): unpack them to groups of pack_rows interleaved
@@ -176,6 +198,9 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
 #pragma omp for schedule(static)
             for (long i = 0; i < rows; i++) quantize_act_row(act, x + i * K, buf + i * as, K, k.path);
         }
+        if (N == 1 && k.tt->gemv_streams > 1) {
+            for (long b = 0; b < B; b++) gemv_streams(&k, w + b * w_batch_stride, M, acts + b * as, out + b * M);
+        } else
 #pragma omp for schedule(static)
         for (long it = 0; it < items; it++) {
             if (sbytes && !scratch) continue;

@@ -13,7 +13,9 @@
  * an expert's token count), never on the thread count.
  * GEMV prefetches ahead of the rows it reads (the 32-value tiles the next
  * row tile, the 256-value row dots 16 KiB ahead into L2): it must overlap the
- * memory stream with its compute to approach the read bandwidth.
+ * memory stream with its compute to approach the read bandwidth.  The 256-value
+ * types' GEMV also reads each thread's rows as 4 streams far apart, in turn
+ * (gemv_streams in type_table.h): several streams keep more reads in flight.
  */
 #ifndef MINILLM_MATMUL_DRIVER_H
 #define MINILLM_MATMUL_DRIVER_H

@@ -45,6 +45,7 @@ typedef struct {
     int pack8_act;                      /* ACT_*: the activation format gemm8 reads */
     int pack8_cols;                     /* activation rows per gemm8 call (at most) */
     int pack_rows;                      /* weight rows per packed group: 8 (16 for the float types) */
+    int gemv_streams;                   /* GEMV: rows far apart read in turn per thread (0: in order) */
 } type_traits;
 
 const type_traits *type_traits_get(int type); /* NULL if unsupported */
