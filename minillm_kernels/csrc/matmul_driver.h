@@ -11,11 +11,12 @@
  * and swept by all tokens.  It rounds differently from vec_dot (float rounding
  * only, within the same bounds).  The choice depends on the batch (or, in MoE,
  * an expert's token count), never on the thread count.
- * GEMV prefetches ahead of the rows it reads (the 32-value tiles the next
- * row tile, the 256-value row dots 16 KiB ahead into L2): it must overlap the
- * memory stream with its compute to approach the read bandwidth.  The 256-value
- * types' GEMV also reads each thread's rows as 4 streams far apart, in turn
- * (gemv_streams in type_table.h): several streams keep more reads in flight.
+ * GEMV of the quantized types reads each thread's rows as 4 streams far apart,
+ * one row of each in turn (gemv_streams in type_table.h): several streams keep
+ * more reads in flight than one.  It prefetches ahead of the rows it reads
+ * (16 KiB ahead in each row into L2; adjacent rows of the float types and of
+ * MoE's expert tiles fetch the next row tile): it must overlap the memory
+ * stream with its compute to approach the read bandwidth.
  */
 #ifndef MINILLM_MATMUL_DRIVER_H
 #define MINILLM_MATMUL_DRIVER_H
