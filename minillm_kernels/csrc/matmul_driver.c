@@ -101,11 +101,11 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
 /* GEMV of this thread's share of the M rows (the share schedule(static) would give it) as
  * S = gemv_streams ranges of Q rows, read in turn: row j of every range per tile call.  S
  * concurrent streams far apart keep more reads in flight than one sequential stream. */
-#define MAX_GEMV_STREAMS 8
+#define MAX_GEMV_STREAMS 4 /* a tile call takes at most 4 rows */
 static void gemv_streams(const kernel_t *k, const uint8_t *w, int M, const uint8_t *a, float *out) {
     const int T = omp_get_num_threads(), t = omp_get_thread_num();
     const int r0 = (int)((long)M * t / T), r1 = (int)((long)M * (t + 1) / T);
-    const int S = k->tt->gemv_streams, Q = (r1 - r0) / S;
+    const int S = imin(k->tt->gemv_streams, MAX_GEMV_STREAMS), Q = (r1 - r0) / S;
     float o[MAX_GEMV_STREAMS];
     for (int j = 0; j < Q; j++) {
         tile_call_ws(k, w + (size_t)(r0 + j) * k->row_bytes, (size_t)Q * k->row_bytes, a, 0, o, 1, S, 1);
