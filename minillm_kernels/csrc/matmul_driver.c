@@ -100,12 +100,13 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
 
 /* GEMV of this thread's share of the M rows (the share schedule(static) would give it) as
  * S = gemv_streams ranges of Q rows, read in turn: row j of every range per tile call.  S
- * concurrent streams far apart keep more reads in flight than one sequential stream. */
+ * concurrent streams far apart keep more reads in flight than one sequential stream.
+ * Types without streams (S < 2) read their share in order. */
 #define MAX_GEMV_STREAMS 4 /* a tile call takes at most 4 rows */
 static void gemv_streams(const kernel_t *k, const uint8_t *w, int M, const uint8_t *a, float *out) {
     const int T = omp_get_num_threads(), t = omp_get_thread_num();
     const int r0 = (int)((long)M * t / T), r1 = (int)((long)M * (t + 1) / T);
-    const int S = imin(k->tt->gemv_streams, MAX_GEMV_STREAMS), Q = (r1 - r0) / S;
+    const int S = imin(k->tt->gemv_streams, MAX_GEMV_STREAMS), Q = S > 1 ? (r1 - r0) / S : 0;
     float o[MAX_GEMV_STREAMS];
     for (int j = 0; j < Q; j++) {
         tile_call_ws(k, w + (size_t)(r0 + j) * k->row_bytes, (size_t)Q * k->row_bytes, a, 0, o, 1, S, 1);
@@ -309,7 +310,14 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         gemm_rows(&ku, up + e * up_estride, r0, r1, acts_u + offs[e] * as_u, as_u, counts[e],            \
                   ubuf + (size_t)offs[e] * F, F, scratch);                                               \
     }
-        if (uniform) {
+        if (max_count == 1) { /* decode: every expert GEMVs one token; the threads share each one's rows */
+            for (int s = 0; s < S; s++) {
+                const int e = slot_expert[s];
+                gemv_streams(&kg, gate + e * gate_estride, F, acts_g + s * as_g, gbuf + (size_t)s * F);
+                gemv_streams(&ku, up + e * up_estride, F, acts_u + s * as_u, ubuf + (size_t)s * F);
+            }
+#pragma omp barrier
+        } else if (uniform) {
 #pragma omp for schedule(static)
             for (int i = 0; i < n_items_f; i++) GATE_UP_ITEM(i)
         } else {
@@ -331,7 +339,11 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + ROW_TILE), hq + offs[e] * as_d, as_d, \
                   counts[e], ybuf + (size_t)offs[e] * K_out, K_out, scratch);                            \
     }
-        if (uniform) {
+        if (max_count == 1) {
+            for (int s = 0; s < S; s++)
+                gemv_streams(&kd, down + slot_expert[s] * down_estride, K_out, hq + s * as_d, ybuf + (size_t)s * K_out);
+#pragma omp barrier
+        } else if (uniform) {
 #pragma omp for schedule(static)
             for (int i = 0; i < n_items_o; i++) DOWN_ITEM(i)
         } else {

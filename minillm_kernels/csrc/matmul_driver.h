@@ -13,7 +13,8 @@
  * an expert's token count), never on the thread count.
  * GEMV of the quantized types reads each thread's rows as 4 streams far apart,
  * one row of each in turn (gemv_streams in type_table.h): several streams keep
- * more reads in flight than one.  It prefetches ahead of the rows it reads
+ * more reads in flight than one.  MoE decode (one token per expert) does the
+ * same for each selected expert, the threads sharing its rows.  It prefetches ahead of the rows it reads
  * (16 KiB ahead in each row into L2; adjacent rows of the float types and of
  * MoE's expert tiles fetch the next row tile): it must overlap the memory
  * stream with its compute to approach the read bandwidth.
