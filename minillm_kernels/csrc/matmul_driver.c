@@ -199,7 +199,7 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
 #pragma omp for schedule(static)
             for (long i = 0; i < rows; i++) quantize_act_row(act, x + i * K, buf + i * as, K, k.path);
         }
-        if (N == 1 && k.tt->gemv_streams > 1) {
+        if (N == 1) { /* GEMV: each thread its share of the rows, as streams where the type has them */
             for (long b = 0; b < B; b++) gemv_streams(&k, w + b * w_batch_stride, M, acts + b * as, out + b * M);
         } else
 #pragma omp for schedule(static)
