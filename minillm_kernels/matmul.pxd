@@ -15,7 +15,7 @@ cdef extern from "type_table.h" nogil:
     const type_traits *type_traits_at(int i)
     size_t act_row_bytes(int act_type, int k)
     int simd_compiled()
-    int ACT_F32, ACT_Q8_0, ACT_Q8_K
+    int ACT_F32, ACT_Q8_0, ACT_Q8_K, ACT_Q8_K_T
 
 
 cdef extern from "matmul_driver.h" nogil:

@@ -617,6 +617,17 @@ static inline __m256 row_block_q5_K(const block_q5_K *w, const block_q8_K *a, __
 #define KQ_PREFETCH_BYTES 16384
 #endif
 
+/* the decoded block D against activation block b of the nc rows: PRESCALE 1 folds the group
+ * scales into the codes first when nc > 1 (prescale), 0 keeps them for dot_<t> */
+#define KQ_DOT_COLS_0(t)                                                                       \
+    for (int c = 0; c < nc; c++) acc[c] = dot_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]);
+#define KQ_DOT_COLS_1(t)                                                                       \
+    if (nc > 1) {                                                                              \
+        prescale(D.q, D.s);                                                                    \
+        for (int c = 0; c < nc; c++) acc[c] = dot_ps_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]); \
+    } else                                                                                     \
+        KQ_DOT_COLS_0(t)
+
 /* one row (vec_dot) and a tile of rows x activation rows, from decode_<t> and dot_<t> */
 #define DEFINE_AVX2_ROW_AND_TILE(t, PRESCALE)                                                                 \
     static float avx2_row_##t(int n, const void *vw, const void *va) {                                                \
@@ -639,13 +650,7 @@ static inline __m256 row_block_q5_K(const block_q5_K *w, const block_q8_K *a, __
         for (int b = 0; b < n / QK_K; b++) {                                           \
             dec_##t D;                                                                 \
             decode_##t(w + b, &D);                                                     \
-            if (PRESCALE && nc > 1) {                                                  \
-                prescale(D.q, D.s);                                                    \
-                for (int c = 0; c < nc; c++)                                           \
-                    acc[c] = dot_ps_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]); \
-            } else                                                                     \
-                for (int c = 0; c < nc; c++)                                           \
-                    acc[c] = dot_##t(&D, (const block_q8_K *)(a + c * as) + b, acc[c]); \
+            KQ_DOT_COLS_##PRESCALE(t)                                                  \
         }                                                                              \
         for (int c = 0; c < nc; c++) out[c * os] = hsum_ps(acc[c]);                    \
     }                                                                                  \

@@ -40,6 +40,36 @@ void repack_row_iq1_s_u(const void *iq1_s_row, void *y, int n);
 void dequantize_row_iq1_s_u(const void *w, float *y, int n);
 float vec_dot_iq1_s_u(int n, const void *w, const void *a);
 
+/* ---- Q4_K / Q5_K / Q6_K repacked for GEMV (load-time conversions, not GGUF types) ----
+ * kquants_r.c. The same values and block sizes as the originals, stored in the transposed
+ * group order: byte p of transposed code vector k = p / 32 holds value t_index(p) =
+ * 32i + 4k + j (i = (p / 4) % 8, j = p % 4), so 4-byte lane i of every vector is group i.
+ * A code vector is one AND of its 32 bytes; spare top bits carry parts of vectors 4-7.
+ *   Q4_K_R: qs[32v + p] = c[v][p] | c[v+4][p] << 4                       (v < 4)
+ *   Q5_K_R: qs[32v + p] = c[v][p] | (c[v+4][p] >> 2) << 5,  qh[p] bits 2v..2v+1 = c[v+4][p] & 3
+ *   Q6_K_R: qa[32v + p] = c[v][p] | (c[v+4][p] >> 4) << 6,
+ *           qb[32h + p] = (c[4+2h][p] & 15) | (c[5+2h][p] & 15) << 4      (h < 2)
+ * with c[k][p] the code at transposed position 32k + p; d, dmin and the scales as in the
+ * original block.  They pair with q8_K activations transposed the same way
+ * (quantize_row_q8_K_t: qs in the transposed order, d and bsums as in q8_K). */
+static inline int t_index(int p) { return 32 * ((p >> 2) & 7) + 4 * (p >> 5) + (p & 3); }
+
+typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K_r; /* 144 B */
+typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; uint8_t qh[QK_K / 8]; } block_q5_K_r; /* 176 B */
+typedef struct { uint8_t qa[QK_K / 2]; uint8_t qb[QK_K / 4]; int8_t scales[QK_K / 16]; fp16_t d; } block_q6_K_r; /* 210 B */
+_Static_assert(sizeof(block_q4_K_r) == 144 && sizeof(block_q5_K_r) == 176 && sizeof(block_q6_K_r) == 210, "k_r");
+
+void quantize_row_q8_K_t(const float *x, void *y, int n);
+void repack_row_q4_K_r(const void *q4_K_row, void *y, int n);
+void repack_row_q5_K_r(const void *q5_K_row, void *y, int n);
+void repack_row_q6_K_r(const void *q6_K_row, void *y, int n);
+void dequantize_row_q4_K_r(const void *w, float *y, int n);
+void dequantize_row_q5_K_r(const void *w, float *y, int n);
+void dequantize_row_q6_K_r(const void *w, float *y, int n);
+float vec_dot_q4_K_r(int n, const void *w, const void *a); /* a: quantize_row_q8_K_t */
+float vec_dot_q5_K_r(int n, const void *w, const void *a);
+float vec_dot_q6_K_r(int n, const void *w, const void *a);
+
 /* ---- tiles ---------------------------------------------------------------
  * tile_<t>(n, w, w_stride, a, a_stride, out, out_stride, nr, nc):
  *   out[c * out_stride + r] = vec_dot_<t>(n, w + r * w_stride, a + c * a_stride)
@@ -58,6 +88,9 @@ DECLARE_KQ_TILE(q5_K)
 DECLARE_KQ_TILE(q6_K)
 DECLARE_KQ_TILE(iq1_s)
 DECLARE_KQ_TILE(iq1_s_u)
+DECLARE_KQ_TILE(q4_K_r)
+DECLARE_KQ_TILE(q5_K_r)
+DECLARE_KQ_TILE(q6_K_r)
 
 /* ---- packed 8-row GEMM of Q2_K / Q4_K / Q5_K / Q6_K / IQ1_S (many tokens; the best path only) ----
  * pack8_<t>(n, w, w_stride, nr, dst): nr <= 8 rows -> packed_k4_bytes(n) (Q6_K: packed_q6_K_bytes) bytes;
@@ -84,6 +117,10 @@ size_t packed_q6_K_bytes(int n);
 void pack8_q6_K(int n, const void *w, size_t w_stride, int nr, void *dst);
 void gemm8_q6_K(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, int nr,
                 int nc);
+/* the repacked types pack to their originals' blocks (and take natural q8_K activations there) */
+void pack8_q4_K_r(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack8_q5_K_r(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack8_q6_K_r(int n, const void *w, size_t w_stride, int nr, void *dst);
 #endif
 
 #endif

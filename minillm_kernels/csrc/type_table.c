@@ -55,14 +55,17 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #define K_TILE(t) NULL
 #define K_TILE_RC 1, 4, 1
 #endif
-#define K_TYPE_NAMED(ID, name, t, ts, pack)                                                    \
-    {ID, name, QK_K, ts, ACT_Q8_K, {dequantize_row_##t, dequantize_row_##t},                    \
-     {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, pack, .gemv_streams = 4} /* streams: see OWN_TYPE */
+#define K_TYPE_NAMED(ID, name, t, ts, ...) K_TYPE_ACT(ID, name, t, ts, ACT_Q8_K, __VA_ARGS__)
+#define K_TYPE_ACT(ID, name, t, ts, act, ...) /* ...: the packed GEMM (K_PACK8*) */            \
+    {ID, name, QK_K, ts, act, {dequantize_row_##t, dequantize_row_##t},                         \
+     {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, __VA_ARGS__, .gemv_streams = 4} /* streams: see OWN_TYPE */
 #if MINILLM_AVX2 && defined(KQ_HAVE_PACK8)
 #define K_PACK8_AS(t, g) pack8_##t, gemm8_##g, packed_k4_bytes, ACT_Q8_K, 4, 8
 #define K_PACK8(t) K_PACK8_AS(t, t)
-#define K_PACK8_Q6 pack8_q6_K, gemm8_q6_K, packed_q6_K_bytes, ACT_Q8_K, 4, 8
+#define K_PACK8_Q6_AS(t) pack8_##t, gemm8_q6_K, packed_q6_K_bytes, ACT_Q8_K, 4, 8
+#define K_PACK8_Q6 K_PACK8_Q6_AS(q6_K)
 #else
+#define K_PACK8_Q6_AS(t) NO_PACK8
 #define K_PACK8_AS(t, g) NO_PACK8
 #define K_PACK8(t) NO_PACK8
 #define K_PACK8_Q6 NO_PACK8
@@ -84,6 +87,11 @@ static const type_traits TABLE[] = {
     K_TYPE_NAMED(GGML_IQ1_S, "iq1_s", iq1_s, 50, K_PACK8(iq1_s)),
     /* internal: repack_row_iq1_s_u of IQ1_S rows; packs to the same blocks as IQ1_S */
     K_TYPE_NAMED(MINILLM_IQ1_S_R, "iq1_s_r", iq1_s_u, 74, K_PACK8_AS(iq1_s_u, iq1_s)),
+    /* internal: repack_row_<t>_r of Q4_K / Q5_K / Q6_K rows; transposed activations, except
+     * in the packed GEMM, which packs them to their originals' blocks */
+    K_TYPE_ACT(MINILLM_Q4_K_R, "q4_K_r", q4_K_r, 144, ACT_Q8_K_T, K_PACK8_AS(q4_K_r, q4_K)),
+    K_TYPE_ACT(MINILLM_Q5_K_R, "q5_K_r", q5_K_r, 176, ACT_Q8_K_T, K_PACK8_AS(q5_K_r, q5_K)),
+    K_TYPE_ACT(MINILLM_Q6_K_R, "q6_K_r", q6_K_r, 210, ACT_Q8_K_T, K_PACK8_Q6_AS(q6_K_r)),
 #endif
 };
 
@@ -111,7 +119,8 @@ const type_traits *type_traits_at(int i) { return &TABLE[i]; }
 size_t act_row_bytes(int act_type, int k) {
     switch (act_type) {
         case ACT_Q8_0: return (size_t)(k / QK) * sizeof(block_q8_0);
-        case ACT_Q8_K: return (size_t)(k / QK_K) * sizeof(block_q8_K);
+        case ACT_Q8_K:
+        case ACT_Q8_K_T: return (size_t)(k / QK_K) * sizeof(block_q8_K);
         case ACT_Q8_0_PM: return (size_t)(k / QK) * sizeof(block_q8_0_pm);
         default: return (size_t)k * sizeof(float);
     }
@@ -128,6 +137,7 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
 #endif
 #if HAVE_KQUANTS
         case ACT_Q8_K: quantize_row_q8_K(x, y, k); break;
+        case ACT_Q8_K_T: quantize_row_q8_K_t(x, y, k); break;
 #endif
         default: memcpy(y, x, (size_t)k * sizeof(float)); break;
     }
