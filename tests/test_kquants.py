@@ -11,10 +11,13 @@
 * ggml's own ggml_vec_dot_<type>_q8_K agrees on the same blocks;
 * tile_<t> (rows x activation rows) equals vec_dot bit for bit, and the IQ1_S rows
   repacked to 2-bit codes (iq1_s_u) dequantize and dot exactly like the originals;
+* Q4_K / Q5_K / Q6_K rows repacked to the transposed group order (<t>_r) dequantize
+  exactly like the originals, and dot with the transposed q8_K activations
+  (quantize_row_q8_K_t: q8_K's bytes, qs permuted) to the same bound as vec_dot;
 * all of it in four builds (BUILDS: native AVX2, -march=haswell AVX2 without AVX-512
   registers, MINILLM_FORCE_SCALAR, and portable without -march).
 
-The C file is compiled here into small shared libraries and called through ctypes,
+The C files (kquants_link.c: kquants.c and kquants_r.c) are compiled here into small shared libraries and called through ctypes,
 so these tests do not depend on the Cython layer.
 """
 import ctypes
@@ -41,6 +44,14 @@ TYPES = {
     "iq1_s": (GGMLQuantizationType.IQ1_S, (0,)),
 }
 LENGTHS = (256, 512, 2048)
+# the repacked k-quants (kquants.h): name -> the GGUF type's name; same block bytes
+REPACKED = {"q4_K_r": "q4_K", "q5_K_r": "q5_K", "q6_K_r": "q6_K"}
+
+
+def t_index(p):
+    """the value at transposed position p (kquants.h): 32i + 4k + j for p = 32k + 4i + j"""
+    p = np.asarray(p)
+    return 32 * ((p >> 2) & 7) + 4 * (p >> 5) + (p & 3)
 
 
 def block_bytes(name):
@@ -66,7 +77,7 @@ def _compile_all(tmpdir):
     for kind, flags in BUILDS.items():
         out = os.path.join(tmpdir, f"libkq_{kind}.so")
         cmd = [cc, "-O3", *flags, "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Werror",
-               os.path.join(CSRC, "kquants.c"), "-o", out]
+               os.path.join(CSRC, "kquants_link.c"), "-o", out]
         jobs[kind] = (out, subprocess.Popen(cmd))
     for kind, (out, proc) in jobs.items():
         assert proc.wait() == 0, f"compiling the {kind} build failed"
@@ -75,9 +86,11 @@ def _compile_all(tmpdir):
 
 def _load(path):
     lib = ctypes.CDLL(path)
-    lib.quantize_row_q8_K.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.quantize_row_q8_K.restype = None
-    for name in list(TYPES) + ["iq1_s_u"]:
+    for fn in ("quantize_row_q8_K", "quantize_row_q8_K_t", "repack_row_iq1_s_u",
+               *(f"repack_row_{name}" for name in REPACKED)):
+        getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        getattr(lib, fn).restype = None
+    for name in list(TYPES) + ["iq1_s_u"] + list(REPACKED):
         deq = getattr(lib, f"dequantize_row_{name}")
         deq.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
         deq.restype = None
@@ -88,8 +101,6 @@ def _load(path):
         tile.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
                          ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
         tile.restype = None
-    lib.repack_row_iq1_s_u.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.repack_row_iq1_s_u.restype = None
     return lib
 
 
@@ -166,6 +177,21 @@ def q8_K(lib, x):
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.zeros((x.size // QK_K, Q8K_BYTES), dtype=np.uint8)
     lib.quantize_row_q8_K(ptr(x), ptr(out), x.size)
+    return out
+
+
+def q8_K_t(lib, x):
+    """The transposed q8_K activations of the repacked k-quants, raw bytes (n/256, 292)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.zeros((x.size // QK_K, Q8K_BYTES), dtype=np.uint8)
+    lib.quantize_row_q8_K_t(ptr(x), ptr(out), x.size)
+    return out
+
+
+def repack_k_r(lib, name, raw_row):
+    """a row of GGUF type REPACKED[name] repacked to name (the same number of bytes)"""
+    out = np.zeros_like(raw_row)
+    getattr(lib, f"repack_row_{name}")(ptr(raw_row), ptr(out), raw_row.size // block_bytes(REPACKED[name]) * QK_K)
     return out
 
 
@@ -270,13 +296,16 @@ def test_dequantize_bit_exact(libs, kind, name):
 
 # ---- dot products ------------------------------------------------------------
 
-def check_dots(lib, name, raw_rows, x, a_raw):
-    """vec_dot of each weight row against numpy on the dequantized operands."""
+def check_dots(lib, name, raw_rows, x, a_raw, dot_name=None, kernel_rows=None, kernel_acts=None):
+    """vec_dot of each weight row against numpy on the dequantized operands; dot_name (with the
+    rows and activations in its own layout) checks a repacked type against the same references."""
     n = x.size
     w = gguf_dequant(name, raw_rows).reshape(len(raw_rows), n).astype(np.float64)
     a = q8_K_dequant(a_raw)
     d_a = np.repeat(np.abs(q8_K_fields(a_raw)[0]).astype(np.float64), QK_K)
-    got = np.array([dot(lib, name, np.ascontiguousarray(r), a_raw) for r in raw_rows])
+    rows = raw_rows if kernel_rows is None else kernel_rows
+    acts = a_raw if kernel_acts is None else kernel_acts
+    got = np.array([dot(lib, dot_name or name, np.ascontiguousarray(r), acts) for r in rows])
     # same operands: only float32 rounding of the per-block scales and the sum
     exact = w @ a
     scale = np.abs(w) @ np.abs(a) + 1e-30
@@ -393,20 +422,23 @@ def test_iq1_s_u_repack_is_exact(libs, kind):
 # ---- tiles (rows x activation rows) ------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", list(TYPES) + ["iq1_s_u"])
+@pytest.mark.parametrize("name", list(TYPES) + ["iq1_s_u"] + list(REPACKED))
 def test_tile_bit_identical_to_vec_dot(libs, kind, name):
     """Every (row, activation) of a tile equals vec_dot bit for bit, for tile shapes
     below, at and above the register tile (4 rows x 8 activations), with padded strides."""
     rng = np.random.default_rng(10)
     lib = libs[kind]
     n = 512
-    src = "iq1_s" if name == "iq1_s_u" else name
+    src = "iq1_s" if name == "iq1_s_u" else REPACKED.get(name, name)
     rows = random_blocks(rng, src, 7 * (n // QK_K)).reshape(7, -1)
     if name == "iq1_s_u":
         rows = np.stack([repack_iq1_s_u(lib, np.ascontiguousarray(r)) for r in rows])
+    if name in REPACKED:
+        rows = np.stack([repack_k_r(lib, name, np.ascontiguousarray(r)) for r in rows])
+    quantize = q8_K_t if name in REPACKED else q8_K
     w = np.zeros((7, rows.shape[1] + 6), dtype=np.uint8)   # padded row stride
     w[:, :rows.shape[1]] = rows
-    acts = np.stack([q8_K(lib, activations(rng, n)).reshape(-1) for _ in range(10)])
+    acts = np.stack([quantize(lib, activations(rng, n)).reshape(-1) for _ in range(10)])
     a = np.zeros((10, acts.shape[1] + 8), dtype=np.uint8)
     a[:, :acts.shape[1]] = acts
     vec_dot = getattr(lib, f"vec_dot_{name}")
@@ -418,3 +450,61 @@ def test_tile_bit_identical_to_vec_dot(libs, kind, name):
         tile(n, ptr(w), w.shape[1], ptr(a), a.shape[1], ptr(out), 9, nr, nc)
         np.testing.assert_array_equal(out[:nc, :nr].view(np.uint32), want[:nc, :nr].view(np.uint32))
         assert np.isnan(out[nc:]).all() and np.isnan(out[:, nr:]).all()
+
+
+# ---- Q4_K / Q5_K / Q6_K repacked to the transposed group order (load-time conversion) ----
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_q8_K_t_is_q8_K_transposed(libs, kind):
+    rng = np.random.default_rng(11)
+    lib = libs[kind]
+    x = activations(rng, 2048)
+    a, at = q8_K(lib, x), q8_K_t(lib, x)
+    d, qs, bsums = q8_K_fields(a)
+    dt, qst, bsumst = q8_K_fields(at)
+    np.testing.assert_array_equal(d, dt)
+    np.testing.assert_array_equal(bsums, bsumst)
+    np.testing.assert_array_equal(qst, qs[:, t_index(np.arange(QK_K))])
+    assert not np.array_equal(qst, qs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", list(REPACKED))
+def test_k_r_repack_dequantizes_and_dots_like_the_original(libs, kind, name):
+    """The repacked rows hold the original values (dequantized bit for bit like gguf.quants
+    does the original rows), and vec_dot on them meets check_dots' bounds against those
+    values, edge cases included (zero, maximal codes and scales, extreme activations)."""
+    rng = np.random.default_rng(12)
+    lib = libs[kind]
+    src = REPACKED[name]
+    for n in LENGTHS:
+        raw = random_blocks(rng, src, 6 * (n // QK_K)).reshape(6, -1)
+        raw[0] = 0
+        raw[1] = 0xFF
+        for off in TYPES[src][1]:
+            raw[1, off::block_bytes(src)][:n // QK_K] = 0  # finite scale halves: ...
+            raw[1, off + 1::block_bytes(src)][:n // QK_K] = 0x3C  # ... 1.0
+        rep = np.stack([repack_k_r(lib, name, np.ascontiguousarray(r)) for r in raw])
+        assert not np.array_equal(rep[2:], raw[2:])
+        for r, u in zip(raw, rep):
+            out = np.full(n, np.nan, dtype=np.float32)
+            getattr(lib, f"dequantize_row_{name}")(ptr(u), ptr(out), n)
+            np.testing.assert_array_equal(out.view(np.uint32), gguf_dequant(src, r).view(np.uint32))
+        for x in (activations(rng, n), np.where(np.arange(n) % 3 == 0, 1.0, -1.0).astype(np.float32)):
+            check_dots(lib, src, raw, x, q8_K(lib, x), dot_name=name, kernel_rows=rep, kernel_acts=q8_K_t(lib, x))
+
+
+def test_k_r_simd_matches_scalar(libs):
+    rng = np.random.default_rng(13)
+    n = 2048
+    x = activations(rng, n)
+    for name, src in REPACKED.items():
+        raw = random_blocks(rng, src, 16 * (n // QK_K)).reshape(16, -1)
+        rep = [repack_k_r(libs["scalar"], name, np.ascontiguousarray(r)) for r in raw]
+        assert all(np.array_equal(u, repack_k_r(libs["simd"], name, np.ascontiguousarray(r))) for u, r in zip(rep, raw))
+        a_raw = q8_K_t(libs["scalar"], x)
+        simd = np.array([dot(libs["simd"], name, u, a_raw) for u in rep])
+        scalar = np.array([dot(libs["scalar"], name, u, a_raw) for u in rep])
+        w = gguf_dequant(src, raw).reshape(16, n).astype(np.float64)
+        scale = np.abs(w) @ np.abs(q8_K_dequant(q8_K(libs["scalar"], x)))
+        assert (np.abs(simd - scalar) <= 2e-6 * scale).all(), name

@@ -43,16 +43,27 @@ from minillm_kernels.random_blocks import TYPES, random_weights
 
 SUPPORTED = sorted(t for t in mm.supported_types() if t not in mm.INTERNAL_TYPES)  # the GGUF types
 IQ1_S, IQ1_S_R, IQ4_NL = 19, mm.IQ1_S_REPACKED, 20
+# Q4_K, Q5_K, Q6_K repacked to the transposed group order: the same values, rounded differently
+K_REPACKED = [mm.Q4_K_REPACKED, mm.Q5_K_REPACKED, mm.Q6_K_REPACKED]
 K_TYPES = {10, 12, 13, 14, 19}
 FLOAT_TYPES = {0, 1, 30}
 
 
 def type_name(t):
-    return TYPES[t][0]
+    return mm.supported_types()[t] if t in mm.INTERNAL_TYPES else TYPES[t][0]
 
 
 def block(t):
-    return TYPES[t][1]
+    return TYPES[mm.INTERNAL_TYPES.get(t, t)][1]
+
+
+def weights(t, shape, seed, scale=0.02):
+    """(rows for the kernels in type t, the float64 matrix they hold, decoded by gguf.quants):
+    random valid blocks of t's GGUF type, repacked for an internal type"""
+    src = mm.INTERNAL_TYPES.get(t, t)
+    raw = random_weights(src, shape, seed=seed, scale=scale)
+    W = gguf_dequantize(raw, src).astype(np.float64)
+    return (mm.repack(raw, src)[0] if t != src else raw), W
 
 
 @pytest.fixture(autouse=True)
@@ -87,11 +98,15 @@ def deq_acts(x, t):
     blocks = q.reshape(x.shape[0], -1, 292)
     d = blocks[:, :, :4].copy().view(np.float32).astype(np.float64)
     qs = blocks[:, :, 4:260].copy().view(np.int8).astype(np.float64)
+    if act == "Q8_K_T":  # qs in the transposed group order: value 32i + 4k + j at 32k + 4i + j
+        qs = qs.reshape(x.shape[0], -1, 8, 8, 4).transpose(0, 1, 3, 2, 4).reshape(qs.shape)
+    else:
+        assert act == "Q8_K"
     return (d * qs).reshape(x.shape)
 
 
 def fp_factor(t, k):
-    return 2.0 * (k / 8 + 16) * 2.0**-24 * (8 if t in K_TYPES else 1)
+    return 2.0 * (k / 8 + 16) * 2.0**-24 * (8 if mm.INTERNAL_TYPES.get(t, t) in K_TYPES else 1)
 
 
 def check_product(y, W, x, a, t):
@@ -119,8 +134,12 @@ def test_supported_types_cover_the_project():
         assert mm.block_geometry(t)[:2] == TYPES[t][1:3]
     # the internal load-time conversion is a weight type too, outside ggml's id range
     assert mm.supported_types()[IQ1_S_R] == "IQ1_S_R" and IQ1_S_R not in TYPES
-    assert mm.INTERNAL_TYPES == {IQ1_S_R: IQ1_S}
+    assert mm.INTERNAL_TYPES == {IQ1_S_R: IQ1_S, 1012: 12, 1013: 13, 1014: 14}
+    assert {mm.REPACKED[t]: t for t in mm.REPACKED} == mm.INTERNAL_TYPES
     assert mm.block_geometry(IQ1_S_R) == (256, 74, "Q8_K")
+    for t in K_REPACKED:  # the same bytes as the source type, transposed activations
+        assert mm.block_geometry(t) == mm.block_geometry(mm.INTERNAL_TYPES[t])[:2] + ("Q8_K_T",)
+        assert mm.supported_types()[t] == mm.supported_types()[mm.INTERNAL_TYPES[t]] + "_R"
 
 
 @pytest.mark.parametrize("scalar", [False, True])
@@ -136,13 +155,13 @@ def test_quantize_q8_0_matches_gguf(scalar):
     assert q.shape == ref.shape and np.array_equal(q, ref)
 
 
-@pytest.mark.parametrize("t", SUPPORTED, ids=type_name)
+@pytest.mark.parametrize("t", SUPPORTED + K_REPACKED, ids=type_name)
 @pytest.mark.parametrize("scalar", [False, True])
 def test_dequantize_rows_exact(t, scalar):
     mm.set_force_scalar(scalar)
     k = 3 * max(block(t), 32)
-    raw = random_weights(t, (11, k), seed=t)
-    ref = gguf_dequantize(raw, t)
+    raw, ref = weights(t, (11, k), seed=t)
+    ref = ref.astype(np.float32)
     ids = np.array([3, 0, 10, 3, 7], dtype=np.int32)
     for id_arr in (ids, ids.astype(np.int64)):
         for nth in (1, 2):
@@ -155,12 +174,11 @@ def test_dequantize_rows_exact(t, scalar):
 
 # ---- GEMV / GEMM ----
 
-@pytest.mark.parametrize("t", SUPPORTED, ids=type_name)
+@pytest.mark.parametrize("t", SUPPORTED + K_REPACKED, ids=type_name)
 @pytest.mark.parametrize("n_tok", [1, 3, 17])
 def test_matmul(t, n_tok):
     for si, (m, k) in enumerate(shapes_for(t)):
-        raw = random_weights(t, (m, k), seed=100 * t + si)
-        W = deq_weights(raw, t)
+        raw, W = weights(t, (m, k), seed=100 * t + si)
         x = rand_x(n_tok, k, seed=si + n_tok)
         a = deq_acts(x, t)
         y1 = mm.matmul(raw, t, x, n_threads=1)
@@ -186,34 +204,38 @@ def test_matmul(t, n_tok):
         ys = mm.matmul(raw, t, x, n_threads=2)
         mm.set_force_scalar(False)
         check_product(ys, W, x, deq_acts(x, t), t)
+        if t in mm.INTERNAL_TYPES:  # and the original rows' results, to float rounding
+            src = mm.INTERNAL_TYPES[t]
+            y0 = mm.matmul(random_weights(src, (m, k), seed=100 * t + si), src, x)
+            assert np.all(np.abs(y0 - y1) <= 2 * fp_factor(t, k) * (np.abs(a) @ np.abs(W).T))
 
 
-@pytest.mark.parametrize("t", SUPPORTED, ids=type_name)
+@pytest.mark.parametrize("t", SUPPORTED + K_REPACKED, ids=type_name)
 def test_matmul_batched(t):
     bs = block(t)
     k = bs * 2 if bs > 1 else 40
     B, m, n = 3, 9, 5
-    raw = random_weights(t, (B, m, k), seed=7 + t)
+    raw, W = weights(t, (B, m, k), seed=7 + t)
     x = rand_x(B * n, k, seed=3).reshape(B, n, k)
     y1 = mm.matmul_batched(raw, t, x, n_threads=1)
     y2 = mm.matmul_batched(raw, t, x, n_threads=2)
     assert y1.shape == (B, n, m) and np.array_equal(y1, y2)
     for b in range(B):
         assert np.array_equal(y1[b], mm.matmul(raw[b], t, x[b]))
-        check_product(y1[b], deq_weights(raw[b], t), x[b], deq_acts(x[b], t), t)
+        check_product(y1[b], W[b], x[b], deq_acts(x[b], t), t)
     y_one = mm.matmul_batched(raw, t, x[:, :1].copy())
     assert np.array_equal(y_one[:, 0], y1[:, 0])
 
 
-@pytest.mark.parametrize("t", [8, 20, 0, 1, 30, 12, 13, 14, 19], ids=type_name)
+@pytest.mark.parametrize("t", [8, 20, 0, 1, 30, 12, 13, 14, 19] + K_REPACKED, ids=type_name)
 def test_gemm_long_batch(t):
     """many tokens: crosses the GEMM's token chunks (and the packed path's row groups)"""
     m, k, n = 21, 2048, 133
-    raw = random_weights(t, (m, k), seed=5)
+    raw, W = weights(t, (m, k), seed=5)
     x = rand_x(n, k, seed=6)
     y1 = mm.matmul(raw, t, x, n_threads=1)
     assert np.array_equal(y1, mm.matmul(raw, t, x, n_threads=2))
-    check_product(y1, deq_weights(raw, t), x, deq_acts(x, t), t)
+    check_product(y1, W, x, deq_acts(x, t), t)
     if not mm.has_packed_gemm(t):
         assert np.array_equal(y1[n - 1], mm.matmul(raw, t, x[n - 1]))
 
@@ -271,6 +293,8 @@ def check_moe_rms(err, ref, bound, mag):
 MOE_COMBOS = [(t, t, t) for t in SUPPORTED] + [
     (19, 19, 20),  # the lite iq1_s mixture: gate/up IQ1_S, down IQ4_NL
     (12, 8, 1),    # gate and up with different activation formats, float down
+    (1012, 1012, 6), (1013, 1013, 1013), (1014, 1014, 1012),  # repacked k-quants (Q5_0 down: K = 1408)
+    (1012, 12, 1014),  # repacked and original gate / up: transposed and natural q8_K
 ]
 
 
@@ -282,9 +306,8 @@ def test_moe(types, n_tok):
     K = max(block(gate_t), block(up_t), 32) * 2
     F = max(block(down_t), 32) * 2 if block(down_t) > 1 else 40
     rng = np.random.default_rng(n_tok)
-    gate = random_weights(gate_t, (E, F, K), seed=1, scale=0.1)
-    up = random_weights(up_t, (E, F, K), seed=2, scale=0.1)
-    down = random_weights(down_t, (E, K_out, F), seed=3, scale=0.1)
+    (gate, G), (up, U), (down, D) = (weights(t, shape, seed, scale=0.1) for t, shape, seed in
+                                     [(gate_t, (E, F, K), 1), (up_t, (E, F, K), 2), (down_t, (E, K_out, F), 3)])
     x = rand_x(n_tok, K, seed=4)
     ids = np.stack([rng.permutation(E)[:k_used] for _ in range(n_tok)]).astype(np.int32)
     ids[0, 1] = ids[0, 0]  # the same expert twice for one token is allowed
@@ -292,9 +315,6 @@ def test_moe(types, n_tok):
     out1 = mm.moe_forward(x, ids, ew, gate, gate_t, up, up_t, down, down_t, n_threads=1)
     out2 = mm.moe_forward(x, ids, ew, gate, gate_t, up, up_t, down, down_t, n_threads=2)
     assert out1.shape == (n_tok, K_out) and np.array_equal(out1, out2)
-    G = [deq_weights(gate[e], gate_t) for e in range(E)]
-    U = [deq_weights(up[e], up_t) for e in range(E)]
-    D = [deq_weights(down[e], down_t) for e in range(E)]
     bound = moe_check(out1, x, ids, ew, G, U, D, gate_t, up_t, down_t)
     # a token's result does not depend on the rest of the batch (bit for bit unless an expert's
     # group is large enough for the packed GEMM, which rounds differently: then within the bound)
@@ -399,8 +419,8 @@ def test_scalar_build_agrees(tmp_path):
             k = 512 if bs > 1 else 77
             src = mm.INTERNAL_TYPES.get(t, t)
             raw = random_weights(src, (13, k), seed=src)
-            if t == mm.IQ1_S_REPACKED:
-                raw = mm.repack_iq1_s(raw)
+            if t != src:
+                raw = mm.repack(raw, src)[0]
             x = np.random.default_rng(src).standard_normal((5, k), dtype=np.float32)
             out[str(t)] = mm.matmul(raw, t, x)
             out["q" + str(t)] = mm.quantize_activations(x, t)
@@ -421,6 +441,15 @@ def test_scalar_build_agrees(tmp_path):
         assert np.all(np.abs(y - ref[str(t)]) <= fp), type_name(t)
     # the repacked IQ1_S of the scalar build gives the scalar IQ1_S's bits
     assert np.array_equal(ref[str(IQ1_S_R)], ref[str(IQ1_S)])
+    # the repacked k-quants: their activations and results within the bound of the SIMD build's
+    for t in K_REPACKED:
+        src = mm.INTERNAL_TYPES[t]
+        raw = random_weights(src, (13, 512), seed=src)
+        x = np.random.default_rng(src).standard_normal((5, 512), dtype=np.float32)
+        assert np.array_equal(mm.quantize_activations(x, t), ref["q" + str(t)]), type_name(t)
+        y = mm.matmul(mm.repack(raw, src)[0], t, x)
+        fp = 2 * fp_factor(t, 512) * (np.abs(deq_acts(x, t)) @ np.abs(deq_weights(raw, src)).T)
+        assert np.all(np.abs(y - ref[str(t)]) <= fp), type_name(t)
 
 
 # ---- IQ1_S repacked (IQ1_S_R, a load-time conversion): the same bits as IQ1_S ----
@@ -530,6 +559,15 @@ def test_repack_bad_inputs_raise():
         mm.repack_iq1_s(np.array(5, np.uint8))
     with pytest.raises(ValueError, match="n_threads"):
         mm.repack_iq1_s(raw, n_threads=-2)
+    # the generic repack: types without one, rows of the wrong size for the type named
+    with pytest.raises(ValueError, match="no load-time repack"):
+        mm.repack(random_weights(8, (2, 64)), 8)
+    with pytest.raises(ValueError, match="no load-time repack"):
+        mm.repack(mm.repack(random_weights(12, (2, 256)), 12)[0], mm.Q4_K_REPACKED)
+    with pytest.raises(ValueError, match="Q5_K blocks"):
+        mm.repack(random_weights(12, (2, 512)), 13)
+    rep, t_r = mm.repack(random_weights(14, (2, 3, 512)), 14, n_threads=1)
+    assert t_r == mm.Q6_K_REPACKED and rep.shape == (2, 3, 420)
     # un-repacked IQ1_S rows are not IQ1_S_R rows (100 bytes is not a whole number of 74-byte blocks)
     with pytest.raises(ValueError, match="whole number"):
         mm.matmul(raw, IQ1_S_R, rand_x(1, 512, 0))

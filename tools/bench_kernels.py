@@ -13,10 +13,12 @@ mul_mat is also timed in this run, alternating with ours on the same weights
 (the fairest comparison on a shared machine).  On an oversubscribed machine
 set OMP_WAIT_POLICY=passive: spinning OpenMP workers then stall each other.
 
-IQ1_S_R is IQ1_S repacked at load time by minillm (matmul.repack_iq1_s; 74 bytes
-per 256 values instead of 50, bit-identical results): its rows are timed on the
-repacked weights, but its GB/s and bw% count the ORIGINAL IQ1_S bytes (the file's
-weights, the same bytes as the IQ1_S row), and it is compared with ik's IQ1_S.
+The internal types are rows repacked at load time by minillm (matmul.repack):
+IQ1_S_R (74 bytes per 256 values instead of 50, bit-identical results) and Q4_K_R,
+Q5_K_R, Q6_K_R (the same bytes in the transposed group order).  Their rows are timed
+on the repacked weights, but GB/s and bw% count the ORIGINAL bytes (the file's
+weights, the same bytes as the source type's row), and they are compared with ik's
+figures for the source type.
 
     python tools/bench_kernels.py                      # all types, table
     python tools/bench_kernels.py --types Q8_0,IQ4_NL --ops gemv --json out.json
@@ -52,7 +54,7 @@ def bench_weights(t, shape, seed):
     """(weights in type t, the same weights in their GGUF type): random valid GGUF blocks,
     converted as the model loader would for an internal type"""
     src = random_weights(gguf_type(t), shape, seed=seed)
-    return (mm.repack_iq1_s(src) if t == mm.IQ1_S_REPACKED else src), src
+    return (mm.repack(src, gguf_type(t))[0] if t in mm.INTERNAL_TYPES else src), src
 
 # ik_llama.cpp per-op figures on this machine kind (commit 8337e4cd3, native build), copied from
 # /work/shared/reference/ik_llama_cpp_ops.md (measured by the project's reference session):
@@ -163,7 +165,7 @@ N_EMBD, N_FF_EXP = 2048, 1408
 # experts' down projection has K = 1408, not a multiple of 256: llama.cpp quantizes it with a
 # 32-block type instead (its fallback for the 256-block types)
 DOWN_FALLBACK = {"Q2_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_0", "Q6_K": "Q8_0", "IQ1_S": "IQ4_NL",
-                 "IQ1_S_R": "IQ4_NL"}
+                 "IQ1_S_R": "IQ4_NL", "Q4_K_R": "Q5_0", "Q5_K_R": "Q5_0", "Q6_K_R": "Q8_0"}
 
 
 def median_time(fn, min_reps, min_seconds):
@@ -188,7 +190,7 @@ def copies_of(w, pool_bytes):
 
 
 def converted_copies(t, ws_src):
-    return [mm.repack_iq1_s(w) for w in ws_src] if t == mm.IQ1_S_REPACKED else ws_src
+    return [mm.repack(w, gguf_type(t))[0] for w in ws_src] if t in mm.INTERNAL_TYPES else ws_src
 
 
 def ik_fig(tname, op_name, col):
@@ -387,8 +389,9 @@ def main():
     for r in rows:
         print_row(r, out)
     if any(r[1].split("/")[0] in INTERNAL_NAMES for r in rows):
-        print("\nIQ1_S_R: IQ1_S repacked at load time by minillm (74 B per 256 values); its GB/s and bw% "
-              "count the ORIGINAL IQ1_S bytes (50 B per 256 values), ik figures are ik's IQ1_S.", file=out)
+        print("\n*_R types: rows repacked at load time by minillm (IQ1_S_R: 74 B per 256 values; Q4_K_R, "
+              "Q5_K_R, Q6_K_R: the same bytes); their GB/s and bw% count the ORIGINAL type's bytes, ik "
+              "figures are ik's for the original type.", file=out)
     if args.json:
         text = json.dumps(records, indent=1)
         if args.json == "-":

@@ -154,12 +154,15 @@ DEFINE_REPACK(q6_K, y->d = w->d; memcpy(y->scales, w->scales, 16);)
 
 #if MINILLM_AVX2
 
+/* the GEMV's hot path: GCC would otherwise call these out of line */
+#define KQ_INLINE static inline __attribute__((always_inline))
+
 /* Q4_K_R / Q5_K_R decoded: codes c[k] of transposed vector k, the scale of each group in both
  * int16 lanes of its 4-byte lane (S) and twice for its two bsums (M), d and dmin broadcast */
 typedef struct { __m256i c[8], S, M; __m256 D, Dm; } dec_k4_r;
 typedef dec_k4_r dec_q4_K_r, dec_q5_K_r;
 
-static inline void k4_r_scales(const uint8_t *blk, dec_k4_r *X) {
+KQ_INLINE void k4_r_scales(const uint8_t *blk, dec_k4_r *X) {
     const __m128i scm = scales_k4_bytes(blk + 4); /* sc0..sc7, m0..m7 */
     X->S = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)));
     X->M = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
@@ -170,7 +173,7 @@ static inline void k4_r_scales(const uint8_t *blk, dec_k4_r *X) {
     X->Dm = _mm256_broadcastss_ps(_mm_movehdup_ps(f));
 }
 
-static inline void decode_q4_K_r(const block_q4_K_r *w, dec_k4_r *X) {
+KQ_INLINE void decode_q4_K_r(const block_q4_K_r *w, dec_k4_r *X) {
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int v = 0; v < 4; v++) {
         const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * v));
@@ -180,7 +183,7 @@ static inline void decode_q4_K_r(const block_q4_K_r *w, dec_k4_r *X) {
     k4_r_scales((const uint8_t *)w, X);
 }
 
-static inline void decode_q5_K_r(const block_q5_K_r *w, dec_k4_r *X) {
+KQ_INLINE void decode_q5_K_r(const block_q5_K_r *w, dec_k4_r *X) {
     const __m256i m5 = _mm256_set1_epi8(0x1F), m1c = _mm256_set1_epi8(0x1C), m3 = _mm256_set1_epi8(3);
     const __m256i qh = _mm256_loadu_si256((const __m256i *)w->qh);
     for (int v = 0; v < 4; v++) { /* 16-bit shifts: every bit kept stays inside its byte */
@@ -194,7 +197,7 @@ static inline void decode_q5_K_r(const block_q5_K_r *w, dec_k4_r *X) {
 
 /* G code vectors' maddubs sums add up in int16 (G * 2 * code_max * 127 < 2^15): G = 8 for
  * Q4_K_R, 4 for Q5_K_R; one madd with S per G vectors */
-static inline __m256 dot_k4_r(const dec_k4_r *X, const block_q8_K *a, int G, __m256 acc) {
+KQ_INLINE __m256 dot_k4_r(const dec_k4_r *X, const block_q8_K *a, int G, __m256 acc) {
     __m256i isum = _mm256_setzero_si256();
     for (int k0 = 0; k0 < 8; k0 += G) {
         __m256i p = _mm256_maddubs_epi16(X->c[k0], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k0)));
@@ -206,14 +209,14 @@ static inline __m256 dot_k4_r(const dec_k4_r *X, const block_q8_K *a, int G, __m
     const __m256 t = _mm256_fmsub_ps(X->D, _mm256_cvtepi32_ps(isum), _mm256_mul_ps(X->Dm, _mm256_cvtepi32_ps(mins)));
     return _mm256_fmadd_ps(_mm256_broadcast_ss(&a->d), t, acc);
 }
-static inline __m256 dot_q4_K_r(const dec_k4_r *X, const block_q8_K *a, __m256 acc) { return dot_k4_r(X, a, 8, acc); }
-static inline __m256 dot_q5_K_r(const dec_k4_r *X, const block_q8_K *a, __m256 acc) { return dot_k4_r(X, a, 4, acc); }
+KQ_INLINE __m256 dot_q4_K_r(const dec_k4_r *X, const block_q8_K *a, __m256 acc) { return dot_k4_r(X, a, 8, acc); }
+KQ_INLINE __m256 dot_q5_K_r(const dec_k4_r *X, const block_q8_K *a, __m256 acc) { return dot_k4_r(X, a, 4, acc); }
 
 /* Q6_K_R: codes 0..63 (the -32 offset taken off with the bsums); vectors 0-3 hold sub-blocks
  * 2i, vectors 4-7 sub-blocks 2i + 1 of group i (Se, So); two maddubs sums per madd */
 typedef struct { __m256i c[8], Se, So, sc; __m256 D; } dec_q6_K_r;
 
-static inline void decode_q6_K_r(const block_q6_K_r *w, dec_q6_K_r *X) {
+KQ_INLINE void decode_q6_K_r(const block_q6_K_r *w, dec_q6_K_r *X) {
     const __m256i m6 = _mm256_set1_epi8(0x3F), m30 = _mm256_set1_epi8(0x30), m4 = _mm256_set1_epi8(0xF);
     for (int v = 0; v < 4; v++) {
         const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qa + 32 * v));
@@ -230,7 +233,7 @@ static inline void decode_q6_K_r(const block_q6_K_r *w, dec_q6_K_r *X) {
     X->D = _mm256_set1_ps(fp16_to_fp32(w->d));
 }
 
-static inline __m256 dot_q6_K_r(const dec_q6_K_r *X, const block_q8_K *a, __m256 acc) {
+KQ_INLINE __m256 dot_q6_K_r(const dec_q6_K_r *X, const block_q8_K *a, __m256 acc) {
     __m256i isum = _mm256_setzero_si256();
     for (int k = 0; k < 8; k += 2) {
         const __m256i p = _mm256_add_epi16(
@@ -245,7 +248,7 @@ static inline __m256 dot_q6_K_r(const dec_q6_K_r *X, const block_q8_K *a, __m256
 
 /* the GEMV step is the tile's decode and dot (so the two agree bit for bit) */
 #define DEFINE_ROW_BLOCK_R(t)                                                                    \
-    static inline __m256 row_block_##t(const block_##t *w, const block_q8_K *a, __m256 acc) {    \
+    KQ_INLINE __m256 row_block_##t(const block_##t *w, const block_q8_K *a, __m256 acc) {    \
         dec_##t X;                                                                               \
         decode_##t(w, &X);                                                                       \
         return dot_##t(&X, a, acc);                                                              \
