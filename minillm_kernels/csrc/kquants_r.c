@@ -195,6 +195,13 @@ KQ_INLINE void decode_q5_K_r(const block_q5_K_r *w, dec_k4_r *X) {
     k4_r_scales((const uint8_t *)w, X);
 }
 
+/* acc + a.d * (d * sum(isum) - dmin * sum_g m[g] * bsums of group g), per lane */
+KQ_INLINE __m256 k4_r_finish(__m256i isum, const dec_k4_r *X, const block_q8_K *a, __m256 acc) {
+    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), X->M);
+    const __m256 t = _mm256_fmsub_ps(X->D, _mm256_cvtepi32_ps(isum), _mm256_mul_ps(X->Dm, _mm256_cvtepi32_ps(mins)));
+    return _mm256_fmadd_ps(_mm256_broadcast_ss(&a->d), t, acc);
+}
+
 /* G code vectors' maddubs sums add up in int16 (G * 2 * code_max * 127 < 2^15): G = 8 for
  * Q4_K_R, 4 for Q5_K_R; one madd with S per G vectors */
 KQ_INLINE __m256 dot_k4_r(const dec_k4_r *X, const block_q8_K *a, int G, __m256 acc) {
@@ -205,12 +212,30 @@ KQ_INLINE __m256 dot_k4_r(const dec_k4_r *X, const block_q8_K *a, int G, __m256 
             p = _mm256_add_epi16(p, _mm256_maddubs_epi16(X->c[k], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k))));
         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, X->S));
     }
-    const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), X->M);
-    const __m256 t = _mm256_fmsub_ps(X->D, _mm256_cvtepi32_ps(isum), _mm256_mul_ps(X->Dm, _mm256_cvtepi32_ps(mins)));
-    return _mm256_fmadd_ps(_mm256_broadcast_ss(&a->d), t, acc);
+    return k4_r_finish(isum, X, a, acc);
 }
 KQ_INLINE __m256 dot_q4_K_r(const dec_k4_r *X, const block_q8_K *a, __m256 acc) { return dot_k4_r(X, a, 8, acc); }
 KQ_INLINE __m256 dot_q5_K_r(const dec_k4_r *X, const block_q8_K *a, __m256 acc) { return dot_k4_r(X, a, 4, acc); }
+
+/* Q5_K_R's GEMV step: decode_q5_K_r and dot_q5_K_r fused, each pair of code vectors used as soon
+ * as it is made (holding all eight, GCC spilled the accumulator); the same integer sums (exact in
+ * any order) and the same float operations, so the same bits */
+KQ_INLINE __m256 row_block_q5_K_r(const block_q5_K_r *w, const block_q8_K *a, __m256 acc) {
+    const __m256i m5 = _mm256_set1_epi8(0x1F), m1c = _mm256_set1_epi8(0x1C), m3 = _mm256_set1_epi8(3);
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)w->qh);
+    dec_k4_r X;
+    k4_r_scales((const uint8_t *)w, &X);
+    __m256i plo = _mm256_setzero_si256(), phi = _mm256_setzero_si256();
+    for (int v = 0; v < 4; v++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * v));
+        const __m256i lo2 = _mm256_and_si256(v ? _mm256_srli_epi16(qh, 2 * v) : qh, m3);
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 3), m1c), lo2);
+        plo = _mm256_add_epi16(plo, _mm256_maddubs_epi16(_mm256_and_si256(q, m5), _mm256_loadu_si256((const __m256i *)(a->qs + 32 * v))));
+        phi = _mm256_add_epi16(phi, _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a->qs + 32 * v + 128))));
+    }
+    const __m256i isum = _mm256_add_epi32(_mm256_madd_epi16(plo, X.S), _mm256_madd_epi16(phi, X.S));
+    return k4_r_finish(isum, &X, a, acc);
+}
 
 /* Q6_K_R: codes 0..63 (the -32 offset taken off with the bsums); vectors 0-3 hold sub-blocks
  * 2i, vectors 4-7 sub-blocks 2i + 1 of group i (Se, So); two maddubs sums per madd */
@@ -254,7 +279,6 @@ KQ_INLINE __m256 dot_q6_K_r(const dec_q6_K_r *X, const block_q8_K *a, __m256 acc
         return dot_##t(&X, a, acc);                                                              \
     }
 DEFINE_ROW_BLOCK_R(q4_K_r)
-DEFINE_ROW_BLOCK_R(q5_K_r)
 DEFINE_ROW_BLOCK_R(q6_K_r)
 #define dot_ps_q4_K_r dot_q4_K_r
 #define dot_ps_q5_K_r dot_q5_K_r
