@@ -445,7 +445,7 @@ def test_tile_bit_identical_to_vec_dot(libs, kind, name):
     want = np.array([[vec_dot(n, ptr(np.ascontiguousarray(rows[r])), ptr(np.ascontiguousarray(acts[c])))
                       for r in range(7)] for c in range(10)], dtype=np.float32)
     tile = getattr(lib, f"tile_{name}")
-    for nr, nc in [(1, 1), (4, 1), (1, 4), (3, 2), (4, 4), (7, 6), (4, 8), (7, 10)]:
+    for nr, nc in [(1, 1), (4, 1), (7, 1), (1, 4), (3, 2), (4, 4), (7, 6), (4, 8), (7, 10)]:
         out = np.full((10, 9), np.nan, dtype=np.float32)    # out_stride 9 floats
         tile(n, ptr(w), w.shape[1], ptr(a), a.shape[1], ptr(out), 9, nr, nc)
         np.testing.assert_array_equal(out[:nc, :nr].view(np.uint32), want[:nc, :nr].view(np.uint32))

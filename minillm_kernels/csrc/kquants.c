@@ -984,11 +984,15 @@ float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
 }
 
 /* ---- tiles: rows x activation rows, bit-identical to vec_dot per pair ---- */
-#define DEFINE_TILE(t)                                                                                 \
+/* GEMV (nc == 1): nothing to share between rows; GEMV_ROWS(t) computes out[r] = vec_dot_<t> of each
+ * row, KQ_GEMV_BY_VEC_DOT row after row */
+#define KQ_GEMV_BY_VEC_DOT(t) for (int r = 0; r < nr; r++) out[r] = vec_dot_##t(n, (const char *)w + r * w_stride, a);
+#define DEFINE_TILE(t) DEFINE_TILE_GEMV(t, KQ_GEMV_BY_VEC_DOT)
+#define DEFINE_TILE_GEMV(t, GEMV_ROWS)                                                                 \
     void tile_##t(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out,   \
                   size_t out_stride, int nr, int nc) {                                                 \
-        if (nc == 1) { /* GEMV: nothing to share between rows */                                      \
-            for (int r = 0; r < nr; r++) out[r] = vec_dot_##t(n, (const char *)w + r * w_stride, a);    \
+        if (nc == 1) {                                                                                 \
+            GEMV_ROWS(t)                                                                               \
             return;                                                                                    \
         }                                                                                              \
         for (int r0 = 0; r0 < nr; r0 += KQ_TILE_MAX)                                                   \
