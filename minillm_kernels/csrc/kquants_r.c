@@ -360,44 +360,13 @@ VEC_DOT_R(q4_K_r)
 VEC_DOT_R(q5_K_r)
 VEC_DOT_R(q6_K_r)
 #if MINILLM_AVX2
-/* GEMV of nr rows w_stride bytes apart (gemv_streams hands over 4 rows far apart): the rows'
- * blocks in turn, 4 rows at a time, so that reads are in flight in 4 places at once, each row
- * prefetched KQ_R_PREFETCH_BYTES ahead into L1.  On Zen 3 at 2 threads this read 0.87-1.03 of
- * the read bandwidth where row after row (vec_dot, 16 KiB ahead into L2) read 0.78-0.89, in
- * alternating A/B.  Every row's sum is vec_dot's, bit for bit (the same steps in the same order). */
-#define KQ_R_PREFETCH_BYTES 2048
-#define DEFINE_GEMV_ROWS_R(t)                                                                    \
-    KQ_INLINE void gemv_rows_x_##t(int n, const char *w, size_t ws, const block_q8_K *a, float *out, const int NR) { \
-        __m256 acc[4];                                                                           \
-        for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();                               \
-        for (int b = 0; b < n / QK_K; b++)                                                       \
-            for (int r = 0; r < NR; r++) {                                                       \
-                const block_##t *p = (const block_##t *)(w + r * ws) + b;                        \
-                for (int o = 0; o < (int)sizeof(block_##t); o += 64)                             \
-                    _mm_prefetch((const char *)p + KQ_R_PREFETCH_BYTES + o, _MM_HINT_T0);        \
-                acc[r] = row_block_##t(p, a + b, acc[r]);                                        \
-            }                                                                                    \
-        for (int r = 0; r < NR; r++) out[r] = hsum_ps(acc[r]);                                   \
-    }                                                                                            \
-    static void gemv_rows_##t(int n, const void *w, size_t ws, const void *a, float *out, int nr) { \
-        for (; nr >= 4; nr -= 4, w = (const char *)w + 4 * ws, out += 4)                         \
-            gemv_rows_x_##t(n, (const char *)w, ws, (const block_q8_K *)a, out, 4);             \
-        switch (nr) { /* constant counts keep the accumulators in registers */                  \
-            case 3: gemv_rows_x_##t(n, (const char *)w, ws, (const block_q8_K *)a, out, 3); break; \
-            case 2: gemv_rows_x_##t(n, (const char *)w, ws, (const block_q8_K *)a, out, 2); break; \
-            case 1: gemv_rows_x_##t(n, (const char *)w, ws, (const block_q8_K *)a, out, 1); break; \
-        }                                                                                        \
-    }
-DEFINE_GEMV_ROWS_R(q4_K_r)
-DEFINE_GEMV_ROWS_R(q5_K_r)
-DEFINE_GEMV_ROWS_R(q6_K_r)
-#define KQ_GEMV_ROWS_R(t) gemv_rows_##t(n, w, w_stride, a, out, nr);
-#else
-#define KQ_GEMV_ROWS_R KQ_GEMV_BY_VEC_DOT
+DEFINE_GEMV_ROWS(q4_K_r)
+DEFINE_GEMV_ROWS(q5_K_r)
+DEFINE_GEMV_ROWS(q6_K_r)
 #endif
-DEFINE_TILE_GEMV(q4_K_r, KQ_GEMV_ROWS_R)
-DEFINE_TILE_GEMV(q5_K_r, KQ_GEMV_ROWS_R)
-DEFINE_TILE_GEMV(q6_K_r, KQ_GEMV_ROWS_R)
+DEFINE_TILE(q4_K_r)
+DEFINE_TILE(q5_K_r)
+DEFINE_TILE(q6_K_r)
 
 /* ---- packed GEMM (many tokens): the natural types' packed blocks, one 256-block at a time,
  * from the rows unpacked to natural blocks; the activations are natural q8_K ---- */
