@@ -680,12 +680,11 @@ DEFINE_AVX2_ROW_AND_TILE(iq1_s_u, 1)
 
 /* GEMV of nr rows ws bytes apart (gemv_streams hands over 4 rows far apart) against one
  * activation row: the rows' blocks in turn, 4 rows at a time, so that reads are in flight in 4
- * places at once, each row prefetched KQ_GEMV_PREFETCH_BYTES ahead into L1.  On Zen 3 at 2
- * threads, in alternating A/B against row after row (vec_dot, 16 KiB ahead into L2), this read
- * 0.81-0.95 of the read bandwidth instead of 0.72-0.80 (Q4_K, Q5_K, Q6_K), and a kernel that
- * only loads the bytes 0.92-0.99 instead of 0.86-0.90.  Every row's sum is vec_dot's, bit for
- * bit (the same steps in the same order). */
-#define KQ_GEMV_PREFETCH_BYTES 2048
+ * places at once, each row prefetched GEMV_PREFETCH_BYTES ahead into L1 (quants.h).  On Zen 3
+ * at 2 threads, in alternating A/B against row after row (vec_dot, 16 KiB ahead into L2), this
+ * read 0.81-0.95 of the read bandwidth instead of 0.72-0.80 (Q4_K, Q5_K, Q6_K), and a kernel
+ * that only loads the bytes 0.92-0.99 instead of 0.86-0.90.  Every row's sum is vec_dot's, bit
+ * for bit (the same steps in the same order). */
 #define DEFINE_GEMV_ROWS(t)                                                                      \
     static inline __attribute__((always_inline)) void gemv_rows_x_##t(                           \
         int n, const char *w, size_t ws, const block_q8_K *a, float *out, const int NR) {       \
@@ -695,7 +694,7 @@ DEFINE_AVX2_ROW_AND_TILE(iq1_s_u, 1)
             for (int r = 0; r < NR; r++) {                                                       \
                 const block_##t *p = (const block_##t *)(w + r * ws) + b;                        \
                 for (int o = 0; o < (int)sizeof(block_##t); o += 64)                             \
-                    _mm_prefetch((const char *)p + KQ_GEMV_PREFETCH_BYTES + o, _MM_HINT_T0);     \
+                    _mm_prefetch((const char *)p + GEMV_PREFETCH_BYTES + o, _MM_HINT_T0);        \
                 acc[r] = row_block_##t(p, a + b, acc[r]);                                        \
             }                                                                                    \
         for (int r = 0; r < NR; r++) out[r] = hsum_ps(acc[r]);                                   \

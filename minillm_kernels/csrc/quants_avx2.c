@@ -183,14 +183,13 @@ ALWAYS_INLINE __m256 load_y4(const block_q8_0 *y, __m256i *yv, __m256i *ay) {
 
 /* GEMV prefetch of the line at p of a tile of R rows ws bytes apart, rows of row_bytes: adjacent
  * rows (one stream) fetch the next row tile into L1; rows far apart (the driver's GEMV streams)
- * fetch 16 KiB ahead in their own row into L2, as the k-quant row dots do.  Each measured best
- * for its layout (Q8_0 GEMV reads 0.70 of the bandwidth as one stream, 0.90 as 4 streams). */
+ * fetch GEMV_PREFETCH_BYTES ahead in their own row into L1, as the k-quant GEMV does (quants.h). */
 #define GEMV_PREFETCH(p, R, ws, row_bytes)                                                       \
     do {                                                                                         \
         if ((ws) == (row_bytes))                                                                 \
             _mm_prefetch((p) + (size_t)(R) * (ws), _MM_HINT_T0);                                 \
         else                                                                                     \
-            _mm_prefetch((p) + 16384, _MM_HINT_T1);                                              \
+            _mm_prefetch((p) + GEMV_PREFETCH_BYTES, _MM_HINT_T0);                                \
     } while (0)
 
 #define DEFINE_Q32_TILE(name, block_t, unpack, block_dot)                                                 \
