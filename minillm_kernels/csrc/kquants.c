@@ -691,6 +691,7 @@ DEFINE_AVX2_ROW_AND_TILE(iq1_s_u, 1)
         __m256 acc[4];                                                                           \
         for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_ps();                               \
         for (int b = 0; b < n / QK_K; b++)                                                       \
+            _Pragma("GCC unroll 1") /* unrolled, GCC spills (Q4_K_R: 16.4 cycles a block, not 14.3) */ \
             for (int r = 0; r < NR; r++) {                                                       \
                 const block_##t *p = (const block_##t *)(w + r * ws) + b;                        \
                 for (int o = 0; o < (int)sizeof(block_##t); o += 64)                             \

@@ -164,9 +164,13 @@ typedef struct { __m256i c[8], S, M; __m256 D, Dm; } dec_k4_r;
 typedef dec_k4_r dec_q4_K_r, dec_q5_K_r;
 
 KQ_INLINE void k4_r_scales(const uint8_t *blk, dec_k4_r *X) {
-    const __m128i scm = scales_k4_bytes(blk + 4); /* sc0..sc7, m0..m7 */
-    X->S = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)));
-    X->M = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(scm, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    /* sc0..sc7, m0..m7 in both halves; pshufb widens to int16 (index -1 writes the zero high bytes),
+     * one uop where a vpmovzxbw ymm takes two */
+    const __m256i scm = _mm256_broadcastsi128_si256(scales_k4_bytes(blk + 4));
+    X->S = _mm256_shuffle_epi8(scm, _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,
+                                                     4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1));
+    X->M = _mm256_shuffle_epi8(scm, _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1,
+                                                     12, -1, 12, -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1));
     int32_t dd;
     memcpy(&dd, blk, 4); /* d, dmin */
     const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(dd));
