@@ -57,6 +57,13 @@ typedef struct { fp16_t d; int8_t qs[QK]; } block_q8_0;                       /*
 typedef struct { fp16_t d; uint8_t qs[QK / 2]; } block_q4_0;                  /* 18 B */
 typedef struct { fp16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;   /* 22 B */
 typedef struct { fp16_t d; uint8_t qs[QK / 2]; } block_iq4_nl;                /* 18 B */
+/* IQ4_NL_R (minillm's load-time repack of IQ4_NL rows, not a GGUF type): each run of 4 whole
+ * blocks of a row becomes one group of the same 72 bytes, the 4 scales first, then 2 x 32 bytes
+ * whose low / high nibbles are blocks 4g, 4g+1 (4g+2, 4g+3) in value order, so that one 32-byte
+ * load, two ANDs and a shift give two blocks' codes and one 8-byte load their 4 scales; the
+ * blocks after the last whole group stay IQ4_NL blocks.  The values and every result are
+ * IQ4_NL's, bit for bit. */
+typedef struct { fp16_t d[4]; uint8_t qs[4 * QK / 2]; } block_iq4_nl_r4;     /* 72 B */
 typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; fp16_t d; fp16_t dmin; } block_q2_K; /* 84 B */
 typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;        /* 144 B */
 typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K; /* 176 B */
@@ -72,7 +79,7 @@ typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_
 _Static_assert(sizeof(block_q8_0) == 34, "q8_0");
 _Static_assert(sizeof(block_q4_0) == 18, "q4_0");
 _Static_assert(sizeof(block_q5_0) == 22, "q5_0");
-_Static_assert(sizeof(block_iq4_nl) == 18, "iq4_nl");
+_Static_assert(sizeof(block_iq4_nl) == 18 && sizeof(block_iq4_nl_r4) == 72, "iq4_nl");
 _Static_assert(sizeof(block_q2_K) == 84, "q2_K");
 _Static_assert(sizeof(block_q4_K) == 144, "q4_K");
 _Static_assert(sizeof(block_q5_K) == 176, "q5_K");

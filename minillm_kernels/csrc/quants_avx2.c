@@ -192,7 +192,13 @@ ALWAYS_INLINE __m256 load_y4(const block_q8_0 *y, __m256i *yv, __m256i *ay) {
             _mm_prefetch((p) + GEMV_PREFETCH_BYTES, _MM_HINT_T0);                                \
     } while (0)
 
-#define DEFINE_Q32_TILE(name, block_t, unpack, block_dot)                                                 \
+/* a run of 4 blocks from b: their 4 scales (scales4) and their values in value order */
+#define SCALES4_BLOCKS(b) scales4((const uint8_t *)(b), sizeof(*(b)))
+#define UNPACK4_BLOCKS(unpack, b, q) for (int k = 0; k < 4; k++) (q)[k] = unpack(&(b)[k])
+#define DEFINE_Q32_TILE(name, block_t, unpack, block_dot) \
+    DEFINE_Q32_TILE_G(name, block_t, unpack, block_dot, SCALES4_BLOCKS, UNPACK4_BLOCKS)
+/* SCALES4(b) / UNPACK4(unpack, b, q): the same for the run at block pointer b (IQ4_NL_R: its group) */
+#define DEFINE_Q32_TILE_G(name, block_t, unpack, block_dot, SCALES4, UNPACK4)                     \
     ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
                                         size_t as, float *out, size_t os, const int R, const int C) { \
         const int nb = n / QK, n4 = nb & ~3;                                                     \
@@ -202,8 +208,7 @@ ALWAYS_INLINE __m256 load_y4(const block_q8_0 *y, __m256i *yv, __m256i *ay) {
         int i = 0;                                                                               \
         for (; i < n4; i += 4) {                                                                 \
             __m256 dw[TILE_MAX_R];                                                               \
-            for (int r = 0; r < R; r++)                                                          \
-                dw[r] = scales4((const uint8_t *)((const block_t *)(w + r * ws) + i), sizeof(block_t)); \
+            for (int r = 0; r < R; r++) dw[r] = SCALES4((const block_t *)(w + r * ws) + i);       \
             if (C == 1) { /* GEMV: unpack as we go, prefetching (see GEMV_PREFETCH) */           \
                 __m256i yv[4], ay[4];                                                            \
                 const __m256 dy = load_y4((const block_q8_0 *)a + i, yv, ay);                    \
@@ -211,15 +216,15 @@ ALWAYS_INLINE __m256 load_y4(const block_q8_0 *y, __m256i *yv, __m256i *ay) {
                     const block_t *b = (const block_t *)(w + r * ws) + i;                        \
                     for (int o = 0; o < 4 * (int)sizeof(block_t); o += 64)                       \
                         GEMV_PREFETCH((const char *)b + o, R, ws, (size_t)nb * sizeof(block_t)); \
-                    __m256i p[4];                                                                \
-                    for (int k = 0; k < 4; k++) p[k] = block_dot(unpack(&b[k]), yv[k], ay[k]);   \
+                    __m256i q[4], p[4];                                                          \
+                    UNPACK4(unpack, b, q);                                                       \
+                    for (int k = 0; k < 4; k++) p[k] = block_dot(q[k], yv[k], ay[k]);            \
                     acc[r][0] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dy), _mm256_cvtepi32_ps(fold4(p)), \
                                                 acc[r][0]);                                      \
                 }                                                                                \
             } else { /* a few tokens: unpack the rows' 4 blocks once for all of them */          \
                 __m256i q[TILE_MAX_R][4];                                                        \
-                for (int r = 0; r < R; r++)                                                      \
-                    for (int k = 0; k < 4; k++) q[r][k] = unpack((const block_t *)(w + r * ws) + i + k); \
+                for (int r = 0; r < R; r++) UNPACK4(unpack, (const block_t *)(w + r * ws) + i, q[r]); \
                 for (int c = 0; c < C; c++) {                                                    \
                     __m256i yv[4], ay[4];                                                        \
                     const __m256 dy = load_y4((const block_q8_0 *)(a + c * as) + i, yv, ay);     \
@@ -321,6 +326,28 @@ DEFINE_Q32_TILE(q8_0, block_q8_0, unpack_q8_0, block_dot_q8)
 DEFINE_Q32_TILE(q4_0, block_q4_0, unpack_q4_0, block_dot)
 DEFINE_Q32_TILE(q5_0, block_q5_0, unpack_q5_0, block_dot)
 DEFINE_Q32_TILE(iq4_nl, block_iq4_nl, unpack_iq4_nl, block_dot)
+
+/* IQ4_NL_R (quants.h): a whole group's 4 scales in one load, two blocks' codes per 32-byte load;
+ * the rest of the tile is IQ4_NL's (its blocks after the last whole group are IQ4_NL blocks), so
+ * every result is IQ4_NL's, bit for bit */
+ALWAYS_INLINE __m256 scales4_iq4_nl_r(const block_iq4_nl *b) {
+    long long bits;
+    memcpy(&bits, ((const block_iq4_nl_r4 *)b)->d, 8);
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128(bits));
+    return _mm256_set_m128(f, f);
+}
+#define SCALES4_IQ4_NL_R(b) scales4_iq4_nl_r(b)
+ALWAYS_INLINE void unpack4_iq4_nl_r(const block_iq4_nl *b, __m256i *q) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int h = 0; h < 2; h++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(((const block_iq4_nl_r4 *)b)->qs + 32 * h));
+        q[2 * h] = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+        q[2 * h + 1] = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+    }
+}
+#define UNPACK4_IQ4_NL_R(unpack, b, q) unpack4_iq4_nl_r(b, q)
+DEFINE_Q32_TILE_G(iq4_nl_r, block_iq4_nl, unpack_iq4_nl, block_dot, SCALES4_IQ4_NL_R, UNPACK4_IQ4_NL_R)
 DEFINE_FLOAT_TILE(f32, 4)
 DEFINE_FLOAT_TILE(f16, 2)
 DEFINE_FLOAT_TILE(bf16, 2)
@@ -393,6 +420,22 @@ ALWAYS_INLINE __m256i code_q5_0(const block_q5_0 *b) { return _mm256_add_epi8(un
     }
 DEFINE_PACK8(q8_0, block_q8_0, unpack_q8_0, s)
 DEFINE_PACK8(iq4_nl, block_iq4_nl, unpack_iq4_nl, s)
+
+/* IQ4_NL_R: each whole group of the nr rows back to IQ4_NL blocks, then packed as IQ4_NL */
+void pack8_iq4_nl_r(int n, const void *vw, size_t ws, int nr, void *dst) {
+    const int nb = n / QK, n4 = nb & ~3;
+    const uint8_t *w = (const uint8_t *)vw;
+    packed8s_block *p = (packed8s_block *)dst;
+    for (int i = 0; i < n4; i += 4) {
+        block_iq4_nl blocks[8][4];
+        for (int r = 0; r < nr && r < 8; r++) {
+            const block_iq4_nl *row = (const block_iq4_nl *)(w + r * ws);
+            iq4_nl_r_group_blocks((const block_iq4_nl_r4 *)(row + i), blocks[r]);
+        }
+        pack8_iq4_nl(4 * QK, blocks, sizeof(blocks[0]), nr, p + i);
+    }
+    if (nb > n4) pack8_iq4_nl((nb - n4) * QK, w + n4 * sizeof(block_iq4_nl), ws, nr, p + n4);
+}
 DEFINE_PACK8(q4_0, block_q4_0, code_q4_0, u)
 DEFINE_PACK8(q5_0, block_q5_0, code_q5_0, u)
 

@@ -38,6 +38,10 @@ DECLARE_TYPE(q8_0, scalar)
 DECLARE_TYPE(q4_0, scalar)
 DECLARE_TYPE(q5_0, scalar)
 DECLARE_TYPE(iq4_nl, scalar)
+DECLARE_TYPE(iq4_nl_r, scalar)
+/* IQ4_NL rows -> IQ4_NL_R rows (block_iq4_nl_r4), n values, the same bytes; and back, one group */
+void repack_row_iq4_nl_r(const void *iq4_nl_row, void *y, int n);
+void iq4_nl_r_group_blocks(const block_iq4_nl_r4 *group, block_iq4_nl *blocks4);
 
 #if MINILLM_AVX2
 void quantize_row_q8_0_avx2(const float *x, void *y, int n);
@@ -54,6 +58,7 @@ DECLARE_AVX2(q8_0)
 DECLARE_AVX2(q4_0)
 DECLARE_AVX2(q5_0)
 DECLARE_AVX2(iq4_nl)
+DECLARE_AVX2(iq4_nl_r)
 /* 8-row interleaved GEMM for the 32-value integer types (quants_avx2.c), on block_q8_0_pm activations */
 size_t packed8s_bytes(int n);
 size_t packed8u_bytes(int n);
@@ -61,6 +66,7 @@ void pack8_q8_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_q4_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_q5_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_iq4_nl(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack8_iq4_nl_r(int n, const void *w, size_t w_stride, int nr, void *dst);
 #define DECLARE_GEMM8(t)                                                                                  \
     void gemm8_##t##_avx2(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, \
                           int nr, int nc);

@@ -130,3 +130,58 @@ DEFINE_Q32_SCALAR(q8_0, block_q8_0, unpack_q8_0)
 DEFINE_Q32_SCALAR(q4_0, block_q4_0, unpack_q4_0)
 DEFINE_Q32_SCALAR(q5_0, block_q5_0, unpack_q5_0)
 DEFINE_Q32_SCALAR(iq4_nl, block_iq4_nl, unpack_iq4_nl)
+
+/* ---- IQ4_NL_R (quants.h): groups of 4 blocks <-> IQ4_NL blocks ---- */
+
+void iq4_nl_r_group_blocks(const block_iq4_nl_r4 *g, block_iq4_nl *b) {
+    for (int k = 0; k < 4; k++) {
+        b[k].d = g->d[k];
+        for (int j = 0; j < QK / 2; j++) { /* value j and j + 16 of block k */
+            const uint8_t lo = g->qs[32 * (k / 2) + j], hi = g->qs[32 * (k / 2) + j + 16];
+            const int s = 4 * (k & 1);
+            b[k].qs[j] = (uint8_t)(((lo >> s) & 0xF) | (((hi >> s) & 0xF) << 4));
+        }
+    }
+}
+
+void repack_row_iq4_nl_r(const void *vw, void *vy, int n) {
+    const block_iq4_nl *b = (const block_iq4_nl *)vw;
+    const int nb = n / QK, n4 = nb & ~3;
+    for (int i = 0; i < n4; i += 4) {
+        block_iq4_nl_r4 out = {{0}};
+        for (int k = 0; k < 4; k++) {
+            out.d[k] = b[i + k].d;
+            for (int j = 0; j < QK; j++) /* the code of value j of block i + k */
+                out.qs[32 * (k / 2) + j] |= (uint8_t)(((b[i + k].qs[j % 16] >> (4 * (j / 16))) & 0xF) << (4 * (k & 1)));
+        }
+        memcpy((block_iq4_nl *)vy + i, &out, sizeof(out));
+    }
+    memcpy((block_iq4_nl *)vy + n4, b + n4, (size_t)(nb - n4) * sizeof(block_iq4_nl));
+}
+
+/* block i of an IQ4_NL_R row as an IQ4_NL block (tmp holds the group of 4 it was last asked for) */
+static inline const block_iq4_nl *iq4_nl_r_block(const block_iq4_nl *row, int i, int n4, block_iq4_nl *tmp) {
+    if (i >= n4) return &row[i];
+    if (i % 4 == 0) iq4_nl_r_group_blocks((const block_iq4_nl_r4 *)(row + i), tmp);
+    return &tmp[i % 4];
+}
+
+void dequantize_row_iq4_nl_r_scalar(const void *w, float *y, int n) {
+    const int n4 = (n / QK) & ~3;
+    block_iq4_nl tmp[4];
+    for (int i = 0; i < n / QK; i++) dequantize_row_iq4_nl_scalar(iq4_nl_r_block(w, i, n4, tmp), y + i * QK, QK);
+}
+
+float vec_dot_iq4_nl_r_scalar(int n, const void *w, const void *a) {
+    const block_q8_0 *y = (const block_q8_0 *)a;
+    const int n4 = (n / QK) & ~3;
+    block_iq4_nl tmp[4];
+    int8_t q[QK];
+    float s = 0.0f;
+    for (int i = 0; i < n / QK; i++) { /* vec_dot_iq4_nl_scalar's steps, block by block */
+        const block_iq4_nl *b = iq4_nl_r_block(w, i, n4, tmp);
+        unpack_iq4_nl(b, q);
+        s += fp16_to_fp32(b->d) * fp16_to_fp32(y[i].d) * (float)dot_i8(q, y[i].qs);
+    }
+    return s;
+}

@@ -79,6 +79,8 @@ static const type_traits TABLE[] = {
     OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8_U(q4_0), 4),
     OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8_U(q5_0), 4),
     OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4, PACK8_S(iq4_nl), 4),
+    /* internal: repack_row_iq4_nl_r of IQ4_NL rows */
+    OWN_TYPE(MINILLM_IQ4_NL_R, iq4_nl_r, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_r_scalar, 4, 4, 4, PACK8_S(iq4_nl_r), 4),
 #if HAVE_KQUANTS
     K_TYPE_NAMED(GGML_Q2_K, "q2_K", q2_K, 84, K_PACK8(q2_K)),
     K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K)),

@@ -25,6 +25,9 @@ enum { MINILLM_IQ1_S_R = 1019 };
  * (kquants.h), the same bytes per block, ~30% less GEMV compute; results within the same
  * bounds as the originals', rounded differently. */
 enum { MINILLM_Q4_K_R = 1012, MINILLM_Q5_K_R = 1013, MINILLM_Q6_K_R = 1014 };
+/* IQ4_NL_R: IQ4_NL rows in groups of 4 blocks (quants.h block_iq4_nl_r4), the same bytes, results
+ * bit-identical to IQ4_NL's, fewer instructions per block. */
+enum { MINILLM_IQ4_NL_R = 1020 };
 
 /* Activation formats are named by the ggml type they are stored in; ACT_Q8_0_PM
  * (block_q8_0_pm, internal) feeds the packed GEMM of the 32-value types, ACT_Q8_K_T
