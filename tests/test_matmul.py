@@ -42,7 +42,7 @@ from minillm_kernels import matmul as mm
 from minillm_kernels.random_blocks import TYPES, random_weights
 
 SUPPORTED = sorted(t for t in mm.supported_types() if t not in mm.INTERNAL_TYPES)  # the GGUF types
-IQ1_S, IQ1_S_R, IQ4_NL = 19, mm.IQ1_S_REPACKED, 20
+IQ1_S, IQ1_S_R, IQ4_NL, IQ4_NL_R = 19, mm.IQ1_S_REPACKED, 20, mm.IQ4_NL_REPACKED
 # Q4_K, Q5_K, Q6_K repacked to the transposed group order: the same values, rounded differently
 K_REPACKED = [mm.Q4_K_REPACKED, mm.Q5_K_REPACKED, mm.Q6_K_REPACKED]
 K_TYPES = {10, 12, 13, 14, 19}
@@ -134,7 +134,8 @@ def test_supported_types_cover_the_project():
         assert mm.block_geometry(t)[:2] == TYPES[t][1:3]
     # the internal load-time conversion is a weight type too, outside ggml's id range
     assert mm.supported_types()[IQ1_S_R] == "IQ1_S_R" and IQ1_S_R not in TYPES
-    assert mm.INTERNAL_TYPES == {IQ1_S_R: IQ1_S, 1012: 12, 1013: 13, 1014: 14}
+    assert mm.INTERNAL_TYPES == {IQ1_S_R: IQ1_S, 1012: 12, 1013: 13, 1014: 14, IQ4_NL_R: IQ4_NL}
+    assert mm.block_geometry(IQ4_NL_R) == mm.block_geometry(IQ4_NL)
     assert {mm.REPACKED[t]: t for t in mm.REPACKED} == mm.INTERNAL_TYPES
     assert mm.block_geometry(IQ1_S_R) == (256, 74, "Q8_K")
     for t in K_REPACKED:  # the same bytes as the source type, transposed activations
@@ -439,8 +440,9 @@ def test_scalar_build_agrees(tmp_path):
         a = deq_acts(x, t)
         fp = 2 * fp_factor(t, k) * (np.abs(a) @ np.abs(deq_weights(raw, t)).T)
         assert np.all(np.abs(y - ref[str(t)]) <= fp), type_name(t)
-    # the repacked IQ1_S of the scalar build gives the scalar IQ1_S's bits
+    # the repacked IQ1_S and IQ4_NL of the scalar build give the scalar originals' bits
     assert np.array_equal(ref[str(IQ1_S_R)], ref[str(IQ1_S)])
+    assert np.array_equal(ref[str(IQ4_NL_R)], ref[str(IQ4_NL)])
     # the repacked k-quants: their activations and results within the bound of the SIMD build's
     for t in K_REPACKED:
         src = mm.INTERNAL_TYPES[t]
@@ -452,11 +454,19 @@ def test_scalar_build_agrees(tmp_path):
         assert np.all(np.abs(y - ref[str(t)]) <= fp), type_name(t)
 
 
-# ---- IQ1_S repacked (IQ1_S_R, a load-time conversion): the same bits as IQ1_S ----
+# ---- IQ1_S and IQ4_NL repacked (IQ1_S_R, IQ4_NL_R, load-time conversions): the originals' bits ----
+
+BIT_IDENTICAL = [IQ1_S_R, IQ4_NL_R]
+
+
+def repacked_pair(t, shape, seed):
+    """(random rows of t's GGUF type, the same rows repacked to t)"""
+    raw = random_weights(mm.INTERNAL_TYPES[t], shape, seed=seed, scale=0.1)
+    return raw, mm.repack(raw, mm.INTERNAL_TYPES[t])[0]
+
 
 def iq1_s_pair(shape, seed):
-    raw = random_weights(IQ1_S, shape, seed=seed, scale=0.1)
-    return raw, mm.repack_iq1_s(raw)
+    return repacked_pair(IQ1_S_R, shape, seed)
 
 
 def test_repack_iq1_s_layout():
@@ -473,50 +483,78 @@ def test_repack_iq1_s_layout():
     assert mm.repack_iq1_s(np.empty((0, 50), np.uint8)).shape == (0, 74)
 
 
+def test_repack_iq4_nl_layout():
+    """whole runs of 4 blocks become groups (4 scales, then the codes two blocks per 32 bytes);
+    the blocks after the last whole group are kept as they are"""
+    raw, rep = repacked_pair(IQ4_NL_R, (3, 7 * 32), seed=1)
+    assert rep.shape == raw.shape and rep.dtype == np.uint8
+    blocks = raw.reshape(3, 7, 18)
+    assert np.array_equal(rep[:, 72:], raw[:, 72:])                      # blocks 4-6: the tail
+    assert np.array_equal(rep[:, :8].reshape(3, 4, 2), blocks[:, :4, :2])  # the group's 4 scales
+    codes = np.concatenate([blocks[:, :4, 2:] & 15, blocks[:, :4, 2:] >> 4], axis=2)  # [row, block, value]
+    packed = rep[:, 8:72].reshape(3, 2, 32)
+    for k in range(4):
+        assert np.array_equal((packed[:, k // 2] >> (4 * (k % 2))) & 15, codes[:, k])
+    for nth in (1, 2):
+        assert np.array_equal(mm.repack(raw, IQ4_NL, n_threads=nth)[0], rep)
+
+
+@pytest.mark.parametrize("t", BIT_IDENTICAL, ids=type_name)
 @pytest.mark.parametrize("scalar", [False, True])
-def test_repacked_dequantize_rows_match_gguf(scalar):
+def test_repacked_dequantize_rows_match_gguf(t, scalar):
     mm.set_force_scalar(scalar)
-    raw, rep = iq1_s_pair((11, 3 * 256), seed=2)
-    ref = gguf_dequantize(raw, IQ1_S)
+    src, k = mm.INTERNAL_TYPES[t], 3 * block(t) + (32 if block(t) == 32 else 0)
+    raw, rep = repacked_pair(t, (11, k), seed=2)
+    ref = gguf_dequantize(raw, src)
     ids = np.array([3, 0, 10, 3, 7], dtype=np.int64)
     for nth in (1, 2):
-        assert np.array_equal(mm.dequantize_rows(rep, IQ1_S_R, ids, n_threads=nth), ref[ids])
-    raw3, rep3 = iq1_s_pair((2, 4, 512), seed=3)
-    assert np.array_equal(mm.dequantize(rep3, IQ1_S_R), gguf_dequantize(raw3, IQ1_S))
+        assert np.array_equal(mm.dequantize_rows(rep, t, ids, n_threads=nth), ref[ids])
+    raw3, rep3 = repacked_pair(t, (2, 4, 512), seed=3)
+    assert np.array_equal(mm.dequantize(rep3, t), gguf_dequantize(raw3, src))
 
 
+@pytest.mark.parametrize("t", BIT_IDENTICAL, ids=type_name)
 @pytest.mark.parametrize("n_tok", [1, 3, 17])
-def test_repacked_matmul_bit_identical(n_tok):
-    for si, (m, k) in enumerate([(7, 256), (33, 5 * 256), (5, 2048)]):
-        raw, rep = iq1_s_pair((m, k), seed=10 + si)
+def test_repacked_matmul_bit_identical(t, n_tok):
+    src = mm.INTERNAL_TYPES[t]
+    for si, (m, k) in enumerate(shapes_for(src)):
+        raw, rep = repacked_pair(t, (m, k), seed=10 + si)
         x = rand_x(n_tok, k, seed=si + n_tok)
-        assert np.array_equal(mm.quantize_activations(x, IQ1_S_R), mm.quantize_activations(x, IQ1_S))
-        y = mm.matmul(raw, IQ1_S, x, n_threads=2)
+        assert np.array_equal(mm.quantize_activations(x, t), mm.quantize_activations(x, src))
+        y = mm.matmul(raw, src, x, n_threads=2)
         for nth in (1, 2):
-            assert np.array_equal(mm.matmul(rep, IQ1_S_R, x, n_threads=nth), y)
-        y_gemv = mm.matmul(raw, IQ1_S, x[n_tok - 1])
-        assert np.array_equal(mm.matmul(rep, IQ1_S_R, x[n_tok - 1]), y_gemv)  # GEMV
+            assert np.array_equal(mm.matmul(rep, t, x, n_threads=nth), y)
+        y_gemv = mm.matmul(raw, src, x[n_tok - 1])
+        assert np.array_equal(mm.matmul(rep, t, x[n_tok - 1]), y_gemv)  # GEMV
         if n_tok < mm.PACKED_GEMM_MIN_TOKENS:  # (the packed GEMM rounds differently: test_matmul)
             assert np.array_equal(y_gemv, y[n_tok - 1])
-        # and, through IQ1_S, within the derived bounds of the gguf.quants product
-        check_product(y, deq_weights(raw, IQ1_S), x, deq_acts(x, IQ1_S), IQ1_S)
+        # and, through the original type, within the derived bounds of the gguf.quants product
+        check_product(y, deq_weights(raw, src), x, deq_acts(x, src), src)
+        mm.set_force_scalar(True)  # the scalar bodies (IQ4_NL_R's are chosen at run time) agree too
+        assert np.array_equal(mm.matmul(rep, t, x), mm.matmul(raw, src, x))
+        mm.set_force_scalar(False)
 
 
-def test_repacked_matmul_batched_bit_identical():
-    raw, rep = iq1_s_pair((3, 9, 512), seed=4)
+@pytest.mark.parametrize("t", BIT_IDENTICAL, ids=type_name)
+def test_repacked_matmul_batched_bit_identical(t):
+    src = mm.INTERNAL_TYPES[t]
+    raw, rep = repacked_pair(t, (3, 9, 512), seed=4)
     for n in (1, 5, 12):
         x = rand_x(3 * n, 512, seed=n).reshape(3, n, 512)
-        y = mm.matmul_batched(raw, IQ1_S, x, n_threads=2)
+        y = mm.matmul_batched(raw, src, x, n_threads=2)
         for nth in (1, 2):
-            assert np.array_equal(mm.matmul_batched(rep, IQ1_S_R, x, n_threads=nth), y)
+            assert np.array_equal(mm.matmul_batched(rep, t, x, n_threads=nth), y)
 
 
 @pytest.mark.parametrize("n_tok", [1, 3, 17])
 @pytest.mark.parametrize("types", [(IQ1_S_R, IQ1_S_R, IQ1_S_R), (IQ1_S_R, IQ1_S_R, IQ4_NL),
-                                   (IQ1_S_R, IQ1_S, IQ4_NL), (IQ1_S, IQ1_S_R, 12)],
+                                   (IQ1_S_R, IQ1_S, IQ4_NL), (IQ1_S, IQ1_S_R, 12),
+                                   (IQ1_S_R, IQ1_S_R, IQ4_NL_R), (IQ4_NL_R, IQ4_NL_R, IQ4_NL_R),
+                                   (IQ4_NL_R, IQ4_NL, IQ4_NL_R)],
                          ids=lambda ts: "-".join(mm.supported_types()[t] for t in ts))
 def test_repacked_moe_bit_identical(types, n_tok):
-    """gate/up/down in IQ1_S_R give the bits of the same experts in IQ1_S, mixed with other types too"""
+    """gate/up/down in IQ1_S_R / IQ4_NL_R give the bits of the same experts in IQ1_S / IQ4_NL,
+    mixed with other types too"""
     E, k_used, K, F, K_out = 5, 3, 512, 512, 33
     rng = np.random.default_rng(n_tok)
     orig = {}
@@ -525,7 +563,7 @@ def test_repacked_moe_bit_identical(types, n_tok):
         src = mm.INTERNAL_TYPES.get(t, t)
         raw = random_weights(src, shape, seed=20 + i, scale=0.1)
         orig[i] = (raw, src)
-        mats.append((mm.repack_iq1_s(raw) if t == IQ1_S_R else raw, t))
+        mats.append((mm.repack(raw, src)[0] if t != src else raw, t))
     x = rand_x(n_tok, K, seed=5)
     ids = np.stack([rng.permutation(E)[:k_used] for _ in range(n_tok)]).astype(np.int32)
     ew = rng.uniform(0.1, 1.0, size=(n_tok, k_used)).astype(np.float32)
@@ -535,7 +573,9 @@ def test_repacked_moe_bit_identical(types, n_tok):
     for nth in (1, 2):
         assert np.array_equal(mm.moe_forward(x, ids, ew, g, gt, u, ut, d, dt, n_threads=nth), ref)
     if gt == ut:  # merged gate_up, repacked as one tensor
-        merged = mm.repack_iq1_s(np.concatenate([g0, u0], axis=1)) if gt == IQ1_S_R else np.concatenate([g, u], 1)
+        merged = np.concatenate([g0, u0], axis=1)
+        if gt != gt0:
+            merged = mm.repack(merged, gt0)[0]
         outm = mm.moe_forward(x, ids, ew, merged, gt, None, ut, d, dt, merged_gate_up=True)
         assert np.array_equal(outm, ref)
     if n_tok == 3:  # the reference itself against numpy on gguf.quants weights
