@@ -14,8 +14,9 @@ mul_mat is also timed in this run, alternating with ours on the same weights
 set OMP_WAIT_POLICY=passive: spinning OpenMP workers then stall each other.
 
 The internal types are rows repacked at load time by minillm (matmul.repack):
-IQ1_S_R (74 bytes per 256 values instead of 50, bit-identical results) and Q4_K_R,
-Q5_K_R, Q6_K_R (the same bytes in the transposed group order).  Their rows are timed
+IQ1_S_R (74 bytes per 256 values instead of 50, bit-identical results), Q4_K_R,
+Q5_K_R, Q6_K_R (the same bytes in the transposed group order) and IQ4_NL_R (the
+same bytes in groups of 4 blocks, bit-identical results).  Their rows are timed
 on the repacked weights, but GB/s and bw% count the ORIGINAL bytes (the file's
 weights, the same bytes as the source type's row), and they are compared with ik's
 figures for the source type.
@@ -165,7 +166,7 @@ N_EMBD, N_FF_EXP = 2048, 1408
 # experts' down projection has K = 1408, not a multiple of 256: llama.cpp quantizes it with a
 # 32-block type instead (its fallback for the 256-block types)
 DOWN_FALLBACK = {"Q2_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_0", "Q6_K": "Q8_0", "IQ1_S": "IQ4_NL",
-                 "IQ1_S_R": "IQ4_NL", "Q4_K_R": "Q5_0", "Q5_K_R": "Q5_0", "Q6_K_R": "Q8_0"}
+                 "IQ1_S_R": "IQ4_NL_R", "Q4_K_R": "Q5_0", "Q5_K_R": "Q5_0", "Q6_K_R": "Q8_0"}
 
 
 def median_time(fn, min_reps, min_seconds):
@@ -390,8 +391,8 @@ def main():
         print_row(r, out)
     if any(r[1].split("/")[0] in INTERNAL_NAMES for r in rows):
         print("\n*_R types: rows repacked at load time by minillm (IQ1_S_R: 74 B per 256 values; Q4_K_R, "
-              "Q5_K_R, Q6_K_R: the same bytes); their GB/s and bw% count the ORIGINAL type's bytes, ik "
-              "figures are ik's for the original type.", file=out)
+              "Q5_K_R, Q6_K_R, IQ4_NL_R: the same bytes); their GB/s and bw% count the ORIGINAL type's "
+              "bytes, ik figures are ik's for the original type.", file=out)
     if args.json:
         text = json.dumps(records, indent=1)
         if args.json == "-":
