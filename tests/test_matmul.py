@@ -205,10 +205,12 @@ def test_matmul(t, n_tok):
         ys = mm.matmul(raw, t, x, n_threads=2)
         mm.set_force_scalar(False)
         check_product(ys, W, x, deq_acts(x, t), t)
-        if t in mm.INTERNAL_TYPES:  # and the original rows' results, to float rounding
-            src = mm.INTERNAL_TYPES[t]
+        if t in mm.INTERNAL_TYPES:  # and the original rows' results: to float rounding, or (the
+            src = mm.INTERNAL_TYPES[t]  # packed GEMM, which packs them to the originals' blocks) exactly
             y0 = mm.matmul(random_weights(src, (m, k), seed=100 * t + si), src, x)
             assert np.all(np.abs(y0 - y1) <= 2 * fp_factor(t, k) * (np.abs(a) @ np.abs(W).T))
+            if packed:
+                assert np.array_equal(y0, y1)
 
 
 @pytest.mark.parametrize("t", SUPPORTED + K_REPACKED, ids=type_name)

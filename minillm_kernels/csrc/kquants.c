@@ -1269,27 +1269,36 @@ typedef struct {
 
 size_t packed_q6_K_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_q6_K_block); }
 
-void pack8_q6_K(int n, const void *vw, size_t ws, int nr, void *dst) {
-    const uint8_t *w = (const uint8_t *)vw;
-    packed_q6_K_block *p = (packed_q6_K_block *)dst;
-    for (int b = 0; b < n / QK_K; b++, p++) {
-        memset(p, 0, sizeof(*p));
-        for (int r = 0; r < nr && r < 8; r++) {
-            const block_q6_K *blk = (const block_q6_K *)(w + r * ws) + b;
-            dec_q6_K D;
-            decode_q6_K(blk, &D);
-            uint8_t codes[QK_K];
-            for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(codes + 32 * g), D.q[g]);
-            for (int g = 0; g < 8; g++) {
-                for (int j = 0; j < 8; j++) memcpy(&p->q[g][j][4 * r], codes + 32 * g + 4 * j, 4);
-                p->scp[g][2 * r] = blk->scales[2 * g];
-                p->scp[g][2 * r + 1] = blk->scales[2 * g + 1];
-            }
-            for (int sb = 0; sb < 16; sb++) p->sc[sb][2 * r] = p->sc[sb][2 * r + 1] = blk->scales[sb];
-            p->d[r] = fp16_to_fp32(blk->d);
-        }
+/* pack8_<t> for Q6_K-like blocks (scales[16], d): groups_<t>(block, q) gives the block's codes as
+ * 8 vectors of 32 values in value order */
+#define DEFINE_PACK8_Q6(t, block_t)                                                              \
+    void pack8_##t(int n, const void *vw, size_t ws, int nr, void *dst) {                        \
+        const uint8_t *w = (const uint8_t *)vw;                                                  \
+        packed_q6_K_block *p = (packed_q6_K_block *)dst;                                         \
+        for (int b = 0; b < n / QK_K; b++, p++) {                                                \
+            memset(p, 0, sizeof(*p));                                                            \
+            for (int r = 0; r < nr && r < 8; r++) {                                              \
+                const block_t *blk = (const block_t *)(w + r * ws) + b;                          \
+                __m256i q[8];                                                                    \
+                groups_##t(blk, q);                                                              \
+                uint8_t codes[QK_K];                                                             \
+                for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(codes + 32 * g), q[g]); \
+                for (int g = 0; g < 8; g++) {                                                    \
+                    for (int j = 0; j < 8; j++) memcpy(&p->q[g][j][4 * r], codes + 32 * g + 4 * j, 4); \
+                    p->scp[g][2 * r] = blk->scales[2 * g];                                       \
+                    p->scp[g][2 * r + 1] = blk->scales[2 * g + 1];                               \
+                }                                                                                \
+                for (int sb = 0; sb < 16; sb++) p->sc[sb][2 * r] = p->sc[sb][2 * r + 1] = blk->scales[sb]; \
+                p->d[r] = fp16_to_fp32(blk->d);                                                  \
+            }                                                                                    \
+        }                                                                                        \
     }
+static inline void groups_q6_K(const block_q6_K *blk, __m256i *q) {
+    dec_q6_K D;
+    decode_q6_K(blk, &D);
+    for (int g = 0; g < 8; g++) q[g] = D.q[g];
 }
+DEFINE_PACK8_Q6(q6_K, block_q6_K)
 
 static inline __attribute__((always_inline)) void gemm8_q6_K_c(int n, const packed_q6_K_block *p, const char *a,
                                                                size_t as, float *out, size_t os, int nr,

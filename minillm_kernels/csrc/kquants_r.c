@@ -295,15 +295,10 @@ DEFINE_AVX2_ROW_AND_TILE(q6_K_r, 0)
 
 #else /* scalar: exact integer sums per block, one float expression per block */
 
-static inline void k4_r_scales_scalar(const uint8_t *scales, int *sc, int *m) {
-    uint8_t s8[8], m8[8];
-    unpack_scales_k4(scales, s8, m8);
-    for (int g = 0; g < 8; g++) { sc[g] = s8[g]; m[g] = m8[g]; }
-}
-
 static float dot_k4_r_scalar(const uint8_t *ct, fp16_t d, fp16_t dmin, const uint8_t *scales, const block_q8_K *a) {
-    int sc[8], m[8], isum = 0, msum = 0;
-    k4_r_scales_scalar(scales, sc, m);
+    uint8_t sc[8], m[8];
+    unpack_scales_k4(scales, sc, m);
+    int isum = 0, msum = 0;
     for (int g = 0; g < 8; g++) { /* group g: bytes 4g..4g+3 of every transposed vector */
         int s = 0;
         for (int k = 0; k < 8; k++)
@@ -314,28 +309,20 @@ static float dot_k4_r_scalar(const uint8_t *ct, fp16_t d, fp16_t dmin, const uin
     return a->d * (fp16_to_fp32(d) * (float)isum - fp16_to_fp32(dmin) * (float)msum);
 }
 
-static float vec_dot_q4_K_r_body(int n, const void *vw, const void *va) {
-    const block_q4_K_r *w = (const block_q4_K_r *)vw;
-    const block_q8_K *a = (const block_q8_K *)va;
-    float sum = 0.0f;
-    for (int b = 0; b < n / QK_K; b++) {
-        uint8_t ct[QK_K];
-        unpack_codes_q4_K_r(w + b, ct);
-        sum += dot_k4_r_scalar(ct, w[b].d, w[b].dmin, w[b].scales, a + b);
+#define DEFINE_VEC_DOT_K4_R_SCALAR(t)                                                            \
+    static float vec_dot_##t##_body(int n, const void *vw, const void *va) {                     \
+        const block_##t *w = (const block_##t *)vw;                                              \
+        const block_q8_K *a = (const block_q8_K *)va;                                            \
+        float sum = 0.0f;                                                                        \
+        for (int b = 0; b < n / QK_K; b++) {                                                     \
+            uint8_t ct[QK_K];                                                                    \
+            unpack_codes_##t(w + b, ct);                                                         \
+            sum += dot_k4_r_scalar(ct, w[b].d, w[b].dmin, w[b].scales, a + b);                   \
+        }                                                                                        \
+        return sum;                                                                              \
     }
-    return sum;
-}
-static float vec_dot_q5_K_r_body(int n, const void *vw, const void *va) {
-    const block_q5_K_r *w = (const block_q5_K_r *)vw;
-    const block_q8_K *a = (const block_q8_K *)va;
-    float sum = 0.0f;
-    for (int b = 0; b < n / QK_K; b++) {
-        uint8_t ct[QK_K];
-        unpack_codes_q5_K_r(w + b, ct);
-        sum += dot_k4_r_scalar(ct, w[b].d, w[b].dmin, w[b].scales, a + b);
-    }
-    return sum;
-}
+DEFINE_VEC_DOT_K4_R_SCALAR(q4_K_r)
+DEFINE_VEC_DOT_K4_R_SCALAR(q5_K_r)
 static float vec_dot_q6_K_r_body(int n, const void *vw, const void *va) {
     const block_q6_K_r *w = (const block_q6_K_r *)vw;
     const block_q8_K *a = (const block_q8_K *)va;
@@ -374,20 +361,42 @@ DEFINE_TILE(q4_K_r)
 DEFINE_TILE(q5_K_r)
 DEFINE_TILE(q6_K_r)
 
-/* ---- packed GEMM (many tokens): the natural types' packed blocks, one 256-block at a time,
- * from the rows unpacked to natural blocks; the activations are natural q8_K ---- */
+/* ---- packed GEMM (many tokens): the originals' packed blocks, from the decoded code vectors
+ * (an 8 x 8 transpose of their 4-byte lanes gives the groups in value order), so the packed GEMM
+ * gives the originals' bits; the activations are natural q8_K there ---- */
 #if MINILLM_AVX2
-#define DEFINE_PACK8_R(t, packed_bytes)                                                          \
-    void pack8_##t##_r(int n, const void *vw, size_t ws, int nr, void *dst) {                    \
-        const size_t pb = packed_bytes(QK_K);                                                    \
-        for (int b = 0; b < n / QK_K; b++) {                                                     \
-            block_##t nat[8];                                                                    \
-            for (int r = 0; r < nr && r < 8; r++)                                                \
-                unpack_block_##t##_r((const block_##t##_r *)((const char *)vw + r * ws) + b, &nat[r]); \
-            pack8_##t(QK_K, nat, sizeof(block_##t), nr, (char *)dst + b * pb);                   \
-        }                                                                                        \
+KQ_INLINE void k4_r_pack_row(const uint8_t *blk, __m256i *c, __m256i *q, int16_t *sc, int16_t *m, float *d,
+                             float *dmin) {
+    transpose8_epi32(c);
+    uint8_t sc8[8], m8[8];
+    unpack_scales_k4(blk + 4, sc8, m8);
+    for (int g = 0; g < 8; g++) {
+        q[g] = c[g];
+        sc[2 * g] = sc[2 * g + 1] = sc8[g];
+        m[2 * g] = m[2 * g + 1] = m8[g];
     }
-DEFINE_PACK8_R(q4_K, packed_k4_bytes)
-DEFINE_PACK8_R(q5_K, packed_k4_bytes)
-DEFINE_PACK8_R(q6_K, packed_q6_K_bytes)
+    fp16_t h[2];
+    memcpy(h, blk, 4);
+    *d = fp16_to_fp32(h[0]);
+    *dmin = fp16_to_fp32(h[1]);
+}
+static inline void pack_row_q4_K_r(const block_q4_K_r *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
+    dec_k4_r X;
+    decode_q4_K_r(w, &X);
+    k4_r_pack_row((const uint8_t *)w, X.c, q, sc, m, d, dmin);
+}
+static inline void pack_row_q5_K_r(const block_q5_K_r *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
+    dec_k4_r X;
+    decode_q5_K_r(w, &X);
+    k4_r_pack_row((const uint8_t *)w, X.c, q, sc, m, d, dmin);
+}
+DEFINE_PACK8_K4(q4_K_r, block_q4_K_r)
+DEFINE_PACK8_K4(q5_K_r, block_q5_K_r)
+static inline void groups_q6_K_r(const block_q6_K_r *blk, __m256i *q) {
+    dec_q6_K_r X;
+    decode_q6_K_r(blk, &X);
+    transpose8_epi32(X.c);
+    for (int g = 0; g < 8; g++) q[g] = X.c[g];
+}
+DEFINE_PACK8_Q6(q6_K_r, block_q6_K_r)
 #endif
