@@ -421,18 +421,27 @@ ALWAYS_INLINE __m256i code_q5_0(const block_q5_0 *b) { return _mm256_add_epi8(un
 DEFINE_PACK8(q8_0, block_q8_0, unpack_q8_0, s)
 DEFINE_PACK8(iq4_nl, block_iq4_nl, unpack_iq4_nl, s)
 
-/* IQ4_NL_R: each whole group of the nr rows back to IQ4_NL blocks, then packed as IQ4_NL */
+/* IQ4_NL_R: each whole group's 4 blocks unpacked for the nr rows at once (unpack4_iq4_nl_r), then
+ * packed as IQ4_NL's blocks are; the blocks after the last whole group are IQ4_NL blocks */
 void pack8_iq4_nl_r(int n, const void *vw, size_t ws, int nr, void *dst) {
     const int nb = n / QK, n4 = nb & ~3;
     const uint8_t *w = (const uint8_t *)vw;
     packed8s_block *p = (packed8s_block *)dst;
     for (int i = 0; i < n4; i += 4) {
-        block_iq4_nl blocks[8][4];
-        for (int r = 0; r < nr && r < 8; r++) {
-            const block_iq4_nl *row = (const block_iq4_nl *)(w + r * ws);
-            iq4_nl_r_group_blocks((const block_iq4_nl_r4 *)(row + i), blocks[r]);
+        __m256i v[4][8]; /* [block][row] */
+        for (int r = 0; r < 8; r++) {
+            const block_iq4_nl_r4 *g = (const block_iq4_nl_r4 *)((const block_iq4_nl *)(w + r * ws) + i);
+            __m256i q[4];
+            if (r < nr) unpack4_iq4_nl_r((const block_iq4_nl *)g, q);
+            for (int k = 0; k < 4; k++) {
+                v[k][r] = r < nr ? q[k] : _mm256_setzero_si256();
+                p[i + k].d[r] = r < nr ? fp16_to_fp32(g->d[k]) : 0.0f;
+            }
         }
-        pack8_iq4_nl(4 * QK, blocks, sizeof(blocks[0]), nr, p + i);
+        for (int k = 0; k < 4; k++) {
+            transpose8_epi32(v[k]);
+            store_packed8s(&p[i + k], v[k]);
+        }
     }
     if (nb > n4) pack8_iq4_nl((nb - n4) * QK, w + n4 * sizeof(block_iq4_nl), ws, nr, p + n4);
 }

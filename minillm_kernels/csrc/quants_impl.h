@@ -39,9 +39,8 @@ DECLARE_TYPE(q4_0, scalar)
 DECLARE_TYPE(q5_0, scalar)
 DECLARE_TYPE(iq4_nl, scalar)
 DECLARE_TYPE(iq4_nl_r, scalar)
-/* IQ4_NL rows -> IQ4_NL_R rows (block_iq4_nl_r4), n values, the same bytes; and back, one group */
+/* IQ4_NL rows -> IQ4_NL_R rows (block_iq4_nl_r4), n values, the same bytes */
 void repack_row_iq4_nl_r(const void *iq4_nl_row, void *y, int n);
-void iq4_nl_r_group_blocks(const block_iq4_nl_r4 *group, block_iq4_nl *blocks4);
 
 #if MINILLM_AVX2
 void quantize_row_q8_0_avx2(const float *x, void *y, int n);

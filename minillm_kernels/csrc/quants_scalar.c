@@ -133,7 +133,7 @@ DEFINE_Q32_SCALAR(iq4_nl, block_iq4_nl, unpack_iq4_nl)
 
 /* ---- IQ4_NL_R (quants.h): groups of 4 blocks <-> IQ4_NL blocks ---- */
 
-void iq4_nl_r_group_blocks(const block_iq4_nl_r4 *g, block_iq4_nl *b) {
+static void iq4_nl_r_group_blocks(const block_iq4_nl_r4 *g, block_iq4_nl *b) {
     for (int k = 0; k < 4; k++) {
         b[k].d = g->d[k];
         for (int j = 0; j < QK / 2; j++) { /* value j and j + 16 of block k */
