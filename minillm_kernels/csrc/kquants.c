@@ -611,12 +611,6 @@ static inline __m256 row_block_q5_K(const block_q5_K *w, const block_q8_K *a, __
     return row_block_k4(w->scales, w->qs, w->qh, w->d, w->dmin, a, acc);
 }
 
-/* bytes ahead of the current weight block that a row dot prefetches into L2 (GEMV reads rows in
- * order; 16 KiB into L2 gave Q4_K-Q6_K GEMV 5-10% more of the read bandwidth than 2 KiB into L1) */
-#ifndef KQ_PREFETCH_BYTES
-#define KQ_PREFETCH_BYTES 16384
-#endif
-
 /* the decoded block D against activation block b of the nc rows: PRESCALE 1 folds the group
  * scales into the codes first when nc > 1 (prescale), 0 keeps them for dot_<t> */
 #define KQ_DOT_COLS_0(t)                                                                       \
@@ -635,8 +629,8 @@ static inline __m256 row_block_q5_K(const block_q5_K *w, const block_q8_K *a, __
         const block_q8_K *a = (const block_q8_K *)va;                                                  \
         __m256 acc = _mm256_setzero_ps();                                                              \
         for (int b = 0; b < n / QK_K; b++) {                                                           \
-            for (int o = 0; o < (int)sizeof(block_##t); o += 64) /* GEMV streams rows: fetch ahead */  \
-                _mm_prefetch((const char *)(w + b) + KQ_PREFETCH_BYTES + o, _MM_HINT_T1);              \
+            for (int o = 0; o < (int)sizeof(block_##t); o += 64) /* a row streams in: fetch ahead */   \
+                _mm_prefetch((const char *)(w + b) + GEMV_PREFETCH_BYTES + o, _MM_HINT_T0);            \
             acc = row_block_##t(w + b, a + b, acc);                                                    \
         }                                                                                              \
         return hsum_ps(acc);                                                                           \
