@@ -180,15 +180,18 @@ cdef inline float *_f32(cnp.ndarray a):
 # ---- load-time conversions ----
 
 cdef repack_row_fn _repack_row(int wtype):
+    """the C conversion of one row for a key of REPACKED"""
     if wtype == 19:
         return repack_row_iq1_s_u
     if wtype == 12:
         return repack_row_q4_K_r
     if wtype == 13:
         return repack_row_q5_K_r
+    if wtype == 14:
+        return repack_row_q6_K_r
     if wtype == 20:
         return repack_row_iq4_nl_r
-    return repack_row_q6_K_r
+    return NULL
 
 
 def repack(w_raw, int wtype, n_threads=0):
@@ -214,6 +217,8 @@ def repack(w_raw, int wtype, n_threads=0):
     cdef uint8_t *po = <uint8_t *> cnp.PyArray_DATA(ao)
     cdef Py_ssize_t n_rows = w_raw.size // rb, r
     cdef repack_row_fn fn = _repack_row(wtype)
+    if fn == NULL:
+        raise ValueError(f"no row conversion for weight type {wtype}")
     with nogil:
         for r in prange(n_rows, num_threads=nth, schedule="static"):
             fn(pw + r * rb, po + r * rb_out, k)

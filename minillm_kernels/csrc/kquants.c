@@ -1080,23 +1080,31 @@ size_t packed_k4_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_k4_blo
  * of each 16 values (int16), and the two float scales.  IQ1_S fits the same form: value * 8 / d
  * = ls * (8 code - (8 -+ 1)) with code = g + 1 (see dec_iq1_s): sc = ls, m = ls * (7 or 9),
  * dmin = d / 8. */
+/* the packer's scales of a block that starts with d, dmin, scales[12] (Q4_K, Q5_K and their
+ * repacked forms): each sub-block's scale and min for its 16 values, and the two float scales */
+static inline void pack_scales_k4(const uint8_t *blk, int16_t *sc, int16_t *m, float *d, float *dmin) {
+    fp16_t h[2];
+    memcpy(h, blk, 4);
+    uint8_t sc8[8], m8[8];
+    unpack_scales_k4(blk + 4, sc8, m8);
+    for (int g = 0; g < 8; g++) {
+        sc[2 * g] = sc[2 * g + 1] = sc8[g];
+        m[2 * g] = m[2 * g + 1] = m8[g];
+    }
+    *d = fp16_to_fp32(h[0]);
+    *dmin = fp16_to_fp32(h[1]);
+}
+
 static inline void pack_row_k4(const uint8_t *blk, int has_qh, __m256i *q, int16_t *sc, int16_t *m, float *d,
                                float *dmin) {
     /* Q4_K and Q5_K share d, dmin, scales[12] at the start; then Q5_K's qh[32], then qs */
     fp16_t d16, dmin16;
     memcpy(&d16, blk, 2);
     memcpy(&dmin16, blk + 2, 2);
-    uint8_t sc8[8], m8[8];
-    unpack_scales_k4(blk + 4, sc8, m8);
     dec_k4 D;
     decode_k4(blk + 4, blk + (has_qh ? 48 : 16), has_qh ? blk + 16 : NULL, d16, dmin16, &D);
-    for (int g = 0; g < 8; g++) {
-        q[g] = D.q[g];
-        sc[2 * g] = sc[2 * g + 1] = sc8[g];
-        m[2 * g] = m[2 * g + 1] = m8[g];
-    }
-    *d = D.d;
-    *dmin = D.dmin;
+    for (int g = 0; g < 8; g++) q[g] = D.q[g];
+    pack_scales_k4(blk, sc, m, d, dmin);
 }
 static inline void pack_row_q4_K(const void *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
     pack_row_k4((const uint8_t *)w, 0, q, sc, m, d, dmin);

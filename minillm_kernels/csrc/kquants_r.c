@@ -368,17 +368,8 @@ DEFINE_TILE(q6_K_r)
 KQ_INLINE void k4_r_pack_row(const uint8_t *blk, __m256i *c, __m256i *q, int16_t *sc, int16_t *m, float *d,
                              float *dmin) {
     transpose8_epi32(c);
-    uint8_t sc8[8], m8[8];
-    unpack_scales_k4(blk + 4, sc8, m8);
-    for (int g = 0; g < 8; g++) {
-        q[g] = c[g];
-        sc[2 * g] = sc[2 * g + 1] = sc8[g];
-        m[2 * g] = m[2 * g + 1] = m8[g];
-    }
-    fp16_t h[2];
-    memcpy(h, blk, 4);
-    *d = fp16_to_fp32(h[0]);
-    *dmin = fp16_to_fp32(h[1]);
+    for (int g = 0; g < 8; g++) q[g] = c[g];
+    pack_scales_k4(blk, sc, m, d, dmin);
 }
 static inline void pack_row_q4_K_r(const block_q4_K_r *w, __m256i *q, int16_t *sc, int16_t *m, float *d, float *dmin) {
     dec_k4_r X;
