@@ -50,10 +50,10 @@ cdef extern from * nogil:
     """
     uint64_t stream_read_sum(const uint8_t *buf, size_t n, int n_threads)
 
-# Batches of this many tokens or more use the packed 8-row GEMM of the types that have one
-# (matmul_driver.c PACK8_MIN_TOKENS; see has_packed_gemm); their results then differ from the
+# Batches of this many tokens or more use the packed 8-row integer GEMM of the types that have
+# one (matmul_driver.c PACK8_MIN_TOKENS; see has_packed_gemm); their results then differ from the
 # GEMV of the same token by float rounding only (below that, and for the other types, they are
-# bit-identical).
+# bit-identical: the float types' GEMM for such batches sums like their GEMV).
 PACKED_GEMM_MIN_TOKENS = 8
 
 # activation formats: Q8_K_T is q8_K with its values in the transposed group order (csrc/kquants.h)
@@ -97,8 +97,8 @@ def get_force_scalar():
 
 
 def has_packed_gemm(int wtype):
-    """True when batches of PACKED_GEMM_MIN_TOKENS or more take the packed 8-row GEMM
-    (the SIMD build, not forced scalar)."""
+    """True when batches of PACKED_GEMM_MIN_TOKENS or more take the packed 8-row integer GEMM
+    (the SIMD build, not forced scalar), which rounds differently from the GEMV."""
     cdef const type_traits *tt = _traits(wtype)
     return tt.pack8 != NULL and not mm_get_force_scalar()
 

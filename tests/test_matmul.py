@@ -16,9 +16,10 @@ bit, and dequantize_rows must equal gguf.quants.dequantize exactly.
 
 Thread counts 1 and 2 must give bit-identical results, and a GEMM row the
 same bits as the GEMV of that token (every (row, token) pair is computed by
-one tile call with vec_dot's arithmetic), except for batches that take the
-packed 8-row GEMM (has_packed_gemm, >= 8 tokens), which must agree
-with the GEMV to float rounding (both within the float bound above).
+one tile call with vec_dot's arithmetic; the float types' GEMM too), except
+for batches that take the packed 8-row integer GEMM (has_packed_gemm, >= 8
+tokens), which must agree with the GEMV to float rounding (both within the
+float bound above).
 
 SIMD vs scalar: set_force_scalar(True) switches the float and 32-value types
 (and the q8_0 quantizer) to their scalar C bodies at run time; both must
@@ -211,6 +212,20 @@ def test_matmul(t, n_tok):
             assert np.all(np.abs(y0 - y1) <= 2 * fp_factor(t, k) * (np.abs(a) @ np.abs(W).T))
             if packed:
                 assert np.array_equal(y0, y1)
+
+
+@pytest.mark.parametrize("t", sorted(FLOAT_TYPES), ids=type_name)
+def test_float_gemm_is_the_gemv(t):
+    """the float types' GEMM (blocks of rows converted to float32, K blocks of 256, token chunks of
+    128) sums every output like the register tile: each GEMM row is its GEMV, bit for bit, across
+    K tails, several K blocks, odd row counts and more than one token chunk"""
+    for k, n in [(7, 8), (263, 9), (520, 20), (2051, 133)]:
+        raw, W = weights(t, (21, k), seed=k)
+        x = rand_x(n, k, seed=n)
+        y = mm.matmul(raw, t, x, n_threads=2)
+        assert np.array_equal(y, mm.matmul(raw, t, x, n_threads=1))
+        assert np.array_equal(y, np.stack([mm.matmul(raw, t, x[i]) for i in range(n)]))
+        check_product(y, W, x, x.astype(np.float64), t)
 
 
 @pytest.mark.parametrize("t", SUPPORTED + K_REPACKED, ids=type_name)

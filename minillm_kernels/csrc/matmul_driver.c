@@ -13,6 +13,12 @@
 #define PACK8_MIN_TOKENS 8
 /* Activation bytes per token chunk in GEMM: kept in L2 while a row tile sweeps it. */
 #define ACT_CHUNK_BYTES (128 * 1024)
+/* The float types' GEMM (gemm_rows_float): K blocks of FLOAT_KC values (16 rows of float32: 16 KiB,
+ * in L1 beside a 6-token group's 6 KiB of activations), and at most FLOAT_TOKEN_CHUNK tokens per
+ * sweep (their lane sums, 512 bytes per token, stay in L2). */
+#define FLOAT_KC 256
+#define FLOAT_TOKEN_CHUNK 128
+#define FLOAT_COLS 6 /* tokens per gemm16f call */
 
 static int force_scalar = 0;
 void mm_set_force_scalar(int on) { force_scalar = on ? 1 : 0; }
@@ -40,6 +46,8 @@ typedef struct {
     tile_fn tile; /* NULL: loop over vec_dot */
     pack8_fn pack8; /* NULL: no packed GEMM (or the scalar path) */
     gemm8_fn gemm8;
+    pack16f_fn pack16f; /* NULL: no float GEMM (or the scalar path) */
+    gemm16f_fn gemm16f;
     int batch_act;  /* activation format of batches of PACK8_MIN_TOKENS or more */
     int tr, tc, gv;
     int token_chunk;  /* tokens per L2 chunk of the register-tile GEMM (a multiple of tc) */
@@ -57,6 +65,8 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->tile = tt->tile[k->path];
     k->pack8 = k->path == PATH_BEST ? tt->pack8 : NULL;
     k->gemm8 = k->path == PATH_BEST ? tt->gemm8 : NULL;
+    k->pack16f = k->path == PATH_BEST ? tt->pack16f : NULL;
+    k->gemm16f = tt->gemm16f;
     k->batch_act = k->pack8 ? tt->pack8_act : tt->act_type;
     k->tr = tt->gemm_rows;
     k->tc = tt->gemm_cols;
@@ -79,6 +89,8 @@ static size_t act_stride(const kernel_t *k) {
 
 /* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed row tiles), 0 for none */
 static size_t scratch_bytes(const kernel_t *k, int ntok) {
+    if (ntok >= PACK8_MIN_TOKENS && k->pack16f)
+        return sizeof(float) * ((size_t)ROW_TILE * FLOAT_KC + (size_t)imin(ntok, FLOAT_TOKEN_CHUNK) * ROW_TILE * 8);
     return ntok >= PACK8_MIN_TOKENS && k->pack8 ? (ROW_TILE / k->tt->pack_rows) * k->tt->packed_bytes(k->K) : 0;
 }
 
@@ -134,6 +146,38 @@ static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1
     }
 }
 
+/* The float GEMM of rows [r0, r1) (at most ROW_TILE): per chunk of tokens, each K block of the rows is
+ * converted to float32 (in L1) and swept by every token of the chunk, the lanes carried over in part.
+ * Meanwhile the raw rows of the next block (from RAM for expert weights: nothing else would overlap
+ * their latency) and the next token group's activations are prefetched, spread over the calls. */
+static void gemm_rows_float(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
+                            int ntok, float *out, size_t os, uint8_t *scratch) {
+    float *packed = (float *)scratch, *part = packed + ROW_TILE * FLOAT_KC;
+    const int nr = r1 - r0, esize = k->tt->type_size;
+    const size_t block_bytes = (size_t)FLOAT_KC * esize, act_block = FLOAT_KC * sizeof(float);
+    const int lines_per_row = (int)(block_bytes / 64), lines = nr * lines_per_row;
+    for (int t0 = 0; t0 < ntok; t0 += FLOAT_TOKEN_CHUNK) {
+        const int t1 = imin(ntok, t0 + FLOAT_TOKEN_CHUNK), calls = (t1 - t0 + FLOAT_COLS - 1) / FLOAT_COLS;
+        for (int k0 = 0; k0 < k->K; k0 += FLOAT_KC) {
+            const int kn = imin(FLOAT_KC, k->K - k0), next = k0 + FLOAT_KC < k->K;
+            const int flags = (k0 ? 0 : GEMM16F_FIRST) | (next ? 0 : GEMM16F_LAST);
+            const uint8_t *wb = w + (size_t)r0 * k->row_bytes + (size_t)k0 * esize;
+            k->pack16f(kn, wb, k->row_bytes, nr, packed);
+            for (int i = 0, t = t0; t < t1; i++, t += FLOAT_COLS) {
+                if (next)
+                    for (int l = lines * i / calls; l < lines * (i + 1) / calls; l++)
+                        __builtin_prefetch(wb + (size_t)(l / lines_per_row) * k->row_bytes + block_bytes +
+                                               64 * (size_t)(l % lines_per_row), 0, 2);
+                for (int c = t + FLOAT_COLS; c < imin(t1, t + 2 * FLOAT_COLS); c++)
+                    for (size_t b = 0; b < act_block; b += 64)
+                        __builtin_prefetch(acts + c * as + (size_t)k0 * sizeof(float) + b, 0, 2);
+                k->gemm16f(kn, packed, acts + t * as + (size_t)k0 * sizeof(float), as, part + (t - t0) * ROW_TILE * 8,
+                           flags, out + t * os + r0, os, nr, imin(FLOAT_COLS, t1 - t));
+            }
+        }
+    }
+}
+
 /* Weight rows [r0, r1) (at most ROW_TILE) against ntok activation rows in act_format(k, ntok),
  * as bytes apart: out[t * os + r].  One token: GEMV, gv rows per call so their FMA chains
  * overlap.  Many tokens: the packed row tile (scratch: scratch_bytes(k)).
@@ -143,6 +187,8 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
     if (ntok == 1) {
         for (int r = r0; r < r1; r += k->gv)
             tile_call(k, w + r * k->row_bytes, acts, 0, out + r, 1, imin(k->gv, r1 - r), 1);
+    } else if (ntok >= PACK8_MIN_TOKENS && k->pack16f) {
+        gemm_rows_float(k, w, r0, r1, acts, as, ntok, out, os, scratch);
     } else if (ntok >= PACK8_MIN_TOKENS && k->pack8) {
         gemm_rows_packed(k, w, r0, r1, acts, as, ntok, out, os, scratch);
     } else {

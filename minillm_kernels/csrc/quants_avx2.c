@@ -13,6 +13,8 @@
  * sign(y, q)), which is exact: |q| <= 128 and |y| <= 127 keep each pair sum
  * below 2^15.
  */
+#include <math.h>
+
 #include "quants_impl.h"
 
 #if MINILLM_AVX2
@@ -297,7 +299,7 @@ ALWAYS_INLINE float get1_bf16(const uint8_t *p, int j) { return bf16_to_fp32(((c
             for (int c = 0; c < C; c++) {                                                        \
                 float s = hsum_ps(acc[r][c]);                                                    \
                 const float *y = (const float *)(a + c * as);                                    \
-                for (int j = i; j < n; j++) s += get1_##name(w + r * ws, j) * y[j];              \
+                for (int j = i; j < n; j++) s = fmaf(get1_##name(w + r * ws, j), y[j], s);       \
                 out[c * os + r] = s;                                                             \
             }                                                                                    \
     }                                                                                            \
@@ -557,85 +559,85 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
 
 
 /* ---- packed float GEMM (F32 / F16 / BF16 weights, float32 activations) ----
- * 16 weight rows are converted to float once and interleaved by column (packed[k][r]):
- * each column is two weight vectors that serve every token through broadcast FMAs,
- * 12 independent accumulator chains for 6 tokens (enough to hide the FMA latency),
- * with no conversion in the loop. Each output sums a chunk of 8 columns in a register
- * before adding it to its running sum (in L1), so its rounding stays within K/8 + 8
- * sequential additions, as in the 8-lane tile. */
-size_t packed16f_bytes(int n) { return (size_t)n * 16 * sizeof(float); }
-
-#define DEFINE_PACK16_FLOAT(name, elem_size)                                                      \
-    void pack16_##name(int n, const void *vw, size_t ws, int nr, void *dst) {                     \
-        float *p = (float *)dst;                                                                  \
-        const uint8_t *w = (const uint8_t *)vw;                                                   \
-        int k = 0;                                                                                \
-        for (; k + 8 <= n; k += 8)                                                                \
-            for (int h = 0; h < 2; h++) {                                                         \
-                __m256i v[8];                                                                     \
-                for (int r = 0; r < 8; r++)                                                       \
-                    v[r] = 8 * h + r < nr                                                         \
-                               ? _mm256_castps_si256(load8_##name(w + (8 * h + r) * ws + (size_t)k * elem_size)) \
-                               : _mm256_setzero_si256();                                          \
-                transpose8_epi32(v);                                                              \
-                for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)(p + 16 * (k + j) + 8 * h), v[j]); \
-            }                                                                                     \
-        for (; k < n; k++)                                                                        \
-            for (int r = 0; r < 16; r++) p[16 * k + r] = r < nr ? get1_##name(w + r * ws, k) : 0.0f; \
+ * The driver converts a block of up to 16 weight rows x n values to float32 (rows n apart,
+ * in L1) and sweeps every token over it, 2 rows x 6 tokens per step: 12 accumulators of 8
+ * lanes along K, 8 loads per 12 FMAs and no broadcast (on Zen 3 a broadcast takes an FMA
+ * pipe: the broadcast form reached 67% of the FMA peak, this one ~90% in L1).  The lanes
+ * carry over K blocks in part[] (exactly), and the last block sums them like the register
+ * tile (hsum_ps, then the tail in order), so every result is the tile's and the GEMV's,
+ * bit for bit. */
+void pack16_float_f32(int n, const void *vw, size_t ws, int nr, float *dst) {
+    for (int r = 0; r < GEMM16F_ROWS; r++)
+        if (r < nr) memcpy(dst + (size_t)r * n, (const uint8_t *)vw + r * ws, sizeof(float) * (size_t)n);
+        else memset(dst + (size_t)r * n, 0, sizeof(float) * (size_t)n);
+}
+#define DEFINE_PACK16_FLOAT(name, elem_size)                                                   \
+    void pack16_float_##name(int n, const void *vw, size_t ws, int nr, float *dst) {           \
+        const uint8_t *w = (const uint8_t *)vw;                                                \
+        for (int r = 0; r < GEMM16F_ROWS; r++) {                                               \
+            float *d = dst + (size_t)r * n;                                                    \
+            int k = 0;                                                                         \
+            if (r >= nr) {                                                                     \
+                memset(d, 0, sizeof(float) * (size_t)n);                                       \
+                continue;                                                                      \
+            }                                                                                  \
+            for (; k + 8 <= n; k += 8) _mm256_storeu_ps(d + k, load8_##name(w + r * ws + (size_t)k * elem_size)); \
+            for (; k < n; k++) d[k] = get1_##name(w + r * ws, k);                               \
+        }                                                                                      \
     }
-DEFINE_PACK16_FLOAT(f32, 4)
 DEFINE_PACK16_FLOAT(f16, 2)
 DEFINE_PACK16_FLOAT(bf16, 2)
 
-#define GEMM16F_MAX_C 6 /* tokens per call: 12 chunk sums + 2 weight vectors + a broadcast */
+#define GEMM16F_COLS 6
 
-/* sum[c][0..15] += the chunk of kn (<= 8) packed columns from k0 against token c */
-ALWAYS_INLINE void gemm16f_chunk(const float *p, const float *const *a, int k0, const int kn, float *sum,
-                                 const int C) {
-    __m256 lo[GEMM16F_MAX_C], hi[GEMM16F_MAX_C];
-    const __m256 w0 = _mm256_loadu_ps(p + 16 * k0), w1 = _mm256_loadu_ps(p + 16 * k0 + 8);
+/* rows w, w + n (2 packed rows) against C tokens: the lanes in part[(c * 16 + r) * 8] */
+ALWAYS_INLINE void gemm16f_pair(int n, const float *w, const uint8_t *a, size_t as, float *part, int first,
+                                const int C) {
+    __m256 acc0[GEMM16F_COLS], acc1[GEMM16F_COLS];
     for (int c = 0; c < C; c++) {
-        const __m256 b = _mm256_broadcast_ss(a[c] + k0);
-        lo[c] = _mm256_mul_ps(w0, b);
-        hi[c] = _mm256_mul_ps(w1, b);
+        acc0[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * 128);
+        acc1[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * 128 + 8);
     }
-    for (int k = k0 + 1; k < k0 + kn; k++) {
-        const __m256 v0 = _mm256_loadu_ps(p + 16 * k), v1 = _mm256_loadu_ps(p + 16 * k + 8);
+    for (int k = 0; k + 8 <= n; k += 8) {
+        const __m256 x0 = _mm256_loadu_ps(w + k), x1 = _mm256_loadu_ps(w + n + k);
         for (int c = 0; c < C; c++) {
-            const __m256 b = _mm256_broadcast_ss(a[c] + k);
-            lo[c] = _mm256_fmadd_ps(v0, b, lo[c]);
-            hi[c] = _mm256_fmadd_ps(v1, b, hi[c]);
+            __m256 y = _mm256_loadu_ps((const float *)(a + c * as) + k);
+            __asm__("" : "+x"(y)); /* one load for both FMAs: GCC would fold it into each (2 loads) */
+            acc0[c] = _mm256_fmadd_ps(x0, y, acc0[c]);
+            acc1[c] = _mm256_fmadd_ps(x1, y, acc1[c]);
         }
     }
     for (int c = 0; c < C; c++) {
-        _mm256_store_ps(sum + 16 * c, _mm256_add_ps(_mm256_load_ps(sum + 16 * c), lo[c]));
-        _mm256_store_ps(sum + 16 * c + 8, _mm256_add_ps(_mm256_load_ps(sum + 16 * c + 8), hi[c]));
+        _mm256_storeu_ps(part + c * 128, acc0[c]);
+        _mm256_storeu_ps(part + c * 128 + 8, acc1[c]);
     }
 }
 
-ALWAYS_INLINE void gemm16f_c(int n, const float *p, const uint8_t *a, size_t as, float *out, size_t os, int nr,
-                             const int C) {
-    const float *ac[GEMM16F_MAX_C];
-    float sum[GEMM16F_MAX_C * 16] __attribute__((aligned(32)));
-    for (int c = 0; c < C; c++) ac[c] = (const float *)(a + c * as);
-    memset(sum, 0, sizeof(sum));
-    int k0 = 0;
-    for (; k0 + 8 <= n; k0 += 8) gemm16f_chunk(p, ac, k0, 8, sum, C);
-    if (k0 < n) gemm16f_chunk(p, ac, k0, n - k0, sum, C);
-    for (int c = 0; c < C; c++) memcpy(out + c * os, sum + 16 * c, sizeof(float) * (size_t)nr);
+ALWAYS_INLINE void gemm16f_c(int n, const float *p, const uint8_t *a, size_t as, float *part, int flags,
+                             float *out, size_t os, int nr, const int C) {
+    for (int r = 0; r < nr; r += 2) gemm16f_pair(n, p + (size_t)r * n, a, as, part + 8 * r, flags & GEMM16F_FIRST, C);
+    if (!(flags & GEMM16F_LAST)) return;
+    const int tail = n & ~7;
+    for (int c = 0; c < C; c++) {
+        const float *y = (const float *)(a + c * as);
+        for (int r = 0; r < nr; r++) {
+            float s = hsum_ps(_mm256_loadu_ps(part + (c * 16 + r) * 8));
+            for (int j = tail; j < n; j++) s = fmaf(p[(size_t)r * n + j], y[j], s); /* as the tile */
+            out[c * os + r] = s;
+        }
+    }
 }
 
-/* out[c * os + r] for nr (<= 16) packed rows and nc (<= 6) float32 activation rows */
-void gemm16_float_avx2(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr, int nc) {
-    const float *p = (const float *)packed;
+void gemm16_float_avx2(int n, const float *packed, const void *a, size_t as, float *part, int flags, float *out,
+                       size_t os, int nr, int nc) {
     const uint8_t *ab = (const uint8_t *)a;
     switch (nc) {
-        case 1: gemm16f_c(n, p, ab, as, out, os, nr, 1); break;
-        case 2: gemm16f_c(n, p, ab, as, out, os, nr, 2); break;
-        case 3: gemm16f_c(n, p, ab, as, out, os, nr, 3); break;
-        case 4: gemm16f_c(n, p, ab, as, out, os, nr, 4); break;
-        case 5: gemm16f_c(n, p, ab, as, out, os, nr, 5); break;
-        default: gemm16f_c(n, p, ab, as, out, os, nr, 6); break;
+        case 1: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 1); break;
+        case 2: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 2); break;
+        case 3: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 3); break;
+        case 4: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 4); break;
+        case 5: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 5); break;
+        default: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 6); break;
     }
 }
 

@@ -21,20 +21,24 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 /* streams: GEMV row streams per thread (type_traits.gemv_streams).  The quantized types read 4
  * streams far apart, which keeps more reads in flight than one: in alternating A/B, Q8_0 went from
  * 0.70 to 0.90 of the read bandwidth, Q2_K-Q6_K +8-14%.  The float GEMV already reads at 0.9-1.0. */
-#define OWN_TYPE(ID, t, bs, ts, act, dq_best, gr, gc, gv, pack, streams)                             \
+#define OWN_TYPE(ID, t, bs, ts, act, dq_best, gr, gc, gv, pack, streams, ...) /* ...: FLOAT_GEMM */      \
     {ID, #t, bs, ts, act, {dq_best, dequantize_row_##t##_scalar},                             \
-     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack, .gemv_streams = streams}
+     {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack, .gemv_streams = streams, \
+     __VA_ARGS__}
 
 #if MINILLM_AVX2
 #define PACK8_S(t) pack8_##t, gemm8_signed_avx2, packed8s_bytes, ACT_Q8_0_PM, 8, 8
 #define PACK8_U(t) pack8_##t, gemm8_##t##_avx2, packed8u_bytes, ACT_Q8_0_PM, 4, 8
-#define PACK16_F(t) pack16_##t, gemm16_float_avx2, packed16f_bytes, ACT_F32, 6, 16
 #else
-#define PACK16_F(t) NO_PACK8
 #define PACK8_S(t) NO_PACK8
 #define PACK8_U(t) NO_PACK8
 #endif
 #define NO_PACK8 NULL, NULL, NULL, 0, 0, 8
+#if MINILLM_AVX2
+#define FLOAT_GEMM(t) .pack16f = pack16_float_##t, .gemm16f = gemm16_float_avx2
+#else
+#define FLOAT_GEMM(t) .pack16f = NULL
+#endif
 
 #if MINILLM_AVX2
 #define DQ_F16 dequantize_row_f16_avx2
@@ -72,9 +76,9 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #endif
 
 static const type_traits TABLE[] = {
-    OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, PACK16_F(f32), 0),
-    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4, PACK16_F(f16), 0),
-    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, PACK16_F(bf16), 0),
+    OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, NO_PACK8, 0, FLOAT_GEMM(f32)),
+    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(f16)),
+    OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(bf16)),
     OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4, PACK8_S(q8_0), 4),
     OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8_U(q4_0), 4),
     OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8_U(q5_0), 4),
