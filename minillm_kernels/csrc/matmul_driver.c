@@ -13,12 +13,14 @@
 #define PACK8_MIN_TOKENS 8
 /* Activation bytes per token chunk in GEMM: kept in L2 while a row tile sweeps it. */
 #define ACT_CHUNK_BYTES (128 * 1024)
-/* The float types' GEMM (gemm_rows_float): K blocks of FLOAT_KC values (16 rows of float32: 16 KiB,
- * in L1 beside a 6-token group's 6 KiB of activations), and at most FLOAT_TOKEN_CHUNK tokens per
- * sweep (their lane sums, 512 bytes per token, stay in L2). */
-#define FLOAT_KC 256
-#define FLOAT_TOKEN_CHUNK 128
-#define FLOAT_COLS 6 /* tokens per gemm16f call */
+/* The float types' GEMM (gemm_rows_float): K blocks of FLOAT_KC values, so that a 6-token group's
+ * activations of a block (12 KiB) stay in L1 while the row tile's block streams past them from L2. */
+#define FLOAT_KC 512
+#define FLOAT_COLS 6 /* tokens per gemm_float call */
+/* Rows per work item of the float GEMM (a multiple of GEMMF_ROWS): each group of 6 tokens reads the
+ * item's rows from L2 (32 rows of f16: 128 KiB), so more rows reuse each block of activations more
+ * often; in alternating runs of the F16 MoE prefill, 16 / 32 / 64 rows gave 81 / 97 / 83 GFLOP/s. */
+#define FLOAT_ROW_TILE 32
 
 static int force_scalar = 0;
 void mm_set_force_scalar(int on) { force_scalar = on ? 1 : 0; }
@@ -46,8 +48,7 @@ typedef struct {
     tile_fn tile; /* NULL: loop over vec_dot */
     pack8_fn pack8; /* NULL: no packed GEMM (or the scalar path) */
     gemm8_fn gemm8;
-    pack16f_fn pack16f; /* NULL: no float GEMM (or the scalar path) */
-    gemm16f_fn gemm16f;
+    gemmf_fn gemm_float; /* NULL: no float GEMM (or the scalar path) */
     int batch_act;  /* activation format of batches of PACK8_MIN_TOKENS or more */
     int tr, tc, gv;
     int token_chunk;  /* tokens per L2 chunk of the register-tile GEMM (a multiple of tc) */
@@ -65,8 +66,7 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->tile = tt->tile[k->path];
     k->pack8 = k->path == PATH_BEST ? tt->pack8 : NULL;
     k->gemm8 = k->path == PATH_BEST ? tt->gemm8 : NULL;
-    k->pack16f = k->path == PATH_BEST ? tt->pack16f : NULL;
-    k->gemm16f = tt->gemm16f;
+    k->gemm_float = k->path == PATH_BEST ? tt->gemm_float : NULL;
     k->batch_act = k->pack8 ? tt->pack8_act : tt->act_type;
     k->tr = tt->gemm_rows;
     k->tc = tt->gemm_cols;
@@ -89,8 +89,7 @@ static size_t act_stride(const kernel_t *k) {
 
 /* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed row tiles), 0 for none */
 static size_t scratch_bytes(const kernel_t *k, int ntok) {
-    if (ntok >= PACK8_MIN_TOKENS && k->pack16f)
-        return sizeof(float) * ((size_t)ROW_TILE * FLOAT_KC + (size_t)imin(ntok, FLOAT_TOKEN_CHUNK) * ROW_TILE * 8);
+    if (ntok >= PACK8_MIN_TOKENS && k->gemm_float) return sizeof(float) * FLOAT_COLS * FLOAT_ROW_TILE * 8;
     return ntok >= PACK8_MIN_TOKENS && k->pack8 ? (ROW_TILE / k->tt->pack_rows) * k->tt->packed_bytes(k->K) : 0;
 }
 
@@ -146,39 +145,36 @@ static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1
     }
 }
 
-/* The float GEMM of rows [r0, r1) (at most ROW_TILE): per chunk of tokens, each K block of the rows is
- * converted to float32 (in L1) and swept by every token of the chunk, the lanes carried over in part.
- * Meanwhile the raw rows of the next block (from RAM for expert weights: nothing else would overlap
- * their latency) and the next token group's activations are prefetched, spread over the calls. */
+/* rows per work item: the float GEMM takes more (FLOAT_ROW_TILE); every other path at most ROW_TILE */
+static int row_tile(const kernel_t *k) { return k->gemm_float ? FLOAT_ROW_TILE : ROW_TILE; }
+
+/* The float GEMM of rows [r0, r1) (at most FLOAT_ROW_TILE): each group of FLOAT_COLS tokens goes through
+ * the K blocks in turn, every block of the rows against the group's block of activations (in L1);
+ * the 8 lanes of each output carry over the blocks in part (scratch).  The rows come from RAM for
+ * the first group only (then from L2): it prefetches each next block of the rows meanwhile. */
 static void gemm_rows_float(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
                             int ntok, float *out, size_t os, uint8_t *scratch) {
-    float *packed = (float *)scratch, *part = packed + ROW_TILE * FLOAT_KC;
+    float *part = (float *)scratch;
     const int nr = r1 - r0, esize = k->tt->type_size;
-    const size_t block_bytes = (size_t)FLOAT_KC * esize, act_block = FLOAT_KC * sizeof(float);
-    const int lines_per_row = (int)(block_bytes / 64), lines = nr * lines_per_row;
-    for (int t0 = 0; t0 < ntok; t0 += FLOAT_TOKEN_CHUNK) {
-        const int t1 = imin(ntok, t0 + FLOAT_TOKEN_CHUNK), calls = (t1 - t0 + FLOAT_COLS - 1) / FLOAT_COLS;
+    const size_t block_bytes = (size_t)FLOAT_KC * esize;
+    const uint8_t *wt = w + (size_t)r0 * k->row_bytes;
+    for (int t = 0; t < ntok; t += FLOAT_COLS)
         for (int k0 = 0; k0 < k->K; k0 += FLOAT_KC) {
-            const int kn = imin(FLOAT_KC, k->K - k0), next = k0 + FLOAT_KC < k->K;
-            const int flags = (k0 ? 0 : GEMM16F_FIRST) | (next ? 0 : GEMM16F_LAST);
-            const uint8_t *wb = w + (size_t)r0 * k->row_bytes + (size_t)k0 * esize;
-            k->pack16f(kn, wb, k->row_bytes, nr, packed);
-            for (int i = 0, t = t0; t < t1; i++, t += FLOAT_COLS) {
-                if (next)
-                    for (int l = lines * i / calls; l < lines * (i + 1) / calls; l++)
-                        __builtin_prefetch(wb + (size_t)(l / lines_per_row) * k->row_bytes + block_bytes +
-                                               64 * (size_t)(l % lines_per_row), 0, 2);
-                for (int c = t + FLOAT_COLS; c < imin(t1, t + 2 * FLOAT_COLS); c++)
-                    for (size_t b = 0; b < act_block; b += 64)
-                        __builtin_prefetch(acts + c * as + (size_t)k0 * sizeof(float) + b, 0, 2);
-                k->gemm16f(kn, packed, acts + t * as + (size_t)k0 * sizeof(float), as, part + (t - t0) * ROW_TILE * 8,
-                           flags, out + t * os + r0, os, nr, imin(FLOAT_COLS, t1 - t));
-            }
+            const int next = k0 + FLOAT_KC < k->K;
+            const int flags = (k0 ? 0 : GEMMF_FIRST) | (next ? 0 : GEMMF_LAST);
+            if (t == 0 && next)
+                for (int r = 0; r < nr; r++)
+                    for (size_t b = 0; b < block_bytes; b += 64)
+                        __builtin_prefetch(wt + r * k->row_bytes + (size_t)(k0 + FLOAT_KC) * esize + b, 0, 2);
+            for (int r = 0; r < nr; r += GEMMF_ROWS) /* each 16 rows' lanes: 6 x 16 x 8 floats of part */
+                k->gemm_float(imin(FLOAT_KC, k->K - k0), wt + (size_t)r * k->row_bytes + (size_t)k0 * esize,
+                              k->row_bytes, acts + t * as + (size_t)k0 * sizeof(float), as,
+                              part + (r / GEMMF_ROWS) * FLOAT_COLS * GEMMF_ROWS * 8, flags, out + t * os + r0 + r, os,
+                              imin(GEMMF_ROWS, nr - r), imin(FLOAT_COLS, ntok - t));
         }
-    }
 }
 
-/* Weight rows [r0, r1) (at most ROW_TILE) against ntok activation rows in act_format(k, ntok),
+/* Weight rows [r0, r1) (at most row_tile(k)) against ntok activation rows in act_format(k, ntok),
  * as bytes apart: out[t * os + r].  One token: GEMV, gv rows per call so their FMA chains
  * overlap.  Many tokens: the packed row tile (scratch: scratch_bytes(k)).
  * Otherwise for each chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
@@ -187,7 +183,7 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
     if (ntok == 1) {
         for (int r = r0; r < r1; r += k->gv)
             tile_call(k, w + r * k->row_bytes, acts, 0, out + r, 1, imin(k->gv, r1 - r), 1);
-    } else if (ntok >= PACK8_MIN_TOKENS && k->pack16f) {
+    } else if (ntok >= PACK8_MIN_TOKENS && k->gemm_float) {
         gemm_rows_float(k, w, r0, r1, acts, as, ntok, out, os, scratch);
     } else if (ntok >= PACK8_MIN_TOKENS && k->pack8) {
         gemm_rows_packed(k, w, r0, r1, acts, as, ntok, out, os, scratch);
@@ -234,7 +230,7 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
         if (!buf) return MM_ERR_NOMEM;
         acts = buf;
     }
-    const int tiles = (M + ROW_TILE - 1) / ROW_TILE;
+    const int rt = row_tile(&k), tiles = (M + rt - 1) / rt;
     const long items = (long)B * tiles;
     const size_t sbytes = scratch_bytes(&k, N);
     int failed = 0;
@@ -252,8 +248,8 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
         for (long it = 0; it < items; it++) {
             if (sbytes && !scratch) continue;
             const long b = it / tiles;
-            const int r0 = (int)(it % tiles) * ROW_TILE;
-            gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + ROW_TILE), acts + b * N * as, as, N,
+            const int r0 = (int)(it % tiles) * rt;
+            gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + rt), acts + b * N * as, as, N,
                       out + b * N * M, M, scratch);
         }
         free(scratch);
@@ -266,12 +262,12 @@ static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 typedef struct { int e, r0; } work_item;
 
-/* (expert, row tile) work items of the experts that received tokens, in expert order */
-static int make_items(const int *counts, int n_expert, int rows, work_item *items) {
+/* (expert, row tile of `tile` rows) work items of the experts that received tokens, in expert order */
+static int make_items(const int *counts, int n_expert, int rows, int tile, work_item *items) {
     int n = 0;
     for (int e = 0; e < n_expert; e++)
         if (counts[e])
-            for (int r = 0; r < rows; r += ROW_TILE) items[n++] = (work_item){e, r};
+            for (int r = 0; r < rows; r += tile) items[n++] = (work_item){e, r};
     return n;
 }
 
@@ -324,8 +320,10 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         }
         free(fill);
     }
-    const int n_items_f = make_items(counts, n_expert, F, items_f);
-    const int n_items_o = make_items(counts, n_expert, K_out, items_o);
+    /* gate and up share their items: the smaller tile when they differ (the packed GEMM takes at most ROW_TILE) */
+    const int tile_f = imin(row_tile(&kg), row_tile(&ku)), tile_o = row_tile(&kd);
+    const int n_items_f = make_items(counts, n_expert, F, tile_f, items_f);
+    const int n_items_o = make_items(counts, n_expert, K_out, tile_o, items_o);
     int uniform = 1; /* every used expert has the same token count: equal-cost items, static split */
     int max_count = 0;
     for (int e = 0; e < n_expert; e++) {
@@ -350,7 +348,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
 #define GATE_UP_ITEM(i)                                                                                  \
     {                                                                                                    \
         if (sbytes && !scratch) continue;                                                                \
-        const int e = items_f[i].e, r0 = items_f[i].r0, r1 = imin(F, r0 + ROW_TILE);                     \
+        const int e = items_f[i].e, r0 = items_f[i].r0, r1 = imin(F, r0 + tile_f);                     \
         gemm_rows(&kg, gate + e * gate_estride, r0, r1, acts_g + offs[e] * as_g, as_g, counts[e],        \
                   gbuf + (size_t)offs[e] * F, F, scratch);                                               \
         gemm_rows(&ku, up + e * up_estride, r0, r1, acts_u + offs[e] * as_u, as_u, counts[e],            \
@@ -382,7 +380,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     {                                                                                                    \
         if (sbytes && !scratch) continue;                                                                \
         const int e = items_o[i].e, r0 = items_o[i].r0;                                                  \
-        gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + ROW_TILE), hq + offs[e] * as_d, as_d, \
+        gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + tile_o), hq + offs[e] * as_d, as_d, \
                   counts[e], ybuf + (size_t)offs[e] * K_out, K_out, scratch);                            \
     }
         if (max_count == 1) {

@@ -558,87 +558,70 @@ DEFINE_GEMM8(q4_0, gemm8u_c, packed8u_block, , 8)
 DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
 
 
-/* ---- packed float GEMM (F32 / F16 / BF16 weights, float32 activations) ----
- * The driver converts a block of up to 16 weight rows x n values to float32 (rows n apart,
- * in L1) and sweeps every token over it, 2 rows x 6 tokens per step: 12 accumulators of 8
- * lanes along K, 8 loads per 12 FMAs and no broadcast (on Zen 3 a broadcast takes an FMA
- * pipe: the broadcast form reached 67% of the FMA peak, this one ~90% in L1).  The lanes
- * carry over K blocks in part[] (exactly), and the last block sums them like the register
- * tile (hsum_ps, then the tail in order), so every result is the tile's and the GEMV's,
- * bit for bit. */
-void pack16_float_f32(int n, const void *vw, size_t ws, int nr, float *dst) {
-    for (int r = 0; r < GEMM16F_ROWS; r++)
-        if (r < nr) memcpy(dst + (size_t)r * n, (const uint8_t *)vw + r * ws, sizeof(float) * (size_t)n);
-        else memset(dst + (size_t)r * n, 0, sizeof(float) * (size_t)n);
-}
-#define DEFINE_PACK16_FLOAT(name, elem_size)                                                   \
-    void pack16_float_##name(int n, const void *vw, size_t ws, int nr, float *dst) {           \
-        const uint8_t *w = (const uint8_t *)vw;                                                \
-        for (int r = 0; r < GEMM16F_ROWS; r++) {                                               \
-            float *d = dst + (size_t)r * n;                                                    \
-            int k = 0;                                                                         \
-            if (r >= nr) {                                                                     \
-                memset(d, 0, sizeof(float) * (size_t)n);                                       \
-                continue;                                                                      \
-            }                                                                                  \
-            for (; k + 8 <= n; k += 8) _mm256_storeu_ps(d + k, load8_##name(w + r * ws + (size_t)k * elem_size)); \
-            for (; k < n; k++) d[k] = get1_##name(w + r * ws, k);                               \
-        }                                                                                      \
-    }
-DEFINE_PACK16_FLOAT(f16, 2)
-DEFINE_PACK16_FLOAT(bf16, 2)
+/* ---- float GEMM for many tokens (F32 / F16 / BF16 weights, float32 activations) ----
+ * The register tile's arithmetic on 2 rows x 6 tokens per step: 12 accumulators of 8 lanes
+ * along K, 2 weight loads (converted in the loop) and 6 activation loads per 12 FMAs, no
+ * broadcast (on Zen 3 a broadcast takes an FMA pipe: a 16-row broadcast form converted to
+ * float32 reached 67% of the FMA peak in L1, this one ~80-90%).  The driver calls it per
+ * K block of at most 16 rows x 6 tokens: the block's activations (6 x n floats) stay in L1
+ * for all the row pairs, the rows' block streams from L2.  The lanes carry over K blocks in
+ * part[] (exactly), and the last block sums them like the register tile (hsum_ps, then the
+ * tail in order with fmaf), so every result is the tile's and the GEMV's, bit for bit. */
+#define GEMMF_COLS 6
 
-#define GEMM16F_COLS 6
-
-/* rows w, w + n (2 packed rows) against C tokens: the lanes in part[(c * 16 + r) * 8] */
-ALWAYS_INLINE void gemm16f_pair(int n, const float *w, const uint8_t *a, size_t as, float *part, int first,
-                                const int C) {
-    __m256 acc0[GEMM16F_COLS], acc1[GEMM16F_COLS];
-    for (int c = 0; c < C; c++) {
-        acc0[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * 128);
-        acc1[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * 128 + 8);
+#define DEFINE_GEMM_FLOAT(name, elem_size)                                                              \
+    /* rows w0, w1 against C tokens: the lanes of (row r, token c) in part[(c * 16 + r) * 8] */        \
+    ALWAYS_INLINE void gemmf_pair_##name(int n, const uint8_t *w0, const uint8_t *w1, const uint8_t *a, \
+                                         size_t as, float *part, int first, const int C) {              \
+        __m256 acc0[GEMMF_COLS], acc1[GEMMF_COLS];                                                      \
+        for (int c = 0; c < C; c++) {                                                                   \
+            acc0[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * 128);                    \
+            acc1[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * 128 + 8);                \
+        }                                                                                               \
+        for (int k = 0; k + 8 <= n; k += 8) {                                                           \
+            const __m256 x0 = load8_##name(w0 + (size_t)k * elem_size), x1 = load8_##name(w1 + (size_t)k * elem_size); \
+            for (int c = 0; c < C; c++) {                                                               \
+                __m256 y = _mm256_loadu_ps((const float *)(a + c * as) + k);                            \
+                __asm__("" : "+x"(y)); /* one load for both FMAs (GCC would fold it into each) */       \
+                acc0[c] = _mm256_fmadd_ps(x0, y, acc0[c]);                                              \
+                acc1[c] = _mm256_fmadd_ps(x1, y, acc1[c]);                                              \
+            }                                                                                           \
+        }                                                                                               \
+        for (int c = 0; c < C; c++) {                                                                   \
+            _mm256_storeu_ps(part + c * 128, acc0[c]);                                                  \
+            _mm256_storeu_ps(part + c * 128 + 8, acc1[c]);                                              \
+        }                                                                                               \
+    }                                                                                                   \
+    ALWAYS_INLINE void gemmf_c_##name(int n, const uint8_t *w, size_t ws, const uint8_t *a, size_t as,  \
+                                      float *part, int flags, float *out, size_t os, int nr, const int C) { \
+        for (int r = 0; r < nr; r += 2) /* an odd last row pairs with itself (its twin is not stored) */ \
+            gemmf_pair_##name(n, w + r * ws, w + (r + 1 < nr ? r + 1 : r) * ws, a, as, part + 8 * r,     \
+                              flags & GEMMF_FIRST, C);                                                  \
+        if (!(flags & GEMMF_LAST)) return;                                                              \
+        const int tail = n & ~7;                                                                        \
+        for (int c = 0; c < C; c++) {                                                                   \
+            const float *y = (const float *)(a + c * as);                                               \
+            for (int r = 0; r < nr; r++) {                                                              \
+                float s = hsum_ps(_mm256_loadu_ps(part + (c * 16 + r) * 8));                            \
+                for (int j = tail; j < n; j++) s = fmaf(get1_##name(w + r * ws, j), y[j], s);           \
+                out[c * os + r] = s;                                                                    \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+    void gemm_float_##name##_avx2(int n, const void *vw, size_t ws, const void *va, size_t as, float *part, \
+                                  int flags, float *out, size_t os, int nr, int nc) {                   \
+        const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;                               \
+        switch (nc) {                                                                                   \
+            case 1: gemmf_c_##name(n, w, ws, a, as, part, flags, out, os, nr, 1); break;                \
+            case 2: gemmf_c_##name(n, w, ws, a, as, part, flags, out, os, nr, 2); break;                \
+            case 3: gemmf_c_##name(n, w, ws, a, as, part, flags, out, os, nr, 3); break;                \
+            case 4: gemmf_c_##name(n, w, ws, a, as, part, flags, out, os, nr, 4); break;                \
+            case 5: gemmf_c_##name(n, w, ws, a, as, part, flags, out, os, nr, 5); break;                \
+            default: gemmf_c_##name(n, w, ws, a, as, part, flags, out, os, nr, 6); break;               \
+        }                                                                                               \
     }
-    for (int k = 0; k + 8 <= n; k += 8) {
-        const __m256 x0 = _mm256_loadu_ps(w + k), x1 = _mm256_loadu_ps(w + n + k);
-        for (int c = 0; c < C; c++) {
-            __m256 y = _mm256_loadu_ps((const float *)(a + c * as) + k);
-            __asm__("" : "+x"(y)); /* one load for both FMAs: GCC would fold it into each (2 loads) */
-            acc0[c] = _mm256_fmadd_ps(x0, y, acc0[c]);
-            acc1[c] = _mm256_fmadd_ps(x1, y, acc1[c]);
-        }
-    }
-    for (int c = 0; c < C; c++) {
-        _mm256_storeu_ps(part + c * 128, acc0[c]);
-        _mm256_storeu_ps(part + c * 128 + 8, acc1[c]);
-    }
-}
-
-ALWAYS_INLINE void gemm16f_c(int n, const float *p, const uint8_t *a, size_t as, float *part, int flags,
-                             float *out, size_t os, int nr, const int C) {
-    for (int r = 0; r < nr; r += 2) gemm16f_pair(n, p + (size_t)r * n, a, as, part + 8 * r, flags & GEMM16F_FIRST, C);
-    if (!(flags & GEMM16F_LAST)) return;
-    const int tail = n & ~7;
-    for (int c = 0; c < C; c++) {
-        const float *y = (const float *)(a + c * as);
-        for (int r = 0; r < nr; r++) {
-            float s = hsum_ps(_mm256_loadu_ps(part + (c * 16 + r) * 8));
-            for (int j = tail; j < n; j++) s = fmaf(p[(size_t)r * n + j], y[j], s); /* as the tile */
-            out[c * os + r] = s;
-        }
-    }
-}
-
-void gemm16_float_avx2(int n, const float *packed, const void *a, size_t as, float *part, int flags, float *out,
-                       size_t os, int nr, int nc) {
-    const uint8_t *ab = (const uint8_t *)a;
-    switch (nc) {
-        case 1: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 1); break;
-        case 2: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 2); break;
-        case 3: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 3); break;
-        case 4: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 4); break;
-        case 5: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 5); break;
-        default: gemm16f_c(n, packed, ab, as, part, flags, out, os, nr, 6); break;
-    }
-}
+DEFINE_GEMM_FLOAT(f32, 4)
+DEFINE_GEMM_FLOAT(f16, 2)
+DEFINE_GEMM_FLOAT(bf16, 2)
 
 #endif /* MINILLM_AVX2 */

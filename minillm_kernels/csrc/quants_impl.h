@@ -21,10 +21,9 @@ typedef void (*pack8_fn)(int n, const void *w, size_t w_stride, int nr, void *ds
 typedef void (*gemm8_fn)(int n, const void *packed, const void *a, size_t a_stride, float *out,
                          size_t out_stride, int nr, int nc);
 
-/* the float types' GEMM for many tokens: blocks of rows converted to float32 (quants_avx2.c) */
-typedef void (*pack16f_fn)(int n, const void *w, size_t w_stride, int nr, float *dst);
-typedef void (*gemm16f_fn)(int n, const float *packed, const void *a, size_t a_stride, float *part, int flags,
-                           float *out, size_t out_stride, int nr, int nc);
+/* the float types' GEMM for many tokens (quants_avx2.c) */
+typedef void (*gemmf_fn)(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *part,
+                         int flags, float *out, size_t out_stride, int nr, int nc);
 
 #define TILE_MAX_R 4
 #define TILE_MAX_C 4
@@ -77,15 +76,16 @@ void pack8_iq4_nl_r(int n, const void *w, size_t w_stride, int nr, void *dst);
 DECLARE_GEMM8(signed) /* Q8_0, IQ4_NL */
 DECLARE_GEMM8(q4_0)
 DECLARE_GEMM8(q5_0)
-/* the float types: blocks of up to 16 rows converted to float32 (rows n apart), float32 activations,
- * up to 6 tokens per call; the K blocks carry 8 lanes per output in part (16 * 8 floats per token) */
-#define GEMM16F_ROWS 16
-enum { GEMM16F_FIRST = 1, GEMM16F_LAST = 2 };
-void pack16_float_f32(int n, const void *w, size_t w_stride, int nr, float *dst);
-void pack16_float_f16(int n, const void *w, size_t w_stride, int nr, float *dst);
-void pack16_float_bf16(int n, const void *w, size_t w_stride, int nr, float *dst);
-void gemm16_float_avx2(int n, const float *packed, const void *a, size_t a_stride, float *part, int flags,
-                       float *out, size_t out_stride, int nr, int nc);
+/* the float types' GEMM: a K block of at most 16 rows x 6 float32 activation rows per call; the
+ * blocks carry 8 lanes per output in part (16 * 8 floats per token); GEMMF_LAST writes out */
+#define GEMMF_ROWS 16
+enum { GEMMF_FIRST = 1, GEMMF_LAST = 2 };
+void gemm_float_f32_avx2(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *part,
+                         int flags, float *out, size_t out_stride, int nr, int nc);
+void gemm_float_f16_avx2(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *part,
+                         int flags, float *out, size_t out_stride, int nr, int nc);
+void gemm_float_bf16_avx2(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *part,
+                          int flags, float *out, size_t out_stride, int nr, int nc);
 #endif
 
 #endif

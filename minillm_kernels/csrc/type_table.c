@@ -35,9 +35,9 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 #endif
 #define NO_PACK8 NULL, NULL, NULL, 0, 0, 8
 #if MINILLM_AVX2
-#define FLOAT_GEMM(t) .pack16f = pack16_float_##t, .gemm16f = gemm16_float_avx2
+#define FLOAT_GEMM(t) .gemm_float = gemm_float_##t##_avx2
 #else
-#define FLOAT_GEMM(t) .pack16f = NULL
+#define FLOAT_GEMM(t) .gemm_float = NULL
 #endif
 
 #if MINILLM_AVX2

@@ -54,8 +54,8 @@ typedef struct {
     int pack8_cols;                     /* activation rows per gemm8 call (at most) */
     int pack_rows;                      /* weight rows per packed group: 8 (16 for the float types) */
     int gemv_streams;                   /* GEMV: rows far apart read in turn per thread (0: in order) */
-    pack16f_fn pack16f;                 /* float types, many tokens: rows converted to float32 blocks */
-    gemm16f_fn gemm16f;                 /* (best path only; or NULL); bit-identical to the tile */
+    gemmf_fn gemm_float;                /* float types, many tokens, in K blocks (best path only; or NULL):
+                                           bit-identical to the tile */
 } type_traits;
 
 const type_traits *type_traits_get(int type); /* NULL if unsupported */
