@@ -311,6 +311,7 @@ def check_moe_rms(err, ref, bound, mag):
 MOE_COMBOS = [(t, t, t) for t in SUPPORTED] + [
     (19, 19, 20),  # the lite iq1_s mixture: gate/up IQ1_S, down IQ4_NL
     (12, 8, 1),    # gate and up with different activation formats, float down
+    (1, 8, 0), (8, 30, 1),  # float and packed-integer gate / up: items of the packed GEMM's 16 rows
     (1012, 1012, 6), (1013, 1013, 1013), (1014, 1014, 1012),  # repacked k-quants (Q5_0 down: K = 1408)
     (1012, 12, 1014),  # repacked and original gate / up: transposed and natural q8_K
 ]
