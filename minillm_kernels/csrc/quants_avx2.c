@@ -594,7 +594,7 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
     }                                                                                                   \
     ALWAYS_INLINE void gemmf_c_##name(int n, const uint8_t *w, size_t ws, const uint8_t *a, size_t as,  \
                                       float *part, int flags, float *out, size_t os, int nr, const int C) { \
-        for (int r = 0; r < nr; r += 2) /* an odd last row pairs with itself (its twin is not stored) */ \
+        for (int r = 0; r < nr; r += 2) /* an odd last row pairs with itself (the twin fills the unused slot r + 1) */ \
             gemmf_pair_##name(n, w + r * ws, w + (r + 1 < nr ? r + 1 : r) * ws, a, as, part + 8 * r,     \
                               flags & GEMMF_FIRST, C);                                                  \
         if (!(flags & GEMMF_LAST)) return;                                                              \
