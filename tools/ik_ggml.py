@@ -35,6 +35,7 @@ class IkGgml:
                                 ("ggml_build_forward_expand", None, [vp, vp]),
                                 ("ggml_graph_compute_with_ctx", ctypes.c_int, [vp, vp, ctypes.c_int]),
                                 ("ggml_get_data", vp, [vp]), ("ggml_free", None, [vp]),
+                                ("ggml_graph_node", vp, [vp, ctypes.c_int]),
                                 ("ggml_new_tensor_3d", vp, [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
                                                             ctypes.c_int64]),
                                 ("ggml_mul_mat_id", vp, [vp, vp, vp, vp]), ("ggml_silu", vp, [vp, vp]),
