@@ -317,6 +317,21 @@ MOE_COMBOS = [(t, t, t) for t in SUPPORTED] + [
 ]
 
 
+@pytest.mark.parametrize("t", [0, 1], ids=type_name)
+def test_moe_float_rows_of_4k(t):
+    """K = 1024 float32 activation rows are 4 KiB: the MoE's buffers pad them (batch_stride)"""
+    E, k_used, K, F, K_out, n_tok = 3, 2, 1024, 40, 33, 12
+    rng = np.random.default_rng(8)
+    (gate, G), (up, U), (down, D) = (weights(t, shape, seed, scale=0.1) for shape, seed in
+                                     [((E, F, K), 1), ((E, F, K), 2), ((E, K_out, F), 3)])
+    x = rand_x(n_tok, K, seed=5)
+    ids = np.stack([rng.permutation(E)[:k_used] for _ in range(n_tok)]).astype(np.int32)
+    ew = rng.uniform(0.1, 1.0, size=(n_tok, k_used)).astype(np.float32)
+    out = mm.moe_forward(x, ids, ew, gate, t, up, t, down, t, n_threads=2)
+    assert np.array_equal(out, mm.moe_forward(x, ids, ew, gate, t, up, t, down, t, n_threads=1))
+    moe_check(out, x, ids, ew, G, U, D, t, t, t)
+
+
 @pytest.mark.parametrize("types", MOE_COMBOS, ids=lambda ts: "-".join(type_name(t) for t in ts))
 @pytest.mark.parametrize("n_tok", [1, 3, 17])
 def test_moe(types, n_tok):
