@@ -16,7 +16,6 @@
 /* The float types' GEMM (gemm_rows_float): K blocks of FLOAT_KC values, so that a 6-token group's
  * activations of a block (12 KiB) stay in L1 while the row tile's block streams past them from L2. */
 #define FLOAT_KC 512
-#define FLOAT_COLS 6 /* tokens per gemm_float call */
 /* Rows per work item of the float GEMM (a multiple of GEMMF_ROWS): each group of 6 tokens reads the
  * item's rows from L2 (32 rows of f16: 128 KiB), so more rows reuse each block of activations more
  * often; in alternating runs of the F16 MoE prefill, 16 / 32 / 64 rows gave 81 / 97 / 83 GFLOP/s. */
@@ -96,7 +95,7 @@ static size_t act_stride(const kernel_t *k) {
 
 /* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed row tiles), 0 for none */
 static size_t scratch_bytes(const kernel_t *k, int ntok) {
-    if (ntok >= PACK8_MIN_TOKENS && k->gemm_float) return sizeof(float) * FLOAT_COLS * FLOAT_ROW_TILE * 8;
+    if (ntok >= PACK8_MIN_TOKENS && k->gemm_float) return sizeof(float) * GEMMF_COLS * FLOAT_ROW_TILE * 8;
     return ntok >= PACK8_MIN_TOKENS && k->pack8 ? (ROW_TILE / k->tt->pack_rows) * k->tt->packed_bytes(k->K) : 0;
 }
 
@@ -155,7 +154,7 @@ static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1
 /* rows per work item: the float GEMM takes more (FLOAT_ROW_TILE); every other path at most ROW_TILE */
 static int row_tile(const kernel_t *k) { return k->gemm_float ? FLOAT_ROW_TILE : ROW_TILE; }
 
-/* The float GEMM of rows [r0, r1) (at most FLOAT_ROW_TILE): each group of FLOAT_COLS tokens goes through
+/* The float GEMM of rows [r0, r1) (at most FLOAT_ROW_TILE): each group of GEMMF_COLS tokens goes through
  * the K blocks in turn, every block of the rows against the group's block of activations (in L1);
  * the 8 lanes of each output carry over the blocks in part (scratch).  The rows come from RAM for
  * the first group only (then from L2): it prefetches each next block of the rows meanwhile. */
@@ -165,7 +164,7 @@ static void gemm_rows_float(const kernel_t *k, const uint8_t *w, int r0, int r1,
     const int nr = r1 - r0, esize = k->tt->type_size;
     const size_t block_bytes = (size_t)FLOAT_KC * esize;
     const uint8_t *wt = w + (size_t)r0 * k->row_bytes;
-    for (int t = 0; t < ntok; t += FLOAT_COLS)
+    for (int t = 0; t < ntok; t += GEMMF_COLS)
         for (int k0 = 0; k0 < k->K; k0 += FLOAT_KC) {
             const int next = k0 + FLOAT_KC < k->K;
             const int flags = (k0 ? 0 : GEMMF_FIRST) | (next ? 0 : GEMMF_LAST);
@@ -176,8 +175,8 @@ static void gemm_rows_float(const kernel_t *k, const uint8_t *w, int r0, int r1,
             for (int r = 0; r < nr; r += GEMMF_ROWS) /* each 16 rows' lanes: 6 x 16 x 8 floats of part */
                 k->gemm_float(imin(FLOAT_KC, k->K - k0), wt + (size_t)r * k->row_bytes + (size_t)k0 * esize,
                               k->row_bytes, acts + t * as + (size_t)k0 * sizeof(float), as,
-                              part + (r / GEMMF_ROWS) * FLOAT_COLS * GEMMF_ROWS * 8, flags, out + t * os + r0 + r, os,
-                              imin(GEMMF_ROWS, nr - r), imin(FLOAT_COLS, ntok - t));
+                              part + (r / GEMMF_ROWS) * GEMMF_COLS * GEMMF_ROWS * 8, flags, out + t * os + r0 + r, os,
+                              imin(GEMMF_ROWS, nr - r), imin(GEMMF_COLS, ntok - t));
         }
 }
 

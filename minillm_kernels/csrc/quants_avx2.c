@@ -567,16 +567,14 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
  * for all the row pairs, the rows' block streams from L2.  The lanes carry over K blocks in
  * part[] (exactly), and the last block sums them like the register tile (hsum_ps, then the
  * tail in order with fmaf), so every result is the tile's and the GEMV's, bit for bit. */
-#define GEMMF_COLS 6
-
 #define DEFINE_GEMM_FLOAT(name, elem_size)                                                              \
-    /* rows w0, w1 against C tokens: the lanes of (row r, token c) in part[(c * 16 + r) * 8] */        \
+    /* rows w0, w1 against C tokens: the lanes of (row r, token c) in part[(c * GEMMF_ROWS + r) * 8] */ \
     ALWAYS_INLINE void gemmf_pair_##name(int n, const uint8_t *w0, const uint8_t *w1, const uint8_t *a, \
                                          size_t as, float *part, int first, const int C) {              \
         __m256 acc0[GEMMF_COLS], acc1[GEMMF_COLS];                                                      \
         for (int c = 0; c < C; c++) {                                                                   \
-            acc0[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * 128);                    \
-            acc1[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * 128 + 8);                \
+            acc0[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * GEMMF_ROWS * 8);         \
+            acc1[c] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + c * GEMMF_ROWS * 8 + 8);     \
         }                                                                                               \
         for (int k = 0; k + 8 <= n; k += 8) {                                                           \
             const __m256 x0 = load8_##name(w0 + (size_t)k * elem_size), x1 = load8_##name(w1 + (size_t)k * elem_size); \
@@ -588,8 +586,8 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
             }                                                                                           \
         }                                                                                               \
         for (int c = 0; c < C; c++) {                                                                   \
-            _mm256_storeu_ps(part + c * 128, acc0[c]);                                                  \
-            _mm256_storeu_ps(part + c * 128 + 8, acc1[c]);                                              \
+            _mm256_storeu_ps(part + c * GEMMF_ROWS * 8, acc0[c]);                                      \
+            _mm256_storeu_ps(part + c * GEMMF_ROWS * 8 + 8, acc1[c]);                                  \
         }                                                                                               \
     }                                                                                                   \
     ALWAYS_INLINE void gemmf_c_##name(int n, const uint8_t *w, size_t ws, const uint8_t *a, size_t as,  \
@@ -602,7 +600,7 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
         for (int c = 0; c < C; c++) {                                                                   \
             const float *y = (const float *)(a + c * as);                                               \
             for (int r = 0; r < nr; r++) {                                                              \
-                float s = hsum_ps(_mm256_loadu_ps(part + (c * 16 + r) * 8));                            \
+                float s = hsum_ps(_mm256_loadu_ps(part + (c * GEMMF_ROWS + r) * 8));                    \
                 for (int j = tail; j < n; j++) s = fmaf(get1_##name(w + r * ws, j), y[j], s);           \
                 out[c * os + r] = s;                                                                    \
             }                                                                                           \

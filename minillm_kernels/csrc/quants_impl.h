@@ -22,9 +22,10 @@ typedef void (*gemm8_fn)(int n, const void *packed, const void *a, size_t a_stri
                          size_t out_stride, int nr, int nc);
 
 /* the float types' GEMM for many tokens (quants_avx2.c): one K block of at most GEMMF_ROWS rows against
- * at most 6 activation rows per call; the blocks carry 8 lanes per output in part (GEMMF_ROWS * 8 floats
+ * at most GEMMF_COLS activation rows per call; the blocks carry 8 lanes per output in part (GEMMF_ROWS * 8 floats
  * per token), from zero with GEMMF_FIRST; GEMMF_LAST sums them into out */
 #define GEMMF_ROWS 16
+#define GEMMF_COLS 6
 enum { GEMMF_FIRST = 1, GEMMF_LAST = 2 };
 typedef void (*gemmf_fn)(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *part,
                          int flags, float *out, size_t out_stride, int nr, int nc);
@@ -80,7 +81,7 @@ void pack8_iq4_nl_r(int n, const void *w, size_t w_stride, int nr, void *dst);
 DECLARE_GEMM8(signed) /* Q8_0, IQ4_NL */
 DECLARE_GEMM8(q4_0)
 DECLARE_GEMM8(q5_0)
-/* the float types' GEMM (gemmf_fn): a K block of at most GEMMF_ROWS rows x 6 float32 activation rows per call */
+/* the float types' GEMM (gemmf_fn): a K block of at most GEMMF_ROWS x GEMMF_COLS per call */
 void gemm_float_f32_avx2(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *part,
                          int flags, float *out, size_t out_stride, int nr, int nc);
 void gemm_float_f16_avx2(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *part,
