@@ -57,7 +57,7 @@ cdef extern from * nogil:
 PACKED_GEMM_MIN_TOKENS = 8
 
 # activation formats: Q8_K_T is q8_K with its values in the transposed group order (csrc/kquants.h)
-_ACT_NAMES = {0: "F32", 8: "Q8_0", 15: "Q8_K", 1015: "Q8_K_T"}
+_ACT_NAMES = {0: "F32", 1001: "F16_S", 8: "Q8_0", 15: "Q8_K", 1015: "Q8_K_T"}
 
 # Internal weight type ids (csrc/type_table.h MINILLM_*_R): minillm load-time conversions (see
 # repack), not GGUF / ggml types; 1000 + the source type's id, far above ggml's ids.
@@ -419,7 +419,9 @@ def dequantize(w_raw, int wtype):
 
 def quantize_activations(x, int wtype, n_threads=0):
     """The activation rows x [N, K] as the kernels quantize them for weight type wtype
-    (q8_0 / q8_K blocks as uint8 [N, row_bytes]; float32 bytes for the float types)."""
+    (q8_0 / q8_K blocks as uint8 [N, row_bytes]; for F16 weights each row's values x / scale as fp16,
+    then the float32 scale at byte 2 * K rounded up to 32 (quants.h F16S_SCALE_OFFSET); float32 bytes
+    for F32 and BF16 weights)."""
     cdef const type_traits *tt = _traits(wtype)
     _check_array(x, "x", np.float32, 2)
     cdef int K = <int>x.shape[1]

@@ -8,11 +8,14 @@ Tolerances (all derived, per output element):
   additions; so |y - y_q| <= FP(K) * sum_k |w_k a_k| with FP(K) = 2 (K/8 + 16) 2^-24
   (8x that for the k-quants, whose block formula subtracts a min term), where
   y_q = W . a in float64 and a are the activations as quantized by the kernel
-  (decoded independently: gguf.quants for q8_0, the q8_K layout by hand);
+  (decoded independently: gguf.quants for q8_0, the q8_K layout and F16 weights'
+  scaled fp16 rows by hand; float32 as they are for F32 and BF16 weights);
 * activation quantization: |y - W . x| <= sum_k |w_k| |x_k - a_k| + the above;
-  this is the error budget the issue allows (q8 rounding of the activations).
+  this is the error budget the issue allows (q8 rounding of the activations;
+  fp16 rounding, 2^-11 relative, for F16 weights, as ggml pairs them).
 The activation quantizer itself must equal gguf.quants.quantize(Q8_0) bit for
-bit, and dequantize_rows must equal gguf.quants.dequantize exactly.
+bit (the fp16 one numpy's float16 rounding), and dequantize_rows must equal
+gguf.quants.dequantize exactly.
 
 Thread counts 1 and 2 must give bit-identical results, and a GEMM row the
 same bits as the GEMV of that token (every (row, token) pair is computed by
@@ -48,6 +51,7 @@ IQ1_S, IQ1_S_R, IQ4_NL, IQ4_NL_R = 19, mm.IQ1_S_REPACKED, 20, mm.IQ4_NL_REPACKED
 K_REPACKED = [mm.Q4_K_REPACKED, mm.Q5_K_REPACKED, mm.Q6_K_REPACKED]
 K_TYPES = {10, 12, 13, 14, 19}
 FLOAT_TYPES = {0, 1, 30}
+F16 = 1
 
 
 def type_name(t):
@@ -95,6 +99,12 @@ def deq_acts(x, t):
         return x.astype(np.float64)
     if act == "Q8_0":
         return gguf_dequantize(q, T.Q8_0).astype(np.float64)
+    if act == "F16_S":  # x / scale as fp16, then the float32 scale at 2K rounded up to 32 bytes
+        K = x.shape[1]
+        off = (2 * K + 31) // 32 * 32
+        assert q.shape[1] == off + 32
+        scale = q[:, off:off + 4].copy().view(np.float32).astype(np.float64)
+        return q[:, :2 * K].copy().view(np.float16).astype(np.float64) * scale
     # q8_K: float32 d, int8 qs[256], int16 bsums[16] per block of 256
     blocks = q.reshape(x.shape[0], -1, 292)
     d = blocks[:, :, :4].copy().view(np.float32).astype(np.float64)
@@ -157,6 +167,37 @@ def test_quantize_q8_0_matches_gguf(scalar):
     assert q.shape == ref.shape and np.array_equal(q, ref)
 
 
+@pytest.mark.parametrize("scalar", [False, True])
+def test_quantize_f16_activations(scalar):
+    """F16 weights' activations: x / scale rounded to fp16 (numpy's rounding), scale the power of two
+    that puts the row's largest |x| in [2^14, 2^15): rows far beyond fp16's range neither overflow
+    nor, when tiny, lose bits to subnormals"""
+    mm.set_force_scalar(scalar)
+    x = rand_x(8, 45, 2)  # 45: a tail after the 8-value steps
+    x[1] *= 1e6
+    x[2] *= 1e-7
+    x[3] = 0.0
+    x[4, 5] = 65504.0 * 4  # the largest |x| exactly a power of two times fp16's top
+    x[5, :] = np.float32(2.0**-130)  # float32 subnormals: scale 2^-115 (the lowest)
+    x[6, 3], x[7, 9] = np.inf, np.nan  # kept as they are (scale 1 for inf)
+    q = mm.quantize_activations(x, F16)
+    off = 96  # 2 * 45 rounded up to 32
+    assert q.shape == (8, off + 32) and not q[:, 90:off].any()
+    scale = q[:, off:off + 4].copy().view(np.float32)[:, 0]
+    values = q[:, :90].copy().view(np.float16)
+    for i in range(8):
+        amax = np.nanmax(np.abs(x[i]))
+        if i == 3 or i == 6:
+            assert scale[i] == 1.0
+        else:
+            e = np.frexp(amax)[1]  # amax in [2^(e-1), 2^e)
+            assert scale[i] == 2.0 ** (max(e, -100) - 15)
+            if i != 5:
+                assert 2.0**14 <= amax / scale[i] < 2.0**15
+        assert np.array_equal(values[i], (x[i] / scale[i]).astype(np.float16), equal_nan=True)
+    assert np.isinf(values[6, 3]) and np.isnan(values[7, 9]) and np.isfinite(values[[0, 1, 2, 4, 5]]).all()
+
+
 @pytest.mark.parametrize("t", SUPPORTED + K_REPACKED, ids=type_name)
 @pytest.mark.parametrize("scalar", [False, True])
 def test_dequantize_rows_exact(t, scalar):
@@ -216,16 +257,16 @@ def test_matmul(t, n_tok):
 
 @pytest.mark.parametrize("t", sorted(FLOAT_TYPES), ids=type_name)
 def test_float_gemm_is_the_gemv(t):
-    """the float types' GEMM (blocks of rows converted to float32, K blocks of 256, token chunks of
-    128) sums every output like the register tile: each GEMM row is its GEMV, bit for bit, across
-    K tails, several K blocks, odd row counts and more than one token chunk"""
+    """the float types' GEMM (rows converted in the loop, K blocks of 2 KiB of each activation row:
+    512 float32 or 1024 fp16 values) sums every output like the register tile: each GEMM row is its
+    GEMV, bit for bit, across K tails, several K blocks, odd row counts and 6-token groups"""
     for k, n in [(7, 8), (263, 9), (520, 20), (2051, 133)]:
         raw, W = weights(t, (21, k), seed=k)
         x = rand_x(n, k, seed=n)
         y = mm.matmul(raw, t, x, n_threads=2)
         assert np.array_equal(y, mm.matmul(raw, t, x, n_threads=1))
         assert np.array_equal(y, np.stack([mm.matmul(raw, t, x[i]) for i in range(n)]))
-        check_product(y, W, x, x.astype(np.float64), t)
+        check_product(y, W, x, deq_acts(x, t), t)
 
 
 @pytest.mark.parametrize("t", SUPPORTED + K_REPACKED, ids=type_name)
@@ -284,6 +325,8 @@ def moe_check(out, x, ids, ew, gates, ups, downs, gate_t, up_t, down_t):
             act = mm.block_geometry(down_t)[2]
             if act == "F32":
                 step = np.zeros_like(h)
+            elif act == "F16_S":  # half an fp16 ulp; subnormals: half of scale * 2^-24, scale <= amax * 2^-14
+                step = (np.abs(h) + dh) * 2.0**-11 + (np.abs(h) + dh).max() * 2.0**-38
             else:  # one quantization step of the block (covers rounding, fp16 scale, flips)
                 bs = 32 if act == "Q8_0" else 256
                 amax = (np.abs(h) + dh).reshape(-1, bs).max(axis=1)

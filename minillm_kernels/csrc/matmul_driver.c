@@ -13,9 +13,10 @@
 #define PACK8_MIN_TOKENS 8
 /* Activation bytes per token chunk in GEMM: kept in L2 while a row tile sweeps it. */
 #define ACT_CHUNK_BYTES (128 * 1024)
-/* The float types' GEMM (gemm_rows_float): K blocks of FLOAT_KC values, so that a 6-token group's
- * activations of a block (12 KiB) stay in L1 while the row tile's block streams past them from L2. */
-#define FLOAT_KC 512
+/* The float types' GEMM (gemm_rows_float): K blocks of FLOAT_KC_BYTES of each activation row, so that
+ * a 6-token group's activations of a block (12 KiB) stay in L1 while the row tile's block streams
+ * past them from L2 (512 float32 values, 1024 fp16 values). */
+#define FLOAT_KC_BYTES 2048
 /* Rows per work item of the float GEMM (a multiple of GEMMF_ROWS): each group of 6 tokens reads the
  * item's rows from L2 (32 rows of f16: 128 KiB), so more rows reuse each block of activations more
  * often; in alternating runs of the F16 MoE prefill, 16 / 32 / 64 rows gave 81 / 97 / 83 GFLOP/s. */
@@ -161,23 +162,31 @@ static int row_tile(const kernel_t *k) { return k->gemm_float ? FLOAT_ROW_TILE :
 static void gemm_rows_float(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
                             int ntok, float *out, size_t os, uint8_t *scratch) {
     float *part = (float *)scratch;
-    const int nr = r1 - r0, esize = k->tt->type_size;
-    const size_t block_bytes = (size_t)FLOAT_KC * esize;
+    const int nr = r1 - r0, esize = k->tt->type_size, f16s = k->tt->act_type == ACT_F16_S;
+    const size_t avb = act_value_bytes(k->tt->act_type);
+    const int kc = (int)(FLOAT_KC_BYTES / avb);
+    const size_t block_bytes = (size_t)kc * esize;
     const uint8_t *wt = w + (size_t)r0 * k->row_bytes;
-    for (int t = 0; t < ntok; t += GEMMF_COLS)
-        for (int k0 = 0; k0 < k->K; k0 += FLOAT_KC) {
-            const int next = k0 + FLOAT_KC < k->K;
+    for (int t = 0; t < ntok; t += GEMMF_COLS) {
+        const int nc = imin(GEMMF_COLS, ntok - t);
+        for (int k0 = 0; k0 < k->K; k0 += kc) {
+            const int next = k0 + kc < k->K;
             const int flags = (k0 ? 0 : GEMMF_FIRST) | (next ? 0 : GEMMF_LAST);
             if (t == 0 && next)
                 for (int r = 0; r < nr; r++)
                     for (size_t b = 0; b < block_bytes; b += 64)
-                        __builtin_prefetch(wt + r * k->row_bytes + (size_t)(k0 + FLOAT_KC) * esize + b, 0, 2);
+                        __builtin_prefetch(wt + r * k->row_bytes + (size_t)(k0 + kc) * esize + b, 0, 2);
             for (int r = 0; r < nr; r += GEMMF_ROWS) /* each 16 rows' lanes: 6 x 16 x 8 floats of part */
-                k->gemm_float(imin(FLOAT_KC, k->K - k0), wt + (size_t)r * k->row_bytes + (size_t)k0 * esize,
-                              k->row_bytes, acts + t * as + (size_t)k0 * sizeof(float), as,
+                k->gemm_float(imin(kc, k->K - k0), wt + (size_t)r * k->row_bytes + (size_t)k0 * esize,
+                              k->row_bytes, acts + t * as + (size_t)k0 * avb, as,
                               part + (r / GEMMF_ROWS) * GEMMF_COLS * GEMMF_ROWS * 8, flags, out + t * os + r0 + r, os,
-                              imin(GEMMF_ROWS, nr - r), imin(GEMMF_COLS, ntok - t));
+                              imin(GEMMF_ROWS, nr - r), nc);
         }
+        for (int c = 0; f16s && c < nc; c++) { /* the row scales, as the tile applies them */
+            const float scale = f16s_scale(acts + (t + c) * as, k->K);
+            for (int r = r0; r < r1; r++) out[(t + c) * os + r] *= scale;
+        }
+    }
 }
 
 /* Weight rows [r0, r1) (at most row_tile(k)) against ntok activation rows in act_format(k, ntok),

@@ -8,6 +8,7 @@
 #ifndef MINILLM_QUANTS_H
 #define MINILLM_QUANTS_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -75,6 +76,13 @@ typedef struct { fp16_t d; uint8_t qs[QK_K / 8]; uint16_t qh[QK_K / 32]; } block
 typedef struct { float d; int32_t sum; int8_t pm[2 * QK]; } block_q8_0_pm;                /* 72 B */
 /* Activations for the 256-blocks: float scale, int8 values, and sums of each 16 values. */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;                     /* 292 B */
+/* fp16 activations of a row of k values, for F16 weights (minillm's own; ggml pairs F16 weights with
+ * fp16 activations too, but unscaled): the k values x / scale as fp16 from byte 0, then the float
+ * scale at byte F16S_SCALE_OFFSET(k).  The scale is the power of two that puts the row's largest |x|
+ * in [2^14, 2^15) (f16s_row_scale), so no finite activation overflows fp16 (max 65504) and small rows
+ * keep all 11 bits; a dot of such a row is (sum of w * q) * scale, exact in the scaling. */
+#define F16S_SCALE_OFFSET(k) (((size_t)(k) * 2 + 31) & ~(size_t)31)
+#define F16S_ROW_BYTES(k) (F16S_SCALE_OFFSET(k) + 32)
 
 _Static_assert(sizeof(block_q8_0) == 34, "q8_0");
 _Static_assert(sizeof(block_q4_0) == 18, "q4_0");
@@ -94,8 +102,9 @@ _Static_assert(sizeof(block_q8_0_pm) == 72, "q8_0_pm");
  *   vec_dot_<t>(n, w, a) -> float      : dot of one weight row with one activation row that was
  *                                        quantized by the activation format the type pairs with
  *                                        (q8_0 for the 32-value types, q8_K for the 256-value types;
- *                                        float32 for F32/F16/BF16 weights)
- *   quantize_row_q8_0(x, y, n), quantize_row_q8_K(x, y, n): the activation quantizers
+ *                                        scaled fp16 for F16 weights, float32 for F32/BF16 weights)
+ *   quantize_row_q8_0(x, y, n), quantize_row_q8_K(x, y, n), quantize_row_f16_s(x, y, n): the
+ *                                        activation quantizers
  * Every function has a scalar C body; an AVX2 body is used when MINILLM_AVX2 is 1.
  */
 typedef void (*dequantize_row_fn)(const void *w, float *y, int n);
@@ -104,6 +113,7 @@ typedef void (*quantize_row_fn)(const float *x, void *y, int n);
 
 /* ---- the float and 32-value types (quants_scalar.c / quants_avx2.c, selected in type_table.c) ---- */
 void quantize_row_q8_0(const float *x, void *y, int n);
+void quantize_row_f16_s(const float *x, void *y, int n);
 #define MINILLM_DECLARE_CONTRACT(t)                                  \
     void dequantize_row_##t(const void *w, float *y, int n);        \
     float vec_dot_##t(int n, const void *w, const void *a);
@@ -158,6 +168,21 @@ static inline fp16_t fp32_to_fp16(float f) {
     if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) h++; /* carries into the exponent correctly */
     return (fp16_t)h;
 #endif
+}
+
+/* the scale of a block of fp16 activations (F16S_SCALE_OFFSET) whose largest |x| is amax: 2^(e - 15)
+ * for amax in [2^(e-1), 2^e); 1 for a zero or non-finite amax (inf and NaN then stay what they are);
+ * e at least -100, so that 1 / scale is a float too */
+static inline float f16s_row_scale(float amax) {
+    if (!(amax > 0.0f) || isinf(amax)) return 1.0f;
+    int e;
+    (void)frexpf(amax, &e);
+    return ldexpf(1.0f, (e < -100 ? -100 : e) - 15);
+}
+static inline float f16s_scale(const void *row, int k) {
+    float s;
+    memcpy(&s, (const uint8_t *)row + F16S_SCALE_OFFSET(k), sizeof s);
+    return s;
 }
 
 static inline float bf16_to_fp32(uint16_t h) {

@@ -91,6 +91,30 @@ void quantize_row_q8_0_pm_avx2(const float *x, void *vy, int n) {
     }
 }
 
+/* fp16 activations (quants.h F16S_SCALE_OFFSET): the scalar quantizer's values, bit for bit (the
+ * maximum is exact, the scaling exact, and both round to nearest even) */
+void quantize_row_f16_s_avx2(const float *x, void *vy, int n) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float amax = _mm_cvtss_f32(m4);
+    for (int j = i; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float scale = f16s_row_scale(amax), inv = 1.0f / scale;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    uint8_t *y = (uint8_t *)vy;
+    fp16_t *q = (fp16_t *)vy;
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(q + i), _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv),
+                                                             _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) q[i] = fp32_to_fp16(x[i] * inv);
+    memset(y + 2 * (size_t)n, 0, F16S_ROW_BYTES(n) - 2 * (size_t)n);
+    memcpy(y + F16S_SCALE_OFFSET(n), &scale, sizeof scale);
+}
+
 void dequantize_row_f16_avx2(const void *w, float *y, int n) {
     const fp16_t *h = (const fp16_t *)w;
     int i = 0;
@@ -259,7 +283,7 @@ ALWAYS_INLINE __m256 load_y4(const block_q8_0 *y, __m256i *yv, __m256i *ay) {
     }                                                                                            \
     DEFINE_TILE_DISPATCH(name)
 
-/* ---- float tile kernel (F32 / F16 / BF16 weights, float32 activations) ---- */
+/* ---- float tile kernel (F32 / F16 / BF16 weights; float32 or scaled fp16 activations) ---- */
 
 ALWAYS_INLINE __m256 load8_f32(const uint8_t *p) { return _mm256_loadu_ps((const float *)p); }
 ALWAYS_INLINE __m256 load8_f16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
@@ -269,18 +293,28 @@ ALWAYS_INLINE __m256 load8_bf16(const uint8_t *p) {
 ALWAYS_INLINE float get1_f32(const uint8_t *p, int j) { return ((const float *)p)[j]; }
 ALWAYS_INLINE float get1_f16(const uint8_t *p, int j) { return fp16_to_fp32(((const fp16_t *)p)[j]); }
 ALWAYS_INLINE float get1_bf16(const uint8_t *p, int j) { return bf16_to_fp32(((const uint16_t *)p)[j]); }
+/* the activation rows the float types pair with: float32 (F32, BF16 weights), or fp16 with a row
+ * scale the dot is multiplied by at the end (F16 weights: quants.h F16S_SCALE_OFFSET) */
+#define act_size_f32 4
+#define act_size_f16s 2
+#define load8_act_f32 load8_f32
+#define get1_act_f32 get1_f32
+ALWAYS_INLINE float act_scale_f32(const uint8_t *p, int n) { (void)p; (void)n; return 1.0f; }
+#define load8_act_f16s load8_f16
+#define get1_act_f16s get1_f16
+ALWAYS_INLINE float act_scale_f16s(const uint8_t *p, int n) { return f16s_scale(p, n); }
 
 /* acc[r][c] += the 8 values from i of weight row r times those of activation row c */
-#define FLOAT_TILE_STEP(name, elem_size, i)                                                      \
+#define FLOAT_TILE_STEP(name, elem_size, act, i)                                                 \
     {                                                                                            \
         __m256 x[TILE_MAX_R];                                                                    \
         for (int r = 0; r < R; r++) x[r] = load8_##name(w + r * ws + (size_t)(i) * elem_size);   \
         for (int c = 0; c < C; c++) {                                                            \
-            const __m256 y = _mm256_loadu_ps((const float *)(a + c * as) + (i));                 \
+            const __m256 y = load8_act_##act(a + c * as + (size_t)(i) * act_size_##act);         \
             for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(x[r], y, acc[r][c]);         \
         }                                                                                        \
     }
-#define DEFINE_FLOAT_TILE(name, elem_size)                                                       \
+#define DEFINE_FLOAT_TILE(name, elem_size, act)                                                  \
     ALWAYS_INLINE void tile_##name##_rc(int n, const uint8_t *w, size_t ws, const uint8_t *a,    \
                                         size_t as, float *out, size_t os, const int R, const int C) { \
         __m256 acc[TILE_MAX_R][TILE_MAX_C];                                                      \
@@ -292,15 +326,15 @@ ALWAYS_INLINE float get1_bf16(const uint8_t *p, int j) { return bf16_to_fp32(((c
             if (C == 1) /* GEMV streams rows: fetch the next row tile's line */                   \
                 for (int r = 0; r < R; r++)                                                      \
                     _mm_prefetch((const char *)w + (size_t)(R + r) * ws + (size_t)i * elem_size, _MM_HINT_T0); \
-            for (int j = i; j < i + line; j += 8) FLOAT_TILE_STEP(name, elem_size, j)            \
+            for (int j = i; j < i + line; j += 8) FLOAT_TILE_STEP(name, elem_size, act, j)       \
         }                                                                                        \
-        for (; i + 8 <= n; i += 8) FLOAT_TILE_STEP(name, elem_size, i)                           \
+        for (; i + 8 <= n; i += 8) FLOAT_TILE_STEP(name, elem_size, act, i)                      \
         for (int r = 0; r < R; r++)                                                              \
             for (int c = 0; c < C; c++) {                                                        \
                 float s = hsum_ps(acc[r][c]);                                                    \
-                const float *y = (const float *)(a + c * as);                                    \
-                for (int j = i; j < n; j++) s = fmaf(get1_##name(w + r * ws, j), y[j], s);       \
-                out[c * os + r] = s;                                                             \
+                const uint8_t *y = a + c * as;                                                   \
+                for (int j = i; j < n; j++) s = fmaf(get1_##name(w + r * ws, j), get1_act_##act(y, j), s); \
+                out[c * os + r] = s * act_scale_##act(y, n);                                     \
             }                                                                                    \
     }                                                                                            \
     DEFINE_TILE_DISPATCH(name)
@@ -350,9 +384,9 @@ ALWAYS_INLINE void unpack4_iq4_nl_r(const block_iq4_nl *b, __m256i *q) {
 }
 #define UNPACK4_IQ4_NL_R(unpack, b, q) unpack4_iq4_nl_r(b, q)
 DEFINE_Q32_TILE_G(iq4_nl_r, block_iq4_nl, unpack_iq4_nl, block_dot, SCALES4_IQ4_NL_R, UNPACK4_IQ4_NL_R)
-DEFINE_FLOAT_TILE(f32, 4)
-DEFINE_FLOAT_TILE(f16, 2)
-DEFINE_FLOAT_TILE(bf16, 2)
+DEFINE_FLOAT_TILE(f32, 4, f32)
+DEFINE_FLOAT_TILE(f16, 2, f16s)
+DEFINE_FLOAT_TILE(bf16, 2, f32)
 
 /* ---- GEMM on 8 interleaved rows (prompt processing) ----
  *
@@ -558,7 +592,7 @@ DEFINE_GEMM8(q4_0, gemm8u_c, packed8u_block, , 8)
 DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
 
 
-/* ---- float GEMM for many tokens (F32 / F16 / BF16 weights, float32 activations) ----
+/* ---- float GEMM for many tokens (F32 / F16 / BF16 weights; float32 or scaled fp16 activations) ----
  * The register tile's arithmetic on 2 rows x 6 tokens per step: 12 accumulators of 8 lanes
  * along K, 2 weight loads (converted in the loop) and 6 activation loads per 12 FMAs, no
  * broadcast (on Zen 3 a broadcast takes an FMA pipe: a 16-row broadcast form converted to
@@ -566,8 +600,9 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
  * K block of at most 16 rows x 6 tokens: the block's activations (6 x n floats) stay in L1
  * for all the row pairs, the rows' block streams from L2.  The lanes carry over K blocks in
  * part[] (exactly), and the last block sums them like the register tile (hsum_ps, then the
- * tail in order with fmaf), so every result is the tile's and the GEMV's, bit for bit. */
-#define DEFINE_GEMM_FLOAT(name, elem_size)                                                              \
+ * tail in order with fmaf), so every result is the tile's and the GEMV's, bit for bit, once the
+ * driver has multiplied it by the row scale of fp16 activations (the tile's last step too). */
+#define DEFINE_GEMM_FLOAT(name, elem_size, act)                                                         \
     /* rows w0, w1 against C tokens: the lanes of (row r, token c) in part[(c * GEMMF_ROWS + r) * 8] */ \
     ALWAYS_INLINE void gemmf_pair_##name(int n, const uint8_t *w0, const uint8_t *w1, const uint8_t *a, \
                                          size_t as, float *part, int first, const int C) {              \
@@ -579,7 +614,7 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
         for (int k = 0; k + 8 <= n; k += 8) {                                                           \
             const __m256 x0 = load8_##name(w0 + (size_t)k * elem_size), x1 = load8_##name(w1 + (size_t)k * elem_size); \
             for (int c = 0; c < C; c++) {                                                               \
-                __m256 y = _mm256_loadu_ps((const float *)(a + c * as) + k);                            \
+                __m256 y = load8_act_##act(a + c * as + (size_t)k * act_size_##act);                    \
                 __asm__("" : "+x"(y)); /* one load for both FMAs (GCC would fold it into each) */       \
                 acc0[c] = _mm256_fmadd_ps(x0, y, acc0[c]);                                              \
                 acc1[c] = _mm256_fmadd_ps(x1, y, acc1[c]);                                              \
@@ -598,10 +633,10 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
         if (!(flags & GEMMF_LAST)) return;                                                              \
         const int tail = n & ~7;                                                                        \
         for (int c = 0; c < C; c++) {                                                                   \
-            const float *y = (const float *)(a + c * as);                                               \
+            const uint8_t *y = a + c * as;                                                              \
             for (int r = 0; r < nr; r++) {                                                              \
                 float s = hsum_ps(_mm256_loadu_ps(part + (c * GEMMF_ROWS + r) * 8));                    \
-                for (int j = tail; j < n; j++) s = fmaf(get1_##name(w + r * ws, j), y[j], s);           \
+                for (int j = tail; j < n; j++) s = fmaf(get1_##name(w + r * ws, j), get1_act_##act(y, j), s); \
                 out[c * os + r] = s;                                                                    \
             }                                                                                           \
         }                                                                                               \
@@ -618,8 +653,8 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
             default: gemmf_c_##name(n, w, ws, a, as, part, flags, out, os, nr, 6); break;               \
         }                                                                                               \
     }
-DEFINE_GEMM_FLOAT(f32, 4)
-DEFINE_GEMM_FLOAT(f16, 2)
-DEFINE_GEMM_FLOAT(bf16, 2)
+DEFINE_GEMM_FLOAT(f32, 4, f32)
+DEFINE_GEMM_FLOAT(f16, 2, f16s)
+DEFINE_GEMM_FLOAT(bf16, 2, f32)
 
 #endif /* MINILLM_AVX2 */

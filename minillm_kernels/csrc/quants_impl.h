@@ -23,7 +23,8 @@ typedef void (*gemm8_fn)(int n, const void *packed, const void *a, size_t a_stri
 
 /* the float types' GEMM for many tokens (quants_avx2.c): one K block of at most GEMMF_ROWS rows against
  * at most GEMMF_COLS activation rows per call; the blocks carry 8 lanes per output in part (GEMMF_ROWS * 8 floats
- * per token), from zero with GEMMF_FIRST; GEMMF_LAST sums them into out */
+ * per token), from zero with GEMMF_FIRST; GEMMF_LAST sums them into out, not yet multiplied by the row
+ * scales of fp16 activations (the caller's: the call sees only a block of each row) */
 #define GEMMF_ROWS 16
 #define GEMMF_COLS 6
 enum { GEMMF_FIRST = 1, GEMMF_LAST = 2 };
@@ -37,6 +38,7 @@ extern const int8_t iq4nl_values[16];
 
 /* scalar bodies (always compiled) */
 void quantize_row_q8_0_scalar(const float *x, void *y, int n);
+void quantize_row_f16_s_scalar(const float *x, void *y, int n);
 #define DECLARE_TYPE(t, suffix)                                        \
     void dequantize_row_##t##_##suffix(const void *w, float *y, int n); \
     float vec_dot_##t##_##suffix(int n, const void *w, const void *a);
@@ -54,6 +56,7 @@ void repack_row_iq4_nl_r(const void *iq4_nl_row, void *y, int n);
 #if MINILLM_AVX2
 void quantize_row_q8_0_avx2(const float *x, void *y, int n);
 void quantize_row_q8_0_pm_avx2(const float *x, void *y, int n);
+void quantize_row_f16_s_avx2(const float *x, void *y, int n);
 void dequantize_row_f16_avx2(const void *w, float *y, int n);
 #define DECLARE_AVX2(t)                                                     \
     float vec_dot_##t##_avx2(int n, const void *w, const void *a);          \

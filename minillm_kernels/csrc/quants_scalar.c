@@ -29,7 +29,20 @@ void quantize_row_q8_0_scalar(const float *x, void *vy, int n) {
     }
 }
 
-/* ---- float types: activations stay float32 ---- */
+/* ---- fp16 activations for F16 weights (quants.h F16S_SCALE_OFFSET) ---- */
+
+void quantize_row_f16_s_scalar(const float *x, void *vy, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float scale = f16s_row_scale(amax), inv = 1.0f / scale; /* powers of two: x * inv is exact */
+    uint8_t *y = (uint8_t *)vy;
+    fp16_t *q = (fp16_t *)vy;
+    for (int i = 0; i < n; i++) q[i] = fp32_to_fp16(x[i] * inv);
+    memset(y + 2 * (size_t)n, 0, F16S_ROW_BYTES(n) - 2 * (size_t)n);
+    memcpy(y + F16S_SCALE_OFFSET(n), &scale, sizeof scale);
+}
+
+/* ---- float types: float32 activations (F32, BF16) or scaled fp16 (F16) ---- */
 
 void dequantize_row_f32_scalar(const void *w, float *y, int n) { memcpy(y, w, (size_t)n * sizeof(float)); }
 
@@ -51,11 +64,10 @@ float vec_dot_f32_scalar(int n, const void *w, const void *a) {
 }
 
 float vec_dot_f16_scalar(int n, const void *w, const void *a) {
-    const fp16_t *x = (const fp16_t *)w;
-    const float *y = (const float *)a;
+    const fp16_t *x = (const fp16_t *)w, *q = (const fp16_t *)a;
     double s = 0.0;
-    for (int i = 0; i < n; i++) s += (double)fp16_to_fp32(x[i]) * y[i];
-    return (float)s;
+    for (int i = 0; i < n; i++) s += (double)fp16_to_fp32(x[i]) * fp16_to_fp32(q[i]);
+    return (float)(s * f16s_scale(a, n));
 }
 
 float vec_dot_bf16_scalar(int n, const void *w, const void *a) {

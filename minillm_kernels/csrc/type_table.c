@@ -17,6 +17,7 @@
 #endif
 
 void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)(x, y, n); }
+void quantize_row_f16_s(const float *x, void *y, int n) { BEST(quantize_row_f16_s)(x, y, n); }
 
 /* streams: GEMV row streams per thread (type_traits.gemv_streams).  The quantized types read 4
  * streams far apart, which keeps more reads in flight than one: in alternating A/B, Q8_0 went from
@@ -77,7 +78,9 @@ void quantize_row_q8_0(const float *x, void *y, int n) { BEST(quantize_row_q8_0)
 
 static const type_traits TABLE[] = {
     OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, NO_PACK8, 0, FLOAT_GEMM(f32)),
-    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F32, DQ_F16, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(f16)),
+    /* F16 weights pair with fp16 activations (as in ggml): a 6-token group of a 2048-row in L1 is
+     * 24 KiB, not 48 */
+    OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F16_S, DQ_F16, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(f16)),
     OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(bf16)),
     OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4, PACK8_S(q8_0), 4),
     OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8_U(q4_0), 4),
@@ -128,6 +131,7 @@ size_t act_row_bytes(int act_type, int k) {
         case ACT_Q8_K:
         case ACT_Q8_K_T: return (size_t)(k / QK_K) * sizeof(block_q8_K);
         case ACT_Q8_0_PM: return (size_t)(k / QK) * sizeof(block_q8_0_pm);
+        case ACT_F16_S: return F16S_ROW_BYTES(k);
         default: return (size_t)k * sizeof(float);
     }
 }
@@ -137,6 +141,10 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
         case ACT_Q8_0:
             if (path == PATH_SCALAR) quantize_row_q8_0_scalar(x, y, k);
             else quantize_row_q8_0(x, y, k);
+            break;
+        case ACT_F16_S:
+            if (path == PATH_SCALAR) quantize_row_f16_s_scalar(x, y, k);
+            else quantize_row_f16_s(x, y, k);
             break;
 #if MINILLM_AVX2
         case ACT_Q8_0_PM: quantize_row_q8_0_pm_avx2(x, y, k); break; /* only the AVX2 packed GEMM reads it */

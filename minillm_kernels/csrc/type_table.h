@@ -31,8 +31,10 @@ enum { MINILLM_IQ4_NL_R = 1020 };
 
 /* Activation formats are named by the ggml type they are stored in; ACT_Q8_0_PM
  * (block_q8_0_pm, internal) feeds the packed GEMM of the 32-value types, ACT_Q8_K_T
- * (block_q8_K with qs in the transposed group order, internal) the repacked k-quants. */
-enum { ACT_F32 = GGML_F32, ACT_Q8_0 = GGML_Q8_0, ACT_Q8_K = GGML_Q8_K, ACT_Q8_0_PM = 1008, ACT_Q8_K_T = 1015 };
+ * (block_q8_K with qs in the transposed group order, internal) the repacked k-quants,
+ * ACT_F16_S (fp16 with a row scale, quants.h F16S_SCALE_OFFSET, internal) F16 weights. */
+enum { ACT_F32 = GGML_F32, ACT_Q8_0 = GGML_Q8_0, ACT_Q8_K = GGML_Q8_K, ACT_F16_S = 1001, ACT_Q8_0_PM = 1008,
+       ACT_Q8_K_T = 1015 };
 
 enum { PATH_BEST = 0, PATH_SCALAR = 1 };
 
@@ -64,6 +66,8 @@ const type_traits *type_traits_at(int i);
 
 /* bytes of one activation row of k values in the given format */
 size_t act_row_bytes(int act_type, int k);
+/* bytes per value of the float formats (ACT_F32, ACT_F16_S) */
+static inline size_t act_value_bytes(int act_type) { return act_type == ACT_F16_S ? 2 : 4; }
 /* quantize one activation row (a copy for ACT_F32); path = PATH_BEST or PATH_SCALAR */
 void quantize_act_row(int act_type, const float *x, void *y, int k, int path);
 
