@@ -33,3 +33,8 @@ cdef extern from "matmul_driver.h" nogil:
     int mm_dequantize_rows(int wtype, const uint8_t *w, size_t row_bytes, int K, const int64_t *ids, int n,
                            float *out, int n_threads)
     int mm_quantize_rows(int act_type, const float *x, int n, int K, uint8_t *out, int n_threads)
+
+
+cdef extern from "workspace.h" nogil:
+    void workspace_release()
+    size_t workspace_size()

@@ -1,11 +1,12 @@
-# distutils: sources = minillm_kernels/csrc/quants_scalar.c minillm_kernels/csrc/quants_avx2.c minillm_kernels/csrc/type_table.c minillm_kernels/csrc/matmul_driver.c minillm_kernels/csrc/kquants_link.c minillm_kernels/csrc/membench.c
+# distutils: sources = minillm_kernels/csrc/quants_scalar.c minillm_kernels/csrc/quants_avx2.c minillm_kernels/csrc/type_table.c minillm_kernels/csrc/matmul_driver.c minillm_kernels/csrc/kquants_link.c minillm_kernels/csrc/membench.c minillm_kernels/csrc/workspace.c
 """Matrix products with ggml-quantized weights: one call per layer operation.
 
 Weights are raw GGUF bytes: a uint8 array whose last axis is one row of
 ``row_bytes`` bytes (C-contiguous), with the ggml type id ``wtype``; the row
 length K follows from the type.  Activations are float32 and are quantized
-inside (to q8_0 for the 32-value types, q8_K for the 256-value types; the
-float types use them as they are).  Every call checks its arguments and
+inside (to q8_0 for the 32-value types, q8_K for the 256-value types, fp16
+with a power-of-two row scale for F16 weights, as ggml pairs them; F32 and BF16
+weights use them as they are).  Every call checks its arguments and
 raises TypeError/ValueError before entering C, then releases the GIL.
 
 ``n_threads`` = 0 uses all cores; results are bit-identical for every thread
@@ -415,6 +416,19 @@ def dequantize(w_raw, int wtype):
     rows = w_raw.reshape(-1, w_raw.shape[w_raw.ndim - 1])
     out = dequantize_rows(rows, wtype, np.arange(rows.shape[0], dtype=np.int64))
     return out.reshape(tuple(w_raw.shape)[:w_raw.ndim - 1] + (K,))
+
+
+def release_workspace():
+    """Free the calling thread's workspace: the arena the calls keep for their temporaries
+    (quantized activations, per-expert outputs), so that a call does not fault in fresh pages
+    each time.  It grows to the largest call's need (about 90 MB for a 512-token MoE of
+    DeepSeek-V2-Lite) and is freed when the thread ends."""
+    workspace_release()
+
+
+def workspace_bytes():
+    """Bytes held by the calling thread's workspace (see release_workspace)."""
+    return workspace_size()
 
 
 def quantize_activations(x, int wtype, n_threads=0):

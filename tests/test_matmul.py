@@ -257,9 +257,9 @@ def test_matmul(t, n_tok):
 
 @pytest.mark.parametrize("t", sorted(FLOAT_TYPES), ids=type_name)
 def test_float_gemm_is_the_gemv(t):
-    """the float types' GEMM (rows converted in the loop, K blocks of 2 KiB of each activation row:
-    512 float32 or 1024 fp16 values) sums every output like the register tile: each GEMM row is its
-    GEMV, bit for bit, across K tails, several K blocks, odd row counts and 6-token groups"""
+    """the float types' GEMM (rows converted in the loop, K blocks of 512 float32 or 2048 fp16
+    activation values) sums every output like the register tile: each GEMM row is its GEMV, bit for
+    bit, across K tails, several K blocks, odd row counts and 6-token groups"""
     for k, n in [(7, 8), (263, 9), (520, 20), (2051, 133)]:
         raw, W = weights(t, (21, k), seed=k)
         x = rand_x(n, k, seed=n)
@@ -412,6 +412,66 @@ def test_moe(types, n_tok):
         outs = mm.moe_forward(x, ids, ew, gate, gate_t, up, up_t, down, down_t)
         mm.set_force_scalar(False)
         moe_check(outs, x, ids, ew, G, U, D, gate_t, up_t, down_t)
+
+
+# ---- the per-thread workspace ----
+
+def _moe_inputs(t, n_tok, seed):
+    E, k_used, K, F, K_out = 4, 2, 64, 96, 40
+    rng = np.random.default_rng(seed)
+    ws = [weights(t, shape, s, scale=0.1)[0] for shape, s in [((E, F, K), 1), ((E, F, K), 2), ((E, K_out, F), 3)]]
+    x = rand_x(n_tok, K, seed=seed)
+    ids = np.stack([rng.permutation(E)[:k_used] for _ in range(n_tok)]).astype(np.int32)
+    ew = rng.uniform(0.1, 1.0, size=(n_tok, k_used)).astype(np.float32)
+    return x, ids, ew, ws
+
+
+def _moe(inputs, t, n_threads=1):
+    x, ids, ew, (gate, up, down) = inputs
+    return mm.moe_forward(x, ids, ew, gate, t, up, t, down, t, n_threads=n_threads)
+
+
+@pytest.mark.parametrize("t", [1, 8], ids=type_name)
+def test_workspace_kept_grown_and_released(t):
+    """the calls' temporaries live in a per-thread arena kept between calls: it grows for a larger
+    call (old contents never leak into a result), and release_workspace frees it"""
+    small, big = _moe_inputs(t, 3, 1), _moe_inputs(t, 2000, 2)  # big: more than the first 2 MiB
+    w, _ = weights(t, (70, 64), seed=9)
+    mm.release_workspace()
+    assert mm.workspace_bytes() == 0
+    want_small, want_big, want_mm = _moe(small, t), _moe(big, t), mm.matmul(w, t, big[0])
+    mm.release_workspace()
+    y_small = _moe(small, t)
+    held = mm.workspace_bytes()
+    assert held > 0 and np.array_equal(y_small, want_small)
+    assert np.array_equal(_moe(big, t), want_big) and mm.workspace_bytes() > held  # grown
+    grown = mm.workspace_bytes()
+    assert np.array_equal(_moe(small, t), want_small) and mm.workspace_bytes() == grown  # kept
+    assert np.array_equal(mm.matmul(w, t, big[0]), want_mm)
+    mm.release_workspace()
+    assert mm.workspace_bytes() == 0 and np.array_equal(_moe(big, t), want_big)
+
+
+def test_workspace_per_thread():
+    """Python threads calling at once (the GIL released) each use their own arena"""
+    import threading
+
+    cases = [_moe_inputs(8, n, seed) for n, seed in [(200, 3), (150, 4), (260, 5), (90, 6)]]
+    want = [_moe(c, 8) for c in cases]
+    got = [None] * len(cases)
+
+    def work(i):
+        for _ in range(5):
+            got[i] = _moe(cases[i], 8)
+            if not np.array_equal(got[i], want[i]):
+                return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
 # ---- bad arguments ----

@@ -4,8 +4,9 @@ product of the same weights (a few tokens), on the DeepSeek-V2-Lite expert shape
 
 ik's graph (tools/ik_ggml.py prepare_moe) is what llama.cpp builds: mul_mat_id gate and up,
 silu(gate) * up, mul_mat_id down; its per-expert outputs are summed with weight 1 here, as ours
-are with expert_weights of 1.  ik converts the activations to its vec_dot type for the weight
-type (f16 for F16 weights); ours stay float32 for the float types.
+are with expert_weights of 1.  Both convert the activations to fp16 for F16 weights (ours with a
+power-of-two scale per row, which rounds the same where ik's do not overflow) and keep them float32
+for F32 weights.
 
     OMP_WAIT_POLICY=passive python tools/moe_vs_ik.py --type F16 --rounds 8
 """

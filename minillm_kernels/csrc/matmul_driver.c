@@ -5,6 +5,7 @@
 
 #include "matmul_driver.h"
 #include "type_table.h"
+#include "workspace.h"
 
 /* Weight rows per work item: the unit handed to a thread, small enough to stay in L1/L2
  * while every token of the batch streams past it. */
@@ -13,10 +14,12 @@
 #define PACK8_MIN_TOKENS 8
 /* Activation bytes per token chunk in GEMM: kept in L2 while a row tile sweeps it. */
 #define ACT_CHUNK_BYTES (128 * 1024)
-/* The float types' GEMM (gemm_rows_float): K blocks of FLOAT_KC_BYTES of each activation row, so that
- * a 6-token group's activations of a block (12 KiB) stay in L1 while the row tile's block streams
- * past them from L2 (512 float32 values, 1024 fp16 values). */
-#define FLOAT_KC_BYTES 2048
+/* The float types' GEMM (gemm_rows_float): K blocks, so that a 6-token group's activations of a
+ * block stay in L1 while the row tile's block streams past them from L2: 512 float32 values (12 KiB),
+ * 2048 fp16 values (24 KiB).  In alternating runs of the MoE prefill, F32 took 1.05x as long with
+ * 1024 values, F16 1.04x as long with 1024. */
+#define FLOAT_KC_F32 512
+#define FLOAT_KC_F16 2048
 /* Rows per work item of the float GEMM (a multiple of GEMMF_ROWS): each group of 6 tokens reads the
  * item's rows from L2 (32 rows of f16: 128 KiB), so more rows reuse each block of activations more
  * often; in alternating runs of the F16 MoE prefill, 16 / 32 / 64 rows gave 81 / 97 / 83 GFLOP/s. */
@@ -164,7 +167,7 @@ static void gemm_rows_float(const kernel_t *k, const uint8_t *w, int r0, int r1,
     float *part = (float *)scratch;
     const int nr = r1 - r0, esize = k->tt->type_size, f16s = k->tt->act_type == ACT_F16_S;
     const size_t avb = act_value_bytes(k->tt->act_type);
-    const int kc = (int)(FLOAT_KC_BYTES / avb);
+    const int kc = f16s ? FLOAT_KC_F16 : FLOAT_KC_F32;
     const size_t block_bytes = (size_t)kc * esize;
     const uint8_t *wt = w + (size_t)r0 * k->row_bytes;
     for (int t = 0; t < ntok; t += GEMMF_COLS) {
@@ -221,14 +224,11 @@ int mm_quantize_rows(int act_type, const float *x, int n, int K, uint8_t *out, i
     return MM_OK;
 }
 
-/* the calling thread's scratch of n bytes (NULL for none); *failed is set when out of memory */
-static uint8_t *alloc_scratch(size_t n, int *failed) {
-    uint8_t *p = n ? (uint8_t *)malloc(n) : NULL;
-    if (n && !p) {
-#pragma omp atomic write
-        *failed = 1;
-    }
-    return p;
+static inline size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
+/* the OpenMP thread's scratch of sbytes (NULL for none): its slot of the workspace's part at offset,
+ * one slot of round64(sbytes) per thread */
+static inline uint8_t *thread_scratch(uint8_t *ws, size_t offset, size_t sbytes) {
+    return sbytes ? ws + offset + (size_t)omp_get_thread_num() * round64(sbytes) : NULL;
 }
 
 int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stride, int M, int K,
@@ -236,22 +236,22 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
     kernel_t k;
     if (kernel_init(&k, wtype, K, row_bytes)) return MM_ERR_TYPE;
     const long rows = (long)B * N;
-    const int act = act_format(&k, N);
+    const int act = act_format(&k, N), nth = resolve_threads(n_threads);
     const size_t rb = act_row_bytes(act, K), as = N > 1 ? batch_stride(rb) : rb;
-    uint8_t *buf = NULL;
-    const uint8_t *acts = (const uint8_t *)x;
-    if (act != ACT_F32 || as != rb) { /* quantized, or float32 rows copied to the batch stride */
-        buf = (uint8_t *)malloc(rows * as + 64);
-        if (!buf) return MM_ERR_NOMEM;
-        acts = buf;
-    }
+    const int copy = act != ACT_F32 || as != rb; /* quantized, or float32 rows copied to the batch stride */
+    const size_t sbytes = scratch_bytes(&k, N);
+    size_t at = 0;
+    const size_t o_buf = workspace_part(&at, copy ? rows * as : 0);
+    const size_t o_scratch = workspace_part(&at, (size_t)nth * round64(sbytes));
+    uint8_t *ws = at ? (uint8_t *)workspace_get(at) : NULL;
+    if (at && !ws) return MM_ERR_NOMEM;
+    uint8_t *buf = copy ? ws + o_buf : NULL;
+    const uint8_t *acts = copy ? buf : (const uint8_t *)x;
     const int rt = row_tile(&k), tiles = (M + rt - 1) / rt;
     const long items = (long)B * tiles;
-    const size_t sbytes = scratch_bytes(&k, N);
-    int failed = 0;
-#pragma omp parallel num_threads(resolve_threads(n_threads))
+#pragma omp parallel num_threads(nth)
     {
-        uint8_t *scratch = alloc_scratch(sbytes, &failed);
+        uint8_t *scratch = thread_scratch(ws, o_scratch, sbytes);
         if (buf) {
 #pragma omp for schedule(static)
             for (long i = 0; i < rows; i++) quantize_act_row(act, x + i * K, buf + i * as, K, k.path);
@@ -261,16 +261,13 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
         } else
 #pragma omp for schedule(static)
         for (long it = 0; it < items; it++) {
-            if (sbytes && !scratch) continue;
             const long b = it / tiles;
             const int r0 = (int)(it % tiles) * rt;
             gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + rt), acts + b * N * as, as, N,
                       out + b * N * M, M, scratch);
         }
-        free(scratch);
     }
-    free(buf);
-    return failed ? MM_ERR_NOMEM : MM_OK;
+    return MM_OK;
 }
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
@@ -304,36 +301,46 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     const int same_act = kg.tt->act_type == ku.tt->act_type && kg.batch_act == ku.batch_act;
     const size_t as_g = act_stride(&kg), as_u = act_stride(&ku), as_d = act_stride(&kd);
     const int tiles_f = (F + ROW_TILE - 1) / ROW_TILE, tiles_o = (K_out + ROW_TILE - 1) / ROW_TILE;
-    int *counts = calloc((size_t)n_expert, sizeof(int)), *offs = calloc((size_t)n_expert + 1, sizeof(int));
-    int *slot_token = malloc(sizeof(int) * (size_t)S), *slot_of = malloc(sizeof(int) * (size_t)S);
-    int *slot_expert = malloc(sizeof(int) * (size_t)S);
-    work_item *items_f = malloc(sizeof(work_item) * (size_t)(S * tiles_f + 1));
-    work_item *items_o = malloc(sizeof(work_item) * (size_t)(S * tiles_o + 1));
-    uint8_t *acts_g = malloc((size_t)S * as_g + 64);
-    uint8_t *acts_u = same_act ? acts_g : malloc((size_t)S * as_u + 64);
-    float *gbuf = malloc(sizeof(float) * (size_t)S * F), *ubuf = malloc(sizeof(float) * (size_t)S * F);
-    uint8_t *hq = malloc((size_t)S * as_d + 64);
-    float *ybuf = malloc(sizeof(float) * (size_t)S * K_out);
-    int rc = MM_OK;
-    if (!counts || !offs || !slot_token || !slot_of || !slot_expert || !items_f || !items_o || !acts_g || !acts_u || !gbuf ||
-        !ubuf || !hq || !ybuf) {
-        rc = MM_ERR_NOMEM;
-        goto done;
-    }
+    const int used_max = imin(S, n_expert), nth = resolve_threads(n_threads);
+    /* the call's parts of the workspace (acts +64: the kernels may read a vector past a row's end) */
+    size_t at = 0;
+    const size_t o_counts = workspace_part(&at, sizeof(int) * (size_t)n_expert);
+    const size_t o_offs = workspace_part(&at, sizeof(int) * ((size_t)n_expert + 1));
+    const size_t o_fill = workspace_part(&at, sizeof(int) * (size_t)n_expert);
+    const size_t o_slot_token = workspace_part(&at, sizeof(int) * (size_t)S);
+    const size_t o_slot_of = workspace_part(&at, sizeof(int) * (size_t)S);
+    const size_t o_slot_expert = workspace_part(&at, sizeof(int) * (size_t)S);
+    const size_t o_items_f = workspace_part(&at, sizeof(work_item) * (size_t)used_max * tiles_f);
+    const size_t o_items_o = workspace_part(&at, sizeof(work_item) * (size_t)used_max * tiles_o);
+    const size_t o_acts_g = workspace_part(&at, (size_t)S * as_g + 64);
+    const size_t o_acts_u = same_act ? o_acts_g : workspace_part(&at, (size_t)S * as_u + 64);
+    const size_t o_gbuf = workspace_part(&at, sizeof(float) * (size_t)S * F);
+    const size_t o_ubuf = workspace_part(&at, sizeof(float) * (size_t)S * F);
+    const size_t o_hq = workspace_part(&at, (size_t)S * as_d + 64);
+    const size_t o_ybuf = workspace_part(&at, sizeof(float) * (size_t)S * K_out);
+    /* per-thread scratch for the largest batch an expert can get (scratch_bytes is 0 or one size) */
+    const size_t sbytes = zmax3(scratch_bytes(&kg, S), scratch_bytes(&ku, S), scratch_bytes(&kd, S));
+    const size_t o_scratch = workspace_part(&at, (size_t)nth * round64(sbytes));
+    uint8_t *ws = (uint8_t *)workspace_get(at);
+    if (!ws) return MM_ERR_NOMEM;
+    int *counts = (int *)(ws + o_counts), *offs = (int *)(ws + o_offs), *fill = (int *)(ws + o_fill);
+    int *slot_token = (int *)(ws + o_slot_token), *slot_of = (int *)(ws + o_slot_of);
+    int *slot_expert = (int *)(ws + o_slot_expert);
+    work_item *items_f = (work_item *)(ws + o_items_f), *items_o = (work_item *)(ws + o_items_o);
+    uint8_t *acts_g = ws + o_acts_g, *acts_u = ws + o_acts_u, *hq = ws + o_hq;
+    float *gbuf = (float *)(ws + o_gbuf), *ubuf = (float *)(ws + o_ubuf), *ybuf = (float *)(ws + o_ybuf);
+    memset(counts, 0, sizeof(int) * (size_t)n_expert);
+    memset(offs, 0, sizeof(int) * ((size_t)n_expert + 1));
+    memset(fill, 0, sizeof(int) * (size_t)n_expert);
 
     /* group the slots by expert, keeping token order inside a group */
     for (int s = 0; s < S; s++) counts[ids[s]]++;
     for (int e = 0; e < n_expert; e++) offs[e + 1] = offs[e] + counts[e];
-    {
-        int *fill = calloc((size_t)n_expert, sizeof(int));
-        if (!fill) { rc = MM_ERR_NOMEM; goto done; }
-        for (int s = 0; s < S; s++) {
-            const int e = ids[s], slot = offs[e] + fill[e]++;
-            slot_token[slot] = s / k_used;
-            slot_expert[slot] = e;
-            slot_of[s] = slot;
-        }
-        free(fill);
+    for (int s = 0; s < S; s++) {
+        const int e = ids[s], slot = offs[e] + fill[e]++;
+        slot_token[slot] = s / k_used;
+        slot_expert[slot] = e;
+        slot_of[s] = slot;
     }
     /* gate and up share their items: the smaller tile when they differ (the packed GEMM takes at most ROW_TILE) */
     const int tile_f = imin(row_tile(&kg), row_tile(&ku)), tile_o = row_tile(&kd);
@@ -345,13 +352,10 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         if (counts[e] && counts[e] != counts[ids[0]]) uniform = 0;
         max_count = imax(max_count, counts[e]);
     }
-    const size_t sbytes = zmax3(scratch_bytes(&kg, max_count), scratch_bytes(&ku, max_count),
-                                scratch_bytes(&kd, max_count));
-    int failed = 0;
 
-#pragma omp parallel num_threads(resolve_threads(n_threads))
+#pragma omp parallel num_threads(nth)
     {
-        uint8_t *scratch = alloc_scratch(sbytes, &failed);
+        uint8_t *scratch = thread_scratch(ws, o_scratch, sbytes);
 #pragma omp for schedule(static)
         for (int s = 0; s < S; s++) {
             const float *xt = x + (size_t)slot_token[s] * K;
@@ -362,7 +366,6 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         /* gate and up: each item is a row tile of one expert against all of its tokens */
 #define GATE_UP_ITEM(i)                                                                                  \
     {                                                                                                    \
-        if (sbytes && !scratch) continue;                                                                \
         const int e = items_f[i].e, r0 = items_f[i].r0, r1 = imin(F, r0 + tile_f);                     \
         gemm_rows(&kg, gate + e * gate_estride, r0, r1, acts_g + offs[e] * as_g, as_g, counts[e],        \
                   gbuf + (size_t)offs[e] * F, F, scratch);                                               \
@@ -393,7 +396,6 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         }
 #define DOWN_ITEM(i)                                                                                     \
     {                                                                                                    \
-        if (sbytes && !scratch) continue;                                                                \
         const int e = items_o[i].e, r0 = items_o[i].r0;                                                  \
         gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + tile_o), hq + offs[e] * as_d, as_d, \
                   counts[e], ybuf + (size_t)offs[e] * K_out, K_out, scratch);                            \
@@ -420,14 +422,8 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
                 for (int c = 0; c < K_out; c++) o[c] += wj * y[c];
             }
         }
-        free(scratch);
     }
-    if (failed) rc = MM_ERR_NOMEM;
-done:
-    free(counts); free(offs); free(slot_token); free(slot_of); free(slot_expert); free(items_f); free(items_o);
-    if (acts_u != acts_g) free(acts_u);
-    free(acts_g); free(gbuf); free(ubuf); free(hq); free(ybuf);
-    return rc;
+    return MM_OK;
 }
 
 int mm_dequantize_rows(int wtype, const uint8_t *w, size_t row_bytes, int K, const int64_t *ids, int n,

@@ -6,11 +6,14 @@
  * and a tile gives each (row, token) pair the same result as vec_dot, so the
  * results do not depend on the thread count or the tiling.  Batches of at
  * least PACK8_MIN_TOKENS tokens (8) take the packed GEMM where the type has one
- * (every type on the AVX2 build): each row tile is converted once to interleaved
- * rows (8 rows of int8 / unsigned codes; 16 rows of floats for F32/F16/BF16)
- * and swept by all tokens.  It rounds differently from vec_dot (float rounding
- * only, within the same bounds).  The choice depends on the batch (or, in MoE,
- * an expert's token count), never on the thread count.
+ * (the integer types on the AVX2 build): each row tile is converted once to
+ * interleaved rows (8 rows of int8 / unsigned codes) and swept by all tokens.  It
+ * rounds differently from vec_dot (float rounding only, within the same bounds).
+ * The choice depends on the batch (or, in MoE, an expert's token count), never on
+ * the thread count.  The float types' GEMM (F32/F16/BF16) reads the rows as they
+ * are, in K blocks, and gives vec_dot's bits.
+ * Temporaries (quantized activations, per-expert outputs, per-thread scratch)
+ * come from the calling thread's workspace (workspace.h), kept between calls.
  * GEMV of the quantized types reads each thread's rows as 4 streams far apart,
  * one row of each in turn (gemv_streams in type_table.h): several streams keep
  * more reads in flight than one.  MoE decode (one token per expert) does the
