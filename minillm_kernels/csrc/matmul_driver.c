@@ -241,7 +241,7 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
     const int copy = act != ACT_F32 || as != rb; /* quantized, or float32 rows copied to the batch stride */
     const size_t sbytes = scratch_bytes(&k, N);
     size_t at = 0;
-    const size_t o_buf = workspace_part(&at, copy ? rows * as : 0);
+    const size_t o_buf = workspace_part(&at, copy ? rows * as + 64 : 0); /* +64: as mm_moe's acts */
     const size_t o_scratch = workspace_part(&at, (size_t)nth * round64(sbytes));
     uint8_t *ws = at ? (uint8_t *)workspace_get(at) : NULL;
     if (at && !ws) return MM_ERR_NOMEM;
