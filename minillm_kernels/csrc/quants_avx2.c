@@ -597,7 +597,7 @@ DEFINE_GEMM8(q5_0, gemm8u_c, packed8u_block, , 16)
  * along K, 2 weight loads (converted in the loop) and 6 activation loads per 12 FMAs, no
  * broadcast (on Zen 3 a broadcast takes an FMA pipe: a 16-row broadcast form converted to
  * float32 reached 67% of the FMA peak in L1, this one ~80-90%).  The driver calls it per
- * K block of at most 16 rows x 6 tokens: the block's activations (6 x n floats) stay in L1
+ * K block of at most 16 rows x 6 tokens: the block's activations (6 x n values) stay in L1
  * for all the row pairs, the rows' block streams from L2.  The lanes carry over K blocks in
  * part[] (exactly), and the last block sums them like the register tile (hsum_ps, then the
  * tail in order with fmaf), so every result is the tile's and the GEMV's, bit for bit, once the
