@@ -196,6 +196,11 @@ def test_quantize_f16_activations(scalar):
                 assert 2.0**14 <= amax / scale[i] < 2.0**15
         assert np.array_equal(values[i], (x[i] / scale[i]).astype(np.float16), equal_nan=True)
     assert np.isinf(values[6, 3]) and np.isnan(values[7, 9]) and np.isfinite(values[[0, 1, 2, 4, 5]]).all()
+    # rows of 1e6 (far past fp16's 65504) and of 1e-7 give products within the fp16 bound
+    w, W = weights(F16, (5, 45), seed=3)
+    for n in (1, 3, 9):  # GEMV, register tile, float GEMM
+        xs = np.concatenate([x[:3]] * 3)[:n]
+        check_product(mm.matmul(w, F16, xs), W, xs, deq_acts(xs, F16), F16)
 
 
 @pytest.mark.parametrize("t", SUPPORTED + K_REPACKED, ids=type_name)
