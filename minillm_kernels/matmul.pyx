@@ -421,7 +421,7 @@ def dequantize(w_raw, int wtype):
 def release_workspace():
     """Free the calling thread's workspace: the arena the calls keep for their temporaries
     (quantized activations, per-expert outputs), so that a call does not fault in fresh pages
-    each time.  It grows to the largest call's need (about 90 MB for a 512-token MoE of
+    each time.  It grows to the largest call's need (about 80 MB for a 512-token MoE of
     DeepSeek-V2-Lite) and is freed when the thread ends."""
     workspace_release()
 

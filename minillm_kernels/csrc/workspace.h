@@ -1,5 +1,5 @@
 /* The drivers' large temporaries (activation rows, per-expert outputs) come from one arena per
- * calling thread, kept from call to call: a 512-token MoE needs ~90 MB of them, and taking fresh
+ * calling thread, kept from call to call: a 512-token MoE needs ~80 MB of them, and taking fresh
  * pages from the OS on every call (malloc of blocks this large maps them anew) cost it ~15-25% in
  * page faults on this machine's VM (alternating runs, F16 experts: ~105 against ~127 GFLOP/s).
  * One driver call at a time per thread uses it (the drivers do not nest). */
