@@ -224,11 +224,10 @@ int mm_quantize_rows(int act_type, const float *x, int n, int K, uint8_t *out, i
     return MM_OK;
 }
 
-static inline size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
 /* the OpenMP thread's scratch of sbytes (NULL for none): its slot of the workspace's part at offset,
- * one slot of round64(sbytes) per thread */
+ * one slot of workspace_align(sbytes) per thread */
 static inline uint8_t *thread_scratch(uint8_t *ws, size_t offset, size_t sbytes) {
-    return sbytes ? ws + offset + (size_t)omp_get_thread_num() * round64(sbytes) : NULL;
+    return sbytes ? ws + offset + (size_t)omp_get_thread_num() * workspace_align(sbytes) : NULL;
 }
 
 int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stride, int M, int K,
@@ -242,7 +241,7 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
     const size_t sbytes = scratch_bytes(&k, N);
     size_t at = 0;
     const size_t o_buf = workspace_part(&at, copy ? rows * as + 64 : 0); /* +64: as mm_moe's acts */
-    const size_t o_scratch = workspace_part(&at, (size_t)nth * round64(sbytes));
+    const size_t o_scratch = workspace_part(&at, (size_t)nth * workspace_align(sbytes));
     uint8_t *ws = at ? (uint8_t *)workspace_get(at) : NULL;
     if (at && !ws) return MM_ERR_NOMEM;
     uint8_t *buf = copy ? ws + o_buf : NULL;
@@ -300,6 +299,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     /* each expert's tokens are quantized in the format of its batch size (act_format) */
     const int same_act = kg.tt->act_type == ku.tt->act_type && kg.batch_act == ku.batch_act;
     const size_t as_g = act_stride(&kg), as_u = act_stride(&ku), as_d = act_stride(&kd);
+    /* row tiles per expert at most (ROW_TILE is the smallest row_tile): bounds the work items */
     const int tiles_f = (F + ROW_TILE - 1) / ROW_TILE, tiles_o = (K_out + ROW_TILE - 1) / ROW_TILE;
     const int used_max = imin(S, n_expert), nth = resolve_threads(n_threads);
     /* the call's parts of the workspace (acts +64: the kernels may read a vector past a row's end) */
@@ -320,7 +320,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     const size_t o_ybuf = workspace_part(&at, sizeof(float) * (size_t)S * K_out);
     /* per-thread scratch for the largest batch an expert can get (scratch_bytes is 0 or one size) */
     const size_t sbytes = zmax3(scratch_bytes(&kg, S), scratch_bytes(&ku, S), scratch_bytes(&kd, S));
-    const size_t o_scratch = workspace_part(&at, (size_t)nth * round64(sbytes));
+    const size_t o_scratch = workspace_part(&at, (size_t)nth * workspace_align(sbytes));
     uint8_t *ws = (uint8_t *)workspace_get(at);
     if (!ws) return MM_ERR_NOMEM;
     int *counts = (int *)(ws + o_counts), *offs = (int *)(ws + o_offs), *fill = (int *)(ws + o_fill);

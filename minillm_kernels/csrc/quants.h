@@ -179,6 +179,12 @@ static inline float f16s_row_scale(float amax) {
     (void)frexpf(amax, &e);
     return ldexpf(1.0f, (e < -100 ? -100 : e) - 15);
 }
+/* the tail of a row of k fp16 activations: its padding zeroed, then its scale */
+static inline void f16s_store_scale(void *row, int k, float scale) {
+    uint8_t *y = (uint8_t *)row;
+    memset(y + 2 * (size_t)k, 0, F16S_ROW_BYTES(k) - 2 * (size_t)k);
+    memcpy(y + F16S_SCALE_OFFSET(k), &scale, sizeof scale);
+}
 static inline float f16s_scale(const void *row, int k) {
     float s;
     memcpy(&s, (const uint8_t *)row + F16S_SCALE_OFFSET(k), sizeof s);

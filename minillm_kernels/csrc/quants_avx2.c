@@ -105,14 +105,12 @@ void quantize_row_f16_s_avx2(const float *x, void *vy, int n) {
     for (int j = i; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
     const float scale = f16s_row_scale(amax), inv = 1.0f / scale;
     const __m256 vinv = _mm256_set1_ps(inv);
-    uint8_t *y = (uint8_t *)vy;
     fp16_t *q = (fp16_t *)vy;
     for (i = 0; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(q + i), _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv),
                                                              _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++) q[i] = fp32_to_fp16(x[i] * inv);
-    memset(y + 2 * (size_t)n, 0, F16S_ROW_BYTES(n) - 2 * (size_t)n);
-    memcpy(y + F16S_SCALE_OFFSET(n), &scale, sizeof scale);
+    f16s_store_scale(vy, n, scale);
 }
 
 void dequantize_row_f16_avx2(const void *w, float *y, int n) {

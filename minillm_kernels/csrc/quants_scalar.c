@@ -35,11 +35,9 @@ void quantize_row_f16_s_scalar(const float *x, void *vy, int n) {
     float amax = 0.0f;
     for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
     const float scale = f16s_row_scale(amax), inv = 1.0f / scale; /* powers of two: x * inv is exact */
-    uint8_t *y = (uint8_t *)vy;
     fp16_t *q = (fp16_t *)vy;
     for (int i = 0; i < n; i++) q[i] = fp32_to_fp16(x[i] * inv);
-    memset(y + 2 * (size_t)n, 0, F16S_ROW_BYTES(n) - 2 * (size_t)n);
-    memcpy(y + F16S_SCALE_OFFSET(n), &scale, sizeof scale);
+    f16s_store_scale(vy, n, scale);
 }
 
 /* ---- float types: float32 activations (F32, BF16) or scaled fp16 (F16) ---- */

@@ -16,11 +16,13 @@ void workspace_release(void);
 /* bytes held by the calling thread's arena */
 size_t workspace_size(void);
 
+/* n rounded up to whole cache lines (64 bytes) */
+static inline size_t workspace_align(size_t n) { return (n + 63) & ~(size_t)63; }
 /* Lays out one call's parts in an arena: the offset of a part of `bytes` placed at *at, which then
  * moves past it to the next 64-byte boundary (so parts never share a cache line). */
 static inline size_t workspace_part(size_t *at, size_t bytes) {
     const size_t offset = *at;
-    *at = (offset + bytes + 63) & ~(size_t)63;
+    *at = workspace_align(offset + bytes);
     return offset;
 }
 
