@@ -1,4 +1,5 @@
 """minillm: a small, fast CPU inference runtime for DeepSeek MLA models in GGUF files."""
+from . import runtime  # noqa: F401  (first: sets the OpenMP environment)
 from .config import DeepSeek2Config
 from .errors import GGUFError
 from .model import Model, load

@@ -7,6 +7,7 @@ the tensor or key at fault.
 """
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -191,6 +192,20 @@ class GGUFFile:
             raw = raw.reshape(tuple(reversed([int(d) for d in rt.shape[1:]])) + (row_bytes,))
             self.tensors[rt.name] = Tensor(rt.name, rt.tensor_type, tuple(int(d) for d in rt.shape),
                                            raw, int(rt.data_offset))
+
+    def drop_pages(self, t: Tensor) -> None:
+        """Release the mapped pages of tensor ``t`` from this process (it was copied: a repacked
+        form replaces it).  The mapping stays valid; a later read would fault the bytes back in."""
+        mm = getattr(self._reader.data, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        start = t.offset // page * page
+        end = t.offset + t.nbytes
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):  # not worth failing a load for
+            pass
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)

@@ -1,33 +1,180 @@
-"""The model object users hold: config, mapped weights, tokenizer, inference."""
+"""The model object users hold: file, config, prepared weights, tokenizer, KV cache and state.
+
+    model = minillm.load("model.gguf", n_ctx=4096, cache_type="f16")
+    logits = model.eval(model.tokenize("Hello"))       # [n_tokens, n_vocab], appended to the cache
+    model.n_past                                       # tokens in the cache
+    for tid in model.generate(ids, temp=0.0): ...      # token ids, llama-cpp-python style
+    model.reset()
+"""
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
+from typing import Iterator, Optional, Sequence
 
+import numpy as np
+
+from . import runtime
 from .config import DeepSeek2Config, config_from_metadata
 from .errors import GGUFError
 from .gguf_file import GGUFFile
-from .kv_cache import cache_row_bytes
+from .kv_cache import CACHE_TYPES, KVCache, cache_row_bytes
 from .weights import ModelWeights, load_weights
+
+# show a progress bar when preparing the weights copies more than this many bytes
+_PROGRESS_MIN_BYTES = 256 << 20
 
 
 class Model:
-    """A DeepSeek2 model loaded from a GGUF file (memory-mapped, zero-copy)."""
+    """A DeepSeek2 model loaded from a GGUF file, ready to evaluate tokens.
 
-    def __init__(self, path: str | os.PathLike, n_threads: int | None = None, n_ctx: int = 4096,
-                 cache_type: str = "f16"):
+    ``n_ctx``: tokens the latent KV cache holds; ``cache_type``: f16, bf16, q8_0 or q8_KV;
+    ``n_threads``: kernel threads (default: the cores this process may use); ``n_ubatch``:
+    prompt tokens evaluated per batch.  ``prepare=False`` only maps and checks the file
+    (enough for ``info`` and the tokenizer; ``eval`` then prepares on first use).
+    """
+
+    def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, cache_type: str = "f16",
+                 n_threads: Optional[int] = None, n_ubatch: int = 512, prepare: bool = True,
+                 progress: Optional[bool] = None):
+        t0 = time.perf_counter()
+        if cache_type not in CACHE_TYPES:
+            raise ValueError(f"unknown KV cache type {cache_type!r}; choose one of {', '.join(CACHE_TYPES)}")
+        for name, v in (("n_ctx", n_ctx), ("n_ubatch", n_ubatch)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive int, not {v!r}")
+        if n_threads is not None and (not isinstance(n_threads, (int, np.integer)) or n_threads < 0):
+            raise ValueError(f"n_threads must be an int >= 0 (0 or None: all cores), not {n_threads!r}")
         self.file = GGUFFile(path)
         self.path = self.file.path
         token_embd = self.file.tensors.get("token_embd.weight")
         self.config: DeepSeek2Config = config_from_metadata(
             self.file.metadata, n_vocab_fallback=token_embd.ne[1] if token_embd else 0)
         self.weights: ModelWeights = load_weights(self.file, self.config)
-        self.n_threads = n_threads or os.cpu_count() or 1
-        self.n_ctx = n_ctx
-        cache_row_bytes(cache_type, self.config.kv_latent_dim)  # validates the name
+        self.n_threads = int(n_threads) if n_threads else runtime.available_cores()
+        self.n_ctx = int(n_ctx)
+        self.n_ubatch = int(n_ubatch)
+        cache_row_bytes(cache_type, self.config.kv_latent_dim)  # validates the combination
         self.cache_type = cache_type
+        self.progress = progress
         self._tokenizer = None
+        self._engine = None
+        self._cache: Optional[KVCache] = None
+        self._tokens: list[int] = []       # the tokens whose rows are in the cache, in order
+        self.load_seconds = 0.0
+        if prepare:
+            self._prepare()
+        self.load_seconds = time.perf_counter() - t0
 
+    # -- engine -------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Prepare the weights for the kernels and allocate the KV cache (once)."""
+        if self._engine is not None:
+            return
+        from .deepseek2 import DeepSeek2, WeightPreparer
+
+        need = self.kv_cache_bytes()
+        avail = runtime.available_memory()
+        if avail is not None and need > avail:
+            raise ValueError(f"a {self.cache_type} KV cache of n_ctx={self.n_ctx} tokens needs "
+                             f"{need / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is available; "
+                             f"use a smaller n_ctx or a q8_0 cache")
+        runtime.configure_threads()
+        to_copy = self.prepared_extra_bytes()
+        bar = None
+        show = self.progress if self.progress is not None else to_copy > _PROGRESS_MIN_BYTES
+        if show:
+            from tqdm import tqdm
+            bar = tqdm(total=self.weight_bytes(), unit="B", unit_scale=True, desc="preparing weights",
+                       leave=False)
+        prep = WeightPreparer(self.n_threads, on_tensor=(lambda t: bar.update(t.nbytes)) if bar else None)
+        try:
+            engine = DeepSeek2(self.weights, self.config, self.n_ctx, prep)
+        finally:
+            if bar is not None:
+                bar.close()
+        # the repacked originals are private copies now: drop the file pages from this process
+        for t in prep.copied:
+            self.file.drop_pages(t)
+        self._cache = KVCache(self.config.n_layer, self.n_ctx, self.cache_type, self.config.kv_latent_dim)
+        self._engine = engine
+
+    @property
+    def n_past(self) -> int:
+        """Tokens currently in the KV cache."""
+        return len(self._tokens)
+
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids in the KV cache, in order."""
+        return list(self._tokens)
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the cache memory is kept)."""
+        self._tokens = []
+
+    def _check_ids(self, ids) -> np.ndarray:
+        try:
+            a = np.asarray(ids)
+        except Exception as e:  # ragged lists, objects
+            raise ValueError(f"token ids must be a sequence of ints ({e})") from None
+        if a.size == 0:
+            raise ValueError("no tokens to evaluate (empty prompt)")
+        if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"token ids must be a 1-D sequence of ints, got {a.dtype} shape {a.shape}")
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= self.config.n_vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.n_vocab})")
+        if self.n_past + a.size > self.n_ctx:
+            raise ValueError(f"context full: {self.n_past} cached + {a.size} new tokens exceed n_ctx={self.n_ctx}")
+        return a.astype(np.int64)
+
+    def eval(self, ids: Sequence[int], logits_all: bool = True) -> np.ndarray:
+        """Evaluate ``ids`` after the tokens already in the cache; return float32 logits
+        [len(ids), n_vocab], or only the last token's [1, n_vocab] when ``logits_all`` is False
+        (the output projection is then computed for that row only).  Prompts longer than
+        ``n_ubatch`` are evaluated in batches of ``n_ubatch`` tokens."""
+        a = self._check_ids(ids)
+        self._prepare()
+        out = []
+        for start in range(0, a.size, self.n_ubatch):
+            chunk = a[start:start + self.n_ubatch]
+            last = start + self.n_ubatch >= a.size
+            with runtime.kernel_threads():
+                logits = self._engine.forward(chunk, self.n_past, self._cache, self.n_threads,
+                                              logits_all=logits_all)
+            self._tokens.extend(int(t) for t in chunk)
+            if logits_all or last:
+                out.append(logits)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def generate(self, ids: Sequence[int], temp: float = 0.0, top_k: int = 40, top_p: float = 0.95,
+                 seed: Optional[int] = None, reset: bool = True) -> Iterator[int]:
+        """Yield sampled token ids after the prompt ``ids``, forever (the caller stops, or the
+        context fills: then ValueError).  With ``reset`` the cache is reused for the longest
+        common prefix of ``ids`` and the cached tokens, as llama-cpp-python does; otherwise
+        ``ids`` are appended to the cache."""
+        from .sampling import sample
+
+        ids = [int(t) for t in ids]
+        if reset:
+            keep = 0
+            for a, b in zip(self._tokens, ids[:-1]):   # at least one token to evaluate
+                if a != b:
+                    break
+                keep += 1
+            self._tokens = self._tokens[:keep]
+            ids = ids[keep:]
+        rng = np.random.default_rng(seed)
+        while True:
+            logits = self.eval(ids, logits_all=False)[-1]
+            tid = sample(logits, temp, top_k, top_p, rng)
+            yield tid
+            ids = [tid]
+
+    # -- tokenizer ----------------------------------------------------------
     @property
     def tensors(self):
         return self.file.tensors
@@ -36,7 +183,6 @@ class Model:
     def metadata(self) -> dict:
         return self.file.metadata
 
-    # -- tokenizer ----------------------------------------------------------
     @property
     def tokenizer(self):
         if self._tokenizer is None:
@@ -57,6 +203,19 @@ class Model:
     def weight_bytes(self) -> int:
         return sum(t.nbytes for t in self.file.tensors.values())
 
+    def prepared_extra_bytes(self) -> int:
+        """Bytes of private (anonymous) memory the prepared weights take: the repacked copies
+        of the tensors whose type has a faster kernel layout (their file pages are dropped)."""
+        from minillm_kernels import matmul
+
+        total = 0
+        for t in self.file.tensors.values():
+            if int(t.type) in matmul.REPACKED and t.name != "token_embd.weight" and t.raw.ndim >= 2:
+                bs, ts, _ = matmul.block_geometry(matmul.REPACKED[int(t.type)])
+                sbs, sts, _ = matmul.block_geometry(int(t.type))
+                total += t.nbytes // sts * sbs // bs * ts
+        return total
+
     def type_mixture(self) -> dict[str, tuple[int, int]]:
         """Tensor type -> (tensor count, bytes)."""
         count, size = Counter(), Counter()
@@ -73,11 +232,13 @@ class Model:
     def __repr__(self) -> str:
         c = self.config
         return (f"Model({os.path.basename(self.path)!r}, {c.n_layer} layers, n_embd {c.n_embd}, "
-                f"{c.n_expert} experts, {self.weight_bytes() / 1e9:.2f} GB)")
+                f"{c.n_expert} experts, {self.weight_bytes() / 1e9:.2f} GB, n_ctx {self.n_ctx}, "
+                f"{self.cache_type} cache, n_past {self.n_past})")
 
 
 def load(path: str | os.PathLike, **options) -> Model:
-    """Open a DeepSeek2 GGUF file. Raises :class:`minillm.GGUFError` on any problem with it."""
+    """Open a DeepSeek2 GGUF file and prepare it for evaluation (see :class:`Model` for the
+    options).  Raises :class:`minillm.GGUFError` on any problem with the file."""
     return Model(path, **options)
 
 

@@ -1,0 +1,337 @@
+"""The DeepSeek2 forward pass on the kernels (MLA over a latent KV cache + MoE).
+
+Read top to bottom it is the same model as ``minillm/reference.py`` (which defines it in
+numpy), for a batch of N new tokens at positions pos0 .. pos0+N-1 after pos0 cached ones:
+
+    x     = E[ids]                                             dequantize_rows
+    for each layer:
+      h     = RMSNorm(x) * w_attn_norm
+      q     = h W_q   (or RMSNorm(h W_q_a) W_q_b)              matmul     [N, H, nope + rope]
+      c, kp = h W_kv_a_mqa                                     matmul     [N, R], [N, rope]
+      cache[pos0 .. pos0+N-1] = RMSNorm(c) | RoPE(kp)          kv_cache_store
+      q_lat = (q_nope W_kb[h] for every head) | RoPE(q_pe)     matmul_batched (absorbed query)
+      o_lat = softmax(q_lat cache^T * kq_scale, causal) c      mla_decode / mla_prefill
+      x     = x + (o_lat W_vb[h] for every head) W_o            matmul_batched, matmul
+      h     = RMSNorm(x) * w_ffn_norm
+      x     = x + FFN(h)       dense: one expert of moe_forward; MoE: router matmul, top-k,
+                               moe_forward over the routed experts (+ one for the shared ones)
+    logits = (RMSNorm(x) * w_out_norm) W_out                   matmul (last row only, unless asked)
+
+Every weight operation is one kernel call for the whole batch and all heads/experts; what
+stays in numpy is per-token vector work (RMSNorm, RoPE, routing top-k, residual adds).
+Weights are prepared once at load (:class:`Weight`): repacked to the kernels' faster layouts
+(``matmul.REPACKED``), and a file that carries only ``attn_kv_b`` gets its absorbed
+``W_kb`` / ``W_vb`` split off it (``W_kb`` transposed and, for a quantized ``attn_kv_b``,
+re-quantized to Q8_0, as ik_llama.cpp does).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf.quants import quantize as gguf_quantize
+
+from minillm_kernels import attention, matmul
+
+from .config import GATING_SIGMOID, DeepSeek2Config
+from .kv_cache import KVCache
+from .weights import LayerWeights, ModelWeights
+
+# ----------------------------------------------------------------------------------------
+# Weights as the kernels take them
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Weight:
+    """Rows of one weight in a kernel type: ``raw`` uint8 [..., row_bytes], ``type`` the
+    ggml (or internal repacked) type id."""
+
+    raw: np.ndarray
+    type: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.raw.nbytes)
+
+
+class WeightPreparer:
+    """Turns mapped GGUF tensors into :class:`Weight` s, repacking where the kernels have a
+    faster layout, and counts the file bytes that were copied (so the caller can drop them)."""
+
+    def __init__(self, n_threads: int, repack: bool = True, on_tensor: Optional[Callable] = None):
+        self.n_threads = n_threads
+        self.repack = repack
+        self.on_tensor = on_tensor or (lambda t: None)
+        self.copied = []          # the file tensors whose bytes now live in a private copy
+
+    def __call__(self, t, shape: Optional[tuple] = None) -> Weight:
+        raw = t.raw if shape is None else t.raw.reshape(shape)
+        w = Weight(raw, int(t.type))
+        if self.repack and w.type in matmul.REPACKED:
+            w = Weight(*matmul.repack(raw, w.type, self.n_threads))
+            self.copied.append(t)
+        self.on_tensor(t)
+        return w
+
+    def optional(self, t, shape=None) -> Optional[Weight]:
+        return None if t is None else self(t, shape)
+
+
+def split_kv_b(t, H: int, nope: int, dv: int, R: int) -> tuple[Weight, Weight]:
+    """attn_kv_b (per head: nope rows of W_k then dv rows of W_v, each R wide) -> absorbed
+    W_kb [H, R, nope] (rows nope wide) and W_vb [H, dv, R].  W_kb is the transpose, so it is
+    dequantized, transposed and stored as Q8_0 (float files keep their type); W_vb is a copy
+    of the rows as they are."""
+    raw = t.raw.reshape(H, nope + dv, t.row_bytes)
+    v_b = Weight(np.ascontiguousarray(raw[:, nope:]), int(t.type))
+    k = t.dequantize().reshape(H, nope + dv, R)[:, :nope]                 # [H, nope, R]
+    k_t = np.ascontiguousarray(k.transpose(0, 2, 1))                     # [H, R, nope]
+    if t.type in (T.F32, T.F16, T.BF16):
+        k_type = t.type
+    else:
+        k_type = T.Q8_0 if nope % 32 == 0 else T.F16
+    k_raw = np.ascontiguousarray(gguf_quantize(k_t, k_type)).view(np.uint8).reshape(H, R, -1)
+    return Weight(k_raw, int(k_type)), v_b
+
+
+def _norm_weight(t) -> np.ndarray:
+    return np.ascontiguousarray(t.dequantize().reshape(-1), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Small per-token operations (numpy)
+# ----------------------------------------------------------------------------------------
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * w over the last axis (float32 in and out)."""
+    ms = np.einsum("...i,...i->...", x, x, dtype=np.float32)[..., None] / np.float32(x.shape[-1])
+    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * w
+
+
+def rope_tables(c: DeepSeek2Config, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [n_ctx, rope/2] of the rotation llama.cpp's deepseek2 graph applies.
+
+    Pair i turns by theta_i = pos * base^(-2i/d).  With YaRN, the slow pairs are
+    interpolated (theta * freq_scale) and the fast ones keep theta, with a linear ramp between
+    the pair indices where the original context holds beta_fast and beta_slow turns; the graph
+    cancels ggml's YaRN magnitude factor, so this is a pure rotation (the magnitude correction
+    is in kq_scale)."""
+    d = c.qk_rope_head_dim
+    yarn = c.rope_scaling_type == "yarn"
+    scale = c.rope_freq_scale if c.rope_scaling_type != "none" else 1.0
+    i = np.arange(d // 2, dtype=np.float64)
+    theta = np.arange(n_ctx, dtype=np.float64)[:, None] * c.rope_freq_base ** (-2.0 * i / d)
+    if yarn:
+        # ggml computes these pair indices in float32
+        def pair_of(beta: float) -> float:
+            f = np.float32
+            return float(f(d) * np.log(f(c.rope_orig_ctx) / (f(beta) * f(2 * math.pi)))
+                         / (f(2) * np.log(f(c.rope_freq_base))))
+        lo = max(0.0, math.floor(pair_of(c.rope_yarn_beta_fast)))
+        hi = min(d - 1.0, math.ceil(pair_of(c.rope_yarn_beta_slow)))
+        keep = 1.0 - np.clip((i - lo) / max(0.001, hi - lo), 0.0, 1.0)     # 1: extrapolate
+        theta = theta * (scale * (1.0 - keep) + keep)
+    else:
+        theta = theta * scale
+    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> None:
+    """Rotate adjacent pairs of x [N, ..., d] by the angles of its row: out may be a view."""
+    shape = (cos.shape[0],) + (1,) * (x.ndim - 2) + (cos.shape[1],)
+    c, s = cos.reshape(shape), sin.reshape(shape)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out[..., 0::2] = x0 * c - x1 * s
+    out[..., 1::2] = x0 * s + x1 * c
+
+
+def route(logits: np.ndarray, c: DeepSeek2Config, bias: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k experts per token (int32 [N, k]) and their mixing weights (float32 [N, k]).
+
+    Probabilities are softmax or sigmoid of the router logits; the selection adds exp_probs_b
+    (never in the weights) and, with expert groups, only the groups with the best sums of their
+    two top scores compete; weights are the chosen probabilities, normalized if asked, scaled."""
+    if c.expert_gating_func == GATING_SIGMOID:
+        probs = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = e / e.sum(axis=-1, keepdims=True)
+    select = probs if bias is None else probs + bias
+    if c.expert_group_count and c.expert_group_used_count < c.expert_group_count:
+        n, g = select.shape[0], c.expert_group_count
+        grouped = select.reshape(n, g, -1)
+        top2 = np.partition(grouped, grouped.shape[-1] - 2, axis=-1)[..., -2:].sum(axis=-1)  # [N, g]
+        dropped = np.argsort(-top2, axis=-1, kind="stable")[:, c.expert_group_used_count:]
+        grouped = grouped.copy()
+        np.put_along_axis(grouped, dropped[..., None], -np.inf, axis=1)
+        select = grouped.reshape(n, -1)
+    k = c.n_expert_used
+    experts = np.argsort(-select, axis=-1, kind="stable")[:, :k]
+    weights = np.take_along_axis(probs, experts, axis=-1)
+    if c.expert_weights_norm:
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    weights = weights * np.float32(c.expert_weights_scale)
+    return experts.astype(np.int32), weights.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------
+
+
+class Attention:
+    """MLA in absorbed form over one layer of the latent cache."""
+
+    def __init__(self, lw: LayerWeights, c: DeepSeek2Config, prep: WeightPreparer):
+        self.c = c
+        H, nope, R, dv = c.n_head, c.qk_nope_head_dim, c.kv_lora_rank, c.v_head_dim
+        self.norm = _norm_weight(lw.attn_norm)
+        self.q = prep.optional(lw.attn_q)
+        self.q_a = prep.optional(lw.attn_q_a)
+        self.q_a_norm = None if lw.attn_q_a_norm is None else _norm_weight(lw.attn_q_a_norm)
+        self.q_b = prep.optional(lw.attn_q_b)
+        self.kv_a = prep(lw.attn_kv_a_mqa)
+        self.kv_a_norm = _norm_weight(lw.attn_kv_a_norm)
+        if lw.attn_k_b is not None and lw.attn_v_b is not None:
+            self.k_b = prep(lw.attn_k_b, (H, R, lw.attn_k_b.row_bytes))
+            self.v_b = prep(lw.attn_v_b, (H, dv, lw.attn_v_b.row_bytes))
+        else:
+            k_b, v_b = split_kv_b(lw.attn_kv_b, H, nope, dv, R)
+            self.k_b = k_b
+            self.v_b = Weight(*matmul.repack(v_b.raw, v_b.type, prep.n_threads)) \
+                if prep.repack and v_b.type in matmul.REPACKED else v_b
+        self.output = prep(lw.attn_output)
+
+    def forward(self, x: np.ndarray, pos0: int, cache: np.ndarray, cache_type: str,
+                rope_cs: tuple[np.ndarray, np.ndarray], nt: int) -> np.ndarray:
+        c = self.c
+        N, H, nope, rope_d, R, dv = x.shape[0], c.n_head, c.qk_nope_head_dim, c.qk_rope_head_dim, \
+            c.kv_lora_rank, c.v_head_dim
+        eps = c.rms_eps
+        cos, sin = rope_cs
+        h = rms_norm(x, self.norm, eps)
+        if self.q is not None:
+            q = matmul.matmul(self.q.raw, self.q.type, h, n_threads=nt)
+        else:
+            qa = rms_norm(matmul.matmul(self.q_a.raw, self.q_a.type, h, n_threads=nt), self.q_a_norm, eps)
+            q = matmul.matmul(self.q_b.raw, self.q_b.type, qa, n_threads=nt)
+        q = q.reshape(N, H, nope + rope_d)
+        kv = matmul.matmul(self.kv_a.raw, self.kv_a.type, h, n_threads=nt)       # [N, R + rope]
+        rows = np.empty((N, R + rope_d), np.float32)
+        rows[:, :R] = rms_norm(kv[:, :R], self.kv_a_norm, eps)
+        apply_rope(kv[:, R:], cos, sin, rows[:, R:])
+        attention.kv_cache_store(cache, cache_type, pos0, rows)
+        # absorbed query: q_nope W_kb for all heads in one batched call
+        q_lat = np.empty((N, H, R + rope_d), np.float32)
+        q_nope = np.ascontiguousarray(q[:, :, :nope].transpose(1, 0, 2))                   # [H, N, nope]
+        q_lat[:, :, :R] = matmul.matmul_batched(self.k_b.raw, self.k_b.type, q_nope, n_threads=nt).transpose(1, 0, 2)
+        apply_rope(q[:, :, nope:], cos, sin, q_lat[:, :, R:])
+        o_lat = np.empty((N, H, R), np.float32)
+        if N == 1:
+            attention.mla_decode(q_lat[0], cache, cache_type, pos0 + 1, c.kq_scale, o_lat[0], "auto", nt)
+        else:
+            attention.mla_prefill(q_lat, cache, cache_type, pos0, c.kq_scale, o_lat, nt)
+        o = matmul.matmul_batched(self.v_b.raw, self.v_b.type, np.ascontiguousarray(o_lat.transpose(1, 0, 2)),
+                                  n_threads=nt)                                           # [H, N, dv]
+        o = np.ascontiguousarray(o.transpose(1, 0, 2)).reshape(N, H * dv)
+        return matmul.matmul(self.output.raw, self.output.type, o, n_threads=nt)
+
+
+class FeedForward:
+    """SwiGLU FFN(s) as moe_forward runs them: routed experts, or one always-on expert (a dense
+    layer's FFN, or the shared experts)."""
+
+    def __init__(self, gate: Weight, up: Optional[Weight], down: Weight, merged: bool = False):
+        self.gate, self.up, self.down, self.merged = gate, up, down, merged
+
+    @classmethod
+    def single(cls, prep: WeightPreparer, gate, up, down) -> "FeedForward":
+        """One FFN as an expert set of size one (rows [1, M, row_bytes])."""
+        g, u, d = (prep(t, (1,) + t.raw.shape) for t in (gate, up, down))
+        return cls(g, u, d)
+
+    def __call__(self, h: np.ndarray, ids: np.ndarray, weights: np.ndarray, nt: int) -> np.ndarray:
+        up = self.up
+        return matmul.moe_forward(h, ids, weights, self.gate.raw, self.gate.type,
+                                  None if self.merged else up.raw, self.gate.type if self.merged else up.type,
+                                  self.down.raw, self.down.type, n_threads=nt, merged_gate_up=self.merged)
+
+
+class MoE:
+    def __init__(self, lw: LayerWeights, c: DeepSeek2Config, prep: WeightPreparer):
+        self.c = c
+        self.router = np.ascontiguousarray(lw.ffn_gate_inp.dequantize(), dtype=np.float32)   # [X, E]
+        self.router_w = Weight(self.router.view(np.uint8).reshape(self.router.shape[0], -1), int(T.F32))
+        self.bias = None if lw.exp_probs_b is None else _norm_weight(lw.exp_probs_b)
+        if lw.ffn_gate_up_exps is not None:
+            self.experts = FeedForward(prep(lw.ffn_gate_up_exps), None, prep(lw.ffn_down_exps), merged=True)
+        else:
+            self.experts = FeedForward(prep(lw.ffn_gate_exps), prep(lw.ffn_up_exps), prep(lw.ffn_down_exps))
+        self.shared = None
+        if lw.ffn_gate_shexp is not None:
+            self.shared = FeedForward.single(prep, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
+
+    def forward(self, h: np.ndarray, nt: int, one: tuple) -> np.ndarray:
+        logits = matmul.matmul(self.router_w.raw, self.router_w.type, h, n_threads=nt)
+        ids, weights = route(logits, self.c, self.bias)
+        out = self.experts(h, ids, weights, nt)
+        if self.shared is not None:
+            out += self.shared(h, *one, nt)
+        return out
+
+
+class DecoderLayer:
+    def __init__(self, il: int, lw: LayerWeights, c: DeepSeek2Config, prep: WeightPreparer):
+        self.c = c
+        self.attention = Attention(lw, c, prep)
+        self.ffn_norm = _norm_weight(lw.ffn_norm)
+        if c.is_moe_layer(il):
+            self.moe, self.dense = MoE(lw, c, prep), None
+        else:
+            self.moe, self.dense = None, FeedForward.single(prep, lw.ffn_gate, lw.ffn_up, lw.ffn_down)
+
+    def forward(self, x: np.ndarray, pos0: int, cache: np.ndarray, cache_type: str, rope_cs, nt: int,
+                one: tuple) -> np.ndarray:
+        x = x + self.attention.forward(x, pos0, cache, cache_type, rope_cs, nt)
+        h = rms_norm(x, self.ffn_norm, self.c.rms_eps)
+        x += self.moe.forward(h, nt, one) if self.moe is not None else self.dense(h, *one, nt)
+        return x
+
+
+# ----------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------
+
+
+class DeepSeek2:
+    """The prepared weights of a DeepSeek2 file and its forward pass over a :class:`KVCache`."""
+
+    def __init__(self, weights: ModelWeights, c: DeepSeek2Config, n_ctx: int, prep: WeightPreparer):
+        self.c = c
+        self.token_embd = Weight(weights.token_embd.raw, int(weights.token_embd.type))
+        self.layers = [DecoderLayer(il, lw, c, prep) for il, lw in enumerate(weights.layers)]
+        self.output_norm = _norm_weight(weights.output_norm)
+        self.output = prep(weights.output) if weights.output is not weights.token_embd else self.token_embd
+        self.cos, self.sin = rope_tables(c, n_ctx)
+
+    def forward(self, ids: np.ndarray, pos0: int, cache: KVCache, nt: int, logits_all: bool) -> np.ndarray:
+        """Logits [N, n_vocab] (or [1, n_vocab], the last token's, unless logits_all) of the
+        tokens ids [N] at positions pos0 .. pos0+N-1; their cache rows are written."""
+        N = len(ids)
+        x = matmul.dequantize_rows(self.token_embd.raw, self.token_embd.type, ids, n_threads=nt)
+        rope_cs = (self.cos[pos0:pos0 + N], self.sin[pos0:pos0 + N])
+        one = (np.zeros((N, 1), np.int32), np.ones((N, 1), np.float32))
+        for il, layer in enumerate(self.layers):
+            x = layer.forward(x, pos0, cache.buffers[il], cache.cache_type, rope_cs, nt, one)
+        if not logits_all:
+            x = x[-1:]
+        x = rms_norm(x, self.output_norm, self.c.rms_eps)
+        return matmul.matmul(self.output.raw, self.output.type, np.ascontiguousarray(x), n_threads=nt)
+
+
+__all__ = ["DeepSeek2", "Weight", "WeightPreparer", "rope_tables", "route", "rms_norm"]
