@@ -273,12 +273,15 @@ class MoE:
         else:
             self.experts = FeedForward(prep(lw.ffn_gate_exps), prep(lw.ffn_up_exps), prep(lw.ffn_down_exps))
         self.shared = None
+        self.trace: Optional[list] = None       # the chosen experts of each call, when recording
         if lw.ffn_gate_shexp is not None:
             self.shared = FeedForward.single(prep, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
 
     def forward(self, h: np.ndarray, nt: int, one: tuple) -> np.ndarray:
         logits = matmul.matmul(self.router_w.raw, self.router_w.type, h, n_threads=nt)
         ids, weights = route(logits, self.c, self.bias)
+        if self.trace is not None:
+            self.trace.append(ids)
         out = self.experts(h, ids, weights, nt)
         if self.shared is not None:
             out += self.shared(h, *one, nt)
@@ -318,6 +321,17 @@ class DeepSeek2:
         self.output_norm = _norm_weight(weights.output_norm)
         self.output = prep(weights.output) if weights.output is not weights.token_embd else self.token_embd
         self.cos, self.sin = rope_tables(c, n_ctx)
+
+    def record_routing(self, on: bool = True) -> None:
+        """Start (or stop) recording the experts each MoE layer chooses (for tests)."""
+        for layer in self.layers:
+            if layer.moe is not None:
+                layer.moe.trace = [] if on else None
+
+    def routing(self) -> dict[int, np.ndarray]:
+        """{layer: [tokens, n_expert_used]} experts chosen since record_routing()."""
+        return {il: np.concatenate(layer.moe.trace) for il, layer in enumerate(self.layers)
+                if layer.moe is not None and layer.moe.trace}
 
     def forward(self, ids: np.ndarray, pos0: int, cache: KVCache, nt: int, logits_all: bool) -> np.ndarray:
         """Logits [N, n_vocab] (or [1, n_vocab], the last token's, unless logits_all) of the

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - the wheel is a test dependency
 
 GGML_TYPE_F16 = 1
 GGML_TYPE_Q8_0 = 8
+# (bf16 and q8_KV caches abort the wheel's CPU flash attention on these files: not offered)
 CACHE_TYPES = {"f16": GGML_TYPE_F16, "q8_0": GGML_TYPE_Q8_0}
 
 _state = {"init": False, "log_cb": None, "ggml": None}
