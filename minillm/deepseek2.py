@@ -233,7 +233,8 @@ class Attention:
         apply_rope(q[:, :, nope:], cos, sin, q_lat[:, :, R:])
         o_lat = np.empty((N, H, R), np.float32)
         if N == 1:
-            attention.mla_decode(q_lat[0], cache, cache_type, pos0 + 1, c.kq_scale, o_lat[0], "auto", nt)
+            # kparallel at every depth: its result does not depend on the thread count
+            attention.mla_decode(q_lat[0], cache, cache_type, pos0 + 1, c.kq_scale, o_lat[0], "kparallel", nt)
         else:
             attention.mla_prefill(q_lat, cache, cache_type, pos0, c.kq_scale, o_lat, nt)
         o = matmul.matmul_batched(self.v_b.raw, self.v_b.type, np.ascontiguousarray(o_lat.transpose(1, 0, 2)),

@@ -18,9 +18,10 @@
  * Each cache row is read from memory once and reused for all heads while it sits
  * in L1/L2: attention at depth becomes compute-bound rather than bandwidth-bound.
  *
- * "kparallel" (FlashMLA-style) decode splits the cache rows between threads
- * (dynamically handed-out chunks), each keeping its own (m, l, O), then merges
- * the partials with a log-sum-exp after one barrier.  "heads" decode gives each
+ * "kparallel" (FlashMLA-style) decode splits the cache rows into chunks handed out to the
+ * threads dynamically, each chunk with its own (m, l, O), then merges the partials in chunk
+ * order with a log-sum-exp after one barrier: the chunks depend on the depth only, so the
+ * result is the same for every thread count.  "heads" decode gives each
  * thread whole heads; each head streams the whole cache with row-by-row dot
  * products (the classic layout, kept as the small-depth strategy and baseline).
  * Prompt processing runs the same tiles for blocks of QBLOCK tokens (each token
@@ -600,65 +601,68 @@ static void layout_init(layout_t *L, const uint8_t *cache, int type, int width, 
 }
 
 /* ------------------------------------------------------------------ decode: kparallel */
+/* Rows per chunk: a function of n_kv only (at most KP_CHUNKS chunks of whole tiles), never of
+ * the thread count, so that the result is the same for any number of threads. */
+#define KP_CHUNKS 64
+static int kp_chunk_rows(int n_kv) {
+    const int per = (n_kv + KP_CHUNKS - 1) / KP_CHUNKS;
+    return per < TILE ? TILE : (per + TILE - 1) / TILE * TILE;
+}
+
 static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, float scale, float *out, int nthr) {
     const int ng = (H + LANES - 1) / LANES, DV = L->DV;
+    const int chunk = kp_chunk_rows(n_kv), n_chunks = (n_kv + chunk - 1) / chunk;
     const size_t qfl = qgroup_floats(L);
     float *qmem = xalloc(sizeof(float) * qfl * ng);
     qgroup_t *g = malloc(sizeof(qgroup_t) * ng);
     int *lim = malloc(sizeof(int) * ng);
-    state_t *st = malloc(sizeof(state_t) * (size_t)ng * nthr);
-    float *omem = xalloc(sizeof(float) * (size_t)ng * nthr * LANES * DV);
+    state_t *st = malloc(sizeof(state_t) * (size_t)ng * n_chunks);
+    float *omem = xalloc(sizeof(float) * (size_t)ng * n_chunks * LANES * DV);
+    if (!qmem || !g || !lim || !st || !omem) {
+        free(qmem); free(g); free(lim); free(st); free(omem);
+        return -1;
+    }
     for (int k = 0; k < ng; k++) {
         const int nq = H - k * LANES < LANES ? H - k * LANES : LANES;
         qgroup_prepare(L, q + (size_t)k * LANES * L->D, L->D, nq, scale, qmem + k * qfl, &g[k]);
         lim[k] = n_kv;
     }
-    if (!qmem || !g || !lim || !st || !omem) {
-        free(qmem); free(g); free(lim); free(st); free(omem);
-        return -1;
-    }
-    for (int i = 0; i < ng * nthr; i++) st[i].o = omem + (size_t)i * LANES * DV;
-    int used = 1, failed = 0;
+    for (int i = 0; i < ng * n_chunks; i++) st[i].o = omem + (size_t)i * LANES * DV;
+    int failed = 0;
 #pragma omp parallel num_threads(nthr)
     {
-        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        if (tid == 0) used = nt; /* read after the barrier below */
-        state_t *mine = st + (size_t)tid * ng;
-        for (int k = 0; k < ng; k++) state_init(&mine[k], DV);
-        /* chunks of rows handed out dynamically: a thread slowed down (shared machine)
-         * takes fewer; each thread folds whatever chunks it gets into its own state */
-        const int chunk = n_kv / (nt * 4) < TILE ? TILE : (n_kv / (nt * 4) + TILE - 1) / TILE * TILE;
-        const int n_chunks = (n_kv + chunk - 1) / chunk;
         tile_t T;
         const int ok = tile_alloc(L, &T);
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(dynamic, 1) nowait
+        /* chunks handed out dynamically (a thread slowed down by a shared machine takes fewer),
+         * each folded into its own partial state: which thread ran it does not matter */
+#pragma omp for schedule(dynamic, 1)
         for (int c = 0; c < n_chunks; c++) {
             if (!ok) continue;
-            const int r0 = c * chunk, r1 = r0 + chunk < n_kv ? r0 + chunk : n_kv;
-            attend_range(L, r0, r1, g, mine, lim, ng, &T);
+            state_t *part = st + (size_t)c * ng;
+            for (int k = 0; k < ng; k++) state_init(&part[k], DV);
+            attend_range(L, c * chunk, c + 1 < n_chunks ? (c + 1) * chunk : n_kv, g, part, lim, ng, &T);
         }
         tile_free(&T);
-#pragma omp barrier
-        /* log-sum-exp merge of the per-thread partials, heads split between threads
-         * (no barrier of its own: the end of the parallel region is the only other one) */
+        /* log-sum-exp merge of the partials in chunk order, heads split between threads
+         * (the implicit barrier of the loop above orders it after every chunk) */
 #pragma omp for schedule(static) nowait
         for (int h = 0; h < H; h++) {
             const int k = h / LANES, lane = h % LANES;
             float M = -INFINITY;
-            for (int i = 0; i < used; i++) M = fmaxf(M, st[i * ng + k].m[lane]);
-            float w[256], lsum = 0.0f;
-            for (int i = 0; i < used; i++) {
+            for (int i = 0; i < n_chunks; i++) M = fmaxf(M, st[i * ng + k].m[lane]);
+            float w[KP_CHUNKS], lsum = 0.0f;
+            for (int i = 0; i < n_chunks; i++) {
                 const state_t *s = &st[i * ng + k];
                 w[i] = s->l[lane] > 0.0f ? expf(s->m[lane] - M) : 0.0f;
                 lsum += w[i] * s->l[lane];
             }
             float *y = out + (size_t)h * DV;
             for (int d = 0; d < DV; d++) y[d] = 0.0f;
-            for (int i = 0; i < used; i++) {
+            for (int i = 0; i < n_chunks; i++) {
                 if (w[i] == 0.0f) continue;
                 const float wi = w[i] / lsum, *o = st[i * ng + k].o + (size_t)lane * DV;
                 for (int d = 0; d < DV; d++) y[d] += wi * o[d];
