@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from .errors import GGUFError
 
@@ -24,17 +23,25 @@ def _model_path(args) -> str:
     return default_model_path()
 
 
+def _repacked_file_bytes(m) -> int:
+    """File bytes of the tensors preparing replaces with repacked private copies (the tensors
+    Model.prepared_extra_bytes counts)."""
+    from minillm_kernels import matmul
+
+    return sum(t.nbytes for t in m.tensors.values()
+               if int(t.type) in matmul.REPACKED and t.name != "token_embd.weight" and t.raw.ndim >= 2)
+
+
 def cmd_info(args) -> int:
     from . import load
     from .kv_cache import CACHE_TYPES
 
     path = _model_path(args)
-    t0 = time.perf_counter()
-    m = load(path, n_ctx=args.ctx, cache_type=args.cache_type)
-    dt = time.perf_counter() - t0
+    m = load(path, n_ctx=args.ctx_size, cache_type=args.cache_type, prepare=False)
     c = m.config
     print(f"file:          {m.path}")
-    print(f"architecture:  {c.arch} ({m.metadata.get('general.name', 'unnamed')}), loaded in {dt * 1e3:.0f} ms")
+    print(f"architecture:  {c.arch} ({m.metadata.get('general.name', 'unnamed')}), "
+          f"opened in {m.load_seconds * 1e3:.0f} ms")
     attn = f"q_lora_rank {c.q_lora_rank}" if c.q_lora_rank else "plain attn_q"
     print(f"layers:        {c.n_layer} ({c.n_layer_dense_lead} dense, {c.n_layer - c.n_layer_dense_lead} MoE)")
     print(f"embedding:     {c.n_embd}, vocab {c.n_vocab}, trained context {c.n_ctx_train}")
@@ -54,40 +61,88 @@ def cmd_info(args) -> int:
     for name, (count, size) in m.type_mixture().items():
         print(f"  {name:8s} {count:5d} tensors  {_human(size):>10s}  {100 * size / total:5.1f}%")
     print(f"  {'total':8s} {len(m.tensors):5d} tensors  {_human(total):>10s}")
-    print(f"memory for a context of {args.ctx} tokens (latent KV cache, all layers):")
+    print(f"memory for a context of {args.ctx_size} tokens (latent KV cache, all layers):")
     for ct in CACHE_TYPES:
         mark = " <-" if ct == args.cache_type else ""
-        print(f"  {ct:6s} {_human(m.kv_cache_bytes(args.ctx, ct)):>10s}{mark}")
-    print(f"weights are memory-mapped: {_human(total)} of file pages, read on demand")
+        print(f"  {ct:6s} {_human(m.kv_cache_bytes(args.ctx_size, ct)):>10s}{mark}")
+    private, mapped = m.prepared_extra_bytes(), total - _repacked_file_bytes(m)
+    print(f"prepared weights: {_human(private)} of private memory (repacked copies), "
+          f"{_human(mapped)} of mapped file pages")
+    print(f"loaded with -c {args.ctx_size} -ctk {args.cache_type}: {_human(private + m.kv_cache_bytes())} "
+          f"private (repacked weights + KV cache) + {_human(mapped)} mapped")
     return 0
 
 
 def cmd_generate(args) -> int:
-    from .generate import generate_text
+    from .generate import GenerationStats, generate_text
 
     path = _model_path(args)
+    stats = GenerationStats()
     for piece in generate_text(path, args.prompt, max_tokens=args.n_predict, chat=args.chat,
-                               temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                               seed=args.seed, n_threads=args.threads):
+                               temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                               n_threads=args.threads, n_ctx=args.ctx_size, cache_type=args.cache_type,
+                               stats=stats):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    print(stats.format(), file=sys.stderr)
     return 0
 
 
 def cmd_bench(args) -> int:
-    from .generate import bench_decode
+    from . import bench, load
 
-    path = _model_path(args)
-    print(f"| model | engine | test | t/s |")
-    print(f"|---|---|---|---:|")
-    for depth in args.depth:
-        r = bench_decode(path, n_gen=args.n_gen, depth=depth, n_threads=args.threads, reps=args.reps)
-        print(f"| {r['model']} | {r['engine']} | tg{args.n_gen}@pp{depth} | {r['tps']:.2f} |")
+    n_prompt, n_gen, depths = _flat(args.n_prompt, 512), _flat(args.n_gen, 64), _flat(args.n_depth, 0)
+    tests = bench.plan_tests(n_prompt, n_gen, depths)  # bad lists fail before the load
+    m = load(_model_path(args), n_ctx=bench.context_needed(tests), cache_type=args.cache_type,
+             n_threads=args.threads, n_ubatch=args.ubatch_size)
+    rows = bench.bench_rows(m, n_prompt, n_gen, depths, args.repetitions, bw_bytes=args.bw_bytes)
+    bench.write_rows(rows, args.output, sys.stdout)
     return 0
 
 
+# -- argument types -----------------------------------------------------------------
+
+def _int_list(text: str) -> list[int]:
+    """'128,512' -> [128, 512] (llama-bench's comma lists)."""
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of ints: {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected ints >= 0, got {text!r}")
+    return values
+
+
+def _flat(lists, default: int) -> list[int]:
+    """The values of a repeatable list option (nargs + extend give lists of lists)."""
+    return [v for values in lists for v in values] if lists else [default]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
+_SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional binary K, M or G suffix: '256M'."""
+    scale = _SIZE_SUFFIXES.get(text[-1:].upper(), 1)
+    return _positive_int(text[:-1] if scale > 1 else text) * scale
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import OUTPUT_FORMATS
+    from .kv_cache import CACHE_TYPES
+
     p = argparse.ArgumentParser(prog="minillm", description="CPU inference for DeepSeek MLA models in GGUF files")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -95,16 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-m", "--model", help="GGUF file (default: the built-in tiny synthetic model)")
         sp.add_argument("-t", "--threads", type=int, default=0, help="threads (0: all cores)")
 
+    def cache_arg(sp):
+        sp.add_argument("-ctk", "--cache-type-k", "--cache-type", dest="cache_type", choices=CACHE_TYPES,
+                        default="f16", help="latent KV cache type (default: f16)")
+
     s = sub.add_parser("info", help="print architecture, hyperparameters, tensor types and memory needs")
     model_arg(s)
-    s.add_argument("-c", "--ctx", type=int, default=4096, help="context length for the memory estimate")
-    s.add_argument("--cache-type", default="f16", help="latent KV cache type (f16, bf16, q8_0, q8_KV)")
+    s.add_argument("-c", "--ctx-size", "--ctx", dest="ctx_size", type=_positive_int, default=4096,
+                   help="context length for the memory estimate")
+    cache_arg(s)
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("generate", help="generate text from a prompt")
+    s = sub.add_parser("generate", help="generate text from a prompt; timings on stderr")
     model_arg(s)
     s.add_argument("-p", "--prompt", default="The capital of France is")
     s.add_argument("-n", "--n-predict", type=int, default=16)
+    s.add_argument("-c", "--ctx-size", type=_positive_int, default=None,
+                   help="context length (default: 4096, or more to fit the prompt and -n)")
+    cache_arg(s)
     s.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     s.add_argument("--temp", type=float, default=0.0, help="temperature (0: greedy)")
     s.add_argument("--top-k", type=int, default=40)
@@ -112,11 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("bench", help="decode speed tgN@ppD (llama-bench style)")
+    s = sub.add_parser("bench", help="prompt and decode speed, llama-bench style: ppP, tgN, tgN@ppD")
     model_arg(s)
-    s.add_argument("-n", "--n-gen", type=int, default=8, help="tokens to generate per test")
-    s.add_argument("-d", "--depth", type=int, nargs="+", default=[0, 32], help="context depths")
-    s.add_argument("-r", "--reps", type=int, default=1)
+    lists = dict(type=_int_list, nargs="+", action="extend")
+    s.add_argument("-p", "--n-prompt", **lists, help="prompt tokens per test: 512, 128,512 or 128 512 "
+                   "(0: no prompt test; default 512)")
+    s.add_argument("-n", "--n-gen", **lists, help="generated tokens per test (0: no decode test; default 64)")
+    s.add_argument("-d", "--n-depth", "--depth", dest="n_depth", **lists,
+                   help="context depths the tests run after, filled untimed (default 0)")
+    s.add_argument("-r", "--repetitions", "--reps", dest="repetitions", type=_positive_int, default=3)
+    cache_arg(s)
+    s.add_argument("-ub", "--ubatch-size", type=_positive_int, default=512, help="prompt tokens per batch")
+    s.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="md")
+    s.add_argument("--bw-bytes", type=_size, default=1 << 30,
+                   help="buffer for the read-bandwidth measurement behind the roofline (default 1G)")
     s.set_defaults(func=cmd_bench)
     return p
 
