@@ -183,10 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--n-gen", **lists, help="generated tokens per test (0: no decode test; default 64)")
     s.add_argument("-d", "--n-depth", "--depth", dest="n_depth", **lists,
                    help="context depths the tests run after, filled untimed (default 0)")
-    s.add_argument("-r", "--repetitions", "--reps", dest="repetitions", type=_positive_int, default=3)
+    s.add_argument("-r", "--repetitions", "--reps", dest="repetitions", type=_positive_int, default=3,
+                   help="timed runs per test, after one untimed warm-up (default 3)")
     cache_arg(s)
     s.add_argument("-ub", "--ubatch-size", type=_positive_int, default=512, help="prompt tokens per batch")
-    s.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="md")
+    s.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="md",
+                   help="markdown table, JSON array or JSON lines, with llama-bench's field names")
     s.add_argument("--bw-bytes", type=_size, default=1 << 30,
                    help="buffer for the read-bandwidth measurement behind the roofline (default 1G)")
     s.set_defaults(func=cmd_bench)
