@@ -17,8 +17,9 @@ numpy), for a batch of N new tokens at positions pos0 .. pos0+N-1 after pos0 cac
                                moe_forward over the routed experts (+ one for the shared ones)
     logits = (RMSNorm(x) * w_out_norm) W_out                   matmul (last row only, unless asked)
 
-Every weight operation is one kernel call for the whole batch and all heads/experts; what
-stays in numpy is per-token vector work (RMSNorm, RoPE, routing top-k, residual adds).
+Every weight operation is one kernel call for the whole batch and all heads/experts; the
+per-token vector work (RMSNorm, RoPE, routing top-k) is in ``minillm_kernels.ops`` (in numpy
+each of those cost more call overhead than work); residual adds and layout shuffles are numpy.
 Weights are prepared once at load (:class:`Weight`): repacked to the kernels' faster layouts
 (``matmul.REPACKED``), and a file that carries only ``attn_kv_b`` gets its absorbed
 ``W_kb`` / ``W_vb`` split off it (``W_kb`` transposed and, for a quantized ``attn_kv_b``,
@@ -34,9 +35,9 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf.quants import quantize as gguf_quantize
 
-from minillm_kernels import attention, matmul
+from minillm_kernels import attention, matmul, ops
 
-from .config import GATING_SIGMOID, DeepSeek2Config
+from .config import DeepSeek2Config
 from .kv_cache import KVCache
 from .weights import LayerWeights, ModelWeights
 
@@ -103,14 +104,8 @@ def _norm_weight(t) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------
-# Small per-token operations (numpy)
+# RoPE angles (at load)
 # ----------------------------------------------------------------------------------------
-
-
-def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """x / sqrt(mean(x^2) + eps) * w over the last axis (float32 in and out)."""
-    ms = np.einsum("...i,...i->...", x, x, dtype=np.float32)[..., None] / np.float32(x.shape[-1])
-    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * w
 
 
 def rope_tables(c: DeepSeek2Config, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,44 +136,6 @@ def rope_tables(c: DeepSeek2Config, n_ctx: int) -> tuple[np.ndarray, np.ndarray]
     return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
 
 
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> None:
-    """Rotate adjacent pairs of x [N, ..., d] by the angles of its row: out may be a view."""
-    shape = (cos.shape[0],) + (1,) * (x.ndim - 2) + (cos.shape[1],)
-    c, s = cos.reshape(shape), sin.reshape(shape)
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    out[..., 0::2] = x0 * c - x1 * s
-    out[..., 1::2] = x0 * s + x1 * c
-
-
-def route(logits: np.ndarray, c: DeepSeek2Config, bias: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k experts per token (int32 [N, k]) and their mixing weights (float32 [N, k]).
-
-    Probabilities are softmax or sigmoid of the router logits; the selection adds exp_probs_b
-    (never in the weights) and, with expert groups, only the groups with the best sums of their
-    two top scores compete; weights are the chosen probabilities, normalized if asked, scaled."""
-    if c.expert_gating_func == GATING_SIGMOID:
-        probs = 1.0 / (1.0 + np.exp(-logits))
-    else:
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = e / e.sum(axis=-1, keepdims=True)
-    select = probs if bias is None else probs + bias
-    if c.expert_group_count and c.expert_group_used_count < c.expert_group_count:
-        n, g = select.shape[0], c.expert_group_count
-        grouped = select.reshape(n, g, -1)
-        top2 = np.partition(grouped, grouped.shape[-1] - 2, axis=-1)[..., -2:].sum(axis=-1)  # [N, g]
-        dropped = np.argsort(-top2, axis=-1, kind="stable")[:, c.expert_group_used_count:]
-        grouped = grouped.copy()
-        np.put_along_axis(grouped, dropped[..., None], -np.inf, axis=1)
-        select = grouped.reshape(n, -1)
-    k = c.n_expert_used
-    experts = np.argsort(-select, axis=-1, kind="stable")[:, :k]
-    weights = np.take_along_axis(probs, experts, axis=-1)
-    if c.expert_weights_norm:
-        weights = weights / weights.sum(axis=-1, keepdims=True)
-    weights = weights * np.float32(c.expert_weights_scale)
-    return experts.astype(np.int32), weights.astype(np.float32)
-
-
 # ----------------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------------
@@ -206,6 +163,7 @@ class Attention:
             self.v_b = Weight(*matmul.repack(v_b.raw, v_b.type, prep.n_threads)) \
                 if prep.repack and v_b.type in matmul.REPACKED else v_b
         self.output = prep(lw.attn_output)
+        self.kq_scale = c.kq_scale
 
     def forward(self, x: np.ndarray, pos0: int, cache: np.ndarray, cache_type: str,
                 rope_cs: tuple[np.ndarray, np.ndarray], nt: int) -> np.ndarray:
@@ -214,29 +172,29 @@ class Attention:
             c.kv_lora_rank, c.v_head_dim
         eps = c.rms_eps
         cos, sin = rope_cs
-        h = rms_norm(x, self.norm, eps)
+        h = ops.rms_norm(x, self.norm, eps)
         if self.q is not None:
             q = matmul.matmul(self.q.raw, self.q.type, h, n_threads=nt)
         else:
-            qa = rms_norm(matmul.matmul(self.q_a.raw, self.q_a.type, h, n_threads=nt), self.q_a_norm, eps)
+            qa = ops.rms_norm(matmul.matmul(self.q_a.raw, self.q_a.type, h, n_threads=nt), self.q_a_norm, eps)
             q = matmul.matmul(self.q_b.raw, self.q_b.type, qa, n_threads=nt)
         q = q.reshape(N, H, nope + rope_d)
         kv = matmul.matmul(self.kv_a.raw, self.kv_a.type, h, n_threads=nt)       # [N, R + rope]
         rows = np.empty((N, R + rope_d), np.float32)
-        rows[:, :R] = rms_norm(kv[:, :R], self.kv_a_norm, eps)
-        apply_rope(kv[:, R:], cos, sin, rows[:, R:])
+        ops.rms_norm(kv[:, :R], self.kv_a_norm, eps, out=rows[:, :R])
+        ops.rope(kv[:, None, R:], cos, sin, rows[:, None, R:])
         attention.kv_cache_store(cache, cache_type, pos0, rows)
         # absorbed query: q_nope W_kb for all heads in one batched call
         q_lat = np.empty((N, H, R + rope_d), np.float32)
         q_nope = np.ascontiguousarray(q[:, :, :nope].transpose(1, 0, 2))                   # [H, N, nope]
         q_lat[:, :, :R] = matmul.matmul_batched(self.k_b.raw, self.k_b.type, q_nope, n_threads=nt).transpose(1, 0, 2)
-        apply_rope(q[:, :, nope:], cos, sin, q_lat[:, :, R:])
+        ops.rope(q[:, :, nope:], cos, sin, q_lat[:, :, R:])
         o_lat = np.empty((N, H, R), np.float32)
         if N == 1:
             # kparallel at every depth: its result does not depend on the thread count
-            attention.mla_decode(q_lat[0], cache, cache_type, pos0 + 1, c.kq_scale, o_lat[0], "kparallel", nt)
+            attention.mla_decode(q_lat[0], cache, cache_type, pos0 + 1, self.kq_scale, o_lat[0], "kparallel", nt)
         else:
-            attention.mla_prefill(q_lat, cache, cache_type, pos0, c.kq_scale, o_lat, nt)
+            attention.mla_prefill(q_lat, cache, cache_type, pos0, self.kq_scale, o_lat, nt)
         o = matmul.matmul_batched(self.v_b.raw, self.v_b.type, np.ascontiguousarray(o_lat.transpose(1, 0, 2)),
                                   n_threads=nt)                                           # [H, N, dv]
         o = np.ascontiguousarray(o.transpose(1, 0, 2)).reshape(N, H * dv)
@@ -280,7 +238,9 @@ class MoE:
 
     def forward(self, h: np.ndarray, nt: int, one: tuple) -> np.ndarray:
         logits = matmul.matmul(self.router_w.raw, self.router_w.type, h, n_threads=nt)
-        ids, weights = route(logits, self.c, self.bias)
+        c = self.c
+        ids, weights = ops.route(logits, c.n_expert_used, c.expert_gating_func, self.bias, c.expert_weights_norm,
+                                 c.expert_weights_scale, c.expert_group_count, c.expert_group_used_count)
         if self.trace is not None:
             self.trace.append(ids)
         out = self.experts(h, ids, weights, nt)
@@ -302,7 +262,7 @@ class DecoderLayer:
     def forward(self, x: np.ndarray, pos0: int, cache: np.ndarray, cache_type: str, rope_cs, nt: int,
                 one: tuple) -> np.ndarray:
         x = x + self.attention.forward(x, pos0, cache, cache_type, rope_cs, nt)
-        h = rms_norm(x, self.ffn_norm, self.c.rms_eps)
+        h = ops.rms_norm(x, self.ffn_norm, self.c.rms_eps)
         x += self.moe.forward(h, nt, one) if self.moe is not None else self.dense(h, *one, nt)
         return x
 
@@ -345,8 +305,8 @@ class DeepSeek2:
             x = layer.forward(x, pos0, cache.buffers[il], cache.cache_type, rope_cs, nt, one)
         if not logits_all:
             x = x[-1:]
-        x = rms_norm(x, self.output_norm, self.c.rms_eps)
+        x = ops.rms_norm(x, self.output_norm, self.c.rms_eps)
         return matmul.matmul(self.output.raw, self.output.type, np.ascontiguousarray(x), n_threads=nt)
 
 
-__all__ = ["DeepSeek2", "Weight", "WeightPreparer", "rope_tables", "route", "rms_norm"]
+__all__ = ["DeepSeek2", "Weight", "WeightPreparer", "rope_tables"]
