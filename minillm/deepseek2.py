@@ -61,20 +61,23 @@ class Weight:
 
 class WeightPreparer:
     """Turns mapped GGUF tensors into :class:`Weight` s, repacking where the kernels have a
-    faster layout, and counts the file bytes that were copied (so the caller can drop them)."""
+    faster layout.  ``on_copied(t)`` is called once tensor t's bytes live in a private copy (so
+    the caller can release its file pages at once: the peak memory stays one copy of the
+    weights), ``on_tensor(t)`` after each tensor (progress)."""
 
-    def __init__(self, n_threads: int, repack: bool = True, on_tensor: Optional[Callable] = None):
+    def __init__(self, n_threads: int, repack: bool = True, on_copied: Optional[Callable] = None,
+                 on_tensor: Optional[Callable] = None):
         self.n_threads = n_threads
         self.repack = repack
+        self.on_copied = on_copied or (lambda t: None)
         self.on_tensor = on_tensor or (lambda t: None)
-        self.copied = []          # the file tensors whose bytes now live in a private copy
 
     def __call__(self, t, shape: Optional[tuple] = None) -> Weight:
         raw = t.raw if shape is None else t.raw.reshape(shape)
         w = Weight(raw, int(t.type))
         if self.repack and w.type in matmul.REPACKED:
             w = Weight(*matmul.repack(raw, w.type, self.n_threads))
-            self.copied.append(t)
+            self.on_copied(t)
         self.on_tensor(t)
         return w
 
@@ -159,6 +162,7 @@ class Attention:
             self.v_b = prep(lw.attn_v_b, (H, dv, lw.attn_v_b.row_bytes))
         else:
             k_b, v_b = split_kv_b(lw.attn_kv_b, H, nope, dv, R)
+            prep.on_copied(lw.attn_kv_b)
             self.k_b = k_b
             self.v_b = Weight(*matmul.repack(v_b.raw, v_b.type, prep.n_threads)) \
                 if prep.repack and v_b.type in matmul.REPACKED else v_b
@@ -224,8 +228,11 @@ class FeedForward:
 class MoE:
     def __init__(self, lw: LayerWeights, c: DeepSeek2Config, prep: WeightPreparer):
         self.c = c
-        self.router = np.ascontiguousarray(lw.ffn_gate_inp.dequantize(), dtype=np.float32)   # [X, E]
-        self.router_w = Weight(self.router.view(np.uint8).reshape(self.router.shape[0], -1), int(T.F32))
+        # the router multiplies float32 activations (F16 / BF16 router weights are widened)
+        r = lw.ffn_gate_inp
+        if r.type != T.F32:
+            r = np.ascontiguousarray(r.dequantize(), dtype=np.float32)
+        self.router = Weight(r.raw if not isinstance(r, np.ndarray) else r.view(np.uint8), int(T.F32))
         self.bias = None if lw.exp_probs_b is None else _norm_weight(lw.exp_probs_b)
         if lw.ffn_gate_up_exps is not None:
             self.experts = FeedForward(prep(lw.ffn_gate_up_exps), None, prep(lw.ffn_down_exps), merged=True)
@@ -237,7 +244,7 @@ class MoE:
             self.shared = FeedForward.single(prep, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
 
     def forward(self, h: np.ndarray, nt: int, one: tuple) -> np.ndarray:
-        logits = matmul.matmul(self.router_w.raw, self.router_w.type, h, n_threads=nt)
+        logits = matmul.matmul(self.router.raw, self.router.type, h, n_threads=nt)
         c = self.c
         ids, weights = ops.route(logits, c.n_expert_used, c.expert_gating_func, self.bias, c.expert_weights_norm,
                                  c.expert_weights_scale, c.expert_group_count, c.expert_group_used_count)

@@ -88,15 +88,14 @@ class Model:
             from tqdm import tqdm
             bar = tqdm(total=self.weight_bytes(), unit="B", unit_scale=True, desc="preparing weights",
                        leave=False)
-        prep = WeightPreparer(self.n_threads, on_tensor=(lambda t: bar.update(t.nbytes)) if bar else None)
+        # the repacked originals are private copies now: their file pages leave this process
+        prep = WeightPreparer(self.n_threads, on_copied=self.file.drop_pages,
+                              on_tensor=(lambda t: bar.update(t.nbytes)) if bar else None)
         try:
             engine = DeepSeek2(self.weights, self.config, self.n_ctx, prep)
         finally:
             if bar is not None:
                 bar.close()
-        # the repacked originals are private copies now: drop the file pages from this process
-        for t in prep.copied:
-            self.file.drop_pages(t)
         self._cache = KVCache(self.config.n_layer, self.n_ctx, self.cache_type, self.config.kv_latent_dim)
         self._engine = engine
 
