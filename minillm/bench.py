@@ -3,6 +3,10 @@ and decode speed (tgN: N single-token evals), each after a context of depth toke
 untimed (labelled ``tgN@ppD`` as ik_llama.cpp's ``-gp D,N``), with a decode roofline: the
 bytes a decode step must read over the read bandwidth measured in the same run.
 
+The depth is one random context, filled by batched prefill once and kept: each repetition
+and each deeper test starts from the cached prefix (llama-bench fills it again for every
+repetition; the timed part is the same, and an 8192-token fill takes minutes here).
+
     rows = run_bench(model, n_prompt=[512], n_gen=[64], depths=[0, 4096], reps=3)
     print(format_rows(rows, "md"))
 
@@ -105,11 +109,19 @@ def _eval_random(model: Model, rng: np.random.Generator, n: int, one_by_one: boo
     return time.perf_counter() - t0
 
 
-def _measure(model: Model, n_prompt: int, n_gen: int, depth: int, rng: np.random.Generator) -> float:
-    """One run of a test from an empty cache: the depth filled untimed, then the timed part."""
-    model.reset()
-    if depth:
-        model.eval(rng.integers(0, model.config.n_vocab, size=depth), logits_all=False)
+def _fill(model: Model, context: np.ndarray, depth: int) -> None:
+    """Make the cache hold the first ``depth`` tokens of ``context``, evaluating (untimed) only
+    those not cached yet: one fill serves every repetition and every deeper test."""
+    keep = min(model.common_prefix(context[:depth]), depth)
+    model.truncate(keep)
+    if keep < depth:
+        model.eval(context[keep:depth], logits_all=False)
+
+
+def _measure(model: Model, n_prompt: int, n_gen: int, depth: int, context: np.ndarray,
+             rng: np.random.Generator) -> float:
+    """One run of a test: the depth filled untimed, then the timed part."""
+    _fill(model, context, depth)
     if n_prompt:
         return _eval_random(model, rng, n_prompt, one_by_one=False)
     return _eval_random(model, rng, n_gen, one_by_one=True)
@@ -128,10 +140,12 @@ def bench_rows(model: Model, n_prompt: Sequence[int] = (512,), n_gen: Sequence[i
     read_bw = read_bw or read_bandwidth(model.n_threads, bw_bytes)
     common = {**_build_fields(), **_model_fields(model)}
     rng = np.random.default_rng(seed)
+    context = rng.integers(0, model.config.n_vocab, size=max(d for _, _, d in tests))
+    model.reset()
     for p, n, d in tests:
         test_time = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        _measure(model, p, min(n, 1), 0, rng)  # warm-up, as llama-bench: the prompt, or one token
-        samples = [_measure(model, p, n, d, rng) for _ in range(reps)]
+        _measure(model, p, min(n, 1), d, context, rng)  # warm-up, as llama-bench: the prompt, or one token
+        samples = [_measure(model, p, n, d, context, rng) for _ in range(reps)]
         yield _row(model, common, (p, n, d), samples, test_time, read_bw)
 
 

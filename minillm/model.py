@@ -113,6 +113,22 @@ class Model:
         """Forget the cached tokens (the cache memory is kept)."""
         self._tokens = []
 
+    def truncate(self, n_keep: int) -> None:
+        """Keep the first ``n_keep`` cached tokens and forget the rest (their rows are
+        overwritten by the next eval)."""
+        if not 0 <= n_keep <= self.n_past:
+            raise ValueError(f"n_keep must be in 0..{self.n_past} (n_past), got {n_keep}")
+        self._tokens = self._tokens[:n_keep]
+
+    def common_prefix(self, ids: Sequence[int]) -> int:
+        """How many of the cached tokens ``ids`` starts with."""
+        n = 0
+        for a, b in zip(self._tokens, ids):
+            if a != b:
+                break
+            n += 1
+        return n
+
     def _check_ids(self, ids) -> np.ndarray:
         try:
             a = np.asarray(ids)
@@ -159,12 +175,8 @@ class Model:
 
         ids = [int(t) for t in ids]
         if reset:
-            keep = 0
-            for a, b in zip(self._tokens, ids[:-1]):   # at least one token to evaluate
-                if a != b:
-                    break
-                keep += 1
-            self._tokens = self._tokens[:keep]
+            keep = self.common_prefix(ids[:-1])         # at least one token to evaluate
+            self.truncate(keep)
             ids = ids[keep:]
         rng = np.random.default_rng(seed)
         while True:

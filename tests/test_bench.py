@@ -118,3 +118,15 @@ def test_bad_input_is_a_clean_error(small, capsys):
     capsys.readouterr()
     assert main(["bench", "-m", small(), "-p", "0", "-n", "0"]) == 2
     assert "nothing to measure" in capsys.readouterr().err
+
+
+def test_depth_is_filled_once_and_kept(small):
+    """The depth context is evaluated once: repetitions and deeper tests reuse the cached prefix."""
+    m = minillm.load(small(), n_ctx=64, n_threads=1)
+    evaluated = []
+    real_eval = m.eval
+    m.eval = lambda ids, logits_all=True: (evaluated.append(len(ids)), real_eval(ids, logits_all))[1]
+    bench.run_bench(m, n_prompt=[0], n_gen=[2], depths=[8, 20], reps=3, read_bw=1e10)
+    # fills: 8 tokens, then the 12 more of depth 20; the rest are single decode tokens
+    assert [n for n in evaluated if n > 1] == [8, 12]
+    assert sum(n == 1 for n in evaluated) == 2 * (1 + 3 * 2)      # per test: warm-up 1 + 3 reps x 2

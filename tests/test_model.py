@@ -157,3 +157,15 @@ def test_repacked_originals_do_not_stay_resident(synthetic_model):
     # what stays mapped: the tensors used as they are, the header, page rounding
     assert _mapping_rss(m.path) <= kept + 8 * 2**20
 
+
+
+def test_truncate_keeps_a_prefix(path, ids):
+    m = minillm.load(path, n_ctx=64)
+    a = m.eval(ids[:12])
+    m.truncate(5)
+    assert m.n_past == 5 and m.tokens == [int(t) for t in ids[:5]]
+    b = m.eval(ids[5:12])
+    # rows 5.. re-evaluated in a smaller batch: the same function
+    assert (a[5:].argmax(1) == b.argmax(1)).mean() >= 0.8
+    with pytest.raises(ValueError, match="n_keep"):
+        m.truncate(13)
