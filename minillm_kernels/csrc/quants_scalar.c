@@ -158,11 +158,17 @@ void repack_row_iq4_nl_r(const void *vw, void *vy, int n) {
     const block_iq4_nl *b = (const block_iq4_nl *)vw;
     const int nb = n / QK, n4 = nb & ~3;
     for (int i = 0; i < n4; i += 4) {
-        block_iq4_nl_r4 out = {{0}};
-        for (int k = 0; k < 4; k++) {
-            out.d[k] = b[i + k].d;
-            for (int j = 0; j < QK; j++) /* the code of value j of block i + k */
-                out.qs[32 * (k / 2) + j] |= (uint8_t)(((b[i + k].qs[j % 16] >> (4 * (j / 16))) & 0xF) << (4 * (k & 1)));
+        block_iq4_nl_r4 out;
+        for (int k = 0; k < 4; k++) out.d[k] = b[i + k].d;
+        /* byte j of a pair's 32: value j of its first block (low nibble) and of its second
+         * (high); a block's values 0..15 are its low nibbles, 16..31 its high ones */
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *q0 = b[i + 2 * h].qs, *q1 = b[i + 2 * h + 1].qs;
+            uint8_t *o = out.qs + 32 * h;
+            for (int j = 0; j < QK / 2; j++) {
+                o[j] = (uint8_t)((q0[j] & 0x0F) | (q1[j] << 4));
+                o[j + QK / 2] = (uint8_t)((q0[j] >> 4) | (q1[j] & 0xF0));
+            }
         }
         memcpy((block_iq4_nl *)vy + i, &out, sizeof(out));
     }
