@@ -23,15 +23,6 @@ def _model_path(args) -> str:
     return default_model_path()
 
 
-def _repacked_file_bytes(m) -> int:
-    """File bytes of the tensors preparing replaces with repacked private copies (the tensors
-    Model.prepared_extra_bytes counts)."""
-    from minillm_kernels import matmul
-
-    return sum(t.nbytes for t in m.tensors.values()
-               if int(t.type) in matmul.REPACKED and t.name != "token_embd.weight" and t.raw.ndim >= 2)
-
-
 def cmd_info(args) -> int:
     from . import load
     from .kv_cache import CACHE_TYPES
@@ -65,7 +56,7 @@ def cmd_info(args) -> int:
     for ct in CACHE_TYPES:
         mark = " <-" if ct == args.cache_type else ""
         print(f"  {ct:6s} {_human(m.kv_cache_bytes(args.ctx_size, ct)):>10s}{mark}")
-    private, mapped = m.prepared_extra_bytes(), total - _repacked_file_bytes(m)
+    private, mapped = m.prepared_bytes()
     print(f"prepared weights: {_human(private)} of private memory (repacked copies), "
           f"{_human(mapped)} of mapped file pages")
     print(f"loaded with -c {args.ctx_size} -ctk {args.cache_type}: {_human(private + m.kv_cache_bytes())} "

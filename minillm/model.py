@@ -81,7 +81,7 @@ class Model:
                              f"{need / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is available; "
                              f"use a smaller n_ctx or a q8_0 cache")
         runtime.configure_threads()
-        to_copy = self.prepared_extra_bytes()
+        to_copy = self.prepared_bytes()[0]
         bar = None
         show = self.progress if self.progress is not None else to_copy > _PROGRESS_MIN_BYTES
         if show:
@@ -214,18 +214,25 @@ class Model:
     def weight_bytes(self) -> int:
         return sum(t.nbytes for t in self.file.tensors.values())
 
-    def prepared_extra_bytes(self) -> int:
-        """Bytes of private (anonymous) memory the prepared weights take: the repacked copies
-        of the tensors whose type has a faster kernel layout (their file pages are dropped)."""
+    def prepared_bytes(self) -> tuple[int, int]:
+        """(private, mapped): bytes of anonymous memory the prepared weights take (repacked
+        copies of the tensors whose type has a faster kernel layout; W_kb / W_vb split off an
+        attn_kv_b), and bytes of the file mapped and used in place (their pages are the OS's
+        page cache; the copied tensors' pages are released)."""
         from minillm_kernels import matmul
 
-        total = 0
+        private = copied = 0
         for t in self.file.tensors.values():
-            if int(t.type) in matmul.REPACKED and t.name != "token_embd.weight" and t.raw.ndim >= 2:
+            if int(t.type) in matmul.REPACKED and t.name != "token_embd.weight":
                 bs, ts, _ = matmul.block_geometry(matmul.REPACKED[int(t.type)])
                 sbs, sts, _ = matmul.block_geometry(int(t.type))
-                total += t.nbytes // sts * sbs // bs * ts
-        return total
+                private += t.nbytes // sts * sbs // bs * ts
+                copied += t.nbytes
+        for lw in self.weights.layers:
+            if lw.attn_k_b is None or lw.attn_v_b is None:      # split at load, about its size
+                private += lw.attn_kv_b.nbytes
+                copied += lw.attn_kv_b.nbytes
+        return private, self.weight_bytes() - copied
 
     def type_mixture(self) -> dict[str, tuple[int, int]]:
         """Tensor type -> (tensor count, bytes)."""

@@ -1,6 +1,10 @@
 """ik_llama.cpp's ggml ops through the ik-llama-cpp-python wheel's libggml (ctypes), for
 same-run side-by-side timings in tools/bench_kernels.py and tools/bench_attention.py.
 
+``MINILLM_IK_LIBGGML=<path to libggml.so>`` uses another build instead, e.g. ik built natively
+(../shared/tools/build_ik_native.sh: ``<out>/build/ggml/src/libggml.so``), whose AVX-512 paths
+the wheel (an AVX2 build) lacks.
+
 Each ``prepare*`` builds graphs in one ggml context holding copies of the inputs;
 ``compute`` runs a graph with n threads; ``free`` releases the context.
 """
@@ -19,10 +23,13 @@ class IkGgml:
     affects equally (the IK_OPS figures come from another session)."""
 
     def __init__(self):
-        import ik_llama_cpp
-
         self.c = ctypes
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(ik_llama_cpp.__file__), "lib", "libggml.so"))
+        path = os.environ.get("MINILLM_IK_LIBGGML")
+        if not path:
+            import ik_llama_cpp
+            path = os.path.join(os.path.dirname(ik_llama_cpp.__file__), "lib", "libggml.so")
+        self.path = path
+        lib = ctypes.CDLL(path)
 
         class InitParams(ctypes.Structure):
             _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
