@@ -54,35 +54,35 @@ class Weight:
     raw: np.ndarray
     type: int
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.raw.nbytes)
-
 
 class WeightPreparer:
-    """Turns mapped GGUF tensors into :class:`Weight` s, repacking where the kernels have a
+    """Turns mapped GGUF tensors into :class:`Weight` s, repacked where the kernels have a
     faster layout.  ``on_copied(t)`` is called once tensor t's bytes live in a private copy (so
     the caller can release its file pages at once: the peak memory stays one copy of the
     weights), ``on_tensor(t)`` after each tensor (progress)."""
 
-    def __init__(self, n_threads: int, repack: bool = True, on_copied: Optional[Callable] = None,
+    def __init__(self, n_threads: int, on_copied: Optional[Callable] = None,
                  on_tensor: Optional[Callable] = None):
         self.n_threads = n_threads
-        self.repack = repack
         self.on_copied = on_copied or (lambda t: None)
         self.on_tensor = on_tensor or (lambda t: None)
 
     def __call__(self, t, shape: Optional[tuple] = None) -> Weight:
         raw = t.raw if shape is None else t.raw.reshape(shape)
-        w = Weight(raw, int(t.type))
-        if self.repack and w.type in matmul.REPACKED:
-            w = Weight(*matmul.repack(raw, w.type, self.n_threads))
+        w = self.fast(Weight(raw, int(t.type)))
+        if w.raw is not raw:
             self.on_copied(t)
         self.on_tensor(t)
         return w
 
     def optional(self, t, shape=None) -> Optional[Weight]:
         return None if t is None else self(t, shape)
+
+    def fast(self, w: Weight) -> Weight:
+        """w in the kernels' faster layout (a private copy) when its type has one, else w."""
+        if w.type in matmul.REPACKED:
+            return Weight(*matmul.repack(w.raw, w.type, self.n_threads))
+        return w
 
 
 def split_kv_b(t, H: int, nope: int, dv: int, R: int) -> tuple[Weight, Weight]:
@@ -163,9 +163,7 @@ class Attention:
         else:
             k_b, v_b = split_kv_b(lw.attn_kv_b, H, nope, dv, R)
             prep.on_copied(lw.attn_kv_b)
-            self.k_b = k_b
-            self.v_b = Weight(*matmul.repack(v_b.raw, v_b.type, prep.n_threads)) \
-                if prep.repack and v_b.type in matmul.REPACKED else v_b
+            self.k_b, self.v_b = k_b, prep.fast(v_b)
         self.output = prep(lw.attn_output)
         self.kq_scale = c.kq_scale
 
@@ -230,9 +228,8 @@ class MoE:
         self.c = c
         # the router multiplies float32 activations (F16 / BF16 router weights are widened)
         r = lw.ffn_gate_inp
-        if r.type != T.F32:
-            r = np.ascontiguousarray(r.dequantize(), dtype=np.float32)
-        self.router = Weight(r.raw if not isinstance(r, np.ndarray) else r.view(np.uint8), int(T.F32))
+        raw = r.raw if r.type == T.F32 else np.ascontiguousarray(r.dequantize(), np.float32).view(np.uint8)
+        self.router = Weight(raw, int(T.F32))
         self.bias = None if lw.exp_probs_b is None else _norm_weight(lw.exp_probs_b)
         if lw.ffn_gate_up_exps is not None:
             self.experts = FeedForward(prep(lw.ffn_gate_up_exps), None, prep(lw.ffn_down_exps), merged=True)
@@ -243,7 +240,7 @@ class MoE:
         if lw.ffn_gate_shexp is not None:
             self.shared = FeedForward.single(prep, lw.ffn_gate_shexp, lw.ffn_up_shexp, lw.ffn_down_shexp)
 
-    def forward(self, h: np.ndarray, nt: int, one: tuple) -> np.ndarray:
+    def forward(self, h: np.ndarray, nt: int, only_expert: tuple) -> np.ndarray:
         logits = matmul.matmul(self.router.raw, self.router.type, h, n_threads=nt)
         c = self.c
         ids, weights = ops.route(logits, c.n_expert_used, c.expert_gating_func, self.bias, c.expert_weights_norm,
@@ -252,7 +249,7 @@ class MoE:
             self.trace.append(ids)
         out = self.experts(h, ids, weights, nt)
         if self.shared is not None:
-            out += self.shared(h, *one, nt)
+            out += self.shared(h, *only_expert, nt)
         return out
 
 
@@ -267,10 +264,10 @@ class DecoderLayer:
             self.moe, self.dense = None, FeedForward.single(prep, lw.ffn_gate, lw.ffn_up, lw.ffn_down)
 
     def forward(self, x: np.ndarray, pos0: int, cache: np.ndarray, cache_type: str, rope_cs, nt: int,
-                one: tuple) -> np.ndarray:
+                only_expert: tuple) -> np.ndarray:
         x = x + self.attention.forward(x, pos0, cache, cache_type, rope_cs, nt)
         h = ops.rms_norm(x, self.ffn_norm, self.c.rms_eps)
-        x += self.moe.forward(h, nt, one) if self.moe is not None else self.dense(h, *one, nt)
+        x += self.moe.forward(h, nt, only_expert) if self.moe is not None else self.dense(h, *only_expert, nt)
         return x
 
 
@@ -307,9 +304,9 @@ class DeepSeek2:
         N = len(ids)
         x = matmul.dequantize_rows(self.token_embd.raw, self.token_embd.type, ids, n_threads=nt)
         rope_cs = (self.cos[pos0:pos0 + N], self.sin[pos0:pos0 + N])
-        one = (np.zeros((N, 1), np.int32), np.ones((N, 1), np.float32))
+        only_expert = (np.zeros((N, 1), np.int32), np.ones((N, 1), np.float32))  # ids, weights of a single FFN
         for il, layer in enumerate(self.layers):
-            x = layer.forward(x, pos0, cache.buffers[il], cache.cache_type, rope_cs, nt, one)
+            x = layer.forward(x, pos0, cache.buffers[il], cache.cache_type, rope_cs, nt, only_expert)
         if not logits_all:
             x = x[-1:]
         x = ops.rms_norm(x, self.output_norm, self.c.rms_eps)

@@ -509,7 +509,7 @@ ALWAYS_INLINE void token_blocks(const uint8_t *a, size_t as, int i, const int C,
 /* signed weights: per pm group (2 weight vectors), one broadcast of the token's 16 bytes */
 ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, size_t as, float *out, size_t os,
                             int nr, const int C) {
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i ones __attribute__((unused)) = _mm256_set1_epi16(1);
     __m256 acc[GEMM8_MAX_C];
     for (int c = 0; c < C; c++) acc[c] = _mm256_setzero_ps();
     for (int i = 0; i < n / QK; i++) {
@@ -523,9 +523,14 @@ ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, si
             const __m256i *sel = (const __m256i *)p[i].sel[2 * g]; /* loadu: memory operands of the shuffles */
             for (int c = 0; c < C; c++) {
                 const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(y[c]->pm + 16 * g)));
+#ifdef __AVXVNNI__ /* one instruction for maddubs + madd + add, and no int16 step: the same exact sums */
+                isum[c] = _mm256_dpbusd_avx_epi32(isum[c], aq0, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel)));
+                isum[c] = _mm256_dpbusd_avx_epi32(isum[c], aq1, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel + 1)));
+#else
                 const __m256i m0 = _mm256_madd_epi16(_mm256_maddubs_epi16(aq0, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel))), ones);
                 const __m256i m1 = _mm256_madd_epi16(_mm256_maddubs_epi16(aq1, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel + 1))), ones);
                 isum[c] = _mm256_add_epi32(isum[c], _mm256_add_epi32(m0, m1));
+#endif
                 PIN(isum[c]);
             }
         }
