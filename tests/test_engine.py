@@ -172,13 +172,15 @@ def test_engine_matches_reference_more(peer_files, name, cache_type, split):
 
 @pytest.mark.parametrize("cache_type", ["f16", "q8_0"])
 def test_engine_matches_ik(peer_files, cache_type):
-    """Directly against ik (mla3 + flash attention, same cache type): no farther from it than
-    twice ik's distance from its own mla0 path plus ik's own error (both: bound())."""
+    """Directly against ik (mla3 + flash attention, same cache type): by the triangle inequality
+    no farther from ik than the engine's bound from the reference (2x ik's distance, checked
+    above) plus ik's own distance from it: 3x on the median, 3x + 1 top-1 misses."""
     pf = peer_files("tiny-iq4_nl-2d")
     logits, _ = engine_logits(pf.path, pf.ids, cache_type, split=True)
     fa, _ = pf.ik(3, cache_type)
     d = logit_distance(logits, fa)
     b = pf.bound(cache_type)
-    assert np.median(d.rel_rms) <= 2 * MEDIAN_FACTOR * b["median"]
-    assert d.top1.mean() >= 0.8
-
+    print(f"\nengine vs ik mla3 ({cache_type}): median {np.median(d.rel_rms):.3g} (bound {b['median']:.3g}), "
+          f"top-1 {d.top1.mean():.2f}")
+    assert np.median(d.rel_rms) <= (MEDIAN_FACTOR + 1) * b["median"]
+    assert (~d.top1).sum() <= 3 * b["top1_miss"] + 1       # the same triangle for top-1 misses
