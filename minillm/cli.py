@@ -1,4 +1,4 @@
-"""The `minillm` command line: info, generate, bench."""
+"""The `minillm` command line: info, generate, bench, serve."""
 from __future__ import annotations
 
 import argparse
@@ -93,6 +93,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from . import load
+    try:
+        from .server import is_loopback, serve
+    except ImportError as e:
+        raise ValueError(f"serving needs the 'serve' extra ({e.name} is missing): pip install 'minillm[serve]'") from None
+
+    api_key = args.api_key or os.environ.get("MINILLM_API_KEY") or None
+    if not is_loopback(args.host) and not api_key and not args.open:   # before the load, not after
+        raise ValueError(f"refusing to serve on {args.host} without an API key: pass --api-key KEY "
+                         f"(or set MINILLM_API_KEY), or --open if anyone who can reach it may use the model")
+    m = load(_model_path(args), n_ctx=args.ctx_size, cache_type=args.cache_type, n_threads=args.threads,
+             n_ubatch=args.ubatch_size)
+    serve(m, host=args.host, port=args.port, api_key=api_key, open_access=args.open, max_queue=args.max_queue,
+          max_body_bytes=args.max_body, log_level=args.log_level)
+    return 0
+
+
 # -- argument types -----------------------------------------------------------------
 
 def _int_list(text: str) -> list[int]:
@@ -183,6 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bw-bytes", type=_size, default=1 << 30,
                    help="buffer for the read-bandwidth measurement behind the roofline (default 1G)")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)")
+    model_arg(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $MINILLM_API_KEY)")
+    s.add_argument("--open", action="store_true",
+                   help="allow a non-loopback --host without an API key: anyone who can reach it may use it")
+    s.add_argument("-c", "--ctx-size", type=_positive_int, default=4096, help="context length (default 4096)")
+    cache_arg(s)
+    s.add_argument("-ub", "--ubatch-size", type=_positive_int, default=512, help="prompt tokens per batch")
+    s.add_argument("--max-queue", type=_positive_int, default=16,
+                   help="requests that may wait for the engine; more get 503 (default 16)")
+    s.add_argument("--max-body", type=_size, default=4 << 20, help="largest request body (default 4M)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -185,6 +185,37 @@ class Model:
             yield tid
             ids = [tid]
 
+    # -- OpenAI-shaped completions (llama-cpp-python's Llama methods) --------
+    def create_completion(self, prompt, max_tokens: Optional[int] = 16, stream: bool = False, **options):
+        """Complete ``prompt`` (text or token ids): an OpenAI ``text_completion`` dict, or an
+        iterator of chunk dicts with ``stream=True``.  Options, llama.cpp's names and defaults:
+        temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.0, repeat_last_n 64,
+        presence_penalty, frequency_penalty, seed, stop, logit_bias, logprobs (int), echo,
+        response_format / grammar (GBNF) / json_schema.  ``max_tokens`` None or -1: until the
+        context is full.  The KV cache is reused for the prefix shared with the last request."""
+        from .openai_format import prepare_completion, respond
+        job = prepare_completion(self, prompt, max_tokens=max_tokens, **options)
+        return respond(self, job, chat=False, stream=stream, model_name=self.name)
+
+    def __call__(self, prompt, max_tokens: Optional[int] = 16, stream: bool = False, **options):
+        """Shorthand for :meth:`create_completion`."""
+        return self.create_completion(prompt, max_tokens=max_tokens, stream=stream, **options)
+
+    def create_chat_completion(self, messages, max_tokens: Optional[int] = None, stream: bool = False, **options):
+        """Answer ``messages`` (OpenAI's ``[{"role", "content"}]``) through the GGUF's chat
+        template: a ``chat.completion`` dict, or ``chat.completion.chunk`` dicts with
+        ``stream=True``.  Options as :meth:`create_completion`, with ``logprobs`` (bool) and
+        ``top_logprobs`` (int) as in OpenAI's chat API."""
+        from .openai_format import prepare_chat, respond
+        job = prepare_chat(self, messages, max_tokens=max_tokens, **options)
+        return respond(self, job, chat=True, stream=stream, model_name=self.name)
+
+    @property
+    def name(self) -> str:
+        """The model's id in API responses: the file name without ``.gguf``."""
+        base = os.path.basename(self.path)
+        return base[:-5] if base.endswith(".gguf") else base
+
     # -- tokenizer ----------------------------------------------------------
     @property
     def tensors(self):

@@ -172,6 +172,10 @@ class Tokenizer:
     def eos_id(self) -> int | None:
         return self._eos
 
+    def is_special(self, token_id: int) -> bool:
+        """True for control tokens (BOS, EOS, FIM...), which plain text never tokenizes to."""
+        return self.token_types[token_id] in (CONTROL, UNKNOWN, UNUSED)
+
     def is_eog(self, token_id: int) -> bool:
         """True for tokens that end generation (EOS, end-of-turn...)."""
         return token_id in self.eog_ids
