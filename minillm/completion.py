@@ -37,10 +37,12 @@ class StopMatcher:
         if not self.stops:
             return text, False
         buf = self._held + text
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        # the stop that ends first (then the longest of those): what a character-by-character
+        # scan finds, so the cut does not depend on how the text was split into tokens
+        hits = [(i + len(s), i) for s, i in ((s, buf.find(s)) for s in self.stops) if i >= 0]
         if hits:
             self._held = ""
-            return buf[:min(hits)], True
+            return buf[:min(hits)[1]], True
         keep = 0                  # the longest end of buf that begins some stop string
         for s in self.stops:
             for n in range(min(len(s) - 1, len(buf)), keep, -1):
@@ -152,10 +154,7 @@ def run(model, job: Job, outcome: Outcome, cancelled: Callable[[], bool] = lambd
     if job.max_tokens == 0:
         outcome.finish_reason = "length"
         return
-    keep = model.common_prefix(ids[:-1])           # at least one token is evaluated for logits
-    model.truncate(keep)
-    outcome.n_cached = keep
-    logits = model.eval(ids[keep:], logits_all=False)[-1]
+    logits, outcome.n_cached = model.prefill(ids)
     outcome.prompt_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     sampler = Sampler(job.sampling, history=ids)

@@ -22,6 +22,8 @@ from .gguf_file import GGUFFile
 from .kv_cache import CACHE_TYPES, KVCache, cache_row_bytes
 from .weights import ModelWeights, load_weights
 
+# prompt tokens at the end of a prompt are evaluated in aligned batches of this size (see prefill)
+PREFILL_BLOCK = 64
 # show a progress bar when preparing the weights copies more than this many bytes
 _PROGRESS_MIN_BYTES = 256 << 20
 
@@ -62,6 +64,10 @@ class Model:
         self._engine = None
         self._cache: Optional[KVCache] = None
         self._tokens: list[int] = []       # the tokens whose rows are in the cache, in order
+        # how the cached rows were computed (see prefill): [0, _rows_big) in whole n_ubatch-aligned
+        # batches, [_rows_big, _rows_small) in whole PREFILL_BLOCK-aligned ones, the rest otherwise
+        self._rows_big = 0
+        self._rows_small = 0
         self.load_seconds = 0.0
         if prepare:
             self._prepare()
@@ -111,7 +117,7 @@ class Model:
 
     def reset(self) -> None:
         """Forget the cached tokens (the cache memory is kept)."""
-        self._tokens = []
+        self.truncate(0)
 
     def truncate(self, n_keep: int) -> None:
         """Keep the first ``n_keep`` cached tokens and forget the rest (their rows are
@@ -119,6 +125,8 @@ class Model:
         if not 0 <= n_keep <= self.n_past:
             raise ValueError(f"n_keep must be in 0..{self.n_past} (n_past), got {n_keep}")
         self._tokens = self._tokens[:n_keep]
+        self._rows_big = min(self._rows_big, n_keep)
+        self._rows_small = min(self._rows_small, n_keep)
 
     def common_prefix(self, ids: Sequence[int]) -> int:
         """How many of the cached tokens ``ids`` starts with."""
@@ -165,25 +173,67 @@ class Model:
                 out.append(logits)
         return out[0] if len(out) == 1 else np.concatenate(out)
 
+    def prompt_batches(self, n: int) -> list[tuple[int, int]]:
+        """The batches a prompt of ``n`` tokens is evaluated in by :meth:`prefill`: whole
+        ``n_ubatch``-aligned batches, then whole ``PREFILL_BLOCK``-aligned ones, then the rest."""
+        big, small = self.n_ubatch, min(PREFILL_BLOCK, self.n_ubatch)
+        n_big = n // big * big
+        n_small = n_big + (n - n_big) // small * small
+        return ([(s, s + big) for s in range(0, n_big, big)] + [(s, s + small) for s in range(n_big, n_small, small)]
+                + ([(n_small, n)] if n_small < n else []))
+
+    def prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, int]:
+        """Evaluate the prompt ``ids`` from the start of the context, reusing what the cache
+        holds of it; return (the last token's logits [n_vocab], prompt tokens reused).
+
+        The kernels round a row's result differently depending on the batch it was computed in
+        (the float sums of a tile and of a single row run in another order), so a prompt is always
+        evaluated in the same batches (:meth:`prompt_batches`), and a cached row is reused only if
+        it was computed in the batch this prompt would compute it in.  The logits are then a
+        function of the prompt alone, whatever the cache held: a fixed seed gives the same text
+        with or without the prompt cache.  Rows written by decode steps or by :meth:`eval` are
+        never reused (a multi-turn chat re-evaluates the last reply and at most one block before it).
+        """
+        ids = [int(t) for t in ids]
+        batches = self.prompt_batches(len(ids))
+        match = self.common_prefix(ids)
+        keep = 0
+        big, small = self.n_ubatch, min(PREFILL_BLOCK, self.n_ubatch)
+        for start, end in batches[:-1]:                 # the last batch is evaluated for its logits
+            size_ok = (end - start == big and end <= self._rows_big) or \
+                      (end - start == small and start >= self._rows_big and end <= self._rows_small)
+            if end > match or not size_ok:
+                break
+            keep = end
+        self.truncate(keep)
+        logits = None
+        for start, end in batches:
+            if end <= keep:
+                continue
+            logits = self.eval(ids[start:end], logits_all=False)
+            if end - start == big and self._rows_big == start:
+                self._rows_big = self._rows_small = end
+            elif end - start == small and self._rows_small == start:
+                self._rows_small = end
+        return logits[-1], keep
+
     def generate(self, ids: Sequence[int], temp: float = 0.0, top_k: int = 40, top_p: float = 0.95,
                  seed: Optional[int] = None, reset: bool = True) -> Iterator[int]:
         """Yield sampled token ids after the prompt ``ids``, forever (the caller stops, or the
-        context fills: then ValueError).  With ``reset`` the cache is reused for the longest
-        common prefix of ``ids`` and the cached tokens, as llama-cpp-python does; otherwise
-        ``ids`` are appended to the cache."""
+        context fills: then ValueError).  With ``reset`` the prompt is evaluated by
+        :meth:`prefill` (reusing the cached prefix, as llama-cpp-python does); otherwise ``ids``
+        are appended to the cache."""
         from .sampling import sample
 
-        ids = [int(t) for t in ids]
-        if reset:
-            keep = self.common_prefix(ids[:-1])         # at least one token to evaluate
-            self.truncate(keep)
-            ids = ids[keep:]
         rng = np.random.default_rng(seed)
-        while True:
+        if reset:
+            logits = self.prefill(ids)[0]
+        else:
             logits = self.eval(ids, logits_all=False)[-1]
+        while True:
             tid = sample(logits, temp, top_k, top_p, rng)
             yield tid
-            ids = [tid]
+            logits = self.eval([tid], logits_all=False)[-1]
 
     # -- OpenAI-shaped completions (llama-cpp-python's Llama methods) --------
     def create_completion(self, prompt, max_tokens: Optional[int] = 16, stream: bool = False, **options):
