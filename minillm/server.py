@@ -295,16 +295,16 @@ def create_app(model, api_key: Optional[str] = None, max_queue: int = 16, max_bo
             return error_response(503, f"the server is busy ({worker.max_queue} requests waiting); retry later",
                                   "server_busy", headers={"Retry-After": "1"})
         if body.stream:
-            return StreamingResponse(_sse(results, ticket), media_type="text/event-stream",
+            return StreamingResponse(_sse(results, ticket, outcome), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _wait_whole(request, results, ticket)
+        return await _wait_whole(request, results, ticket, outcome)
 
     app_started = time.time()
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes, stats=stats)
     return app
 
 
-async def _sse(results: asyncio.Queue, ticket: Ticket):
+async def _sse(results: asyncio.Queue, ticket: Ticket, outcome: Outcome):
     """The stream's events; the client going away cancels the ticket (Starlette cancels this
     generator when it sees the disconnect)."""
     try:
@@ -319,10 +319,12 @@ async def _sse(results: asyncio.Queue, ticket: Ticket):
             yield f"data: {json.dumps(item, ensure_ascii=False)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
+        if outcome.finish_reason is None:       # the client left first: the run stops before its next token
+            outcome.cancelled = True
         ticket.cancel()
 
 
-async def _wait_whole(request: Request, results: asyncio.Queue, ticket: Ticket):
+async def _wait_whole(request: Request, results: asyncio.Queue, ticket: Ticket, outcome: Outcome):
     """The non-streaming answer, watching for the client going away meanwhile."""
     got = asyncio.ensure_future(results.get())
     try:
@@ -331,6 +333,7 @@ async def _wait_whole(request: Request, results: asyncio.Queue, ticket: Ticket):
             if done:
                 break
             if await request.is_disconnected():
+                outcome.cancelled = True
                 ticket.cancel()
                 return error_response(499, "client closed the request")
         item = got.result()

@@ -8,7 +8,10 @@ import subprocess
 import sys
 import time
 
-import httpx
+try:                      # the OpenAI client's HTTP library: httpx2 in openai 3, httpx before
+    import httpx2 as httpx
+except ImportError:
+    import httpx
 
 from minillm.synthetic import default_model_path
 
