@@ -49,8 +49,8 @@ class SamplingParams:
         need(-2.0 <= self.frequency_penalty <= 2.0,
              f"frequency_penalty must be in [-2, 2], not {self.frequency_penalty}")
         need(self.repeat_last_n >= -1, f"repeat_last_n must be >= -1, not {self.repeat_last_n}")
-        need(self.seed is None or (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool)),
-             f"seed must be an int, not {self.seed!r}")
+        need(self.seed is None or (isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool)
+                                   and self.seed >= -1), f"seed must be an int >= -1 (-1: random), not {self.seed!r}")
         for tid, bias in self.logit_bias.items():
             need(isinstance(tid, (int, np.integer)) and 0 <= tid < n_vocab,
                  f"logit_bias: token id {tid!r} is outside the vocabulary [0, {n_vocab})")
@@ -65,7 +65,7 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, history: Sequence[int] = ()):
         self.params = params
-        seed = params.seed if params.seed is not None else np.random.SeedSequence().entropy
+        seed = params.seed if params.seed is not None and params.seed != -1 else np.random.SeedSequence().entropy
         self.rng = np.random.default_rng(seed)
         self.history: list[int] = list(history)
         self._bias_ids = np.array(list(params.logit_bias), dtype=np.int64)

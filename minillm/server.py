@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,18 +47,46 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
+               bool: "a boolean", type(None): "null"}
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|dict|list)(\[.*\])?$")
+
+
+def _field_path(loc) -> tuple[list[str], Optional[str]]:
+    """The field a pydantic ``loc`` points at, and the Union member it names (pydantic puts one
+    error per member of a Union in ``loc``: ``('body', 'prompt', 'list[int]')``), if any."""
+    path = []
+    for x in loc:
+        if x == "body":
+            continue
+        if isinstance(x, str) and _UNION_MEMBER.match(x):
+            return path, x
+        path.append(str(x))
+    return path, None
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, Optional[str]]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
     e = errors[0]
-    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+    loc, member = _field_path(e.get("loc", ()))
     if e.get("type") == "json_invalid":
         return f"the body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}", None
     if e.get("type") == "extra_forbidden":
         return f"unrecognized request argument: {'.'.join(loc)}", ".".join(loc)
     where = ".".join(loc)
-    return (f"{where}: {e.get('msg')}" if where else e.get("msg", "invalid request")), where or None
+    if not where:
+        return f"the request body must be a JSON object ({e.get('msg', 'invalid')})", None
+    if member is not None:
+        members = []
+        for x in errors:
+            path, m = _field_path(x.get("loc", ()))
+            if path == loc and m is not None and m not in members:
+                members.append(m)
+        got = _JSON_TYPES.get(type(e.get("input")), "this value")
+        return f"{where}: {got} is not accepted here (expected one of: {', '.join(members)})", where
+    return f"{where}: {e.get('msg')}", where
 
 
 # -- request bodies: OpenAI's fields plus llama.cpp's sampling extras; anything else is refused --
@@ -218,7 +247,7 @@ def create_app(model, api_key: Optional[str] = None, max_queue: int = 16, max_bo
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return error_response(exc.status_code, str(exc.detail), kind)
+        return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
@@ -434,6 +463,9 @@ class _Guard:
         try:
             refusal = self._refusal(scope)
             if refusal is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # the body is JSON whatever the Content-Type says (llama-server; curl -d sends a form type)
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + \
+                    [(b"content-type", b"application/json")]
                 refusal, receive = await self._buffer_body(scope, receive)
             if refusal is not None:
                 await refusal(scope, receive, send_logged)
