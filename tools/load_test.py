@@ -25,10 +25,7 @@ import collections
 import ipaddress
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -285,59 +282,16 @@ def metrics_delta(before: Optional[dict], after: Optional[dict]) -> Optional[dic
 
 # -- --start: our own server ---------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OwnServer:
+def own_server(args):
     """``minillm serve`` on the built-in model and a free loopback port, for the length of the test."""
+    from minillm.server_process import ServerProcess
+    from minillm.synthetic import default_model_path
 
-    def __init__(self, args):
-        from minillm.synthetic import default_model_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="minillm-load-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "minillm", "serve", "-m", default_model_path(), "--host", "127.0.0.1",
-               "--port", str(self.port), "-c", str(args.ctx_size), "-t", str(args.server_threads),
-               "--max-queue", str(args.max_queue), "--log-level", "warning"]
-        env = dict(os.environ)
-        if args.api_key:
-            env["MINILLM_API_KEY"] = args.api_key     # not on the command line, where ps shows it
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+    cmd = ["-m", default_model_path(), "-c", str(args.ctx_size), "-t", str(args.server_threads),
+           "--max-queue", str(args.max_queue), "--log-level", "warning"]
+    # the key goes through the environment, not the command line, where ps shows it
+    return ServerProcess(cmd, env={"MINILLM_API_KEY": args.api_key} if args.api_key else None)
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"minillm serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"minillm serve did not answer /health in {timeout:.0f} s:\n{self.tail()}")
-            time.sleep(0.2)
-
-    def tail(self, n: int = 3000) -> str:
-        self.log.flush()
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()[-n:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-# -- main ----------------------------------------------------------------------------------
 
 def run_load(base: str, args) -> dict:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -385,21 +339,19 @@ def main() -> int:
     server = None
     try:
         if args.start:
-            server = OwnServer(args)
-            server.wait_ready()
+            server = own_server(args)
             base = server.url
         else:
             base = loopback_url(args.url)
         summary = run_load(base, args)
-        if server is not None and any(not k.isdigit() or k == "500" for k in summary["errors"]) and server.tail():
-            print(f"the server's log (last lines):\n{server.tail()}", file=sys.stderr)
+        if server is not None and any(not k.isdigit() or k == "500" for k in summary["errors"]):
+            print(f"the server's log (last lines):\n{server.log_text()[-3000:]}", file=sys.stderr)
     except (ValueError, RuntimeError) as e:
         print(f"load_test: {e}", file=sys.stderr)
         return 2
     finally:
         if server is not None:
             server.stop()
-            os.unlink(server.log.name)
     if args.json:
         print(json.dumps(summary))
     else:
