@@ -32,7 +32,7 @@ from .model import Model
 from .weights import LayerWeights
 
 BACKEND = "CPU (minillm)"
-OUTPUT_FORMATS = ("md", "json", "jsonl")
+OUTPUT_FORMATS = ("md", "json", "jsonl", "csv")
 
 
 # -- the plan -------------------------------------------------------------------
@@ -243,40 +243,77 @@ def quantization(model: Model) -> str:
 # (header, width; negative: left-aligned), as llama-bench's markdown printer
 _COLUMNS = (("model", -30), ("size", 10), ("params", 10), ("backend", -13), ("threads", 7),
             ("type_k", -6), ("test", 13), ("t/s", 20), ("roofline", 20))
+_PEER_COLUMNS = (("ik t/s", 20), ("ratio", 6))
+
+
+def with_peer(row: dict, peer: Optional[dict]) -> dict:
+    """``row`` with ik's figures for the same test (``ik_avg_ts``, ``ik_stddev_ts``) and the
+    same-run ratio ours / ik (``ik_ratio``); None where ik has no such test."""
+    row = dict(row)
+    row["ik_avg_ts"] = peer["avg_ts"] if peer else None
+    row["ik_stddev_ts"] = peer["stddev_ts"] if peer else None
+    row["ik_ratio"] = row["avg_ts"] / peer["avg_ts"] if peer else None
+    return row
+
+
+def _columns(row: dict) -> tuple:
+    return _COLUMNS + (_PEER_COLUMNS if "ik_avg_ts" in row else ())
 
 
 def _cells(row: dict) -> list[str]:
     roof = row["roofline_ts"]
-    return [row["model_name"], f"{row['model_size'] / 2**30:.2f} GiB", f"{row['model_n_params'] / 1e9:.2f} B",
-            row["backends"], str(row["n_threads"]), row["type_k"], test_name(row),
-            f"{row['avg_ts']:.2f} ± {row['stddev_ts']:.2f}",
-            f"{roof:.2f} ({100 * row['avg_ts'] / roof:.0f}%)" if roof else ""]
+    cells = [row["model_name"], f"{row['model_size'] / 2**30:.2f} GiB", f"{row['model_n_params'] / 1e9:.2f} B",
+             row["backends"], str(row["n_threads"]), row["type_k"], test_name(row),
+             f"{row['avg_ts']:.2f} ± {row['stddev_ts']:.2f}",
+             f"{roof:.2f} ({100 * row['avg_ts'] / roof:.0f}%)" if roof else ""]
+    if "ik_avg_ts" in row:
+        ik = row["ik_avg_ts"]
+        cells += [f"{ik:.2f} ± {row['ik_stddev_ts']:.2f}" if ik else "", f"{row['ik_ratio']:.2f}" if ik else ""]
+    return cells
 
 
-def _markdown_line(cells: Sequence[str]) -> str:
-    return "|" + "".join(f" {c:<{-w}} |" if w < 0 else f" {c:>{w}} |" for c, (_, w) in zip(cells, _COLUMNS))
+def _markdown_line(cells: Sequence[str], columns: Sequence) -> str:
+    return "|" + "".join(f" {c:<{-w}} |" if w < 0 else f" {c:>{w}} |" for c, (_, w) in zip(cells, columns))
 
 
-def _markdown_header() -> str:
-    rule = ["-" * -w if w < 0 else "-" * (w - 1) + ":" for _, w in _COLUMNS]
-    return _markdown_line([h for h, _ in _COLUMNS]) + "\n" + _markdown_line(rule)
+def _markdown_header(columns: Sequence) -> str:
+    rule = ["-" * -w if w < 0 else "-" * (w - 1) + ":" for _, w in columns]
+    return _markdown_line([h for h, _ in columns], columns) + "\n" + _markdown_line(rule, columns)
 
 
 def _markdown_footer(row: dict) -> str:
+    peer = "\nik t/s: a native ik_llama.cpp build run right after, same file and settings (-mla 3 -fa 1); " \
+           "ratio = minillm / ik" if "ik_avg_ts" in row else ""
     return (f"\nbuild: {row['build_commit']} ({row['build_number']})\n"
             f"roofline: t/s if a decode step took only the time to read its bytes (weights it touches "
-            f"and cache rows) at the read bandwidth measured in this run, {row['read_bw_gbs']:.1f} GB/s")
+            f"and cache rows) at the read bandwidth measured in this run, {row['read_bw_gbs']:.1f} GB/s" + peer)
+
+
+def write_csv(rows: Iterable[dict], out: TextIO) -> None:
+    """Rows as CSV, one column per key of the first row (lists JSON-encoded)."""
+    import csv
+
+    writer = None
+    for row in rows:
+        if writer is None:
+            writer = csv.DictWriter(out, fieldnames=list(row), extrasaction="ignore")
+            writer.writeheader()
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+        out.flush()
 
 
 def write_rows(rows: Iterable[dict], fmt: str, out: TextIO) -> None:
-    """Print ``rows`` as they come: a markdown table (``md``), a JSON array (``json``) or one
-    JSON object per line (``jsonl``), as llama-bench's ``-o``."""
+    """Print ``rows`` as they come: a markdown table (``md``), a JSON array (``json``), one
+    JSON object per line (``jsonl``), as llama-bench's ``-o``, or CSV."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt == "csv":
+        return write_csv(rows, out)
     last = None
     for i, row in enumerate(rows):
         if fmt == "md":
-            out.write((_markdown_header() + "\n" if i == 0 else "") + _markdown_line(_cells(row)) + "\n")
+            columns = _columns(row)
+            out.write((_markdown_header(columns) + "\n" if i == 0 else "") + _markdown_line(_cells(row), columns) + "\n")
         elif fmt == "json":
             out.write(("[\n" if i == 0 else ",\n") + json.dumps(row, indent=2))
         else:

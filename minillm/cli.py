@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import GGUFError
@@ -82,15 +83,67 @@ def cmd_generate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench, load
+    if args.sweep:
+        return cmd_sweep(args)
+    from . import bench, ik_native, load
 
+    args.repetitions = args.repetitions or 3
     n_prompt, n_gen, depths = _flat(args.n_prompt, 512), _flat(args.n_gen, 64), _flat(args.n_depth, 0)
     tests = bench.plan_tests(n_prompt, n_gen, depths)  # bad lists fail before the load
     m = load(_model_path(args), n_ctx=bench.context_needed(tests), cache_type=args.cache_type,
              n_threads=args.threads, n_ubatch=args.ubatch_size)
     rows = bench.bench_rows(m, n_prompt, n_gen, depths, args.repetitions, bw_bytes=args.bw_bytes)
+    if args.vs_ik:                     # ours first, then ik's with the same tests and settings
+        rows = list(rows)
+        path, n_threads = m.path, m.n_threads
+        del m
+        peer = ik_native.bench(args.vs_ik, path, n_prompt, n_gen, depths, args.repetitions, n_threads,
+                               args.cache_type, args.ubatch_size)
+        rows = [bench.with_peer(r, peer.get(bench.test_name(r))) for r in rows]
     bench.write_rows(rows, args.output, sys.stdout)
     return 0
+
+
+def cmd_sweep(args) -> int:
+    """``bench --sweep``: llama-sweep-bench's curve, alternately with ik's with --vs-ik."""
+    import gc
+
+    from . import ik_native, load, runtime
+    from . import sweep as sw
+
+    path = _model_path(args)
+    n_gen = _flat(args.n_gen, 32)[0]
+    args.repetitions = args.repetitions or 1
+    ours_runs, ik_runs, peaks, m = [], [], None, None
+    for rep in range(args.repetitions):
+        m = load(path, n_ctx=args.ctx_size, cache_type=args.cache_type, n_threads=args.threads,
+                 n_ubatch=args.ubatch_size)
+        peaks = peaks or sw.measure_peaks(m.n_threads, args.bw_bytes)
+        ours_runs.append([sw.add_rooflines(r, m, peaks)
+                          for r in sw.sweep_rows(m, n_gen, args.ctx_size, seed=rep, progress=True)])
+        n_threads = m.n_threads
+        m = None                   # free our weights: the peer maps its own copy of the file
+        gc.collect()
+        if args.vs_ik:
+            ik_runs.append(ik_native.sweep(args.vs_ik, path, args.ctx_size, args.ubatch_size, n_gen, n_threads,
+                                           args.cache_type, progress=True))
+    ours = sw.median_rows(ours_runs)
+    ik = sw.median_rows(ik_runs) if ik_runs else None
+    info = {"model": path, "cache_type": args.cache_type, "n_threads": ours[0]["n_threads"], "n_ubatch": args.ubatch_size,
+            "n_ctx": args.ctx_size, "isa": runtime.isa_level(), "commit": _commit(),
+            "openmp": runtime.openmp_wait(), "read_bw_gbs": peaks.read_bw / 1e9,
+            "gemm_peak_gops": peaks.gemm_ops / 1e9, "fma_peak_gflops": peaks.fma_flops / 1e9,
+            "repetitions": args.repetitions, "peer": ik_native.label(args.vs_ik) if args.vs_ik else None}
+    sw.write_sweep(ours, ik, info, args.output, sys.stdout)
+    if args.plot:
+        sw.plot_sweep(args.plot, ours, ik, title=f"{os.path.basename(path)}, {args.cache_type} cache, "
+                                                 f"{info['n_threads']} threads, {info['isa']}")
+    return 0
+
+
+def _commit() -> str:
+    from .bench import _build_fields
+    return _build_fields()["build_commit"]
 
 
 def cmd_serve(args) -> int:
@@ -194,14 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--n-gen", **lists, help="generated tokens per test (0: no decode test; default 64)")
     s.add_argument("-d", "--n-depth", "--depth", dest="n_depth", **lists,
                    help="context depths the tests run after, filled untimed (default 0)")
-    s.add_argument("-r", "--repetitions", "--reps", dest="repetitions", type=_positive_int, default=3,
-                   help="timed runs per test, after one untimed warm-up (default 3)")
+    s.add_argument("-r", "--repetitions", "--reps", dest="repetitions", type=_positive_int, default=None,
+                   help="timed runs per test, after one untimed warm-up (default 3; --sweep: whole sweeps per "
+                        "engine, the median per depth, default 1)")
     cache_arg(s)
     s.add_argument("-ub", "--ubatch-size", type=_positive_int, default=512, help="prompt tokens per batch")
     s.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="md",
                    help="markdown table, JSON array or JSON lines, with llama-bench's field names")
     s.add_argument("--bw-bytes", type=_size, default=1 << 30,
                    help="buffer for the read-bandwidth measurement behind the roofline (default 1G)")
+    s.add_argument("--sweep", action="store_true",
+                   help="llama-sweep-bench's curve: at each depth 0, ub, 2 ub, ... below -c, time -n decode "
+                        "steps (S_TG) and the next ubatch of prompt (S_PP), in one fill of the context")
+    s.add_argument("-c", "--ctx-size", type=_positive_int, default=4096, help="--sweep: the context to fill")
+    s.add_argument("--vs-ik", metavar="PATH", help="also run a native ik_llama.cpp build (its build/bin folder): "
+                   "llama-bench / llama-sweep-bench with -mla 3 -fa 1 and the same settings; ratio columns")
+    s.add_argument("--plot", metavar="PNG", help="--sweep: draw S_TG and S_PP against depth (needs matplotlib)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)")

@@ -61,3 +61,18 @@ def kernel_threads():
     configure_threads()
     with _blas_limiter.limit(limits=1, user_api="blas"):
         yield
+
+
+def isa_level() -> str:
+    """The instruction set the kernels run with: ``avx2`` (AVX2/FMA/F16C bodies, with AVX-VNNI
+    where the build machine had it) or ``scalar``."""
+    from minillm_kernels import matmul
+    return "avx2" if matmul.simd_enabled() else "scalar"
+
+
+def openmp_wait() -> str:
+    """The OpenMP wait setting in effect (what both engines of a side-by-side run inherit)."""
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if key in os.environ:
+            return f"{key}={os.environ[key]}"
+    return "OpenMP default"

@@ -601,16 +601,22 @@ static void layout_init(layout_t *L, const uint8_t *cache, int type, int width, 
 }
 
 /* ------------------------------------------------------------------ decode: kparallel */
-/* Rows per chunk: a function of n_kv only (at most KP_CHUNKS chunks of whole tiles, at least
- * KP_MIN_ROWS rows each), never of the thread count, so that the result is the same for any
- * number of threads.  Long chunks: each chunk's first tile is read without a prefetch ahead of
- * it, and each has a partial state to clear and merge (64-row chunks made 4096-8192 rows
- * 10-35% slower than 512-row ones). */
+/* Rows per chunk: a function of n_kv only, never of the thread count, so that the result is
+ * the same for any number of threads.  At most KP_CHUNKS chunks of whole tiles; below that,
+ * about KP_SPLIT chunks of KP_MIN_ROWS..KP_MAX_ROWS rows, so that a shallow cache (1024 rows)
+ * still feeds every thread.  Long chunks: each chunk's first tile is read without a prefetch
+ * ahead of it, and each has a partial state to clear and merge (64-row chunks made 4096-8192
+ * rows 10-35% slower than 512-row ones). */
 #define KP_CHUNKS 32
-#define KP_MIN_ROWS 512
+#define KP_SPLIT 8
+#define KP_MIN_ROWS 128
+#define KP_MAX_ROWS 512
 static int kp_chunk_rows(int n_kv) {
+    int rows = (n_kv + KP_SPLIT - 1) / KP_SPLIT;
+    rows = rows < KP_MIN_ROWS ? KP_MIN_ROWS : rows > KP_MAX_ROWS ? KP_MAX_ROWS : rows;
     const int per = (n_kv + KP_CHUNKS - 1) / KP_CHUNKS;
-    return per < KP_MIN_ROWS ? KP_MIN_ROWS : (per + TILE - 1) / TILE * TILE;
+    if (per > rows) rows = per;
+    return (rows + TILE - 1) / TILE * TILE;
 }
 
 static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, float scale, float *out, int nthr) {

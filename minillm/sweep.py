@@ -1,0 +1,247 @@
+"""`minillm bench --sweep`: prompt and decode speed against context depth in one pass, as
+ik_llama.cpp's ``llama-sweep-bench`` measures it, with rooflines.
+
+One context is filled in ``n_ubatch`` steps.  At each depth N_KV = 0, ub, 2 ub, ... the sweep
+times ``n_gen`` single-token decode steps at that depth (S_TG; their rows are dropped again),
+then the next ``n_ubatch`` prompt tokens (S_PP), which stay and deepen the context: a 16k curve
+costs one prefill.  Tokens are random, as in llama-sweep-bench.
+
+Rooflines per row:
+- TG: the bytes a decode step reads (the weights it touches, n_expert_used of the routed experts,
+  and every cache row at that depth) over the read bandwidth measured in the same run;
+- PP: the work of the ubatch over the measured compute peaks: the matmul operations over the
+  int8 GEMM peak of the kernels (cache-resident weights, so bandwidth does not enter) and the
+  attention FLOPs over the fp32 FMA peak.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .model import Model
+from .weights import LayerWeights
+
+# ik's llama-sweep-bench --output-format jsonl keys, in its order
+JSONL_KEYS = ("n_kv_max", "n_batch", "n_ubatch", "flash_attn", "n_gpu_layers", "n_threads", "n_threads_batch",
+              "pp", "tg", "n_kv", "t_pp", "speed_pp", "t_tg", "speed_tg")
+
+
+# -- what a step costs ---------------------------------------------------------------------
+
+def matmul_params_per_token(model: Model) -> int:
+    """Weight elements one token multiplies (each a multiply-add): every layer matrix, the
+    routed experts' n_expert_used of n_expert, attn_kv_b only where attn_k_b / attn_v_b are
+    absent (the absorbed path uses those).  The output matrix is left out (a prompt computes
+    the logits of its last token only) and so is the embedding (a lookup)."""
+    c, w = model.config, model.weights
+    total = 0
+    for lw in w.layers:
+        absorbed = lw.attn_k_b is not None and lw.attn_v_b is not None
+        for f in dataclasses.fields(LayerWeights):
+            t = getattr(lw, f.name)
+            if t is None or len(t.ne) < 2 or (f.name == "attn_kv_b" and absorbed):
+                continue
+            n = int(np.prod(t.ne))
+            total += n // c.n_expert * c.n_expert_used if f.name.endswith("_exps") else n
+    return total
+
+
+def attention_flops(model: Model, n_kv: int, n_tokens: int) -> float:
+    """FLOPs of MLA attention for ``n_tokens`` new tokens after ``n_kv`` cached ones (causal):
+    per head and key, the score over kv_lora_rank + rope dims and the value over kv_lora_rank,
+    a multiply-add each."""
+    c = model.config
+    keys = n_tokens * n_kv + n_tokens * (n_tokens + 1) / 2
+    return 2.0 * c.n_layer * c.n_head * (2 * c.kv_lora_rank + c.qk_rope_head_dim) * keys
+
+
+@dataclasses.dataclass
+class Peaks:
+    """What the machine can do, measured in this run."""
+    read_bw: float          # bytes/s, streaming read
+    gemm_ops: float         # int8 GEMM operations/s of the kernels, cache-resident weights
+    fma_flops: float        # fp32 FMA FLOPs/s
+
+    def header(self) -> str:
+        return (f"read bandwidth {self.read_bw / 1e9:.1f} GB/s, int8 GEMM peak {self.gemm_ops / 1e9:.0f} GOPS "
+                f"(cache-resident Q8_0 / IQ4_NL weights), fp32 FMA peak {self.fma_flops / 1e9:.0f} GFLOP/s")
+
+
+def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30) -> Peaks:
+    from minillm_kernels import attention, matmul
+    from minillm_kernels.random_blocks import random_weights
+
+    from .bench import read_bandwidth
+
+    x = np.random.default_rng(0).normal(size=(512, 2048)).astype(np.float32)
+    best = 0.0
+    for wtype in (8, 20):                     # Q8_0, IQ4_NL: the types prefill spends its time in
+        raw, t = random_weights(wtype, (256, 2048), seed=0), wtype
+        if t in matmul.REPACKED:
+            raw, t = matmul.repack(raw, t, n_threads)
+        matmul.matmul(raw, t, x, n_threads=n_threads)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            matmul.matmul(raw, t, x, n_threads=n_threads)
+            best = max(best, 2 * 256 * 2048 * 512 / (time.perf_counter() - t0))
+    sec, flops = min((attention.bench_fma(20_000_000, n_threads) for _ in range(3)), key=lambda r: r[0])
+    return Peaks(read_bandwidth(n_threads, bw_bytes), best, flops / sec)
+
+
+def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
+    """The roofline columns of a sweep row (``tg_roofline``, ``pp_roofline``: t/s at the limit)."""
+    from .bench import decode_bytes_per_token
+
+    n_kv, pp, tg = row["n_kv"], row["pp"], row["tg"]
+    row["tg_bytes_per_token"] = decode_bytes_per_token(model, n_kv + tg // 2)
+    row["tg_roofline"] = peaks.read_bw / row["tg_bytes_per_token"]
+    seconds = 2.0 * matmul_params_per_token(model) * pp / peaks.gemm_ops + \
+        attention_flops(model, n_kv, pp) / peaks.fma_flops
+    row["pp_roofline"] = pp / seconds
+    return row
+
+
+# -- the sweep --------------------------------------------------------------------------------
+
+def sweep_rows(model: Model, n_gen: int = 32, n_kv_max: Optional[int] = None, seed: int = 0,
+               progress: bool = False) -> Iterator[dict]:
+    """Yield one row per depth (ik's jsonl keys), as llama-sweep-bench: at N_KV = 0, ub, 2 ub,
+    ... below ``n_kv_max`` (default the model's n_ctx): ``n_gen`` decode steps timed, then
+    dropped; the next ``n_ubatch`` prompt tokens timed, kept."""
+    ub = model.n_ubatch
+    n_kv_max = n_kv_max or model.n_ctx
+    if n_kv_max > model.n_ctx:
+        raise ValueError(f"the sweep needs a context of {n_kv_max} tokens; the model was loaded with "
+                         f"n_ctx={model.n_ctx}")
+    if not isinstance(n_gen, (int, np.integer)) or n_gen < 1 or n_gen > ub:
+        raise ValueError(f"n_gen must be an int in [1, n_ubatch={ub}], not {n_gen!r}")
+    if n_kv_max < ub:
+        raise ValueError(f"the context ({n_kv_max}) must hold at least one ubatch ({ub})")
+    rng = np.random.default_rng(seed)
+    vocab = model.config.n_vocab
+    depths = range(0, n_kv_max - ub + 1, ub)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(depths), desc="minillm sweep", unit="depth", leave=False)
+    model.reset()
+    model.eval(rng.integers(0, vocab, size=ub), logits_all=False)      # warm-up, as llama-sweep-bench
+    model.reset()
+    try:
+        for n_kv in depths:
+            t0 = time.perf_counter()
+            for tid in rng.integers(0, vocab, size=n_gen):
+                model.eval([int(tid)], logits_all=False)
+            t_tg = time.perf_counter() - t0
+            model.truncate(n_kv)
+            t0 = time.perf_counter()
+            model.eval(rng.integers(0, vocab, size=ub), logits_all=False)
+            t_pp = time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+            yield {"n_kv_max": n_kv_max, "n_batch": ub, "n_ubatch": ub, "flash_attn": 1, "n_gpu_layers": 0,
+                   "n_threads": model.n_threads, "n_threads_batch": model.n_threads, "pp": ub, "tg": n_gen,
+                   "n_kv": n_kv, "t_pp": t_pp, "speed_pp": ub / t_pp, "t_tg": t_tg, "speed_tg": n_gen / t_tg}
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def median_rows(runs: Sequence[Sequence[dict]]) -> list[dict]:
+    """Per depth, the run with the median t_pp and t_tg (each picked on its own)."""
+    out = []
+    for rows in zip(*runs):
+        row = dict(rows[0])
+        for kind in ("pp", "tg"):
+            t = float(np.median([r[f"t_{kind}"] for r in rows]))
+            row[f"t_{kind}"], row[f"speed_{kind}"] = t, row[kind] / t
+        out.append(row)
+    return out
+
+
+# -- output -------------------------------------------------------------------------------------
+
+def sweep_table(ours: Sequence[dict], ik: Optional[Sequence[dict]] = None) -> str:
+    """ik's markdown sweep table, plus the rooflines, and with ik's rows the ratios."""
+    head = ["PP", "TG", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "S_TG t/s", "PP roof t/s", "TG roof t/s"]
+    if ik:
+        head += ["ik S_PP", "ik S_TG", "PP ratio", "TG ratio"]
+    ik_by_kv = {r["n_kv"]: r for r in ik or ()}
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("-" * (len(h) + 1) + ":" for h in head) + "|"]
+    for r in ours:
+        cells = [str(r["pp"]), str(r["tg"]), str(r["n_kv"]), f"{r['t_pp']:.3f}", f"{r['speed_pp']:.2f}",
+                 f"{r['t_tg']:.3f}", f"{r['speed_tg']:.2f}"]
+        for kind in ("pp", "tg"):
+            roof = r.get(f"{kind}_roofline")
+            cells.append(f"{roof:.1f} ({100 * r[f'speed_{kind}'] / roof:.0f}%)" if roof else "")
+        if ik:
+            p = ik_by_kv.get(r["n_kv"])
+            cells += ([f"{p['speed_pp']:.2f}", f"{p['speed_tg']:.2f}", f"{r['speed_pp'] / p['speed_pp']:.2f}",
+                       f"{r['speed_tg'] / p['speed_tg']:.2f}"] if p else ["", "", "", ""])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, fmt: str, out) -> None:
+    """The sweep in ``fmt``: ``md`` (a header, ik's table with rooflines and ratios), ``json``
+    (one object: info, minillm and ik rows), ``jsonl`` (one row per line with ik's keys, plus
+    ``engine``), ``csv`` (the same rows)."""
+    import json
+
+    from .bench import write_csv
+
+    rows = [{"engine": "minillm", **r} for r in ours] + [{"engine": "ik_llama.cpp", **r} for r in ik or ()]
+    if fmt == "md":
+        out.write(f"minillm sweep: {info['model']}\n"
+                  f"cache {info['cache_type']}, {info['n_threads']} threads, ubatch {info['n_ubatch']}, "
+                  f"context {info['n_ctx']}, ISA {info['isa']}, commit {info['commit']}, {info['openmp']}, "
+                  f"median of {info['repetitions']} run(s) per engine\n"
+                  f"read bandwidth {info['read_bw_gbs']:.1f} GB/s, int8 GEMM peak {info['gemm_peak_gops']:.0f} GOPS, "
+                  f"fp32 FMA peak {info['fma_peak_gflops']:.0f} GFLOP/s"
+                  + (f"\npeer: ik_llama.cpp native ({info['peer'] or 'version unknown'}), -mla 3 -fa 1, same file, "
+                     f"threads, cache type and ubatch, run alternately" if ik else "") + "\n\n")
+        out.write(sweep_table(ours, ik) + "\n")
+        out.write("\nTG roof: bytes a decode step reads / read bandwidth; PP roof: matmul ops / int8 GEMM peak + "
+                  "attention FLOPs / FMA peak\n")
+    elif fmt == "json":
+        out.write(json.dumps({"info": info, "minillm": list(ours), "ik_llama.cpp": list(ik or [])}, indent=2) + "\n")
+    elif fmt == "jsonl":
+        for r in rows:
+            out.write(json.dumps(r) + "\n")
+    elif fmt == "csv":
+        write_csv(rows, out)
+    else:
+        raise ValueError(f"unknown output format {fmt!r}")
+    out.flush()
+
+
+def plot_sweep(path: str, ours: Sequence[dict], ik: Optional[Sequence[dict]] = None, title: str = "") -> None:
+    """S_TG and S_PP against depth for both engines, the rooflines dashed (matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'minillm[plot]'") from None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, kind, label in ((axes[0], "tg", "decode S_TG"), (axes[1], "pp", "prompt S_PP")):
+        kv = [r["n_kv"] for r in ours]
+        ax.plot(kv, [r[f"speed_{kind}"] for r in ours], "o-", label="minillm")
+        if ik:
+            ax.plot([r["n_kv"] for r in ik], [r[f"speed_{kind}"] for r in ik], "s-", label="ik_llama.cpp")
+        if all(r.get(f"{kind}_roofline") for r in ours):
+            ax.plot(kv, [r[f"{kind}_roofline"] for r in ours], "k--", lw=1, label="roofline")
+        ax.set_xlabel("context depth N_KV (tokens)")
+        ax.set_ylabel("tokens/s")
+        ax.set_title(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
