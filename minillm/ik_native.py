@@ -80,13 +80,13 @@ def bench(path: str, model_path: str, n_prompt: Sequence[int], n_gen: Sequence[i
 
 
 def label(path: str) -> Optional[str]:
-    """ik's build commit, read from ``llama-bench --version``-like output where available."""
+    """ik's version line (``version: 4840 (8337e4cd3)``), from ``llama-sweep-bench --version``."""
     try:
-        out = subprocess.run([find_binary(path, "llama-bench"), "--version"], capture_output=True, text=True,
+        out = subprocess.run([find_binary(path, "llama-sweep-bench"), "--version"], capture_output=True, text=True,
                              timeout=30)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
     for line in (out.stdout + out.stderr).splitlines():
-        if "version" in line.lower():
+        if line.lower().startswith("version"):
             return line.strip()
     return None

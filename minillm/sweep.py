@@ -7,8 +7,10 @@ then the next ``n_ubatch`` prompt tokens (S_PP), which stay and deepen the conte
 costs one prefill.  Tokens are random, as in llama-sweep-bench.
 
 Rooflines per row:
-- TG: the bytes a decode step reads (the weights it touches, n_expert_used of the routed experts,
-  and every cache row at that depth) over the read bandwidth measured in the same run;
+- TG: the bytes of the weights a decode step touches (n_expert_used of the routed experts) over
+  the read bandwidth measured in the same run, plus for the cache the longer of reading its rows
+  and the attention's FLOPs over the fp32 FMA peak (deep contexts make decode attention
+  compute-bound: 16 heads x 1088 multiply-adds per cached row);
 - PP: the work of the ubatch over the measured compute peaks: the matmul operations over the
   int8 GEMM peak of the kernels (cache-resident weights, so bandwidth does not enter) and the
   attention FLOPs over the fp32 FMA peak.
@@ -96,8 +98,12 @@ def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
     from .bench import decode_bytes_per_token
 
     n_kv, pp, tg = row["n_kv"], row["pp"], row["tg"]
-    row["tg_bytes_per_token"] = decode_bytes_per_token(model, n_kv + tg // 2)
-    row["tg_roofline"] = peaks.read_bw / row["tg_bytes_per_token"]
+    depth = n_kv + tg // 2                  # the middle decode step stands for the tg steps
+    weights = decode_bytes_per_token(model, 0)
+    row["tg_bytes_per_token"] = decode_bytes_per_token(model, depth)
+    # the cache rows are read while the attention computes on them: whichever takes longer
+    cache_s = max((row["tg_bytes_per_token"] - weights) / peaks.read_bw, attention_flops(model, depth, 1) / peaks.fma_flops)
+    row["tg_roofline"] = 1.0 / (weights / peaks.read_bw + cache_s)
     seconds = 2.0 * matmul_params_per_token(model) * pp / peaks.gemm_ops + \
         attention_flops(model, n_kv, pp) / peaks.fma_flops
     row["pp_roofline"] = pp / seconds
@@ -204,8 +210,8 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
                   + (f"\npeer: ik_llama.cpp native ({info['peer'] or 'version unknown'}), -mla 3 -fa 1, same file, "
                      f"threads, cache type and ubatch, run alternately" if ik else "") + "\n\n")
         out.write(sweep_table(ours, ik) + "\n")
-        out.write("\nTG roof: bytes a decode step reads / read bandwidth; PP roof: matmul ops / int8 GEMM peak + "
-                  "attention FLOPs / FMA peak\n")
+        out.write("\nTG roof: weight bytes / read bandwidth + max(cache bytes / read bandwidth, attention FLOPs / "
+                  "FMA peak); PP roof: matmul ops / int8 GEMM peak + attention FLOPs / FMA peak\n")
     elif fmt == "json":
         out.write(json.dumps({"info": info, "minillm": list(ours), "ik_llama.cpp": list(ik or [])}, indent=2) + "\n")
     elif fmt == "jsonl":

@@ -111,7 +111,7 @@ def test_bad_input_is_a_clean_error(small, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "-m", small(), "-ctk", "q4_0"])
     assert e.value.code == 2 and "invalid choice: 'q4_0'" in capsys.readouterr().err
-    for bad in (["-p", "x"], ["-n", "-3"], ["-r", "0"], ["-o", "csv"]):
+    for bad in (["-p", "x"], ["-n", "-3"], ["-r", "0"], ["-o", "sql"]):
         with pytest.raises(SystemExit) as e:
             main(["bench", "-m", small(), *bad])
         assert e.value.code == 2
