@@ -63,10 +63,13 @@ class Sampler:
     """One generation's sampler: the parameters, a seeded random generator and the token
     history the penalties look at (the prompt's tokens count, as in llama.cpp)."""
 
-    def __init__(self, params: SamplingParams, history: Sequence[int] = ()):
+    def __init__(self, params: SamplingParams, history: Sequence[int] = (),
+                 rng: Optional[np.random.Generator] = None):
         self.params = params
-        seed = params.seed if params.seed is not None and params.seed != -1 else np.random.SeedSequence().entropy
-        self.rng = np.random.default_rng(seed)
+        if rng is None:
+            seed = params.seed if params.seed is not None and params.seed != -1 else np.random.SeedSequence().entropy
+            rng = np.random.default_rng(seed)
+        self.rng = rng
         self.history: list[int] = list(history)
         self._bias_ids = np.array(list(params.logit_bias), dtype=np.int64)
         self._bias = np.array(list(params.logit_bias.values()), dtype=np.float32)
@@ -139,9 +142,8 @@ def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 40, top_p:
            rng: np.random.Generator | None = None, min_p: float = 0.0) -> int:
     """One draw with top-k / top-p / min-p / temperature and no history (greedy at
     ``temperature`` 0)."""
-    s = Sampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
-    if rng is not None:
-        s.rng = rng
+    s = Sampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
+                rng=rng or np.random.default_rng())
     return s.choose(s.adjust(logits))
 
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .completion import Job, Outcome
+from .completion import Outcome
 from .openai_format import prepare_chat, prepare_completion, respond
 
 log = logging.getLogger("minillm.server")
@@ -557,4 +557,4 @@ def serve(model, host: str = "127.0.0.1", port: int = 8080, api_key: Optional[st
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
 
 
-__all__ = ["create_app", "serve", "render_metrics", "Job"]
+__all__ = ["create_app", "serve", "render_metrics"]

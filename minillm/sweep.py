@@ -67,10 +67,6 @@ class Peaks:
     gemm_ops: float         # int8 GEMM operations/s of the kernels, cache-resident weights
     fma_flops: float        # fp32 FMA FLOPs/s
 
-    def header(self) -> str:
-        return (f"read bandwidth {self.read_bw / 1e9:.1f} GB/s, int8 GEMM peak {self.gemm_ops / 1e9:.0f} GOPS "
-                f"(cache-resident Q8_0 / IQ4_NL weights), fp32 FMA peak {self.fma_flops / 1e9:.0f} GFLOP/s")
-
 
 def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30) -> Peaks:
     from minillm_kernels import attention, matmul
