@@ -366,7 +366,7 @@ class _Writer(GGUFWriter):
         return head + np.asarray(val, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
 
-def _add_metadata(w: GGUFWriter, c: dict, mixture: str, kv_layout: str, tokenizer: bool = True) -> None:
+def _add_metadata(w: GGUFWriter, c: dict, mixture: str, kv_layout: str, vocab: Optional[list] = None) -> None:
     a = "deepseek2"
     u32 = lambda k, v: w.add_uint32(f"{a}.{k}", int(v))  # noqa: E731
     f32 = lambda k, v: w.add_float32(f"{a}.{k}", float(v))  # noqa: E731
@@ -417,7 +417,7 @@ def _add_metadata(w: GGUFWriter, c: dict, mixture: str, kv_layout: str, tokenize
         u32("rope.scaling.original_context_length", c["rope_orig_ctx"])
         f32("rope.scaling.yarn_log_multiplier", c["rope_yarn_log_mul"])
 
-    for key, value, vtype, sub in (_vocab_fields() if tokenizer else ()):
+    for key, value, vtype, sub in (vocab or ()):
         if key == "tokenizer.ggml.tokens" and len(value) < c["n_vocab"]:
             value = value + [f"[PAD{i}]" for i in range(len(value), c["n_vocab"])]
         elif key == "tokenizer.ggml.token_type" and len(value) < c["n_vocab"]:
@@ -541,6 +541,29 @@ def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="k_b_v_b_2
     c = _resolve_config(config)
     if n_layer is not None:
         c["n_layer"] = int(n_layer)
+    groups: dict[str, np.ndarray] = {}
+    by_name = {t.name: t for t in plan}
+
+    def tensor_bytes(t: PlannedTensor) -> np.ndarray:
+        nonlocal groups
+        if t.role in ("kv_b", "k_b", "v_b"):
+            if t.name not in groups:
+                p = f"blk.{t.layer}."
+                groups = _kv_group(by_name.get(p + "attn_kv_b.weight"), by_name.get(p + "attn_k_b.weight"),
+                                   by_name.get(p + "attn_v_b.weight"), c, seed, t.layer)
+            return groups.pop(t.name)
+        return _tensor_rows(t, seed)
+
+    return write_gguf(path, c, mixture, kv_layout, plan, tensor_bytes,
+                      vocab=_vocab_fields() if tokenizer else None, progress=progress)
+
+
+def write_gguf(path, c: dict, mixture: str, kv_layout: str, plan: list[PlannedTensor],
+               tensor_bytes: Callable[[PlannedTensor], np.ndarray], vocab: Optional[list] = None,
+               progress=None) -> str:
+    """Write a DeepSeek2 GGUF: config ``c``'s metadata, ``vocab``'s tokenizer fields
+    ((key, value, GGUF type, element type) tuples), and each planned tensor's bytes from
+    ``tensor_bytes(t)`` (uint8 rows of ``t.type``), one at a time, atomically."""
     path = os.fspath(path)
     total = sum(t.nbytes for t in plan)
     if progress is None:
@@ -552,7 +575,7 @@ def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="k_b_v_b_2
     os.close(fd)
     try:
         w = _Writer(tmp, "deepseek2")
-        _add_metadata(w, c, mixture, kv_layout, tokenizer)
+        _add_metadata(w, c, mixture, kv_layout, vocab)
         for t in plan:
             w.add_tensor_info(t.name, tuple(reversed(t.ne)), np.dtype(np.float32), t.nbytes, raw_dtype=t.type)
         w.write_header_to_file()
@@ -563,17 +586,8 @@ def write_model(path, config="tiny", mixture="f16", seed=0, kv_layout="k_b_v_b_2
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(path))
-        groups: dict[str, np.ndarray] = {}
-        by_name = {t.name: t for t in plan}
         for t in plan:
-            if t.role in ("kv_b", "k_b", "v_b"):
-                if t.name not in groups:
-                    p = f"blk.{t.layer}."
-                    groups = _kv_group(by_name.get(p + "attn_kv_b.weight"), by_name.get(p + "attn_k_b.weight"),
-                                       by_name.get(p + "attn_v_b.weight"), c, seed, t.layer)
-                data = groups.pop(t.name)
-            else:
-                data = _tensor_rows(t, seed)
+            data = tensor_bytes(t)
             assert data.nbytes == t.nbytes, (t.name, data.nbytes, t.nbytes)
             w.write_tensor_data(np.ascontiguousarray(data))
             if bar is not None:
@@ -604,5 +618,5 @@ def default_model_path() -> str:
     return path
 
 
-__all__ = ["write_model", "plan_tensors", "default_model_path", "target_std", "CONFIGS", "MIXTURES", "KV_LAYOUTS",
+__all__ = ["write_model", "write_gguf", "plan_tensors", "default_model_path", "target_std", "CONFIGS", "MIXTURES", "KV_LAYOUTS",
            "IK_COMPATIBLE_LAYOUTS", "GENERATOR_VERSION", "PlannedTensor"]
