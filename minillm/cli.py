@@ -1,4 +1,4 @@
-"""The `minillm` command line: info, generate, bench, serve."""
+"""The `minillm` command line: info, generate, bench, serve, perplexity, quantize."""
 from __future__ import annotations
 
 import argparse
@@ -79,6 +79,35 @@ def cmd_generate(args) -> int:
     sys.stdout.write("\n")
     sys.stdout.flush()
     print(stats.format(), file=sys.stderr)
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    from . import load
+    from .perplexity import main_file_text, perplexity
+
+    if args.kl_divergence and not args.kl_divergence_base:
+        raise ValueError("--kl-divergence needs --kl-divergence-base FILE (made by an earlier run without it)")
+    text = main_file_text(args.file)
+    m = load(_model_path(args), n_ctx=args.ctx_size, cache_type=args.cache_type, n_threads=args.threads,
+             n_ubatch=args.ubatch_size)
+    save = args.kl_divergence_base if args.kl_divergence_base and not args.kl_divergence else None
+    compare = args.kl_divergence_base if args.kl_divergence else None
+    r = perplexity(m, text, args.ctx_size, args.chunks, progress=not args.no_progress, save_base=save,
+                   kl_base=compare)
+    print(f"perplexity: {r.n_chunks} chunks of {r.n_ctx} tokens, {len(r.nll)} tokens scored")
+    print(", ".join(f"[{i + 1}]{p:.4f}" for i, p in enumerate(r.running_ppl)))
+    print(r.report())
+    if save:
+        print(f"saved the base log-probabilities to {save}", file=sys.stderr)
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .quantize import quantize_model
+
+    quantize_model(args.input, args.output, args.mixture, args.imatrix, progress=True)
+    print(f"wrote {args.output} ({_human(os.path.getsize(args.output))})", file=sys.stderr)
     return 0
 
 
@@ -206,6 +235,7 @@ def _size(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .bench import OUTPUT_FORMATS
     from .kv_cache import CACHE_TYPES
+    from .synthetic import MIXTURES
 
     p = argparse.ArgumentParser(prog="minillm", description="CPU inference for DeepSeek MLA models in GGUF files")
     sub = p.add_subparsers(dest="command", required=True)
@@ -280,6 +310,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body", type=_size, default=4 << 20, help="largest request body (default 4M)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("perplexity", help="llama-perplexity: PPL of a text in chunks of -c tokens; KL-divergence")
+    model_arg(s)
+    s.add_argument("-f", "--file", required=True, help="UTF-8 text file")
+    s.add_argument("-c", "--ctx-size", type=_positive_int, default=512, help="chunk length (default 512)")
+    s.add_argument("--chunks", type=int, default=0, help="evaluate at most this many chunks (0: all)")
+    cache_arg(s)
+    s.add_argument("-ub", "--ubatch-size", type=_positive_int, default=512, help="prompt tokens per batch")
+    s.add_argument("--kl-divergence-base", metavar="FILE",
+                   help="without --kl-divergence: save this model's log-probabilities to FILE; "
+                        "with it: compare against FILE")
+    s.add_argument("--kl-divergence", action="store_true",
+                   help="report KL-divergence from the --kl-divergence-base run (same text and -c)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_perplexity)
+
+    s = sub.add_parser("quantize", help="llama-quantize: a float (F32/F16/BF16) file to a type mixture")
+    s.add_argument("input", help="F32/F16/BF16 DeepSeek2 GGUF")
+    s.add_argument("output")
+    s.add_argument("mixture", choices=sorted(MIXTURES), help="per-tensor types as ik's llama-quantize picks them")
+    s.add_argument("--imatrix", help="importance matrix (llama.cpp's GGUF format); IQ1_S needs one")
+    s.set_defaults(func=cmd_quantize)
     return p
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
@@ -206,6 +206,11 @@ class GGUFFile:
             mm.madvise(mmap.MADV_DONTNEED, start, end - start)
         except (OSError, ValueError):  # not worth failing a load for
             pass
+
+    def value_type(self, key: str) -> tuple[GGUFValueType, Optional[GGUFValueType]]:
+        """The GGUF type of metadata ``key`` and, for arrays, of its elements."""
+        types = self._reader.fields[key].types
+        return GGUFValueType(types[0]), (GGUFValueType(types[1]) if types[0] == GGUFValueType.ARRAY else None)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)

@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from .sampling import log_softmax
+from .reference import log_softmax
 
 BASE_FORMAT = 1
 
@@ -144,7 +144,7 @@ def perplexity(model, text: str, n_ctx: int = 512, n_chunks: Optional[int] = Non
             chunk[0] = bos
         model.reset()
         logits = model.eval(chunk.tolist(), logits_all=True)[first:end]
-        logp = log_softmax(logits.astype(np.float64))
+        logp = log_softmax(logits)
         targets = chunk[first + 1:end + 1]
         sl = slice(i * per_chunk, (i + 1) * per_chunk)
         nll[sl] = -logp[np.arange(per_chunk), targets]

@@ -35,7 +35,7 @@ from dataclasses import asdict
 from typing import Callable, Optional
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from .config import DeepSeek2Config, config_from_metadata
 from .errors import GGUFError
@@ -213,10 +213,7 @@ def _vocab_fields_of(f: GGUFFile) -> list[tuple]:
     for key in f.metadata:
         if not key.startswith("tokenizer."):
             continue
-        field = f.reader.fields[key]
-        vtype = GGUFValueType(field.types[0])
-        sub = GGUFValueType(field.types[1]) if vtype == GGUFValueType.ARRAY else None
-        out.append((key, f.metadata[key], vtype, sub))
+        out.append((key, f.metadata[key]) + f.value_type(key))
     return out
 
 
