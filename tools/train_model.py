@@ -44,11 +44,11 @@ from minillm.reference import deepseek2_kq_scale, deepseek2_rope_params, rope_co
 # Head dims keep MLA's proportions (kv_lora 128 = 2 x nope, rope half of nope); widths are
 # multiples of 256 where IQ1_S needs whole 256-blocks.
 MODEL = dict(
-    name="minillm-docs-8m (DeepSeek2, trained on the Python 3.11 docs)",
-    n_vocab=8192, n_embd=256, n_layer=5, n_head=4,
+    name="minillm-docs (DeepSeek2, trained on the Python 3.11 docs)",
+    n_vocab=4096, n_embd=256, n_layer=5, n_head=4,
     q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
     n_ff=512, n_layer_dense_lead=1,
-    n_expert=8, n_expert_used=2, n_expert_shared=2, n_ff_exp=128,
+    n_expert=8, n_expert_used=2, n_expert_shared=2, n_ff_exp=64,
     expert_gating_func=1, expert_weights_scale=1.0, expert_weights_norm=False,
     expert_group_count=0, expert_group_used_count=0,
     rope_freq_base=10000.0, rope_scaling_factor=4.0, rope_orig_ctx=512, rope_yarn_log_mul=0.0707,
@@ -60,7 +60,7 @@ MODEL = dict(
 class TrainConfig:
     n_ctx: int = 512
     batch: int = 16
-    steps: int = 2400
+    steps: int = 3000
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
@@ -144,8 +144,11 @@ class Attention(nn.Module):
         kv = self.attn_kv_b(latent).view(B, T, H, nope + c.v_head_dim)  # per head: [k_nope | v]
         k = torch.cat([kv[..., :nope], k_pe[:, :, None, :].expand(B, T, H, rope)], dim=-1)
         q = torch.cat([q[..., :nope], q_pe], dim=-1)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), kv[..., nope:].transpose(1, 2),
-                                           is_causal=True, scale=self.kq_scale)
+        # V zero-padded to the key width: torch's fused CPU attention needs equal widths
+        # (twice as fast as its fallback); the padding columns of the output are dropped.
+        v = F.pad(kv[..., nope:], (0, nope + rope - c.v_head_dim))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True, scale=self.kq_scale)[..., :c.v_head_dim]
         if self.record is not None:   # inputs of attn_k_b (q_nope) and attn_v_b (attention over the latent)
             scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * self.kq_scale
             scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
@@ -313,10 +316,10 @@ def bos_id(corpus: Path) -> int:
     return Tokenizer.from_file(str(corpus / "tokenizer.json")).token_to_id(BOS)
 
 
-def save_checkpoint(path: Path, model, opt, step: int, tc: TrainConfig, log: list) -> None:
+def save_checkpoint(path: Path, model, opt, step: int, tc: TrainConfig, spec: dict, log: list) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "train_config": asdict(tc), "model_config": MODEL, "log": log}, tmp)
+                "train_config": asdict(tc), "model_config": spec, "log": log}, tmp)
     os.replace(tmp, path)
 
 
@@ -335,11 +338,13 @@ def evaluate(model, tokens: np.ndarray, tc: TrainConfig, bos: int, n_chunks: int
     return float(np.mean(losses))
 
 
-def train(corpus: Path, run: Path, tc: TrainConfig) -> None:
+def train(corpus: Path, run: Path, tc: TrainConfig, spec: dict = MODEL, quiet: bool = False) -> None:
+    """Train ``spec`` (a model dict like :data:`MODEL`) until ``tc.steps``, resuming from
+    ``run/ckpt.pt`` when it exists; a checkpoint every ``tc.checkpoint_every`` steps."""
     torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     run.mkdir(parents=True, exist_ok=True)
-    c = deepseek2_config(MODEL)
+    c = deepseek2_config(spec)
     tokens, test_tokens = load_tokens(corpus, "train"), load_tokens(corpus, "test")
     bos = bos_id(corpus)
     model = DeepSeek2(c, tc.n_ctx)
@@ -351,9 +356,11 @@ def train(corpus: Path, run: Path, tc: TrainConfig) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, log = state["step"], state["log"]
-        print(f"resumed at step {step}", file=sys.stderr)
+        if not quiet:
+            print(f"resumed at step {step}", file=sys.stderr)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{n_params / 1e6:.2f} M parameters, {len(tokens):,} training tokens, "
+    if not quiet:
+        print(f"{n_params / 1e6:.2f} M parameters, {len(tokens):,} training tokens, "
           f"{tc.batch * tc.n_ctx} tokens per step", file=sys.stderr)
     t0 = time.time()
     while step < tc.steps:
@@ -374,8 +381,8 @@ def train(corpus: Path, run: Path, tc: TrainConfig) -> None:
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             entry["test_loss"] = round(evaluate(model, test_tokens, tc, bos), 4)
             log.append(entry)
-            save_checkpoint(ckpt, model, opt, step, tc, log)
-        if step % 10 == 0 or "test_loss" in entry:
+            save_checkpoint(ckpt, model, opt, step, tc, spec, log)
+        if not quiet and (step % 10 == 0 or "test_loss" in entry):
             print(json.dumps(entry), file=sys.stderr, flush=True)
     (run / "log.json").write_text(json.dumps(log, indent=1))
 
@@ -417,18 +424,21 @@ def float_tensors(model: DeepSeek2) -> dict[str, np.ndarray]:
 
 
 def load_model(run: Path) -> DeepSeek2:
+    """The checkpoint's model, in eval mode, with its model dict as ``.spec``."""
     state = torch.load(run / "ckpt.pt", weights_only=False)
     tc = TrainConfig(**state["train_config"])
     model = DeepSeek2(deepseek2_config(state["model_config"]), tc.n_ctx)
     model.load_state_dict(state["model"])
+    model.spec = state["model_config"]
     return model.eval()
 
 
 def export(corpus: Path, run: Path, out: Path, mixture: str = "f16") -> None:
     from minillm.quantize import write_from_floats
     from prepare_corpus import vocab_fields
-    floats = float_tensors(load_model(run))
-    write_from_floats(out, MODEL, floats.__getitem__, mixture, vocab_fields(corpus / "tokenizer.json"))
+    model = load_model(run)
+    write_from_floats(out, model.spec, float_tensors(model).__getitem__, mixture,
+                      vocab_fields(corpus / "tokenizer.json"))
 
 
 @torch.no_grad()
@@ -491,12 +501,12 @@ def gguf_name(module_name: str) -> str:
     return f"blk.{layer}.{base}.weight"
 
 
-def imatrix(corpus: Path, run: Path, out: Path, n_chunks: int) -> None:
+def imatrix(corpus: Path, run: Path, out: Path, n_chunks: int, n_ctx: int = 512) -> None:
     from minillm.quantize import write_imatrix
     torch.set_num_threads(TrainConfig.threads)
     model = load_model(run)
-    sums, counts = collect_imatrix(model, load_tokens(corpus, "train"), bos_id(corpus), n_chunks, 512)
-    write_imatrix(out, sums, counts, "train.txt", n_chunks, 512)
+    sums, counts = collect_imatrix(model, load_tokens(corpus, "train"), bos_id(corpus), n_chunks, n_ctx)
+    write_imatrix(out, sums, counts, "train.txt", n_chunks, n_ctx)
 
 
 def main(argv=None) -> int:
