@@ -2,7 +2,7 @@
 from . import runtime  # noqa: F401  (first: sets the OpenMP environment)
 from .config import DeepSeek2Config
 from .errors import GGUFError
-from .model import Model, load
+from .model import BUILTIN_MODEL, Model, load
 
 __version__ = "0.1.0"
 
@@ -14,4 +14,4 @@ def __getattr__(name):  # lazy: the tokenizer pulls in `tokenizers`
     raise AttributeError(name)
 
 
-__all__ = ["load", "Model", "GGUFError", "DeepSeek2Config", "Tokenizer", "__version__"]
+__all__ = ["load", "Model", "BUILTIN_MODEL", "GGUFError", "DeepSeek2Config", "Tokenizer", "__version__"]

@@ -19,9 +19,10 @@ def _human(n: float) -> str:
 def _model_path(args) -> str:
     if args.model:
         return args.model
-    from .synthetic import default_model_path
-    print("no -m given: using the built-in tiny synthetic DeepSeek2 model", file=sys.stderr)
-    return default_model_path()
+    from .model import BUILTIN_MODEL
+    print("no -m given: using the built-in model (minillm-docs, Q8_0, trained on the Python docs; "
+          "see models.md)", file=sys.stderr)
+    return BUILTIN_MODEL
 
 
 def cmd_info(args) -> int:
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_arg(sp):
-        sp.add_argument("-m", "--model", help="GGUF file (default: the built-in tiny synthetic model)")
+        sp.add_argument("-m", "--model", help="GGUF file (default: the built-in model minillm-docs)")
         sp.add_argument("-t", "--threads", type=int, default=0, help="threads (0: all cores)")
 
     def cache_arg(sp):

@@ -24,6 +24,8 @@ from .weights import ModelWeights, load_weights
 
 # prompt tokens at the end of a prompt are evaluated in aligned batches of this size (see prefill)
 PREFILL_BLOCK = 64
+# The built-in model: a small DeepSeek2 trained on the Python docs (models.md, tools/train_model.py).
+BUILTIN_MODEL = os.path.join(os.path.dirname(__file__), "data", "minillm-docs-q8_0.gguf")
 # show a progress bar when preparing the weights copies more than this many bytes
 _PROGRESS_MIN_BYTES = 256 << 20
 

@@ -92,3 +92,17 @@ def test_imatrix_covers_every_quantized_matmul(corpus, trained, tmp_path):
     assert im["output.weight"].shape == (1, TINY["n_embd"])
     assert "blk.1.ffn_gate_inp.weight" not in im           # the router stays F32
     assert all(np.all(v >= 0) and np.isfinite(v).all() for v in im.values())
+
+
+def test_release_writes_f16_and_quantized_files_that_agree(corpus, trained, tmp_path):
+    files = train_model.release(corpus, trained, tmp_path, n_chunks=2)
+    assert [f.name for f in files] == ["minillm-docs-f16.gguf"] + [
+        f"minillm-docs-{m}.gguf" for m in train_model.RELEASE_MIXTURES]
+    assert (tmp_path / "imatrix.gguf").exists()
+    ids = minillm.load(files[0], n_ctx=64).tokenize(TEXT[:150], add_bos=True)[:60]
+    logits = [minillm.load(f, n_ctx=64).eval(ids) for f in files]
+    rel = [np.sqrt(((x - logits[0]) ** 2).mean() / (logits[0] ** 2).mean()) for x in logits[1:]]
+    assert rel[0] < min(rel[1:]) and max(rel) < 0.5, rel     # q8_0 closest to F16
+    from minillm.gguf_file import GGUFFile
+    types = [{t.type.name for t in GGUFFile(f).tensors.values()} for f in files]
+    assert "F16" in types[0] and "Q8_0" in types[1] and "IQ4_NL" in types[2]

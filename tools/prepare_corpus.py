@@ -18,7 +18,7 @@ so that llama.cpp, ik_llama.cpp and minillm, which all implement those rules, cu
 into the same words.  Special tokens: ``<｜begin▁of▁sentence｜>`` and
 ``<｜end▁of▁sentence｜>`` as in the DeepSeek vocabularies.
 
-Usage: python tools/prepare_corpus.py OUT_DIR [--sources DIR] [--vocab-size 8192]
+Usage: python tools/prepare_corpus.py OUT_DIR [--sources DIR] [--vocab-size 4096]
 writes OUT_DIR/train.txt, OUT_DIR/test.txt, OUT_DIR/tokenizer.json.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--sources", type=Path, help="an unpacked _sources folder (default: download the package)")
-    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--vocab-size", type=int, default=4096)
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

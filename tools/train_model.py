@@ -17,7 +17,9 @@ Usage::
 
     python tools/prepare_corpus.py corpus/                  # text and tokenizer
     python tools/train_model.py train corpus/ run/ [--steps N]   # resumes from run/ckpt.pt
-    python tools/train_model.py export corpus/ run/ model-f16.gguf [--imatrix imatrix.gguf]
+    python tools/train_model.py export corpus/ run/ model-f16.gguf [--mixture f32]
+    python tools/train_model.py imatrix corpus/ run/ imatrix.gguf [--chunks 64]
+    python tools/train_model.py release corpus/ run/ out/    # all of models.md's files
 
 Needs ``pip install .[train]`` (torch); never a runtime dependency of minillm.
 """
@@ -60,7 +62,7 @@ MODEL = dict(
 class TrainConfig:
     n_ctx: int = 512
     batch: int = 16
-    steps: int = 3000
+    steps: int = 1500
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
@@ -501,12 +503,33 @@ def gguf_name(module_name: str) -> str:
     return f"blk.{layer}.{base}.weight"
 
 
-def imatrix(corpus: Path, run: Path, out: Path, n_chunks: int, n_ctx: int = 512) -> None:
+def imatrix(corpus: Path, run: Path, out: Path, n_chunks: int, n_ctx: int | None = None) -> None:
+    """Importance matrix from ``n_chunks`` windows of ``n_ctx`` (default: the training
+    context) training tokens."""
     from minillm.quantize import write_imatrix
     torch.set_num_threads(TrainConfig.threads)
     model = load_model(run)
+    n_ctx = n_ctx or model.cos.shape[0]
     sums, counts = collect_imatrix(model, load_tokens(corpus, "train"), bos_id(corpus), n_chunks, n_ctx)
     write_imatrix(out, sums, counts, "train.txt", n_chunks, n_ctx)
+
+
+RELEASE_MIXTURES = ("q8_0", "iq4_nl", "iq1_s")
+
+
+def release(corpus: Path, run: Path, out: Path, n_chunks: int = 64) -> list[Path]:
+    """models.md's files: the F16 export, its importance matrix, and the F16 quantized to
+    each of :data:`RELEASE_MIXTURES` (IQ4_NL and IQ1_S weighted by the importance matrix)."""
+    from minillm.quantize import quantize_model
+    out.mkdir(parents=True, exist_ok=True)
+    f16 = out / "minillm-docs-f16.gguf"
+    export(corpus, run, f16)
+    imatrix(corpus, run, out / "imatrix.gguf", n_chunks)
+    files = [f16]
+    for mixture in RELEASE_MIXTURES:
+        files.append(out / f"minillm-docs-{mixture}.gguf")
+        quantize_model(f16, files[-1], mixture, None if mixture == "q8_0" else out / "imatrix.gguf")
+    return files
 
 
 def main(argv=None) -> int:
@@ -527,14 +550,22 @@ def main(argv=None) -> int:
     m.add_argument("run", type=Path)
     m.add_argument("out", type=Path)
     m.add_argument("--chunks", type=int, default=64)
+    r = sub.add_parser("release", help="F16 export, imatrix and the Q8_0/IQ4_NL/IQ1_S files in one folder")
+    r.add_argument("corpus", type=Path)
+    r.add_argument("run", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--chunks", type=int, default=64, help="imatrix chunks")
     args = ap.parse_args(argv)
     if args.cmd == "train":
         tc = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
         train(args.corpus, args.run, tc)
     elif args.cmd == "export":
         export(args.corpus, args.run, args.out, args.mixture)
-    else:
+    elif args.cmd == "imatrix":
         imatrix(args.corpus, args.run, args.out, args.chunks)
+    else:
+        for path in release(args.corpus, args.run, args.out, args.chunks):
+            print(f"{path} {path.stat().st_size / 2**20:.2f} MiB")
     return 0
 
 
