@@ -50,8 +50,8 @@ def ik_perplexity(binary: str, model: Path, text: Path, n_ctx: int, n_chunks: in
     cmd = [binary, "-m", str(model), "-f", str(text), "-c", str(n_ctx), "-t", str(threads), "-mla", "3", "-fa", "1"]
     if n_chunks > 0:
         cmd += ["--chunks", str(n_chunks)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    m = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", out.stdout + out.stderr)
+    out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=True)
+    m = re.search(r"Final estimate: PPL(?: over \d+ chunks for n_ctx=\d+)? = ([\d.]+) \+/- ([\d.]+)", out.stdout)
     if not m:
         raise RuntimeError(f"no final estimate in llama-perplexity's output:\n{out.stderr[-2000:]}")
     return float(m.group(1)), float(m.group(2))
