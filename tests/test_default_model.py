@@ -4,6 +4,7 @@ ik_llama.cpp tokenizes it, and greedy generation is reproducible and follows the
 reference model's choices."""
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -56,11 +57,7 @@ def test_tokenizer_round_trips_held_out_text_as_ik_does(model):
 
 
 def greedy(model, ids, n):
-    out = []
-    for tid in model.generate(ids, temp=0.0):
-        out.append(tid)
-        if len(out) == n:
-            return out
+    return list(itertools.islice(model.generate(ids, temp=0.0), n))
 
 
 def test_greedy_generation_is_reproducible_and_follows_the_reference(model):

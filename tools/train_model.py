@@ -236,6 +236,7 @@ class DeepSeek2(nn.Module):
     def __init__(self, c: DeepSeek2Config, n_ctx: int):
         super().__init__()
         self.c = c
+        self.n_ctx = n_ctx
         self.token_embd = nn.Embedding(c.n_vocab, c.n_embd)
         self.blocks = nn.ModuleList(Block(c, i) for i in range(c.n_layer))
         self.output_norm = RMSNorm(c.n_embd, c.rms_eps)
@@ -509,7 +510,7 @@ def imatrix(corpus: Path, run: Path, out: Path, n_chunks: int, n_ctx: int | None
     from minillm.quantize import write_imatrix
     torch.set_num_threads(TrainConfig.threads)
     model = load_model(run)
-    n_ctx = n_ctx or model.cos.shape[0]
+    n_ctx = n_ctx or model.n_ctx
     sums, counts = collect_imatrix(model, load_tokens(corpus, "train"), bos_id(corpus), n_chunks, n_ctx)
     write_imatrix(out, sums, counts, "train.txt", n_chunks, n_ctx)
 
