@@ -26,7 +26,9 @@ def _model_path(args) -> str:
 
 
 def cmd_info(args) -> int:
-    from . import load
+    from minillm_kernels import supported_levels
+
+    from . import load, runtime
     from .kv_cache import CACHE_TYPES
 
     path = _model_path(args)
@@ -49,6 +51,8 @@ def cmd_info(args) -> int:
            f"log mul {c.rope_yarn_log_mul:g})" if c.rope_scaling_type != "none" else "none"
     print(f"rope:          base {c.rope_freq_base:g}, scaling {rope}; kq_scale {c.kq_scale:.6f}")
     print(f"rms eps:       {c.rms_eps:g}")
+    print(f"kernels:       ISA level {runtime.isa_level()} (supported here: {', '.join(supported_levels())}; "
+          f"MINILLM_ISA forces a lower one)")
     print("tensor types:")
     total = m.weight_bytes()
     for name, (count, size) in m.type_mixture().items():

@@ -64,10 +64,10 @@ def kernel_threads():
 
 
 def isa_level() -> str:
-    """The instruction set the kernels run with: ``avx2`` (AVX2/FMA/F16C bodies, with AVX-VNNI
-    where the build machine had it) or ``scalar``."""
+    """The instruction set the kernels run with (minillm_kernels.LEVEL, or MINILLM_ISA):
+    ``scalar``, ``avx2``, ``avx512`` or ``amx`` (AVX-512 with the AMX GEMM for prompt batches)."""
     from minillm_kernels import matmul
-    return "avx2" if matmul.simd_enabled() else "scalar"
+    return matmul.isa_level()
 
 
 def openmp_wait() -> str:

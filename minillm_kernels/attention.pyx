@@ -1,4 +1,3 @@
-# distutils: sources = minillm_kernels/csrc/attention.c minillm_kernels/csrc/attn_store.c minillm_kernels/csrc/attn_bench.c
 """MLA attention over the latent KV cache (Python API of csrc/attention.c).
 
 A layer's cache is a C-contiguous uint8 array of shape (n_ctx, row_bytes);
@@ -14,6 +13,8 @@ runs; the C code runs without the GIL.
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint8_t
+
+from minillm_kernels.attention_c cimport *
 
 cnp.import_array()
 

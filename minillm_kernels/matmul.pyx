@@ -1,4 +1,3 @@
-# distutils: sources = minillm_kernels/csrc/quants_scalar.c minillm_kernels/csrc/quants_avx2.c minillm_kernels/csrc/type_table.c minillm_kernels/csrc/matmul_driver.c minillm_kernels/csrc/kquants_link.c minillm_kernels/csrc/membench.c minillm_kernels/csrc/workspace.c
 """Matrix products with ggml-quantized weights: one call per layer operation.
 
 Weights are raw GGUF bytes: a uint8 array whose last axis is one row of
@@ -31,6 +30,8 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+
+from minillm_kernels.matmul_c cimport *
 
 cnp.import_array()
 
@@ -74,6 +75,27 @@ INTERNAL_TYPES = {r: t for t, r in REPACKED.items()}
 def simd_enabled():
     """True when the AVX2/FMA/F16C kernels were compiled in."""
     return bool(simd_compiled())
+
+
+def isa_level():
+    """The ISA level these kernels run at: the build's ("scalar", "avx2", "avx512"), or "amx" when
+    this (avx512) build's AMX GEMM is switched on."""
+    return "amx" if mm_get_amx() else isa_compiled().decode()
+
+
+def set_amx(bint on):
+    """Switch the AMX GEMM on or off (minillm_kernels.kernels does it once the OS granted the tile
+    state; switching it on without that permission would fault).  Builds without it ignore it."""
+    if on and not amx_compiled():
+        raise ValueError(f"the {isa_compiled().decode()} build has no AMX GEMM")
+    mm_set_amx(on)
+
+
+def amx_gemm(int wtype, int n_tokens):
+    """True when a batch of n_tokens of this weight type takes the AMX bf16 GEMM: it rounds each
+    weight and activation to bf16 (amx_gemm.h gives the bound)."""
+    cdef const type_traits *tt = _traits(wtype)
+    return bool(mm_get_amx() and not mm_get_force_scalar() and tt.block_size >= 32 and n_tokens >= AMX_MIN_TOKENS)
 
 
 def supported_types():

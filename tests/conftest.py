@@ -32,3 +32,9 @@ def synthetic_model(tmp_path_factory):
         return made[key]
 
     return make
+
+
+def pytest_report_header(config):
+    import minillm_kernels
+
+    return f"minillm kernels: ISA level {minillm_kernels.LEVEL} (supported: {', '.join(minillm_kernels.supported_levels())})"

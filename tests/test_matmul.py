@@ -24,17 +24,18 @@ for batches that take the packed 8-row integer GEMM (has_packed_gemm, >= 8
 tokens), which must agree with the GEMV to float rounding (both within the
 float bound above).
 
+The AMX GEMM (batches of AMX_MIN_TOKENS or more of the quantized types, on the "amx" level;
+mm.amx_gemm says when) rounds each weight and activation to bf16 (unit roundoff 2^-8) and sums
+exact products in float32: |y - W . x| <= BF16(K) * sum_k |w_k x_k| with
+BF16(K) = 2^-7 + 2^-16 + K 2^-24 (both roundings, their product, the float32 sum), doubled for margin.
+It replaces the quantized-activation bound for those batches.
+
 SIMD vs scalar: set_force_scalar(True) switches the float and 32-value types
 (and the q8_0 quantizer) to their scalar C bodies at run time; both must
 meet the bounds above.  The 256-value types select their path at build time:
-test_scalar_build_agrees builds a MINILLM_SCALAR=1 copy and compares
-every type.
+test_scalar_build_agrees compares every type with the scalar build
+(minillm_kernels.kernels("scalar")); tests/test_isa.py compares every ISA level.
 """
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -42,6 +43,7 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
+import minillm_kernels
 from minillm_kernels import matmul as mm
 from minillm_kernels.random_blocks import TYPES, random_weights
 
@@ -120,9 +122,18 @@ def fp_factor(t, k):
     return 2.0 * (k / 8 + 16) * 2.0**-24 * (8 if mm.INTERNAL_TYPES.get(t, t) in K_TYPES else 1)
 
 
+def bf16_factor(k):
+    return 2 * (2.0**-7 + 2.0**-16 + k * 2.0**-24)
+
+
 def check_product(y, W, x, a, t):
     """y (float32 [N, M]) against W (float64 [M, K]) with activations x (float) / a (quantized)."""
     absW = np.abs(W)
+    if mm.amx_gemm(t, y.shape[0]):  # bf16 weights and activations
+        bound = bf16_factor(W.shape[1]) * (np.abs(x.astype(np.float64)) @ absW.T) + 1e-30
+        err = np.abs(y - x.astype(np.float64) @ W.T)
+        assert np.all(err <= bound), f"{type_name(t)} (AMX): worst {np.max(err / bound):.2f} of bound"
+        return
     y_q = a @ W.T
     fp = fp_factor(t, W.shape[1]) * (np.abs(a) @ absW.T) + 1e-30
     err_q = np.abs(y - y_q)
@@ -239,7 +250,11 @@ def test_matmul(t, n_tok):
         packed = mm.has_packed_gemm(t) and n_tok >= mm.PACKED_GEMM_MIN_TOKENS
         for i in (0, n_tok - 1):
             y_one = mm.matmul(raw, t, x[i], n_threads=2)
-            if packed:
+            if mm.amx_gemm(t, n_tok):  # both within their bounds of the float product
+                bound = bf16_factor(k) * (np.abs(W) @ np.abs(x[i])) + np.abs(W) @ np.abs(x[i] - a[i]) \
+                    + fp_factor(t, k) * (np.abs(W) @ np.abs(a[i]))
+                assert np.all(np.abs(y_one - y1[i]) <= bound)
+            elif packed:
                 fp = fp_factor(t, k) * (np.abs(W) @ np.abs(a[i]))
                 assert np.all(np.abs(y_one - y1[i]) <= 2 * fp)
             else:
@@ -256,7 +271,7 @@ def test_matmul(t, n_tok):
             src = mm.INTERNAL_TYPES[t]  # packed GEMM, which packs them to the originals' blocks) exactly
             y0 = mm.matmul(random_weights(src, (m, k), seed=100 * t + si), src, x)
             assert np.all(np.abs(y0 - y1) <= 2 * fp_factor(t, k) * (np.abs(a) @ np.abs(W).T))
-            if packed:
+            if packed or mm.amx_gemm(t, n_tok):
                 assert np.array_equal(y0, y1)
 
 
@@ -311,10 +326,17 @@ def silu(z):
 
 
 def moe_check(out, x, ids, ew, gates, ups, downs, gate_t, up_t, down_t):
-    """out against float64 numpy with a bound derived from the three activation quantizations."""
+    """out against float64 numpy with a bound derived from the three activation quantizations
+    (bf16 roundings for an expert's batch that takes the AMX GEMM)."""
     N, K_out = out.shape
     ag, au = deq_acts(x, gate_t), deq_acts(x, up_t)
     x64 = x.astype(np.float64)
+    counts = np.bincount(ids.ravel(), minlength=len(gates))
+
+    def d_in(W, t, xr, ar, n):  # error of W . xr (quantized: ar) in the kernel's arithmetic for a batch of n
+        if mm.amx_gemm(t, n):
+            return bf16_factor(W.shape[1]) * (np.abs(W) @ np.abs(xr))
+        return np.abs(W) @ np.abs(xr - ar) + fp_factor(t, W.shape[1]) * (np.abs(W) @ np.abs(ar))
     ref = np.zeros((N, K_out))
     bound = np.zeros((N, K_out))
     mag = np.zeros((N, K_out))
@@ -323,11 +345,17 @@ def moe_check(out, x, ids, ew, gates, ups, downs, gate_t, up_t, down_t):
             e = ids[t, j]
             G, U, D = gates[e], ups[e], downs[e]
             g, u = G @ x64[t], U @ x64[t]
-            dg = np.abs(G) @ np.abs(x64[t] - ag[t]) + fp_factor(gate_t, G.shape[1]) * (np.abs(G) @ np.abs(ag[t]))
-            du = np.abs(U) @ np.abs(x64[t] - au[t]) + fp_factor(up_t, U.shape[1]) * (np.abs(U) @ np.abs(au[t]))
+            dg, du = d_in(G, gate_t, x64[t], ag[t], counts[e]), d_in(U, up_t, x64[t], au[t], counts[e])
             h = silu(g) * u
             dh = 1.1 * dg * (np.abs(u) + du) + np.abs(silu(g)) * du  # |silu'| <= 1.1
             act = mm.block_geometry(down_t)[2]
+            if mm.amx_gemm(down_t, counts[e]):  # bf16 h and D: both roundings in one factor
+                y = D @ h
+                dy = np.abs(D) @ dh + bf16_factor(D.shape[1]) * (np.abs(D) @ (np.abs(h) + dh))
+                ref[t] += ew[t, j] * y
+                bound[t] += abs(ew[t, j]) * dy
+                mag[t] += abs(ew[t, j]) * (np.abs(D) @ np.abs(h))
+                continue
             if act == "F32":
                 step = np.zeros_like(h)
             elif act == "F16_S":  # half an fp16 ulp; subnormals: half of scale * 2^-24, scale <= amax * 2^-14
@@ -403,7 +431,8 @@ def test_moe(types, n_tok):
     last = n_tok - 1
     single = mm.moe_forward(x[last:], ids[last:].copy(), ew[last:].copy(), gate, gate_t, up, up_t, down, down_t)
     group_max = np.bincount(ids.ravel(), minlength=E).max()
-    if group_max >= mm.PACKED_GEMM_MIN_TOKENS and any(mm.has_packed_gemm(t) for t in types):
+    if group_max >= mm.PACKED_GEMM_MIN_TOKENS and any(mm.has_packed_gemm(t) or mm.amx_gemm(t, group_max)
+                                                      for t in types):
         assert np.all(np.abs(single[0] - out1[last]) <= 2 * bound[last])
     else:
         assert np.array_equal(single[0], out1[last])
@@ -537,62 +566,45 @@ def test_bad_moe_arguments_raise():
         mm.moe_forward(rand_x(2, 32, 0), ids, ew, gate, 8, gate, 8, down, 8)
 
 
-# ---- the scalar build (compiles a second copy, ~30 s: in the default run, since a path that only the
-# scalar or portable build compiles broke once without any other test noticing) ----
+# ---- the scalar build (minillm_kernels._scalar, compiled without SIMD flags: a path that only it
+# compiles broke once without any other test noticing) ----
 
-def test_scalar_build_agrees(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, MINILLM_SCALAR="1")
-    subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
-                    "--build-temp", str(tmp_path / "tmp")], cwd=root, env=env, check=True,
-                   capture_output=True)
-    pkg = tmp_path / "lib" / "minillm_kernels"
-    for f in ("__init__.py", "random_blocks.py"):
-        shutil.copy(os.path.join(root, "minillm_kernels", f), pkg / f)
-    script = textwrap.dedent(f"""
-        import numpy as np, sys
-        sys.path.insert(0, {str(tmp_path / 'lib')!r})
-        from minillm_kernels import matmul as mm
-        from minillm_kernels.random_blocks import random_weights
-        assert not mm.simd_enabled()
-        out = {{}}
-        for t in sorted(mm.supported_types()):
-            bs = mm.block_geometry(t)[0]
-            k = 512 if bs > 1 else 77
-            src = mm.INTERNAL_TYPES.get(t, t)
-            raw = random_weights(src, (13, k), seed=src)
-            if t != src:
-                raw = mm.repack(raw, src)[0]
-            x = np.random.default_rng(src).standard_normal((5, k), dtype=np.float32)
-            out[str(t)] = mm.matmul(raw, t, x)
-            out["q" + str(t)] = mm.quantize_activations(x, t)
-        np.savez({str(tmp_path / 'scalar.npz')!r}, **out)
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
-    ref = np.load(tmp_path / "scalar.npz")
-    assert mm.simd_enabled()
+def test_scalar_build_agrees():
+    sc = minillm_kernels.kernels("scalar").matmul
+    assert not sc.simd_enabled() and sc.isa_level() == "scalar"
+    ref = {}
+    for t in sorted(sc.supported_types()):
+        bs = sc.block_geometry(t)[0]
+        k = 512 if bs > 1 else 77
+        src = sc.INTERNAL_TYPES.get(t, t)
+        raw = random_weights(src, (13, k), seed=src)
+        if t != src:
+            raw = sc.repack(raw, src)[0]
+        x = np.random.default_rng(src).standard_normal((5, k), dtype=np.float32)
+        ref[t] = sc.matmul(raw, t, x)
+        ref["q", t] = sc.quantize_activations(x, t)
     for t in SUPPORTED:
         bs = block(t)
         k = 512 if bs > 1 else 77
         raw = random_weights(t, (13, k), seed=t)
         x = np.random.default_rng(t).standard_normal((5, k), dtype=np.float32)
-        assert np.array_equal(mm.quantize_activations(x, t), ref["q" + str(t)]), type_name(t)
+        assert np.array_equal(mm.quantize_activations(x, t), ref["q", t]), type_name(t)
         y = mm.matmul(raw, t, x)
         a = deq_acts(x, t)
         fp = 2 * fp_factor(t, k) * (np.abs(a) @ np.abs(deq_weights(raw, t)).T)
-        assert np.all(np.abs(y - ref[str(t)]) <= fp), type_name(t)
+        assert np.all(np.abs(y - ref[t]) <= fp), type_name(t)
     # the repacked IQ1_S and IQ4_NL of the scalar build give the scalar originals' bits
-    assert np.array_equal(ref[str(IQ1_S_R)], ref[str(IQ1_S)])
-    assert np.array_equal(ref[str(IQ4_NL_R)], ref[str(IQ4_NL)])
+    assert np.array_equal(ref[IQ1_S_R], ref[IQ1_S])
+    assert np.array_equal(ref[IQ4_NL_R], ref[IQ4_NL])
     # the repacked k-quants: their activations and results within the bound of the SIMD build's
     for t in K_REPACKED:
         src = mm.INTERNAL_TYPES[t]
         raw = random_weights(src, (13, 512), seed=src)
         x = np.random.default_rng(src).standard_normal((5, 512), dtype=np.float32)
-        assert np.array_equal(mm.quantize_activations(x, t), ref["q" + str(t)]), type_name(t)
+        assert np.array_equal(mm.quantize_activations(x, t), ref["q", t]), type_name(t)
         y = mm.matmul(mm.repack(raw, src)[0], t, x)
         fp = 2 * fp_factor(t, 512) * (np.abs(deq_acts(x, t)) @ np.abs(deq_weights(raw, src)).T)
-        assert np.all(np.abs(y - ref[str(t)]) <= fp), type_name(t)
+        assert np.all(np.abs(y - ref[t]) <= fp), type_name(t)
 
 
 # ---- IQ1_S and IQ4_NL repacked (IQ1_S_R, IQ4_NL_R, load-time conversions): the originals' bits ----

@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "amx_gemm.h"
 #include "matmul_driver.h"
 #include "type_table.h"
 #include "workspace.h"
@@ -25,9 +26,11 @@
  * often; in alternating runs of the F16 MoE prefill, 16 / 32 / 64 rows gave 81 / 97 / 83 GFLOP/s. */
 #define FLOAT_ROW_TILE 32
 
-static int force_scalar = 0;
+static int force_scalar = 0, use_amx = 0;
 void mm_set_force_scalar(int on) { force_scalar = on ? 1 : 0; }
 int mm_get_force_scalar(void) { return force_scalar; }
+void mm_set_amx(int on) { use_amx = on && MINILLM_AMX; }
+int mm_get_amx(void) { return use_amx; }
 int mm_max_threads(void) { return omp_get_num_procs(); }
 
 static int resolve_threads(int n) { return n > 0 ? n : omp_get_num_procs(); }
@@ -53,6 +56,7 @@ typedef struct {
     gemm8_fn gemm8;
     gemmf_fn gemm_float; /* NULL: no float GEMM (or the scalar path) */
     int batch_act;  /* activation format of batches of PACK8_MIN_TOKENS or more */
+    int amx;        /* batches of AMX_MIN_TOKENS or more take the AMX GEMM (ACT_BF16 activations) */
     int tr, tc, gv;
     int token_chunk;  /* tokens per L2 chunk of the register-tile GEMM (a multiple of tc) */
     int packed_chunk; /* the same for the packed GEMM (a multiple of pack8_cols: no short calls) */
@@ -71,6 +75,8 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->gemm8 = k->path == PATH_BEST ? tt->gemm8 : NULL;
     k->gemm_float = k->path == PATH_BEST ? tt->gemm_float : NULL;
     k->batch_act = k->pack8 ? tt->pack8_act : tt->act_type;
+    /* the quantized types (rows of whole 32-value steps); the float types keep their own GEMM */
+    k->amx = use_amx && k->path == PATH_BEST && tt->block_size >= QK && K % QK == 0;
     k->tr = tt->gemm_rows;
     k->tc = tt->gemm_cols;
     k->gv = tt->gemv_rows;
@@ -79,8 +85,11 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     return MM_OK;
 }
 
+static inline int amx_batch(const kernel_t *k, int ntok) { return k->amx && ntok >= AMX_MIN_TOKENS; }
+
 /* the activation format gemm_rows reads for a batch of ntok tokens */
 static inline int act_format(const kernel_t *k, int ntok) {
+    if (amx_batch(k, ntok)) return ACT_BF16;
     return ntok >= PACK8_MIN_TOKENS && k->pack8 ? k->batch_act : k->tt->act_type;
 }
 
@@ -91,16 +100,25 @@ static inline int act_format(const kernel_t *k, int ntok) {
  * 1.06x for the F16 MoE prefill). */
 static size_t batch_stride(size_t rb) { return rb % 4096 ? rb : rb + 64; }
 
-/* row stride of activation buffers that may hold either format (MoE: it depends on each expert's batch) */
+/* row stride of activation buffers that may hold any format (MoE: it depends on each expert's batch) */
 static size_t act_stride(const kernel_t *k) {
     const size_t a = act_row_bytes(k->tt->act_type, k->K), b = act_row_bytes(k->batch_act, k->K);
-    return batch_stride(a > b ? a : b);
+    return batch_stride(zmax3(a, b, k->amx ? act_row_bytes(ACT_BF16, k->K) : 0));
 }
+/* rows an activation buffer needs past its last row: the AMX GEMM's tiles read whole groups of tokens */
+static size_t act_pad_rows(const kernel_t *k) { return k->amx ? AMX_TOKENS : 0; }
 
 /* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed row tiles), 0 for none */
 static size_t scratch_bytes(const kernel_t *k, int ntok) {
-    if (ntok >= PACK8_MIN_TOKENS && k->gemm_float) return sizeof(float) * GEMMF_COLS * FLOAT_ROW_TILE * 8;
-    return ntok >= PACK8_MIN_TOKENS && k->pack8 ? (ROW_TILE / k->tt->pack_rows) * k->tt->packed_bytes(k->K) : 0;
+    size_t s = 0;
+    if (ntok >= PACK8_MIN_TOKENS && k->gemm_float) s = sizeof(float) * GEMMF_COLS * FLOAT_ROW_TILE * 8;
+    else if (ntok >= PACK8_MIN_TOKENS && k->pack8) s = (ROW_TILE / k->tt->pack_rows) * k->tt->packed_bytes(k->K);
+#if MINILLM_AMX
+    /* the MoE sizes one scratch for all of its experts' batches: the packed GEMM's too */
+    if (amx_batch(k, ntok) && s < amx_panel_bytes(k->K) + AMX_DQ_SCRATCH_BYTES)
+        s = amx_panel_bytes(k->K) + AMX_DQ_SCRATCH_BYTES;
+#endif
+    return s;
 }
 
 /* out[c * os + r] for nr rows starting at w, ws bytes apart, and nc activation rows starting at a */
@@ -155,8 +173,12 @@ static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1
     }
 }
 
-/* rows per work item: the float GEMM takes more (FLOAT_ROW_TILE); every other path at most ROW_TILE */
-static int row_tile(const kernel_t *k) { return k->gemm_float ? FLOAT_ROW_TILE : ROW_TILE; }
+/* rows per work item for batches of ntok tokens: the float GEMM and the AMX GEMM take more
+ * (FLOAT_ROW_TILE, AMX_ROWS); every other path at most ROW_TILE */
+static int row_tile(const kernel_t *k, int ntok) {
+    if (amx_batch(k, ntok)) return AMX_ROWS;
+    return k->gemm_float ? FLOAT_ROW_TILE : ROW_TILE;
+}
 
 /* The float GEMM of rows [r0, r1) (at most FLOAT_ROW_TILE): each group of GEMMF_COLS tokens goes through
  * the K blocks in turn, every block of the rows against the group's block of activations (in L1);
@@ -198,6 +220,21 @@ static void gemm_rows_float(const kernel_t *k, const uint8_t *w, int r0, int r1,
  * Otherwise for each chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
 static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as, int ntok,
                       float *out, size_t os, uint8_t *scratch) {
+    const int rt = row_tile(k, ntok);
+    if (r1 - r0 > rt) { /* a MoE item sized for the largest expert's batch */
+        for (int r = r0; r < r1; r += rt) gemm_rows(k, w, r, imin(r1, r + rt), acts, as, ntok, out, os, scratch);
+        return;
+    }
+#if MINILLM_AMX
+    if (amx_batch(k, ntok)) {
+        uint16_t *panel = (uint16_t *)scratch;
+        amx_build_panel(k->tt->dequantize_row[PATH_BEST], w + (size_t)r0 * k->row_bytes, k->row_bytes,
+                        k->tt->block_size, k->tt->type_size, k->K, r1 - r0, panel,
+                        (float *)(scratch + amx_panel_bytes(k->K)));
+        amx_gemm_panel(k->K, panel, acts, as, ntok, out + r0, os, r1 - r0);
+        return;
+    }
+#endif
     if (ntok == 1) {
         for (int r = r0; r < r1; r += k->gv)
             tile_call(k, w + r * k->row_bytes, acts, 0, out + r, 1, imin(k->gv, r1 - r), 1);
@@ -240,13 +277,13 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
     const int copy = act != ACT_F32 || as != rb; /* quantized, or float32 rows copied to the batch stride */
     const size_t sbytes = scratch_bytes(&k, N);
     size_t at = 0;
-    const size_t o_buf = workspace_part(&at, copy ? rows * as + 64 : 0); /* +64: as mm_moe's acts */
+    const size_t o_buf = workspace_part(&at, copy ? (rows + act_pad_rows(&k)) * as + 64 : 0); /* +64: as mm_moe's acts */
     const size_t o_scratch = workspace_part(&at, (size_t)nth * workspace_align(sbytes));
     uint8_t *ws = at ? (uint8_t *)workspace_get(at) : NULL;
     if (at && !ws) return MM_ERR_NOMEM;
     uint8_t *buf = copy ? ws + o_buf : NULL;
     const uint8_t *acts = copy ? buf : (const uint8_t *)x;
-    const int rt = row_tile(&k), tiles = (M + rt - 1) / rt;
+    const int rt = row_tile(&k, N), tiles = (M + rt - 1) / rt;
     const long items = (long)B * tiles;
 #pragma omp parallel num_threads(nth)
     {
@@ -312,11 +349,11 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     const size_t o_slot_expert = workspace_part(&at, sizeof(int) * (size_t)S);
     const size_t o_items_f = workspace_part(&at, sizeof(work_item) * (size_t)used_max * tiles_f);
     const size_t o_items_o = workspace_part(&at, sizeof(work_item) * (size_t)used_max * tiles_o);
-    const size_t o_acts_g = workspace_part(&at, (size_t)S * as_g + 64);
-    const size_t o_acts_u = same_act ? o_acts_g : workspace_part(&at, (size_t)S * as_u + 64);
+    const size_t o_acts_g = workspace_part(&at, ((size_t)S + act_pad_rows(&kg)) * as_g + 64);
+    const size_t o_acts_u = same_act ? o_acts_g : workspace_part(&at, ((size_t)S + act_pad_rows(&ku)) * as_u + 64);
     const size_t o_gbuf = workspace_part(&at, sizeof(float) * (size_t)S * F);
     const size_t o_ubuf = workspace_part(&at, sizeof(float) * (size_t)S * F);
-    const size_t o_hq = workspace_part(&at, (size_t)S * as_d + 64);
+    const size_t o_hq = workspace_part(&at, ((size_t)S + act_pad_rows(&kd)) * as_d + 64);
     const size_t o_ybuf = workspace_part(&at, sizeof(float) * (size_t)S * K_out);
     /* per-thread scratch for the largest batch an expert can get (scratch_bytes is 0 or one size) */
     const size_t sbytes = zmax3(scratch_bytes(&kg, S), scratch_bytes(&ku, S), scratch_bytes(&kd, S));
@@ -343,15 +380,16 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         slot_of[s] = slot;
     }
     /* gate and up share their items: the smaller tile when they differ (the packed GEMM takes at most ROW_TILE) */
-    const int tile_f = imin(row_tile(&kg), row_tile(&ku)), tile_o = row_tile(&kd);
-    const int n_items_f = make_items(counts, n_expert, F, tile_f, items_f);
-    const int n_items_o = make_items(counts, n_expert, K_out, tile_o, items_o);
     int uniform = 1; /* every used expert has the same token count: equal-cost items, static split */
     int max_count = 0;
     for (int e = 0; e < n_expert; e++) {
         if (counts[e] && counts[e] != counts[ids[0]]) uniform = 0;
         max_count = imax(max_count, counts[e]);
     }
+    /* items sized for the largest batch (gemm_rows splits them for smaller ones) */
+    const int tile_f = imin(row_tile(&kg, max_count), row_tile(&ku, max_count)), tile_o = row_tile(&kd, max_count);
+    const int n_items_f = make_items(counts, n_expert, F, tile_f, items_f);
+    const int n_items_o = make_items(counts, n_expert, K_out, tile_o, items_o);
 
 #pragma omp parallel num_threads(nth)
     {

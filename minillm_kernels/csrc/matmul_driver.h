@@ -34,6 +34,10 @@ enum { MM_OK = 0, MM_ERR_TYPE = -1, MM_ERR_NOMEM = -2, MM_ERR_EXPERT_ID = -3 };
 void mm_set_force_scalar(int on);
 int mm_get_force_scalar(void);
 int mm_max_threads(void);
+/* Batches of AMX_MIN_TOKENS or more of the quantized types take the AMX bf16 GEMM (amx_gemm.h), when
+ * the build has it and it is switched on (only after the OS granted the tile state). */
+void mm_set_amx(int on);
+int mm_get_amx(void);
 
 /* y[n, M] = x[n, K] . W[M, K]^T for B independent batches.
  * w: B blocks of M rows of row_bytes (batch stride w_batch_stride bytes),

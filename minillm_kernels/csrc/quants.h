@@ -12,14 +12,19 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(MINILLM_FORCE_SCALAR)
+/* The ISA level a build was compiled for (setup.py builds each; minillm_kernels/__init__.py picks
+ * one at run time): MINILLM_AVX2 for the AVX2 bodies, MINILLM_AVX512 (AVX-512 F/BW/DQ/VL/VNNI/BF16)
+ * for the AVX-512 bodies, MINILLM_AMX for the AMX tile bodies (used only once switched on at run
+ * time: mm_set_amx).  Each level's build also has every lower level's bodies. */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define MINILLM_AVX2 1
 #include <immintrin.h>
 /* An empty asm that claims to modify x: placed at the end of a loop body, it makes GCC keep
  * an accumulator in one register across iterations (otherwise GCC 12 writes each new sum to
  * another register and adds a register move per accumulator per iteration, or computes all
- * products of an unrolled loop first and spills them). */
-#define PIN(x) __asm__("" : "+v"(x))
+ * products of an unrolled loop first and spills them).  "x": one of the 16 registers that the
+ * AVX2 (VEX) instructions address, also in the AVX-512 build. */
+#define PIN(x) __asm__("" : "+x"(x))
 /* GEMV rows far apart (the driver's GEMV streams) are read block by block in turn, each
  * prefetched this far ahead into L1 (quants_avx2.c GEMV_PREFETCH, kquants.c gemv_rows_<t>).  On
  * Zen 3 at 2 threads, in alternating A/B, it read 0.85-0.98 of the read bandwidth for Q8_0
@@ -47,6 +52,29 @@ static inline __attribute__((always_inline)) void transpose8_epi32(__m256i r[8])
 }
 #else
 #define MINILLM_AVX2 0
+#endif
+#if MINILLM_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+    defined(__AVX512VL__) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+#define MINILLM_AVX512 1
+/* PIN for a 512-bit accumulator (any of the 32 registers) */
+#define PIN512(x) __asm__("" : "+v"(x))
+#else
+#define MINILLM_AVX512 0
+#endif
+#if MINILLM_AVX512 && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__)
+#define MINILLM_AMX 1
+#else
+#define MINILLM_AMX 0
+#endif
+/* u8 x s8 dot products of 4 bytes added to int32 lanes, on 256-bit vectors: AVX-512 VNNI's (EVEX) or
+ * AVX-VNNI's (VEX) instruction; not defined without either (the AVX2 build: Zen 3 has neither) */
+#if MINILLM_AVX512
+#define DPBUSD256 _mm256_dpbusd_epi32
+#elif MINILLM_AVX2 && defined(__AVXVNNI__)
+#define DPBUSD256 _mm256_dpbusd_avx_epi32
+#endif
+#ifndef MINILLM_ISA_LEVEL
+#define MINILLM_ISA_LEVEL "unknown"
 #endif
 
 typedef uint16_t fp16_t; /* IEEE half, stored as bits */

@@ -523,9 +523,9 @@ ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, si
             const __m256i *sel = (const __m256i *)p[i].sel[2 * g]; /* loadu: memory operands of the shuffles */
             for (int c = 0; c < C; c++) {
                 const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(y[c]->pm + 16 * g)));
-#ifdef __AVXVNNI__ /* one instruction for maddubs + madd + add, and no int16 step: the same exact sums */
-                isum[c] = _mm256_dpbusd_avx_epi32(isum[c], aq0, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel)));
-                isum[c] = _mm256_dpbusd_avx_epi32(isum[c], aq1, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel + 1)));
+#ifdef DPBUSD256 /* one instruction for maddubs + madd + add, and no int16 step: the same exact sums */
+                isum[c] = DPBUSD256(isum[c], aq0, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel)));
+                isum[c] = DPBUSD256(isum[c], aq1, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel + 1)));
 #else
                 const __m256i m0 = _mm256_madd_epi16(_mm256_maddubs_epi16(aq0, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel))), ones);
                 const __m256i m1 = _mm256_madd_epi16(_mm256_maddubs_epi16(aq1, _mm256_shuffle_epi8(t, _mm256_loadu_si256(sel + 1))), ones);

@@ -93,4 +93,10 @@ void gemm_float_bf16_avx2(int n, const void *w, size_t w_stride, const void *a, 
                           int flags, float *out, size_t out_stride, int nr, int nc);
 #endif
 
+#if MINILLM_AVX512
+void dequantize_row_q8_0_avx512(const void *w, float *y, int n);
+void dequantize_row_iq4_nl_avx512(const void *w, float *y, int n);
+void dequantize_row_iq4_nl_r_avx512(const void *w, float *y, int n);
+#endif
+
 #endif

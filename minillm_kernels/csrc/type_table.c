@@ -1,5 +1,7 @@
 #include "type_table.h"
 
+#include "amx_gemm.h"
+
 #if __has_include("kquants.c") && __has_include("kquants.h")
 #include "kquants.h"
 #define HAVE_KQUANTS 1
@@ -46,6 +48,13 @@ void quantize_row_f16_s(const float *x, void *y, int n) { BEST(quantize_row_f16_
 #else
 #define DQ_F16 dequantize_row_f16_scalar
 #endif
+/* the 32-value types' dequantization: AVX-512 bodies for the types of the model mixtures (the AMX
+ * GEMM decodes its weight panels with it), the same bits as the scalar ones */
+#if MINILLM_AVX512
+#define DQ32(t) dequantize_row_##t##_avx512
+#else
+#define DQ32(t) dequantize_row_##t##_scalar
+#endif
 
 /* 256-block types: a single body each (their own scalar/SIMD selection is compile-time);
  * their register tiles (kquants.h, when declared) serve GEMM and the batched MoE. */
@@ -82,12 +91,12 @@ static const type_traits TABLE[] = {
      * 24 KiB, not 48 */
     OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F16_S, DQ_F16, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(f16)),
     OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(bf16)),
-    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, dequantize_row_q8_0_scalar, 4, 4, 4, PACK8_S(q8_0), 4),
+    OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, DQ32(q8_0), 4, 4, 4, PACK8_S(q8_0), 4),
     OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8_U(q4_0), 4),
     OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8_U(q5_0), 4),
-    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_scalar, 4, 4, 4, PACK8_S(iq4_nl), 4),
+    OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, DQ32(iq4_nl), 4, 4, 4, PACK8_S(iq4_nl), 4),
     /* internal: repack_row_iq4_nl_r of IQ4_NL rows */
-    OWN_TYPE(MINILLM_IQ4_NL_R, iq4_nl_r, QK, 18, ACT_Q8_0, dequantize_row_iq4_nl_r_scalar, 4, 4, 4, PACK8_S(iq4_nl_r), 4),
+    OWN_TYPE(MINILLM_IQ4_NL_R, iq4_nl_r, QK, 18, ACT_Q8_0, DQ32(iq4_nl_r), 4, 4, 4, PACK8_S(iq4_nl_r), 4),
 #if HAVE_KQUANTS
     K_TYPE_NAMED(GGML_Q2_K, "q2_K", q2_K, 84, K_PACK8(q2_K)),
     K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K)),
@@ -111,10 +120,10 @@ static const type_traits TABLE[] = {
 CONTRACT(f32, dequantize_row_f32_scalar)
 CONTRACT(f16, DQ_F16)
 CONTRACT(bf16, dequantize_row_bf16_scalar)
-CONTRACT(q8_0, dequantize_row_q8_0_scalar)
+CONTRACT(q8_0, DQ32(q8_0))
 CONTRACT(q4_0, dequantize_row_q4_0_scalar)
 CONTRACT(q5_0, dequantize_row_q5_0_scalar)
-CONTRACT(iq4_nl, dequantize_row_iq4_nl_scalar)
+CONTRACT(iq4_nl, DQ32(iq4_nl))
 
 const type_traits *type_traits_get(int type) {
     for (size_t i = 0; i < sizeof(TABLE) / sizeof(TABLE[0]); i++)
@@ -132,6 +141,7 @@ size_t act_row_bytes(int act_type, int k) {
         case ACT_Q8_K_T: return (size_t)(k / QK_K) * sizeof(block_q8_K);
         case ACT_Q8_0_PM: return (size_t)(k / QK) * sizeof(block_q8_0_pm);
         case ACT_F16_S: return F16S_ROW_BYTES(k);
+        case ACT_BF16: return (size_t)k * 2;
         default: return (size_t)k * sizeof(float);
     }
 }
@@ -149,6 +159,9 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
 #if MINILLM_AVX2
         case ACT_Q8_0_PM: quantize_row_q8_0_pm_avx2(x, y, k); break; /* only the AVX2 packed GEMM reads it */
 #endif
+#if MINILLM_AMX
+        case ACT_BF16: quantize_row_bf16(x, y, k); break; /* only the AMX GEMM reads it */
+#endif
 #if HAVE_KQUANTS
         case ACT_Q8_K: quantize_row_q8_K(x, y, k); break;
         case ACT_Q8_K_T: quantize_row_q8_K_t(x, y, k); break;
@@ -158,3 +171,5 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
 }
 
 int simd_compiled(void) { return MINILLM_AVX2; }
+const char *isa_compiled(void) { return MINILLM_ISA_LEVEL; }
+int amx_compiled(void) { return MINILLM_AMX; }

@@ -32,9 +32,10 @@ enum { MINILLM_IQ4_NL_R = 1020 };
 /* Activation formats are named by the ggml type they are stored in; ACT_Q8_0_PM
  * (block_q8_0_pm, internal) feeds the packed GEMM of the 32-value types, ACT_Q8_K_T
  * (block_q8_K with qs in the transposed group order, internal) the repacked k-quants,
- * ACT_F16_S (fp16 with a row scale, quants.h F16S_SCALE_OFFSET, internal) F16 weights. */
-enum { ACT_F32 = GGML_F32, ACT_Q8_0 = GGML_Q8_0, ACT_Q8_K = GGML_Q8_K, ACT_F16_S = 1001, ACT_Q8_0_PM = 1008,
-       ACT_Q8_K_T = 1015 };
+ * ACT_F16_S (fp16 with a row scale, quants.h F16S_SCALE_OFFSET, internal) F16 weights,
+ * ACT_BF16 (x rounded to bf16) the AMX GEMM (amx_gemm.h). */
+enum { ACT_F32 = GGML_F32, ACT_Q8_0 = GGML_Q8_0, ACT_Q8_K = GGML_Q8_K, ACT_BF16 = GGML_BF16, ACT_F16_S = 1001,
+       ACT_Q8_0_PM = 1008, ACT_Q8_K_T = 1015 };
 
 enum { PATH_BEST = 0, PATH_SCALAR = 1 };
 
@@ -73,5 +74,9 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path);
 
 /* 1 when the AVX2 bodies are compiled in */
 int simd_compiled(void);
+/* the ISA level this build was compiled for: "scalar", "avx2" or "avx512" (setup.py) */
+const char *isa_compiled(void);
+/* 1 when this build carries the AMX GEMM (amx_gemm.h) */
+int amx_compiled(void);
 
 #endif

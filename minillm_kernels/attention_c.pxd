@@ -1,4 +1,5 @@
-# C declarations of the MLA attention kernels (csrc/attention.h).
+# C declarations of the MLA attention kernels (csrc/attention.h), cimported by attention.pyx (a
+# module of its own, not attention.pxd: every ISA level compiles attention.pyx under its own name).
 from libc.stdint cimport uint8_t
 
 cdef extern from "attention.h" nogil:

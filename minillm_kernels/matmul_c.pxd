@@ -1,4 +1,4 @@
-# C declarations of the kernel framework (minillm_kernels/csrc).
+# C declarations of the kernel framework (minillm_kernels/csrc), cimported by matmul.pyx (see attention_c.pxd).
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 
@@ -15,6 +15,8 @@ cdef extern from "type_table.h" nogil:
     const type_traits *type_traits_at(int i)
     size_t act_row_bytes(int act_type, int k)
     int simd_compiled()
+    const char *isa_compiled()
+    int amx_compiled()
     int ACT_F32, ACT_Q8_0, ACT_Q8_K, ACT_Q8_K_T
 
 
@@ -23,6 +25,12 @@ cdef extern from "matmul_driver.h" nogil:
     void mm_set_force_scalar(int on)
     int mm_get_force_scalar()
     int mm_max_threads()
+    void mm_set_amx(int on)
+    int mm_get_amx()
+
+
+cdef extern from "amx_gemm.h" nogil:
+    int AMX_MIN_TOKENS
     int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stride, int M, int K,
                   const float *x, int N, int B, float *out, int n_threads)
     int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, int k_used, int n_expert,

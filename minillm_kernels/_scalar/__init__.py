@@ -1,0 +1,1 @@
+"""minillm_kernels built for the scalar level (no SIMD flags): see setup.py."""

@@ -1,0 +1,51 @@
+/* AMX GEMM of many tokens (prompt processing, the batched MoE): bf16 tiles, any weight type.
+ *
+ * Weights are decoded per work item of up to AMX_ROWS rows into a bf16 panel in the layout the
+ * B tiles take (pairs of consecutive K values of 16 rows side by side), then every group of 32
+ * tokens sweeps the panel: per 32 K values, 2 A tiles (16 tokens x 32 bf16, the activation rows as
+ * they are) x 2 B tiles (32 K x 16 rows) -> 4 C tiles of 16 x 16 float sums (TDPBF16PS).
+ * Activations are bf16 rows (ACT_BF16: x rounded to nearest even).  The products are exact and
+ * summed in float32, so the result differs from the exact product of the file's weights and the
+ * float activations only by the bf16 rounding of each weight and activation (2^-9 relative each)
+ * and float32 summation: |y - W.x| <= (2^-8 + 2^-16 + K 2^-23) sum_k |w_k x_k|.
+ * Compiled in the AVX-512 build (MINILLM_AMX); used only once switched on (mm_set_amx) after the
+ * OS granted the tile state (minillm_kernels/cpu.pyx).
+ */
+#ifndef MINILLM_AMX_GEMM_H
+#define MINILLM_AMX_GEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quants.h"
+
+/* Batches of at least this many tokens take the AMX GEMM where it is on (matmul_driver.c): below,
+ * the panel's conversion is spread over too few tokens. */
+#define AMX_MIN_TOKENS 16
+#define AMX_ROWS 32   /* weight rows per panel (2 B tiles) */
+#define AMX_TOKENS 16 /* tokens per A tile */
+/* values of a row dequantized to float at a time while building a panel (a multiple of every block
+ * size and of IQ4_NL_R's groups of 128) */
+#define AMX_DQ_CHUNK 256
+
+#if MINILLM_AMX
+/* x (n floats) -> n bf16, rounded to nearest even */
+void quantize_row_bf16(const float *x, void *y, int n);
+
+/* bytes of the panel of AMX_ROWS rows of K values (K % 32 == 0) */
+static inline size_t amx_panel_bytes(int K) { return (size_t)K * AMX_ROWS * 2; }
+/* scratch for amx_build_panel's float rows */
+#define AMX_DQ_SCRATCH_BYTES (16 * AMX_DQ_CHUNK * sizeof(float))
+
+typedef void (*amx_dequantize_fn)(const void *w, float *y, int n);
+/* nr <= AMX_ROWS rows of K values (row_bytes apart; each block_size values take type_size bytes)
+ * -> panel; rows from nr on are zeros */
+void amx_build_panel(amx_dequantize_fn dq, const uint8_t *w, size_t row_bytes, int block_size, int type_size,
+                     int K, int nr, uint16_t *panel, float *dq_scratch);
+/* out[t * os + r] = sum_k panel row r . bf16 activation row t (acts + t * as), for t < ntok, r < nr.
+ * Reads up to AMX_TOKENS - 1 rows past the last token (the caller's buffers are padded). */
+void amx_gemm_panel(int K, const uint16_t *panel, const uint8_t *acts, size_t as, int ntok, float *out, size_t os,
+                    int nr);
+#endif
+
+#endif
