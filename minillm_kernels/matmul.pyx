@@ -95,7 +95,8 @@ def amx_gemm(int wtype, int n_tokens):
     """True when a batch of n_tokens of this weight type takes the AMX bf16 GEMM: it rounds each
     weight and activation to bf16 (amx_gemm.h gives the bound)."""
     cdef const type_traits *tt = _traits(wtype)
-    return bool(mm_get_amx() and not mm_get_force_scalar() and tt.block_size >= 32 and n_tokens >= AMX_MIN_TOKENS)
+    return bool(mm_get_amx() and not mm_get_force_scalar() and tt.block_size >= 32 and type_amx_ok(wtype)
+                and n_tokens >= AMX_MIN_TOKENS)
 
 
 def supported_types():

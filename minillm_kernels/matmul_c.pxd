@@ -17,6 +17,7 @@ cdef extern from "type_table.h" nogil:
     int simd_compiled()
     const char *isa_compiled()
     int amx_compiled()
+    int type_amx_ok(int type)
     int ACT_F32, ACT_Q8_0, ACT_Q8_K, ACT_Q8_K_T
 
 

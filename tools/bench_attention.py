@@ -43,7 +43,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-attn = None  # imported in main(), after OMP_WAIT_POLICY is set
+attn = None  # imported in main(), after OMP_WAIT_POLICY is set: minillm_kernels.kernels(--isa).attention
+ISA = None  # its level
 
 N_HEAD, WIDTH, DV = 16, 576, 512
 DEPTHS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -111,7 +112,8 @@ def run(args):
                     best_times[(st, ct, d, t)] = best
                     gbps = d * caches[0].shape[1] / sec / 1e9
                     gflops = 2.0 * N_HEAD * d * (WIDTH + DV) / sec / 1e9
-                    records.append({"strategy": st, "cache_type": ct, "depth": d, "threads": t, "seconds": sec,
+                    records.append({"strategy": st, "cache_type": ct, "depth": d, "threads": t, "isa": ISA,
+                                    "seconds": sec,
                                     "gbps": gbps, "bw_fraction": gbps * 1e9 / bw,
                                     "gflops": gflops, "flop_fraction": gflops * 1e9 / peak})
     return records, limits, best_times
@@ -121,11 +123,12 @@ IK_CACHE_TYPES = ("f16", "q8_0")  # ik's bf16 FlashMLA aborts without AVX512-BF1
 
 
 def side_by_side(args):
-    """kparallel vs ik_llama.cpp's FlashMLA on the same cache bytes, calls alternating: medians of each."""
+    """kparallel vs ik_llama.cpp's FlashMLA on the same cache bytes, calls alternating: medians of each
+    ((cache type, threads, depth, ours, ik's) rows, ik's libggml path)."""
     from ik_ggml import IkGgml
     from bench_kernels import paired_median_times
 
-    ik = IkGgml()
+    ik = IkGgml(args.ik_lib)
     threads = [int(t) for t in args.threads.split(",")]
     depths = [int(d) for d in args.depths.split(",")]
     rng = np.random.default_rng(2)
@@ -147,7 +150,7 @@ def side_by_side(args):
                 rows.append((ct, t, d, s_ours, s_ik))
         for ctx, _ in peers:
             ik.free(ctx)
-    return rows
+    return rows, ik.path
 
 
 def small_depth_sweep(types, threads, reps):
@@ -184,7 +187,7 @@ def crossover(times_by_key, ct, t):
 
 
 def print_table(records, limits, best_times, small, wait_policy):
-    print(f"OMP_WAIT_POLICY={wait_policy}; machine (measured in this run, medians):")
+    print(f"ISA level {ISA}; OMP_WAIT_POLICY={wait_policy}; machine (measured in this run, medians):")
     for t, (bw, peak) in sorted(limits.items()):
         print(f"  {t} thread(s): read {bw / 1e9:6.1f} GB/s, fp32 FMA peak {peak / 1e9:6.1f} GFLOP/s")
     print()
@@ -214,12 +217,18 @@ def print_table(records, limits, best_times, small, wait_policy):
                   f"{best:6.2f} ms, ratio {ik / (r['seconds'] * 1e3):5.2f} / {ik / best:5.2f}")
 
 
-def print_side_by_side(rows):
-    print("same run, ik_llama.cpp FlashMLA (ggml_flash_attn_ext, its default f16 precision) vs our kparallel,\n"
-          "calls alternating, medians; ratio = t_ik / t_ours (> 1: we are faster):")
-    print(f"{'type':6s} {'thr':>3s} {'depth':>6s} {'ik ms':>8s} {'ours ms':>8s} {'ratio':>6s}")
-    for ct, t, d, s_ours, s_ik in rows:
-        print(f"{ct:6s} {t:3d} {d:6d} {s_ik * 1e3:8.3f} {s_ours * 1e3:8.3f} {s_ik / s_ours:6.2f}")
+def side_by_side_records(rows, ik_path):
+    return [{"strategy": "kparallel", "cache_type": ct, "depth": d, "threads": t, "isa": ISA, "seconds": s_ours,
+             "ik_seconds": s_ik, "ik_ratio": s_ik / s_ours, "ik_lib": ik_path} for ct, t, d, s_ours, s_ik in rows]
+
+
+def print_side_by_side(records):
+    print(f"same run, ik_llama.cpp FlashMLA (ggml_flash_attn_ext, its default f16 precision; {records[0]['ik_lib']})\n"
+          "vs our kparallel, calls alternating, medians; ratio = t_ik / t_ours (> 1: we are faster):")
+    print(f"{'type':6s} {'thr':>3s} {'isa':>6s} {'depth':>6s} {'ik ms':>8s} {'ours ms':>8s} {'ratio':>6s}")
+    for r in records:
+        print(f"{r['cache_type']:6s} {r['threads']:3d} {r['isa']:>6s} {r['depth']:6d} {r['ik_seconds'] * 1e3:8.3f} "
+              f"{r['seconds'] * 1e3:8.3f} {r['ik_ratio']:6.2f}")
 
 
 def main(argv=None):
@@ -237,13 +246,23 @@ def main(argv=None):
                     help="cycle over cache copies exceeding this many bytes (0: one copy, cache-resident)")
     ap.add_argument("--ik", action="store_true",
                     help="only the same-run side-by-side with ik_llama.cpp's FlashMLA (f16 and q8_0 caches)")
+    ap.add_argument("--ik-lib", metavar="PATH", help="ik's libggml.so for --ik (a native build; default the wheel's)")
+    ap.add_argument("--isa", choices=("scalar", "avx2", "avx512", "amx"),
+                    help="minillm's ISA level (default: the best here)")
     args = ap.parse_args(argv)
     if args.wait_policy:
         os.environ["OMP_WAIT_POLICY"] = args.wait_policy
-    global attn
-    from minillm_kernels import attention as attn
-    if args.ik:
-        print_side_by_side(side_by_side(args))
+    global attn, ISA
+    import minillm_kernels
+    ISA = args.isa or minillm_kernels.LEVEL
+    attn = minillm_kernels.kernels(ISA).attention
+    if args.ik or args.ik_lib:
+        records = side_by_side_records(*side_by_side(args))
+        if args.json:
+            json.dump(records, sys.stdout, indent=1)
+            print()
+        else:
+            print_side_by_side(records)
         return
     records, limits, best_times = run(args)
     if args.json:

@@ -23,6 +23,11 @@ figures for the source type.
 
     python tools/bench_kernels.py                      # all types, table
     python tools/bench_kernels.py --types Q8_0,IQ4_NL --ops gemv --json out.json
+    python tools/bench_kernels.py --ops gemm,moe --isa avx512 --ik-lib ~/ik/build/ggml/src/libggml.so
+
+--isa LEVEL runs minillm's kernels at that ISA level (minillm_kernels.kernels: scalar, avx2, avx512,
+amx; default the best this CPU has); every row and JSON record names its level.  --ik-lib PATH times
+ik_llama.cpp's mul_mat from that libggml.so (a native build: the wheel's is an AVX2 build).
 """
 import argparse
 import json
@@ -39,7 +44,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from minillm_kernels import matmul as mm  # noqa: E402
+import minillm_kernels  # noqa: E402
+from minillm_kernels import matmul as mm  # noqa: E402  (main() rebinds it for --isa)
 from minillm_kernels.random_blocks import TYPE_IDS as GGUF_TYPE_IDS  # noqa: E402
 from minillm_kernels.random_blocks import TYPES, random_weights, row_bytes  # noqa: E402
 
@@ -322,31 +328,33 @@ def bench_moe(tname, args, bw, records, rows):
 
 
 def add(records, rows, op, tname, shape, tokens, nth, s, gbps, frac, gflops, ik, ratio, label, same_run=None):
-    rec = {"op": op, "type": tname, "shape": shape, "tokens": tokens, "threads": nth,
+    rec = {"op": op, "type": tname, "shape": shape, "tokens": tokens, "threads": nth, "isa": mm.isa_level(),
            "seconds": s, "gbps": gbps, "bw_fraction": frac}
-    if same_run:  # with --ik: ik's time for the same op in this run, as t_ik / t_ours
+    if same_run:  # with --ik / --ik-lib: ik's time for the same op in this run, as t_ik / t_ours
         rec["ik_same_run_ratio"] = same_run
     records.append(rec)
-    rows.append((op, tname, label, shape, tokens, nth, s * 1e3, gbps, frac, gflops, ik, ratio, same_run))
+    rows.append((op, tname, label, shape, tokens, nth, mm.isa_level(), s * 1e3, gbps, frac, gflops, ik, ratio,
+                 same_run))
     if not rows_quiet[0]:
         print_row(rows[-1], sys.stderr)
 
 
 rows_quiet = [False]
 INTERNAL_NAMES = {TYPE_NAMES[t] for t in mm.INTERNAL_TYPES}
-HEADER = ("op", "type", "name", "shape", "tok", "thr", "ms", "GB/s", "bw%", "GFLOP/s", "ik fig", "ratio",
+HEADER = ("op", "type", "name", "shape", "tok", "thr", "isa", "ms", "GB/s", "bw%", "GFLOP/s", "ik fig", "ratio",
           "ik same run: t_ik/t_ours")
 
 
 def print_row(r, f):
-    op, tname, label, shape, tok, nth, ms, gbps, frac, gflops, ik, ratio, same_run = r
-    cells = [op, tname, label, shape, str(tok), str(nth), f"{ms:.3f}", f"{gbps:.2f}", f"{100 * frac:.0f}",
+    op, tname, label, shape, tok, nth, isa, ms, gbps, frac, gflops, ik, ratio, same_run = r
+    cells = [op, tname, label, shape, str(tok), str(nth), isa, f"{ms:.3f}", f"{gbps:.2f}", f"{100 * frac:.0f}",
              f"{gflops:.1f}" if gflops else "", f"{ik:.1f}" if ik else "", f"{ratio:.2f}" if ratio else "",
              f"{same_run:.2f}" if same_run else ""]
     print("| " + " | ".join(cells) + " |", file=f, flush=True)
 
 
 def main():
+    global mm
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--types", default=",".join(TYPE_NAMES[t] for t in sorted(mm.supported_types())))
     ap.add_argument("--ops", default="gemv,gemm,moe")
@@ -363,11 +371,15 @@ def main():
     ap.add_argument("--gemm-output", action="store_true", help="also GEMM the output shape (slow)")
     ap.add_argument("--ik", action="store_true",
                     help="also time ik_llama.cpp's mul_mat (ik-llama-cpp-python wheel) in the same run")
+    ap.add_argument("--ik-lib", metavar="PATH", help="with --ik, or alone: ik's libggml.so to time (a native build)")
+    ap.add_argument("--isa", choices=minillm_kernels.LEVELS, help="minillm's ISA level (default: the best here)")
     ap.add_argument("--json", nargs="?", const="-", help="write the records as JSON (to stdout with no file)")
     args = ap.parse_args()
     args.ops = set(args.ops.split(","))
     args.shapes = set(args.shapes.split(","))
-    args.ik = IkGgml() if args.ik else None
+    if args.isa:
+        mm = minillm_kernels.kernels(args.isa).matmul
+    args.ik = IkGgml(args.ik_lib) if args.ik or args.ik_lib else None
     args.threads = [int(v) for v in args.threads.split(",")]
     types = [v.strip().upper() for v in args.types.split(",")]
     for tn in types:
@@ -375,7 +387,7 @@ def main():
             ap.error(f"unknown or unsupported type {tn}")
 
     buf = np.ones(int(args.bw_bytes) // 4096 * 4096, np.uint8)
-    print(f"# simd={mm.simd_enabled()} cores={os.cpu_count()}", file=sys.stderr)
+    print(f"# isa={mm.isa_level()} cores={os.cpu_count()} ik={args.ik.path if args.ik else None}", file=sys.stderr)
     print("| " + " | ".join(HEADER) + " |", file=sys.stderr)
     records, rows, bws = [], [], {n: [] for n in args.threads}
     for tn in types:
@@ -387,7 +399,8 @@ def main():
         bench_type(tn, args, bw, records, rows)
     summary = {nth: statistics.median(v) / 1e9 for nth, v in bws.items()}
     out = sys.stdout
-    print(f"\nread bandwidth (median over the run): " +
+    print(f"\nminillm ISA level {mm.isa_level()}; ik_llama.cpp: {args.ik.path if args.ik else 'not timed'}", file=out)
+    print("read bandwidth (median over the run): " +
           ", ".join(f"{n} thr {v:.2f} GB/s" for n, v in summary.items()), file=out)
     print("| " + " | ".join(HEADER) + " |", file=out)
     print("|" + "---|" * len(HEADER), file=out)

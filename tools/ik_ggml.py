@@ -22,9 +22,10 @@ class IkGgml:
     the same run as ours on the same weight bytes: a side-by-side ratio that the machine's load
     affects equally (the IK_OPS figures come from another session)."""
 
-    def __init__(self):
+    def __init__(self, path=None):
+        """path: a libggml.so (e.g. a native build's, --ik-lib); else $MINILLM_IK_LIBGGML; else the wheel's"""
         self.c = ctypes
-        path = os.environ.get("MINILLM_IK_LIBGGML")
+        path = path or os.environ.get("MINILLM_IK_LIBGGML")
         if not path:
             import ik_llama_cpp
             path = os.path.join(os.path.dirname(ik_llama_cpp.__file__), "lib", "libggml.so")

@@ -88,62 +88,78 @@ static void amx_configure(void) {
     _tile_loadconfig(&c);
 }
 
-/* C tile `tile` -> out rows t0.., columns r0.. (nt tokens, nr rows valid) */
-#define STORE_C(tile, t0, r0, nt, nr)                                                            \
-    do {                                                                                       \
-        if ((nt) == 16 && (nr) == 16) {                                                        \
-            _tile_stored(tile, out + (size_t)(t0) * os + (r0), os * sizeof(float));           \
-        } else if ((nt) > 0 && (nr) > 0) {                                                     \
-            _tile_stored(tile, ctmp, 64);                                                      \
-            for (int _t = 0; _t < (nt); _t++)                                                  \
-                memcpy(out + (size_t)((t0) + _t) * os + (r0), ctmp + 16 * _t, sizeof(float) * (nr)); \
-        }                                                                                      \
+/* C tile `tile` -> o (out at the panel's first row) rows t0.. (nt valid), columns r0.. (nr valid): whole tiles straight, edge tiles
+ * through ctmp */
+#define STORE_C(tile, t0, r0, nt, nr)                                                                \
+    do {                                                                                           \
+        if ((nt) == 16 && (nr) == 16) {                                                            \
+            _tile_stored(tile, o + (size_t)(t0) * os + (r0), os * sizeof(float));                 \
+        } else if ((nt) > 0 && (nr) > 0) {                                                         \
+            _tile_stored(tile, ctmp, 64);                                                          \
+            for (int _t = 0; _t < (nt); _t++)                                                      \
+                memcpy(o + (size_t)((t0) + _t) * os + (r0), ctmp + 16 * _t, sizeof(float) * (nr));   \
+        }                                                                                          \
     } while (0)
 
-void amx_gemm_panel(int K, const uint16_t *panel, const uint8_t *acts, size_t as, int ntok, float *out, size_t os,
-                    int nr) {
+/* one K block (steps s0..s1 of 32 values) of a group of 32 tokens (a0, a1: its two halves) against
+ * the panel: C tiles 0-3 += A (4, 5) x B (6, 7); `full`: both halves of tokens and of rows */
+static inline __attribute__((always_inline)) void amx_steps(const uint16_t *panel, const uint8_t *a0,
+                                                            const uint8_t *a1, size_t as, int s0, int s1,
+                                                            int two_tok, int two_rows) {
+    if (two_tok && two_rows) {
+        for (int s = s0; s < s1; s++) {
+            _tile_loadd(4, a0 + 64 * s, as);
+            _tile_loadd(6, panel + (size_t)s * 1024, 64);
+            _tile_loadd(7, panel + (size_t)s * 1024 + 512, 64);
+            _tile_loadd(5, a1 + 64 * s, as);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    } else if (two_tok) {
+        for (int s = s0; s < s1; s++) {
+            _tile_loadd(4, a0 + 64 * s, as);
+            _tile_loadd(6, panel + (size_t)s * 1024, 64);
+            _tile_loadd(5, a1 + 64 * s, as);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+        }
+    } else {
+        for (int s = s0; s < s1; s++) {
+            _tile_loadd(4, a0 + 64 * s, as);
+            _tile_loadd(6, panel + (size_t)s * 1024, 64);
+            _tile_loadd(7, panel + (size_t)s * 1024 + 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+    }
+}
+
+/* Each group of 32 tokens passes over the np panels in turn (its activations, 2 KiB per token at
+ * K = 1024, read from RAM once for all of them, then from L2), the sums in the C tiles over all of K */
+void amx_gemm_panels(int K, const uint16_t *panels, int np, const uint8_t *acts, size_t as, int ntok, float *out,
+                     size_t os, int nr) {
     float ctmp[256] __attribute__((aligned(64)));
-    const int steps = K / 32, nr0 = nr > 16 ? 16 : nr, nr1 = nr > 16 ? nr - 16 : 0;
+    const int steps = K / 32;
     amx_configure();
     for (int t = 0; t < ntok; t += 2 * AMX_TOKENS) {
         const int nt0 = ntok - t > 16 ? 16 : ntok - t, nt1 = ntok - t - 16 > 16 ? 16 : ntok - t - 16;
         const uint8_t *a0 = acts + (size_t)t * as, *a1 = a0 + 16 * as;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        if (nt1 > 0 && nr1 > 0) { /* the full 2 x 2 step */
-            for (int s = 0; s < steps; s++) {
-                _tile_loadd(4, a0 + 64 * s, as);
-                _tile_loadd(6, panel + (size_t)s * 1024, 64);
-                _tile_loadd(7, panel + (size_t)s * 1024 + 512, 64);
-                _tile_loadd(5, a1 + 64 * s, as);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-        } else if (nt1 > 0) { /* one half of rows */
-            for (int s = 0; s < steps; s++) {
-                _tile_loadd(4, a0 + 64 * s, as);
-                _tile_loadd(6, panel + (size_t)s * 1024, 64);
-                _tile_loadd(5, a1 + 64 * s, as);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(2, 5, 6);
-            }
-        } else { /* one group of tokens */
-            for (int s = 0; s < steps; s++) {
-                _tile_loadd(4, a0 + 64 * s, as);
-                _tile_loadd(6, panel + (size_t)s * 1024, 64);
-                _tile_loadd(7, panel + (size_t)s * 1024 + 512, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-            }
+        for (int p = 0; p < np && AMX_ROWS * p < nr; p++) {
+            const int rp = nr - AMX_ROWS * p, nr0 = rp > 16 ? 16 : rp, nr1 = rp > 32 ? 16 : (rp > 16 ? rp - 16 : 0);
+            float *o = out + AMX_ROWS * p;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            amx_steps(panels + (size_t)p * amx_panel_bytes(K) / 2, a0, a1, as, 0, steps, nt1 > 0, nr1 > 0);
+            STORE_C(0, t, 0, nt0, nr0);
+            STORE_C(1, t, 16, nt0, nr1);
+            STORE_C(2, t + 16, 0, nt1, nr0);
+            STORE_C(3, t + 16, 16, nt1, nr1);
         }
-        STORE_C(0, t, 0, nt0, nr0);
-        STORE_C(1, t, 16, nt0, nr1);
-        STORE_C(2, t + 16, 0, nt1, nr0);
-        STORE_C(3, t + 16, 16, nt1, nr1);
     }
+    _tile_release(); /* the thread's tile state back to init: no 8 KiB to save on a context switch */
 }
 #endif

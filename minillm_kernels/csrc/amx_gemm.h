@@ -1,9 +1,10 @@
-/* AMX GEMM of many tokens (prompt processing, the batched MoE): bf16 tiles, any weight type.
+/* AMX GEMM of many tokens (prompt processing, the batched MoE): bf16 tiles, any quantized weight type.
  *
- * Weights are decoded per work item of up to AMX_ROWS rows into a bf16 panel in the layout the
- * B tiles take (pairs of consecutive K values of 16 rows side by side), then every group of 32
- * tokens sweeps the panel: per 32 K values, 2 A tiles (16 tokens x 32 bf16, the activation rows as
- * they are) x 2 B tiles (32 K x 16 rows) -> 4 C tiles of 16 x 16 float sums (TDPBF16PS).
+ * Weights are decoded per work item (up to amx_item_panels(K) panels of AMX_ROWS rows) into bf16
+ * panels in the layout the B tiles take (pairs of consecutive K values of 16 rows side by side), then
+ * every group of 32 tokens sweeps the panels: per 32 K values, 2 A tiles (16 tokens x 32 bf16, the
+ * activation rows as they are) x 2 B tiles (32 K x 16 rows) -> 4 C tiles of 16 x 16 float sums
+ * (TDPBF16PS), stored to out once per panel.
  * Activations are bf16 rows (ACT_BF16: x rounded to nearest even).  The products are exact and
  * summed in float32, so the result differs from the exact product of the file's weights and the
  * float activations only by the bf16 rounding of each weight and activation (2^-9 relative each)
@@ -28,12 +29,19 @@
  * size and of IQ4_NL_R's groups of 128) */
 #define AMX_DQ_CHUNK 256
 
+/* bytes of the panel of AMX_ROWS rows of K values (K % 32 == 0) */
+static inline size_t amx_panel_bytes(int K) { return (size_t)K * AMX_ROWS * 2; }
+/* Panels per work item: each group of tokens passes over all of them while its activations are in L2,
+ * so that the activations come from RAM once per item (at 512 tokens they do not fit L2: one panel per
+ * item, 1.5x the time of four in a single-thread run).  As many as fit 1 MiB of L2, at most 4. */
+static inline int amx_item_panels(int K) {
+    const int np = (int)((1 << 20) / amx_panel_bytes(K));
+    return np < 1 ? 1 : (np > 4 ? 4 : np);
+}
 #if MINILLM_AMX
 /* x (n floats) -> n bf16, rounded to nearest even */
 void quantize_row_bf16(const float *x, void *y, int n);
 
-/* bytes of the panel of AMX_ROWS rows of K values (K % 32 == 0) */
-static inline size_t amx_panel_bytes(int K) { return (size_t)K * AMX_ROWS * 2; }
 /* scratch for amx_build_panel's float rows */
 #define AMX_DQ_SCRATCH_BYTES (16 * AMX_DQ_CHUNK * sizeof(float))
 
@@ -42,10 +50,11 @@ typedef void (*amx_dequantize_fn)(const void *w, float *y, int n);
  * -> panel; rows from nr on are zeros */
 void amx_build_panel(amx_dequantize_fn dq, const uint8_t *w, size_t row_bytes, int block_size, int type_size,
                      int K, int nr, uint16_t *panel, float *dq_scratch);
-/* out[t * os + r] = sum_k panel row r . bf16 activation row t (acts + t * as), for t < ntok, r < nr.
+/* out[t * os + r] = sum_k row r of the panels . bf16 activation row t (acts + t * as), for t < ntok,
+ * r < nr (rows 32p.. of panel p; np panels of amx_panel_bytes(K) each, one after the other).
  * Reads up to AMX_TOKENS - 1 rows past the last token (the caller's buffers are padded). */
-void amx_gemm_panel(int K, const uint16_t *panel, const uint8_t *acts, size_t as, int ntok, float *out, size_t os,
-                    int nr);
+void amx_gemm_panels(int K, const uint16_t *panels, int np, const uint8_t *acts, size_t as, int ntok, float *out,
+                     size_t os, int nr);
 #endif
 
 #endif

@@ -346,9 +346,188 @@ static void kq_i16_rows6(const int16_t *ki, int D, const float *kd, const qgroup
 }
 #endif
 
+
+#if MINILLM_AVX512
+/* ------------------------------------------------------------------ AVX-512 bodies
+ * The 16 query rows of a group are one 512-bit vector: the score GEMM, the online softmax and
+ * the value GEMM of the AVX2 bodies with half the instructions (the 8-bit caches' int16 products
+ * with vpdpwssd, which adds the pair products to int32 lanes in one instruction).  Exact integer
+ * sums are the same; float sums are accumulated in another order (within the same bounds). */
+static inline __m512 exp512(__m512 x) { /* exp_ps's steps on 16 lanes */
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* R rows of a float tile against the 16 query rows: R accumulators, broadcast row values */
+static inline __attribute__((always_inline)) void kq_f32_rows512(const float *kf, int D, int d0, int d1,
+                                                                 const float *qf, float *s, const int R) {
+    __m512 a[8];
+    for (int r = 0; r < R; r++) a[r] = d0 ? _mm512_load_ps(s + r * LANES) : _mm512_setzero_ps();
+    for (int d = d0; d < d1; d++) {
+        const __m512 q = _mm512_load_ps(qf + d * LANES);
+        for (int r = 0; r < R; r++) a[r] = _mm512_fmadd_ps(_mm512_set1_ps(kf[(size_t)r * D + d]), q, a[r]);
+        for (int r = 0; r < R; r++) PIN512(a[r]);
+    }
+    for (int r = 0; r < R; r++) _mm512_store_ps(s + r * LANES, a[r]);
+}
+
+/* R int16 rows against the 16 int16 query rows: one int32 sum per row and query (vpdpwssd) */
+static inline __attribute__((always_inline)) void kq_i16_rows512(const int16_t *ki, int D, const float *kd,
+                                                                 const qgroup_t *g, float *s, const int R) {
+    __m512i a[8];
+    for (int r = 0; r < R; r++) a[r] = _mm512_setzero_si512();
+    const int32_t *qp = g->qi;
+    for (int d = 0; d < D; d += 2, qp += LANES) {
+        const __m512i q = _mm512_load_si512((const __m512i *)qp);
+        for (int r = 0; r < R; r++) {
+            int32_t pair;
+            memcpy(&pair, ki + (size_t)r * D + d, 4);
+            a[r] = _mm512_dpwssd_epi32(a[r], _mm512_set1_epi32(pair), q);
+        }
+        for (int r = 0; r < R; r++) PIN512(a[r]);
+    }
+    const __m512 qd = _mm512_load_ps(g->qd);
+    for (int r = 0; r < R; r++)
+        _mm512_store_ps(s + r * LANES, _mm512_mul_ps(_mm512_cvtepi32_ps(a[r]), _mm512_mul_ps(_mm512_set1_ps(kd[r]), qd)));
+}
+
+static void tile_scores512(const layout_t *L, const tile_t *T, int nt, const qgroup_t *g) {
+    const int D = L->D;
+    int r;
+    if (!is_q8(L->type)) {
+        for (int part = 0; part < KQ_SPLIT; part++) {
+            const int d0 = D * part / KQ_SPLIT, d1 = D * (part + 1) / KQ_SPLIT;
+            for (r = 0; r + 8 <= nt; r += 8) kq_f32_rows512(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 8);
+            for (; r < nt; r++) kq_f32_rows512(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
+        }
+        return;
+    }
+    for (r = 0; r + 8 <= nt; r += 8) kq_i16_rows512(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 8);
+    for (; r < nt; r++) kq_i16_rows512(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 1);
+}
+
+static void softmax_step512(state_t *st, float *s, int n, int DV, int nlanes) {
+    const __m512 mold = _mm512_loadu_ps(st->m);
+    __m512 mnew = mold;
+    for (int t = 0; t < n; t++) mnew = _mm512_max_ps(mnew, _mm512_load_ps(s + t * LANES));
+    const __m512 alpha = exp512(_mm512_sub_ps(mold, mnew));
+    __m512 lsum = _mm512_setzero_ps();
+    for (int t = 0; t < n; t++) {
+        const __m512 p = exp512(_mm512_sub_ps(_mm512_load_ps(s + t * LANES), mnew));
+        _mm512_store_ps(s + t * LANES, p);
+        lsum = _mm512_add_ps(lsum, p);
+    }
+    _mm512_storeu_ps(st->l, _mm512_fmadd_ps(_mm512_loadu_ps(st->l), alpha, lsum));
+    _mm512_storeu_ps(st->m, mnew);
+    const __mmask16 changed = _mm512_cmp_ps_mask(alpha, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
+    float a[LANES];
+    _mm512_storeu_ps(a, alpha);
+    for (int h = 0; h < nlanes; h++) {
+        if (!(changed >> h & 1)) continue;
+        const __m512 va = _mm512_set1_ps(a[h]);
+        float *o = st->o + (size_t)h * DV;
+        for (int d = 0; d < DV; d += 16) _mm512_store_ps(o + d, _mm512_mul_ps(va, _mm512_load_ps(o + d)));
+    }
+}
+
+/* NH heads x 32 values: 2 NH accumulators, broadcast probabilities */
+static inline __attribute__((always_inline)) void v_block512(const float *kf, int D, int DV, const float *p, int n,
+                                                             float *o0, const int NH) {
+    __m512 a0[8], a1[8];
+    for (int i = 0; i < NH; i++) {
+        a0[i] = _mm512_load_ps(o0 + (size_t)i * DV);
+        a1[i] = _mm512_load_ps(o0 + (size_t)i * DV + 16);
+    }
+    for (int t = 0; t < n; t++) {
+        const __m512 v0 = _mm512_load_ps(kf + (size_t)t * D), v1 = _mm512_load_ps(kf + (size_t)t * D + 16);
+        for (int i = 0; i < NH; i++) {
+            const __m512 pb = _mm512_set1_ps(p[t * LANES + i]);
+            a0[i] = _mm512_fmadd_ps(pb, v0, a0[i]);
+            a1[i] = _mm512_fmadd_ps(pb, v1, a1[i]);
+        }
+        for (int i = 0; i < NH; i++) { PIN512(a0[i]); PIN512(a1[i]); }
+    }
+    for (int i = 0; i < NH; i++) {
+        _mm512_store_ps(o0 + (size_t)i * DV, a0[i]);
+        _mm512_store_ps(o0 + (size_t)i * DV + 16, a1[i]);
+    }
+}
+
+/* the same for 8-bit rows: int32 sums of the int16 probability and value pairs (vpdpwssd), then
+ * O += sum * scale */
+static inline __attribute__((always_inline)) void v_block_i16_512(const int32_t *vp, int DV, const int32_t *pp,
+                                                                  int np, const float *sc, float *o0, const int NH) {
+    __m512i a0[8], a1[8];
+    for (int i = 0; i < NH; i++) a0[i] = a1[i] = _mm512_setzero_si512();
+    for (int t = 0; t < np; t++) {
+        const __m512i v0 = _mm512_load_si512((const __m512i *)(vp + (size_t)t * DV));
+        const __m512i v1 = _mm512_load_si512((const __m512i *)(vp + (size_t)t * DV + 16));
+        for (int i = 0; i < NH; i++) {
+            const __m512i pb = _mm512_set1_epi32(pp[t * LANES + i]);
+            a0[i] = _mm512_dpwssd_epi32(a0[i], pb, v0);
+            a1[i] = _mm512_dpwssd_epi32(a1[i], pb, v1);
+        }
+        for (int i = 0; i < NH; i++) { PIN512(a0[i]); PIN512(a1[i]); }
+    }
+    for (int i = 0; i < NH; i++) {
+        const __m512 c = _mm512_set1_ps(sc[i]);
+        float *o = o0 + (size_t)i * DV;
+        _mm512_store_ps(o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[i]), c, _mm512_load_ps(o)));
+        _mm512_store_ps(o + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1[i]), c, _mm512_load_ps(o + 16)));
+    }
+}
+
+/* the value GEMM in blocks of 32 values x 8 heads; int16: 8-bit rows (vp, pp, sc of tile_values_int) */
+#define V_BLOCK512_CASES(call)                                                                       \
+    switch (nlanes - hb < 8 ? nlanes - hb : 8) {                                                     \
+    case 8: call(8); break;                                                                          \
+    case 7: call(7); break;                                                                          \
+    case 6: call(6); break;                                                                          \
+    case 5: call(5); break;                                                                          \
+    case 4: call(4); break;                                                                          \
+    case 3: call(3); break;                                                                          \
+    case 2: call(2); break;                                                                          \
+    default: call(1); break;                                                                         \
+    }
+static void tile_values512(tile_t *T, int D, int DV, int n, float *o, int nlanes, const int32_t *pp,
+                           const float *sc) {
+    const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 32) + 64) & ~(size_t)63;
+    for (int dc = 0; dc < DV; dc += 32) {
+        prefetch_some(T, pf_step);
+        for (int hb = 0; hb < nlanes; hb += 8) {
+            float *o0 = o + (size_t)hb * DV + dc;
+#define F32_CALL(nh) v_block512(T->kf + dc, D, DV, T->s + hb, n, o0, nh)
+#define I16_CALL(nh) v_block_i16_512(T->vp + dc, DV, pp + hb, (n + 1) / 2, sc + hb, o0, nh)
+            if (pp) {
+                V_BLOCK512_CASES(I16_CALL)
+            } else {
+                V_BLOCK512_CASES(F32_CALL)
+            }
+#undef F32_CALL
+#undef I16_CALL
+        }
+    }
+}
+#endif
+
 static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup_t *g) {
     const int D = L->D;
-#if MINILLM_AVX2
+#if MINILLM_AVX512
+    (void)D;
+    tile_scores512(L, T, nt, g);
+#elif MINILLM_AVX2
     int r = 0;
     switch (L->type) {
     case ATTN_F16: case ATTN_BF16:
@@ -388,7 +567,9 @@ static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup
 /* ------------------------------------------------------------------ online softmax + values */
 /* Fold n rows of scores (in T->s) into the state: new max, rescale, probabilities in place. */
 static void softmax_step(state_t *st, float *s, int n, int DV, int nlanes) {
-#if MINILLM_AVX2
+#if MINILLM_AVX512
+    softmax_step512(st, s, n, DV, nlanes);
+#elif MINILLM_AVX2
     for (int v = 0; v < LANES; v += 8) {
         const __m256 mold = _mm256_loadu_ps(st->m + v);
         __m256 mnew = mold;
@@ -449,7 +630,10 @@ static inline __attribute__((always_inline)) void v_block(const float *kf, int D
 
 static void tile_values(tile_t *T, int D, int DV, int n, float *o, int nlanes) {
     const float *kf = T->kf, *p = T->s;
-#if MINILLM_AVX2
+#if MINILLM_AVX512
+    (void)kf; (void)p;
+    tile_values512(T, D, DV, n, o, nlanes, NULL, NULL);
+#elif MINILLM_AVX2
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
         prefetch_some(T, pf_step);
@@ -525,6 +709,9 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
             _mm256_store_si256((__m256i *)(T->pp + t * LANES + v), _mm256_or_si256(_mm256_and_si256(a, lo16), _mm256_slli_epi32(b, 16)));
         }
     }
+#if MINILLM_AVX512
+    tile_values512(T, 0, DV, n, o, nlanes, T->pp, sc);
+#else
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
         prefetch_some(T, pf_step);
@@ -541,6 +728,7 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
             }
         }
     }
+#endif
 }
 #endif
 

@@ -76,7 +76,7 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->gemm_float = k->path == PATH_BEST ? tt->gemm_float : NULL;
     k->batch_act = k->pack8 ? tt->pack8_act : tt->act_type;
     /* the quantized types (rows of whole 32-value steps); the float types keep their own GEMM */
-    k->amx = use_amx && k->path == PATH_BEST && tt->block_size >= QK && K % QK == 0;
+    k->amx = use_amx && k->path == PATH_BEST && tt->block_size >= QK && K % QK == 0 && type_amx_ok(wtype);
     k->tr = tt->gemm_rows;
     k->tc = tt->gemm_cols;
     k->gv = tt->gemv_rows;
@@ -115,8 +115,8 @@ static size_t scratch_bytes(const kernel_t *k, int ntok) {
     else if (ntok >= PACK8_MIN_TOKENS && k->pack8) s = (ROW_TILE / k->tt->pack_rows) * k->tt->packed_bytes(k->K);
 #if MINILLM_AMX
     /* the MoE sizes one scratch for all of its experts' batches: the packed GEMM's too */
-    if (amx_batch(k, ntok) && s < amx_panel_bytes(k->K) + AMX_DQ_SCRATCH_BYTES)
-        s = amx_panel_bytes(k->K) + AMX_DQ_SCRATCH_BYTES;
+    const size_t amx = amx_item_panels(k->K) * amx_panel_bytes(k->K) + AMX_DQ_SCRATCH_BYTES;
+    if (amx_batch(k, ntok) && s < amx) s = amx;
 #endif
     return s;
 }
@@ -176,7 +176,7 @@ static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1
 /* rows per work item for batches of ntok tokens: the float GEMM and the AMX GEMM take more
  * (FLOAT_ROW_TILE, AMX_ROWS); every other path at most ROW_TILE */
 static int row_tile(const kernel_t *k, int ntok) {
-    if (amx_batch(k, ntok)) return AMX_ROWS;
+    if (amx_batch(k, ntok)) return AMX_ROWS * amx_item_panels(k->K);
     return k->gemm_float ? FLOAT_ROW_TILE : ROW_TILE;
 }
 
@@ -227,11 +227,14 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
     }
 #if MINILLM_AMX
     if (amx_batch(k, ntok)) {
-        uint16_t *panel = (uint16_t *)scratch;
-        amx_build_panel(k->tt->dequantize_row[PATH_BEST], w + (size_t)r0 * k->row_bytes, k->row_bytes,
-                        k->tt->block_size, k->tt->type_size, k->K, r1 - r0, panel,
-                        (float *)(scratch + amx_panel_bytes(k->K)));
-        amx_gemm_panel(k->K, panel, acts, as, ntok, out + r0, os, r1 - r0);
+        const size_t pb = amx_panel_bytes(k->K);
+        const int np = (r1 - r0 + AMX_ROWS - 1) / AMX_ROWS;
+        float *dq_scratch = (float *)(scratch + amx_item_panels(k->K) * pb);
+        for (int p = 0; p < np; p++)
+            amx_build_panel(k->tt->dequantize_row[PATH_BEST], w + (size_t)(r0 + AMX_ROWS * p) * k->row_bytes,
+                            k->row_bytes, k->tt->block_size, k->tt->type_size, k->K, imin(AMX_ROWS, r1 - r0 - AMX_ROWS * p),
+                            (uint16_t *)(scratch + p * pb), dq_scratch);
+        amx_gemm_panels(k->K, (const uint16_t *)scratch, np, acts, as, ntok, out + r0, os, r1 - r0);
         return;
     }
 #endif

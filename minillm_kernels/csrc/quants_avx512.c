@@ -36,6 +36,35 @@ void dequantize_row_iq4_nl_avx512(const void *w, float *y, int n) {
     }
 }
 
+/* Q4_0: value j (low nibble of byte j) and j + 16 (high nibble) are the code - 8 */
+void dequantize_row_q4_0_avx512(const void *w, float *y, int n) {
+    const block_q4_0 *b = (const block_q4_0 *)w;
+    const __m128i m4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    for (int i = 0; i < n / QK; i++) {
+        const __m512 d = _mm512_set1_ps(fp16_to_fp32(b[i].d));
+        const __m128i q = _mm_loadu_si128((const __m128i *)b[i].qs);
+        _mm512_storeu_ps(y + i * QK, scale16(_mm_sub_epi8(_mm_and_si128(q, m4), eight), d));
+        _mm512_storeu_ps(y + i * QK + 16, scale16(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), eight), d));
+    }
+}
+
+/* Q5_0: as Q4_0 with bit j of qh as the fifth bit of value j, and 16 subtracted */
+void dequantize_row_q5_0_avx512(const void *w, float *y, int n) {
+    const block_q5_0 *b = (const block_q5_0 *)w;
+    const __m128i m4 = _mm_set1_epi8(0x0f), sixteen = _mm_set1_epi8(16);
+    for (int i = 0; i < n / QK; i++) {
+        const __m512 d = _mm512_set1_ps(fp16_to_fp32(b[i].d));
+        const __m128i q = _mm_loadu_si128((const __m128i *)b[i].qs);
+        uint32_t qh;
+        memcpy(&qh, b[i].qh, 4);
+        const __m128i h0 = _mm_maskz_mov_epi8((__mmask16)(qh & 0xffff), sixteen);
+        const __m128i h1 = _mm_maskz_mov_epi8((__mmask16)(qh >> 16), sixteen);
+        _mm512_storeu_ps(y + i * QK, scale16(_mm_sub_epi8(_mm_or_si128(_mm_and_si128(q, m4), h0), sixteen), d));
+        _mm512_storeu_ps(y + i * QK + 16,
+                         scale16(_mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(q, 4), m4), h1), sixteen), d));
+    }
+}
+
 /* IQ4_NL_R: groups of 4 blocks (quants.h block_iq4_nl_r4): byte p of half h holds value p of block
  * 2h in its low nibble and of block 2h + 1 in its high one; the blocks after the last group are IQ4_NL */
 void dequantize_row_iq4_nl_r_avx512(const void *w, float *y, int n) {

@@ -95,6 +95,8 @@ void gemm_float_bf16_avx2(int n, const void *w, size_t w_stride, const void *a, 
 
 #if MINILLM_AVX512
 void dequantize_row_q8_0_avx512(const void *w, float *y, int n);
+void dequantize_row_q4_0_avx512(const void *w, float *y, int n);
+void dequantize_row_q5_0_avx512(const void *w, float *y, int n);
 void dequantize_row_iq4_nl_avx512(const void *w, float *y, int n);
 void dequantize_row_iq4_nl_r_avx512(const void *w, float *y, int n);
 #endif

@@ -48,8 +48,8 @@ void quantize_row_f16_s(const float *x, void *y, int n) { BEST(quantize_row_f16_
 #else
 #define DQ_F16 dequantize_row_f16_scalar
 #endif
-/* the 32-value types' dequantization: AVX-512 bodies for the types of the model mixtures (the AMX
- * GEMM decodes its weight panels with it), the same bits as the scalar ones */
+/* the 32-value types' dequantization: AVX-512 bodies (the AMX GEMM decodes its weight panels with
+ * them), the same bits as the scalar ones */
 #if MINILLM_AVX512
 #define DQ32(t) dequantize_row_##t##_avx512
 #else
@@ -92,8 +92,8 @@ static const type_traits TABLE[] = {
     OWN_TYPE(GGML_F16, f16, 1, 2, ACT_F16_S, DQ_F16, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(f16)),
     OWN_TYPE(GGML_BF16, bf16, 1, 2, ACT_F32, dequantize_row_bf16_scalar, 4, 4, 4, NO_PACK8, 0, FLOAT_GEMM(bf16)),
     OWN_TYPE(GGML_Q8_0, q8_0, QK, 34, ACT_Q8_0, DQ32(q8_0), 4, 4, 4, PACK8_S(q8_0), 4),
-    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, dequantize_row_q4_0_scalar, 4, 4, 4, PACK8_U(q4_0), 4),
-    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, dequantize_row_q5_0_scalar, 4, 4, 4, PACK8_U(q5_0), 4),
+    OWN_TYPE(GGML_Q4_0, q4_0, QK, 18, ACT_Q8_0, DQ32(q4_0), 4, 4, 4, PACK8_U(q4_0), 4),
+    OWN_TYPE(GGML_Q5_0, q5_0, QK, 22, ACT_Q8_0, DQ32(q5_0), 4, 4, 4, PACK8_U(q5_0), 4),
     OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, DQ32(iq4_nl), 4, 4, 4, PACK8_S(iq4_nl), 4),
     /* internal: repack_row_iq4_nl_r of IQ4_NL rows */
     OWN_TYPE(MINILLM_IQ4_NL_R, iq4_nl_r, QK, 18, ACT_Q8_0, DQ32(iq4_nl_r), 4, 4, 4, PACK8_S(iq4_nl_r), 4),
@@ -121,8 +121,8 @@ CONTRACT(f32, dequantize_row_f32_scalar)
 CONTRACT(f16, DQ_F16)
 CONTRACT(bf16, dequantize_row_bf16_scalar)
 CONTRACT(q8_0, DQ32(q8_0))
-CONTRACT(q4_0, dequantize_row_q4_0_scalar)
-CONTRACT(q5_0, dequantize_row_q5_0_scalar)
+CONTRACT(q4_0, DQ32(q4_0))
+CONTRACT(q5_0, DQ32(q5_0))
 CONTRACT(iq4_nl, DQ32(iq4_nl))
 
 const type_traits *type_traits_get(int type) {
@@ -168,6 +168,15 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
 #endif
         default: memcpy(y, x, (size_t)k * sizeof(float)); break;
     }
+}
+
+/* The AMX GEMM decodes each panel of weights with the type's dequantize_row, once per work item: for
+ * an expert of a 512-token MoE batch (48 tokens) that costs as much as the tiles' products.  The
+ * repacked k-quants' bodies are scalar (2.8-4.7 ns per value against 0.23-0.38 for the others, one
+ * thread): they keep the packed integer GEMM, which is faster for them (Q4_K_R MoE prefill 49 against
+ * 165 GFLOP/s, tools/bench_kernels.py). */
+int type_amx_ok(int type) {
+    return type != MINILLM_Q4_K_R && type != MINILLM_Q5_K_R && type != MINILLM_Q6_K_R;
 }
 
 int simd_compiled(void) { return MINILLM_AVX2; }

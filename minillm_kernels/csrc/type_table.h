@@ -72,6 +72,8 @@ static inline size_t act_value_bytes(int act_type) { return act_type == ACT_F16_
 /* quantize one activation row (a copy for ACT_F32); path = PATH_BEST or PATH_SCALAR */
 void quantize_act_row(int act_type, const float *x, void *y, int k, int path);
 
+/* 1 when the AMX GEMM may take batches of this weight type (its rows decode fast enough) */
+int type_amx_ok(int type);
 /* 1 when the AVX2 bodies are compiled in */
 int simd_compiled(void);
 /* the ISA level this build was compiled for: "scalar", "avx2" or "avx512" (setup.py) */
