@@ -15,7 +15,8 @@
   exactly like the originals, and dot with the transposed q8_K activations
   (quantize_row_q8_K_t: q8_K's bytes, qs permuted) to the same bound as vec_dot;
 * all of it in four builds (BUILDS: native AVX2, -march=haswell AVX2 without AVX-512
-  registers, MINILLM_FORCE_SCALAR, and portable without -march).
+  registers, MINILLM_FORCE_SCALAR, and portable without -march; "simd" is -march=native, with
+  AVX-512 where the machine has it).
 
 The C files (kquants_link.c: kquants.c and kquants_r.c) are compiled here into small shared libraries and called through ctypes,
 so these tests do not depend on the Cython layer.

@@ -15,8 +15,9 @@
 /* The ISA level a build was compiled for (setup.py builds each; minillm_kernels/__init__.py picks
  * one at run time): MINILLM_AVX2 for the AVX2 bodies, MINILLM_AVX512 (AVX-512 F/BW/DQ/VL/VNNI/BF16)
  * for the AVX-512 bodies, MINILLM_AMX for the AMX tile bodies (used only once switched on at run
- * time: mm_set_amx).  Each level's build also has every lower level's bodies. */
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+ * time: mm_set_amx).  Each level's build also has every lower level's bodies.  MINILLM_FORCE_SCALAR
+ * compiles the scalar bodies whatever the flags (tests/test_kquants.py). */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(MINILLM_FORCE_SCALAR)
 #define MINILLM_AVX2 1
 #include <immintrin.h>
 /* An empty asm that claims to modify x: placed at the end of a loop body, it makes GCC keep
