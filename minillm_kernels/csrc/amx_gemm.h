@@ -1,14 +1,14 @@
 /* AMX GEMM of many tokens (prompt processing, the batched MoE): bf16 tiles, any quantized weight type.
  *
- * Weights are decoded per work item (up to amx_item_panels(K) panels of AMX_ROWS rows) into bf16
- * panels in the layout the B tiles take (pairs of consecutive K values of 16 rows side by side), then
- * every group of 32 tokens sweeps the panels: per 32 K values, 2 A tiles (16 tokens x 32 bf16, the
- * activation rows as they are) x 2 B tiles (32 K x 16 rows) -> 4 C tiles of 16 x 16 float sums
- * (TDPBF16PS), stored to out once per panel.
- * Activations are bf16 rows (ACT_BF16: x rounded to nearest even).  The products are exact and
- * summed in float32, so the result differs from the exact product of the file's weights and the
- * float activations only by the bf16 rounding of each weight and activation (2^-9 relative each)
- * and float32 summation: |y - W.x| <= (2^-8 + 2^-16 + K 2^-23) sum_k |w_k x_k|.
+ * Weights are decoded per work item (up to amx_item_panels(K) panels of AMX_ROWS rows) into bf16 rows
+ * (the panels: the A tiles read 16 rows x 32 values of them as they are).  Activations come in groups of
+ * 16 tokens in the layout the B tiles take (ACT_BF16 in the drivers: pair p of K values of token j at
+ * 64 p + 4 j of its group, quantize_row_bf16_vnni), written once per batch.  Every pair of token groups
+ * sweeps the panels: per 32 K values, 2 A tiles (16 rows each) x 2 B tiles (16 tokens each) -> 4 C
+ * tiles of 16 x 16 float sums (TDPBF16PS), stored to out transposed, once per panel.
+ * The products are exact and summed in float32, so the result differs from the exact product of the
+ * file's weights and the float activations only by the bf16 rounding of each weight and activation
+ * (2^-8 relative each) and float32 summation: |y - W.x| <= (2^-7 + 2^-16 + K 2^-24) sum_k |w_k x_k|.
  * Compiled in the AVX-512 build (MINILLM_AMX); used only once switched on (mm_set_amx) after the
  * OS granted the tile state (minillm_kernels/cpu.pyx).
  */
@@ -39,20 +39,20 @@ static inline int amx_item_panels(int K) {
     return np < 1 ? 1 : (np > 4 ? 4 : np);
 }
 #if MINILLM_AMX
-/* x (n floats) -> n bf16, rounded to nearest even */
-void quantize_row_bf16(const float *x, void *y, int n);
+/* x (K floats, K % 32 == 0) -> token `lane` (0..15) of the activation group at `group` (16 x 2K bytes) */
+void quantize_row_bf16_vnni(const float *x, uint8_t *group, int lane, int K);
 
-/* scratch for amx_build_panel's float rows */
-#define AMX_DQ_SCRATCH_BYTES (16 * AMX_DQ_CHUNK * sizeof(float))
+/* scratch for amx_build_panel's float chunk */
+#define AMX_DQ_SCRATCH_BYTES (AMX_DQ_CHUNK * sizeof(float))
 
 typedef void (*amx_dequantize_fn)(const void *w, float *y, int n);
 /* nr <= AMX_ROWS rows of K values (row_bytes apart; each block_size values take type_size bytes)
- * -> panel; rows from nr on are zeros */
+ * -> panel (AMX_ROWS rows of K bf16, 64-byte aligned); rows from nr on are zeros */
 void amx_build_panel(amx_dequantize_fn dq, const uint8_t *w, size_t row_bytes, int block_size, int type_size,
                      int K, int nr, uint16_t *panel, float *dq_scratch);
-/* out[t * os + r] = sum_k row r of the panels . bf16 activation row t (acts + t * as), for t < ntok,
- * r < nr (rows 32p.. of panel p; np panels of amx_panel_bytes(K) each, one after the other).
- * Reads up to AMX_TOKENS - 1 rows past the last token (the caller's buffers are padded). */
+/* out[t * os + r] = sum_k row r of the panels . activations of token t, for t < ntok, r < nr (rows 32p..
+ * of panel p; np panels of amx_panel_bytes(K) each, one after the other).  acts: ceil(ntok / 16) groups
+ * of 16 tokens, 16 as bytes apart (as >= 2K); the lanes past ntok of the last group are read, not used. */
 void amx_gemm_panels(int K, const uint16_t *panels, int np, const uint8_t *acts, size_t as, int ntok, float *out,
                      size_t os, int nr);
 #endif

@@ -105,8 +105,19 @@ static size_t act_stride(const kernel_t *k) {
     const size_t a = act_row_bytes(k->tt->act_type, k->K), b = act_row_bytes(k->batch_act, k->K);
     return batch_stride(zmax3(a, b, k->amx ? act_row_bytes(ACT_BF16, k->K) : 0));
 }
-/* rows an activation buffer needs past its last row: the AMX GEMM's tiles read whole groups of tokens */
-static size_t act_pad_rows(const kernel_t *k) { return k->amx ? AMX_TOKENS : 0; }
+/* Activation rows a batch of n tokens takes: the AMX GEMM's come in whole groups of AMX_TOKENS */
+static int act_batch_rows(int amx, int n) { return amx ? (n + AMX_TOKENS - 1) / AMX_TOKENS * AMX_TOKENS : n; }
+
+/* token j of a batch whose activation rows start at base (stride as) in format act */
+static inline void quantize_act_token(int act, const float *x, uint8_t *base, size_t as, int j, int K, int path) {
+#if MINILLM_AMX
+    if (act == ACT_BF16) {
+        quantize_row_bf16_vnni(x, base + (size_t)(j / AMX_TOKENS * AMX_TOKENS) * as, j % AMX_TOKENS, K);
+        return;
+    }
+#endif
+    quantize_act_row(act, x, base + (size_t)j * as, K, path);
+}
 
 /* bytes of per-thread scratch gemm_rows needs for batches of up to ntok tokens (packed row tiles), 0 for none */
 static size_t scratch_bytes(const kernel_t *k, int ntok) {
@@ -280,7 +291,8 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
     const int copy = act != ACT_F32 || as != rb; /* quantized, or float32 rows copied to the batch stride */
     const size_t sbytes = scratch_bytes(&k, N);
     size_t at = 0;
-    const size_t o_buf = workspace_part(&at, copy ? (rows + act_pad_rows(&k)) * as + 64 : 0); /* +64: as mm_moe's acts */
+    const int nb = act_batch_rows(act == ACT_BF16, N); /* activation rows per batch */
+    const size_t o_buf = workspace_part(&at, copy ? (size_t)B * nb * as + 64 : 0); /* +64: as mm_moe's acts */
     const size_t o_scratch = workspace_part(&at, (size_t)nth * workspace_align(sbytes));
     uint8_t *ws = at ? (uint8_t *)workspace_get(at) : NULL;
     if (at && !ws) return MM_ERR_NOMEM;
@@ -293,7 +305,8 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
         uint8_t *scratch = thread_scratch(ws, o_scratch, sbytes);
         if (buf) {
 #pragma omp for schedule(static)
-            for (long i = 0; i < rows; i++) quantize_act_row(act, x + i * K, buf + i * as, K, k.path);
+            for (long i = 0; i < rows; i++)
+                quantize_act_token(act, x + i * K, buf + (i / N) * nb * as, as, (int)(i % N), K, k.path);
         }
         if (N == 1) { /* GEMV: each thread its share of the rows, as streams where the type has them */
             for (long b = 0; b < B; b++) gemv_streams(&k, w + b * w_batch_stride, M, acts + b * as, out + b * M);
@@ -302,7 +315,7 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
         for (long it = 0; it < items; it++) {
             const long b = it / tiles;
             const int r0 = (int)(it % tiles) * rt;
-            gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + rt), acts + b * N * as, as, N,
+            gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + rt), acts + b * (copy ? nb : N) * as, as, N,
                       out + b * N * M, M, scratch);
         }
     }
@@ -346,17 +359,21 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     size_t at = 0;
     const size_t o_counts = workspace_part(&at, sizeof(int) * (size_t)n_expert);
     const size_t o_offs = workspace_part(&at, sizeof(int) * ((size_t)n_expert + 1));
+    const size_t o_aoffs = workspace_part(&at, sizeof(int) * ((size_t)n_expert + 1));
     const size_t o_fill = workspace_part(&at, sizeof(int) * (size_t)n_expert);
     const size_t o_slot_token = workspace_part(&at, sizeof(int) * (size_t)S);
     const size_t o_slot_of = workspace_part(&at, sizeof(int) * (size_t)S);
     const size_t o_slot_expert = workspace_part(&at, sizeof(int) * (size_t)S);
     const size_t o_items_f = workspace_part(&at, sizeof(work_item) * (size_t)used_max * tiles_f);
     const size_t o_items_o = workspace_part(&at, sizeof(work_item) * (size_t)used_max * tiles_o);
-    const size_t o_acts_g = workspace_part(&at, ((size_t)S + act_pad_rows(&kg)) * as_g + 64);
-    const size_t o_acts_u = same_act ? o_acts_g : workspace_part(&at, ((size_t)S + act_pad_rows(&ku)) * as_u + 64);
+    /* activation rows: each expert's batch starts a group of AMX_TOKENS when any of the three takes the AMX GEMM */
+    const int amx = kg.amx || ku.amx || kd.amx;
+    const size_t act_rows = (size_t)S + (amx ? (size_t)(AMX_TOKENS - 1) * used_max : 0);
+    const size_t o_acts_g = workspace_part(&at, act_rows * as_g + 64);
+    const size_t o_acts_u = same_act ? o_acts_g : workspace_part(&at, act_rows * as_u + 64);
     const size_t o_gbuf = workspace_part(&at, sizeof(float) * (size_t)S * F);
     const size_t o_ubuf = workspace_part(&at, sizeof(float) * (size_t)S * F);
-    const size_t o_hq = workspace_part(&at, ((size_t)S + act_pad_rows(&kd)) * as_d + 64);
+    const size_t o_hq = workspace_part(&at, act_rows * as_d + 64);
     const size_t o_ybuf = workspace_part(&at, sizeof(float) * (size_t)S * K_out);
     /* per-thread scratch for the largest batch an expert can get (scratch_bytes is 0 or one size) */
     const size_t sbytes = zmax3(scratch_bytes(&kg, S), scratch_bytes(&ku, S), scratch_bytes(&kd, S));
@@ -364,6 +381,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     uint8_t *ws = (uint8_t *)workspace_get(at);
     if (!ws) return MM_ERR_NOMEM;
     int *counts = (int *)(ws + o_counts), *offs = (int *)(ws + o_offs), *fill = (int *)(ws + o_fill);
+    int *aoffs = (int *)(ws + o_aoffs);
     int *slot_token = (int *)(ws + o_slot_token), *slot_of = (int *)(ws + o_slot_of);
     int *slot_expert = (int *)(ws + o_slot_expert);
     work_item *items_f = (work_item *)(ws + o_items_f), *items_o = (work_item *)(ws + o_items_o);
@@ -375,7 +393,11 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
 
     /* group the slots by expert, keeping token order inside a group */
     for (int s = 0; s < S; s++) counts[ids[s]]++;
-    for (int e = 0; e < n_expert; e++) offs[e + 1] = offs[e] + counts[e];
+    aoffs[0] = 0;
+    for (int e = 0; e < n_expert; e++) {
+        offs[e + 1] = offs[e] + counts[e];
+        aoffs[e + 1] = aoffs[e] + act_batch_rows(amx, counts[e]);
+    }
     for (int s = 0; s < S; s++) {
         const int e = ids[s], slot = offs[e] + fill[e]++;
         slot_token[slot] = s / k_used;
@@ -400,24 +422,24 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
 #pragma omp for schedule(static)
         for (int s = 0; s < S; s++) {
             const float *xt = x + (size_t)slot_token[s] * K;
-            const int n_e = counts[slot_expert[s]];
-            quantize_act_row(act_format(&kg, n_e), xt, acts_g + s * as_g, K, kg.path);
-            if (!same_act) quantize_act_row(act_format(&ku, n_e), xt, acts_u + s * as_u, K, ku.path);
+            const int e = slot_expert[s], n_e = counts[e], j = s - offs[e];
+            quantize_act_token(act_format(&kg, n_e), xt, acts_g + aoffs[e] * as_g, as_g, j, K, kg.path);
+            if (!same_act) quantize_act_token(act_format(&ku, n_e), xt, acts_u + aoffs[e] * as_u, as_u, j, K, ku.path);
         }
         /* gate and up: each item is a row tile of one expert against all of its tokens */
 #define GATE_UP_ITEM(i)                                                                                  \
     {                                                                                                    \
         const int e = items_f[i].e, r0 = items_f[i].r0, r1 = imin(F, r0 + tile_f);                     \
-        gemm_rows(&kg, gate + e * gate_estride, r0, r1, acts_g + offs[e] * as_g, as_g, counts[e],        \
+        gemm_rows(&kg, gate + e * gate_estride, r0, r1, acts_g + aoffs[e] * as_g, as_g, counts[e],       \
                   gbuf + (size_t)offs[e] * F, F, scratch);                                               \
-        gemm_rows(&ku, up + e * up_estride, r0, r1, acts_u + offs[e] * as_u, as_u, counts[e],            \
+        gemm_rows(&ku, up + e * up_estride, r0, r1, acts_u + aoffs[e] * as_u, as_u, counts[e],           \
                   ubuf + (size_t)offs[e] * F, F, scratch);                                               \
     }
         if (max_count == 1) { /* decode: every expert GEMVs one token; the threads share each one's rows */
             for (int s = 0; s < S; s++) {
                 const int e = slot_expert[s];
-                gemv_streams(&kg, gate + e * gate_estride, F, acts_g + s * as_g, gbuf + (size_t)s * F);
-                gemv_streams(&ku, up + e * up_estride, F, acts_u + s * as_u, ubuf + (size_t)s * F);
+                gemv_streams(&kg, gate + e * gate_estride, F, acts_g + aoffs[e] * as_g, gbuf + (size_t)s * F);
+                gemv_streams(&ku, up + e * up_estride, F, acts_u + aoffs[e] * as_u, ubuf + (size_t)s * F);
             }
 #pragma omp barrier
         } else if (uniform) {
@@ -433,17 +455,19 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
             float *g = gbuf + (size_t)s * F;
             const float *u = ubuf + (size_t)s * F;
             for (int f = 0; f < F; f++) g[f] = silu(g[f]) * u[f];
-            quantize_act_row(act_format(&kd, counts[slot_expert[s]]), g, hq + s * as_d, F, kd.path);
+            const int e = slot_expert[s];
+            quantize_act_token(act_format(&kd, counts[e]), g, hq + aoffs[e] * as_d, as_d, s - offs[e], F, kd.path);
         }
 #define DOWN_ITEM(i)                                                                                     \
     {                                                                                                    \
         const int e = items_o[i].e, r0 = items_o[i].r0;                                                  \
-        gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + tile_o), hq + offs[e] * as_d, as_d, \
+        gemm_rows(&kd, down + e * down_estride, r0, imin(K_out, r0 + tile_o), hq + aoffs[e] * as_d, as_d, \
                   counts[e], ybuf + (size_t)offs[e] * K_out, K_out, scratch);                            \
     }
         if (max_count == 1) {
             for (int s = 0; s < S; s++)
-                gemv_streams(&kd, down + slot_expert[s] * down_estride, K_out, hq + s * as_d, ybuf + (size_t)s * K_out);
+                gemv_streams(&kd, down + slot_expert[s] * down_estride, K_out, hq + aoffs[slot_expert[s]] * as_d,
+                             ybuf + (size_t)s * K_out);
 #pragma omp barrier
         } else if (uniform) {
 #pragma omp for schedule(static)

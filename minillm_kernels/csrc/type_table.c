@@ -1,7 +1,5 @@
 #include "type_table.h"
 
-#include "amx_gemm.h"
-
 #if __has_include("kquants.c") && __has_include("kquants.h")
 #include "kquants.h"
 #define HAVE_KQUANTS 1
@@ -141,7 +139,7 @@ size_t act_row_bytes(int act_type, int k) {
         case ACT_Q8_K_T: return (size_t)(k / QK_K) * sizeof(block_q8_K);
         case ACT_Q8_0_PM: return (size_t)(k / QK) * sizeof(block_q8_0_pm);
         case ACT_F16_S: return F16S_ROW_BYTES(k);
-        case ACT_BF16: return (size_t)k * 2;
+        case ACT_BF16: return (size_t)k * 2; /* per token, in groups of 16 (amx_gemm.h): the drivers write it */
         default: return (size_t)k * sizeof(float);
     }
 }
@@ -158,9 +156,6 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
             break;
 #if MINILLM_AVX2
         case ACT_Q8_0_PM: quantize_row_q8_0_pm_avx2(x, y, k); break; /* only the AVX2 packed GEMM reads it */
-#endif
-#if MINILLM_AMX
-        case ACT_BF16: quantize_row_bf16(x, y, k); break; /* only the AMX GEMM reads it */
 #endif
 #if HAVE_KQUANTS
         case ACT_Q8_K: quantize_row_q8_K(x, y, k); break;
