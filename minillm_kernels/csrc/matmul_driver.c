@@ -6,6 +6,7 @@
 #include "amx_gemm.h"
 #include "matmul_driver.h"
 #include "type_table.h"
+#include "vec_math.h"
 #include "workspace.h"
 
 /* Weight rows per work item: the unit handed to a thread, small enough to stay in L1/L2
@@ -322,8 +323,6 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
     return MM_OK;
 }
 
-static inline float silu(float g) { return g / (1.0f + expf(-g)); }
-
 typedef struct { int e, r0; } work_item;
 
 /* (expert, row tile of `tile` rows) work items of the experts that received tokens, in expert order */
@@ -454,7 +453,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         for (int s = 0; s < S; s++) {
             float *g = gbuf + (size_t)s * F;
             const float *u = ubuf + (size_t)s * F;
-            for (int f = 0; f < F; f++) g[f] = silu(g[f]) * u[f];
+            silu_mul_row(g, u, F);
             const int e = slot_expert[s];
             quantize_act_token(act_format(&kd, counts[e]), g, hq + aoffs[e] * as_d, as_d, s - offs[e], F, kd.path);
         }
