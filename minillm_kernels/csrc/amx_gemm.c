@@ -1,6 +1,8 @@
 /* AMX bf16 GEMM: see amx_gemm.h. */
 #include "amx_gemm.h"
 
+#include "type_table.h"
+
 #if MINILLM_AMX
 #include <immintrin.h>
 
@@ -40,10 +42,74 @@ static inline __attribute__((always_inline)) void transpose16_epi32(__m512i r[16
     }
 }
 
+/* ---- rows straight to bf16: the bits of dequantize_row's floats rounded to bf16 (one float product d * q
+ * per value, then round to nearest even), without the float rows in between ---- */
+
+/* 32 word indices 0..15 of an IQ4_NL block: the low nibbles of its 16 bytes (values 0..15), then the high */
+static inline __m512i iq4_nl_indices(const uint8_t *qs) {
+    const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)qs));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, _mm256_set1_epi16(0x0f))),
+                              _mm256_srli_epi16(b, 4), 1);
+}
+/* the 16 IQ4_NL values times d, as bf16 words 0..15 of a table for vpermw */
+static inline __m512i iq4_nl_table(fp16_t d, __m512 values) {
+    return _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_set1_ps(fp16_to_fp32(d)), values)));
+}
+static inline __m512 iq4_nl_values_f32(void) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)iq4nl_values)));
+}
+
+static void bf16_row_iq4_nl(const void *w, uint16_t *y, int n) {
+    const block_iq4_nl *b = (const block_iq4_nl *)w;
+    const __m512 values = iq4_nl_values_f32();
+    for (int i = 0; i < n / QK; i++)
+        _mm512_store_si512(y + i * QK, _mm512_permutexvar_epi16(iq4_nl_indices(b[i].qs), iq4_nl_table(b[i].d, values)));
+}
+
+/* IQ4_NL_R (quants.h block_iq4_nl_r4): byte p of half h is value p of block 2h (low nibble) and 2h + 1 (high) */
+static void bf16_row_iq4_nl_r(const void *w, uint16_t *y, int n) {
+    const int nb = n / QK, n4 = nb & ~3;
+    const block_iq4_nl_r4 *g = (const block_iq4_nl_r4 *)w;
+    const __m512 values = iq4_nl_values_f32();
+    for (int i = 0; i < n4; i += 4, g++)
+        for (int h = 0; h < 2; h++) {
+            const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(g->qs + 32 * h)));
+            _mm512_store_si512(y + (i + 2 * h) * QK, _mm512_permutexvar_epi16(_mm512_and_si512(b, _mm512_set1_epi16(0x0f)),
+                                                                              iq4_nl_table(g->d[2 * h], values)));
+            _mm512_store_si512(y + (i + 2 * h + 1) * QK,
+                               _mm512_permutexvar_epi16(_mm512_srli_epi16(b, 4), iq4_nl_table(g->d[2 * h + 1], values)));
+        }
+    if (n4 < nb) bf16_row_iq4_nl((const block_iq4_nl *)w + n4, y + n4 * QK, (nb - n4) * QK);
+}
+
+static void bf16_row_q8_0(const void *w, uint16_t *y, int n) {
+    const block_q8_0 *b = (const block_q8_0 *)w;
+    for (int i = 0; i < n / QK; i++) {
+        const __m512 d = _mm512_set1_ps(fp16_to_fp32(b[i].d));
+        const __m512 lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b[i].qs))));
+        const __m512 hi =
+            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b[i].qs + 16)))));
+        _mm512_store_si512(y + i * QK, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+}
+
+amx_bf16_row_fn amx_bf16_row(int type) {
+    switch (type) {
+        case GGML_Q8_0: return bf16_row_q8_0;
+        case GGML_IQ4_NL: return bf16_row_iq4_nl;
+        case MINILLM_IQ4_NL_R: return bf16_row_iq4_nl_r;
+        default: return NULL;
+    }
+}
+
 /* Panel: row i of K bf16 values at panel + i K (the A tiles read 16 rows x 32 values of it) */
-void amx_build_panel(amx_dequantize_fn dq, const uint8_t *w, size_t row_bytes, int block_size, int type_size,
-                     int K, int nr, uint16_t *panel, float *f) {
+void amx_build_panel(amx_dequantize_fn dq, amx_bf16_row_fn bf16_row, const uint8_t *w, size_t row_bytes,
+                     int block_size, int type_size, int K, int nr, uint16_t *panel, float *f) {
     for (int i = 0; i < nr; i++) {
+        if (bf16_row) {
+            bf16_row(w + (size_t)i * row_bytes, panel + (size_t)i * K, K);
+            continue;
+        }
         /* chunks of AMX_DQ_CHUNK values and the rest of the row: IQ4_NL_R rows (groups of 4 blocks, the
          * blocks after the last group plain) decode the same in such pieces as whole */
         for (int k0 = 0; k0 < K; k0 += AMX_DQ_CHUNK) {

@@ -46,10 +46,16 @@ void quantize_row_bf16_vnni(const float *x, uint8_t *group, int lane, int K);
 #define AMX_DQ_SCRATCH_BYTES (AMX_DQ_CHUNK * sizeof(float))
 
 typedef void (*amx_dequantize_fn)(const void *w, float *y, int n);
+/* a whole row of n values straight to bf16 (64-byte aligned y): the bits dequantize_row's floats round to */
+typedef void (*amx_bf16_row_fn)(const void *w, uint16_t *y, int n);
+/* the type's direct bf16 decoder (Q8_0, IQ4_NL, IQ4_NL_R: about half the instructions of a float row
+ * and its conversion), or NULL */
+amx_bf16_row_fn amx_bf16_row(int type);
 /* nr <= AMX_ROWS rows of K values (row_bytes apart; each block_size values take type_size bytes)
- * -> panel (AMX_ROWS rows of K bf16, 64-byte aligned); rows from nr on are zeros */
-void amx_build_panel(amx_dequantize_fn dq, const uint8_t *w, size_t row_bytes, int block_size, int type_size,
-                     int K, int nr, uint16_t *panel, float *dq_scratch);
+ * -> panel (AMX_ROWS rows of K bf16, 64-byte aligned), through bf16_row when not NULL, else dq and
+ * dq_scratch; rows from nr on are zeros */
+void amx_build_panel(amx_dequantize_fn dq, amx_bf16_row_fn bf16_row, const uint8_t *w, size_t row_bytes,
+                     int block_size, int type_size, int K, int nr, uint16_t *panel, float *dq_scratch);
 /* out[t * os + r] = sum_k row r of the panels . activations of token t, for t < ntok, r < nr (rows 32p..
  * of panel p; np panels of amx_panel_bytes(K) each, one after the other).  acts: ceil(ntok / 16) groups
  * of 16 tokens, 16 as bytes apart (as >= 2K); the lanes past ntok of the last group are read, not used. */

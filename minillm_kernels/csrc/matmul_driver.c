@@ -243,7 +243,8 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
         const int np = (r1 - r0 + AMX_ROWS - 1) / AMX_ROWS;
         float *dq_scratch = (float *)(scratch + amx_item_panels(k->K) * pb);
         for (int p = 0; p < np; p++)
-            amx_build_panel(k->tt->dequantize_row[PATH_BEST], w + (size_t)(r0 + AMX_ROWS * p) * k->row_bytes,
+            amx_build_panel(k->tt->dequantize_row[PATH_BEST], amx_bf16_row(k->tt->type),
+                            w + (size_t)(r0 + AMX_ROWS * p) * k->row_bytes,
                             k->row_bytes, k->tt->block_size, k->tt->type_size, k->K, imin(AMX_ROWS, r1 - r0 - AMX_ROWS * p),
                             (uint16_t *)(scratch + p * pb), dq_scratch);
         amx_gemm_panels(k->K, (const uint16_t *)scratch, np, acts, as, ntok, out + r0, os, r1 - r0);
