@@ -1,6 +1,7 @@
 /* AMX bf16 GEMM: see amx_gemm.h. */
 #include "amx_gemm.h"
 
+#include "kquants.h"
 #include "type_table.h"
 
 #if MINILLM_AMX
@@ -93,11 +94,33 @@ static void bf16_row_q8_0(const void *w, uint16_t *y, int n) {
     }
 }
 
+/* IQ1_S_R (kquants.h block_iq1_s_u): group ib = 4h + k of 32 values is dl * (c - 1 + delta) with its 2-bit
+ * codes c at bits 2k.. of qs[32h + l]: a 3-entry table per group */
+static void bf16_row_iq1_s_u(const void *w, uint16_t *y, int n) {
+    const block_iq1_s_u *b = (const block_iq1_s_u *)w;
+    const __m512 c1 = _mm512_setr_ps(-1.0f, 0.0f, 1.0f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0); /* c - 1 */
+    for (int i = 0; i < n / QK_K; i++, b++) {
+        const float d = fp16_to_fp32(b->d);
+        for (int h = 0; h < 2; h++) {
+            const __m512i codes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * h)));
+            for (int k = 0; k < 4; k++) {
+                const int sc = b->sc[4 * h + k];
+                const float dl = d * (float)(2 * (sc & 7) + 1), delta = sc & 8 ? -0.125f : 0.125f;
+                const __m512i table = _mm512_castsi256_si512(
+                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_set1_ps(dl), _mm512_add_ps(c1, _mm512_set1_ps(delta)))));
+                const __m512i idx = _mm512_and_si512(_mm512_srli_epi16(codes, 2 * k), _mm512_set1_epi16(3));
+                _mm512_store_si512(y + i * QK_K + 32 * (4 * h + k), _mm512_permutexvar_epi16(idx, table));
+            }
+        }
+    }
+}
+
 amx_bf16_row_fn amx_bf16_row(int type) {
     switch (type) {
         case GGML_Q8_0: return bf16_row_q8_0;
         case GGML_IQ4_NL: return bf16_row_iq4_nl;
         case MINILLM_IQ4_NL_R: return bf16_row_iq4_nl_r;
+        case MINILLM_IQ1_S_R: return bf16_row_iq1_s_u;
         default: return NULL;
     }
 }

@@ -48,8 +48,8 @@ void quantize_row_bf16_vnni(const float *x, uint8_t *group, int lane, int K);
 typedef void (*amx_dequantize_fn)(const void *w, float *y, int n);
 /* a whole row of n values straight to bf16 (64-byte aligned y): the bits dequantize_row's floats round to */
 typedef void (*amx_bf16_row_fn)(const void *w, uint16_t *y, int n);
-/* the type's direct bf16 decoder (Q8_0, IQ4_NL, IQ4_NL_R: about half the instructions of a float row
- * and its conversion), or NULL */
+/* the type's direct bf16 decoder (Q8_0, IQ4_NL, IQ4_NL_R, IQ1_S_R: about half the instructions of a
+ * float row and its conversion), or NULL */
 amx_bf16_row_fn amx_bf16_row(int type);
 /* nr <= AMX_ROWS rows of K values (row_bytes apart; each block_size values take type_size bytes)
  * -> panel (AMX_ROWS rows of K bf16, 64-byte aligned), through bf16_row when not NULL, else dq and
