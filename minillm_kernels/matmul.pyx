@@ -14,6 +14,10 @@ count (each output element is computed by one thread, in a fixed order).
 ``set_force_scalar(True)`` makes every later call use the scalar C kernels
 (for testing the SIMD bodies against them); it is a process-wide switch.
 
+This module is built once per ISA level (``minillm_kernels.kernels``; ``isa_level()`` says which).
+On the "amx" level, batches of 16 tokens or more of the quantized types take the AMX GEMM, which
+rounds weights and activations to bf16 instead (``amx_gemm`` says when; csrc/amx_gemm.h the bound).
+
 Besides the ggml type ids, the kernels take internal type ids that no GGUF file
 contains: rows converted at load time by ``repack`` (``REPACKED``: GGUF type ->
 internal type) for faster dot products.

@@ -11,7 +11,9 @@
  * rounds differently from vec_dot (float rounding only, within the same bounds).
  * The choice depends on the batch (or, in MoE, an expert's token count), never on
  * the thread count.  The float types' GEMM (F32/F16/BF16) reads the rows as they
- * are, in K blocks, and gives vec_dot's bits.
+ * are, in K blocks, and gives vec_dot's bits.  On the "amx" level, batches of
+ * AMX_MIN_TOKENS (16) or more of the quantized types take the AMX bf16 GEMM instead
+ * (amx_gemm.h: bf16 weights and activations, float32 sums; type_amx_ok says which types).
  * Temporaries (quantized activations, per-expert outputs, per-thread scratch)
  * come from the calling thread's workspace (workspace.h), kept between calls.
  * GEMV of the quantized types reads each thread's rows as 4 streams far apart,
