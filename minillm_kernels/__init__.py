@@ -48,9 +48,10 @@ def kernels(level):
     return types.SimpleNamespace(level=level, **mods)
 
 
-def _choose_level():
-    levels = supported_levels()
-    forced = os.environ.get("MINILLM_ISA", "").strip().lower()
+def choose_level(levels, forced):
+    """The level to run at: the best of ``levels`` (supported, lowest first), or ``forced`` (the value
+    of MINILLM_ISA; "" for none) when it is one of them; an unsupported one warns and gives the best."""
+    forced = forced.strip().lower()
     if not forced:
         return levels[-1]
     if forced not in LEVELS:
@@ -62,7 +63,7 @@ def _choose_level():
     return forced
 
 
-LEVEL = _choose_level()
+LEVEL = choose_level(supported_levels(), os.environ.get("MINILLM_ISA", ""))
 _default = kernels(LEVEL)
 matmul, attention, ops = _default.matmul, _default.attention, _default.ops
 for _m in KERNEL_MODULES:

@@ -81,6 +81,16 @@ def test_minillm_isa_forces_the_level(level):
     assert r.stdout.split() == [level, level, f"minillm_kernels._{build}.matmul"]
 
 
+def test_choose_level():
+    levels = ["scalar", "avx2"]
+    assert minillm_kernels.choose_level(levels, "") == "avx2"
+    assert minillm_kernels.choose_level(levels, " Scalar ") == "scalar"
+    with pytest.warns(RuntimeWarning, match="MINILLM_ISA=amx: this CPU or install does not support it; using avx2"):
+        assert minillm_kernels.choose_level(levels, "amx") == "avx2"
+    with pytest.raises(ValueError, match="is not an ISA level"):
+        minillm_kernels.choose_level(levels, "avx3")
+
+
 def test_minillm_isa_errors():
     r = run_forced("sse9", "import minillm_kernels")
     assert r.returncode != 0 and "MINILLM_ISA='sse9' is not an ISA level" in r.stderr
