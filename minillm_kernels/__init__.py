@@ -24,8 +24,7 @@ KERNEL_MODULES = ("matmul", "attention", "ops")
 
 def supported_levels():
     """The levels this CPU can run and this install has built, lowest first."""
-    built = [lv for lv in cpu.supported_levels() if importlib.util.find_spec(f"{__name__}._{_build(lv)}.matmul")]
-    return built
+    return [lv for lv in cpu.supported_levels() if importlib.util.find_spec(f"{__name__}._{_build(lv)}.matmul")]
 
 
 def _build(level):

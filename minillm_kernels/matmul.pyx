@@ -98,9 +98,8 @@ def set_amx(bint on):
 def amx_gemm(int wtype, int n_tokens):
     """True when a batch of n_tokens of this weight type takes the AMX bf16 GEMM: it rounds each
     weight and activation to bf16 (amx_gemm.h gives the bound)."""
-    cdef const type_traits *tt = _traits(wtype)
-    return bool(mm_get_amx() and not mm_get_force_scalar() and tt.block_size >= 32 and type_amx_ok(wtype)
-                and n_tokens >= AMX_MIN_TOKENS)
+    _traits(wtype)  # raises for an unknown type
+    return bool(mm_amx_gemm(wtype, n_tokens))
 
 
 def supported_types():

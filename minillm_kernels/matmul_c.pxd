@@ -17,7 +17,6 @@ cdef extern from "type_table.h" nogil:
     int simd_compiled()
     const char *isa_compiled()
     int amx_compiled()
-    int type_amx_ok(int type)
     int ACT_F32, ACT_Q8_0, ACT_Q8_K, ACT_Q8_K_T
 
 
@@ -28,10 +27,7 @@ cdef extern from "matmul_driver.h" nogil:
     int mm_max_threads()
     void mm_set_amx(int on)
     int mm_get_amx()
-
-
-cdef extern from "amx_gemm.h" nogil:
-    int AMX_MIN_TOKENS
+    int mm_amx_gemm(int wtype, int ntok)
     int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stride, int M, int K,
                   const float *x, int N, int B, float *out, int n_threads)
     int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, int k_used, int n_expert,

@@ -38,7 +38,13 @@ static inline int amx_item_panels(int K) {
     const int np = (int)((1 << 20) / amx_panel_bytes(K));
     return np < 1 ? 1 : (np > 4 ? 4 : np);
 }
+/* a whole row of n values straight to bf16 (64-byte aligned y): the bits dequantize_row's floats round to */
+typedef void (*amx_bf16_row_fn)(const void *w, uint16_t *y, int n);
+
 #if MINILLM_AMX
+/* the type's direct bf16 decoder (Q8_0, IQ4_NL, IQ4_NL_R, IQ1_S_R: about half the instructions of a
+ * float row and its conversion), or NULL */
+amx_bf16_row_fn amx_bf16_row(int type);
 /* x (K floats, K % 32 == 0) -> token `lane` (0..15) of the activation group at `group` (16 x 2K bytes) */
 void quantize_row_bf16_vnni(const float *x, uint8_t *group, int lane, int K);
 
@@ -46,11 +52,6 @@ void quantize_row_bf16_vnni(const float *x, uint8_t *group, int lane, int K);
 #define AMX_DQ_SCRATCH_BYTES (AMX_DQ_CHUNK * sizeof(float))
 
 typedef void (*amx_dequantize_fn)(const void *w, float *y, int n);
-/* a whole row of n values straight to bf16 (64-byte aligned y): the bits dequantize_row's floats round to */
-typedef void (*amx_bf16_row_fn)(const void *w, uint16_t *y, int n);
-/* the type's direct bf16 decoder (Q8_0, IQ4_NL, IQ4_NL_R, IQ1_S_R: about half the instructions of a
- * float row and its conversion), or NULL */
-amx_bf16_row_fn amx_bf16_row(int type);
 /* nr <= AMX_ROWS rows of K values (row_bytes apart; each block_size values take type_size bytes)
  * -> panel (AMX_ROWS rows of K bf16, 64-byte aligned), through bf16_row when not NULL, else dq and
  * dq_scratch; rows from nr on are zeros */
@@ -61,6 +62,8 @@ void amx_build_panel(amx_dequantize_fn dq, amx_bf16_row_fn bf16_row, const uint8
  * of 16 tokens, 16 as bytes apart (as >= 2K); the lanes past ntok of the last group are read, not used. */
 void amx_gemm_panels(int K, const uint16_t *panels, int np, const uint8_t *acts, size_t as, int ntok, float *out,
                      size_t os, int nr);
+#else
+static inline amx_bf16_row_fn amx_bf16_row(int type) { (void)type; return NULL; }
 #endif
 
 #endif

@@ -32,6 +32,16 @@ void mm_set_force_scalar(int on) { force_scalar = on ? 1 : 0; }
 int mm_get_force_scalar(void) { return force_scalar; }
 void mm_set_amx(int on) { use_amx = on && MINILLM_AMX; }
 int mm_get_amx(void) { return use_amx; }
+
+/* whether this type's batches take the AMX GEMM now: the quantized types it decodes fast enough (whole
+ * 32-value steps; the float types keep their own GEMM), on the best path */
+static int amx_type(const type_traits *tt) {
+    return use_amx && !force_scalar && tt->block_size >= QK && type_amx_ok(tt->type);
+}
+int mm_amx_gemm(int wtype, int ntok) {
+    const type_traits *tt = type_traits_get(wtype);
+    return tt && amx_type(tt) && ntok >= AMX_MIN_TOKENS;
+}
 int mm_max_threads(void) { return omp_get_num_procs(); }
 
 static int resolve_threads(int n) { return n > 0 ? n : omp_get_num_procs(); }
@@ -58,6 +68,7 @@ typedef struct {
     gemmf_fn gemm_float; /* NULL: no float GEMM (or the scalar path) */
     int batch_act;  /* activation format of batches of PACK8_MIN_TOKENS or more */
     int amx;        /* batches of AMX_MIN_TOKENS or more take the AMX GEMM (ACT_BF16 activations) */
+    amx_bf16_row_fn bf16_row; /* AMX: the type's direct bf16 row decoder (NULL: through dequantize_row) */
     int tr, tc, gv;
     int token_chunk;  /* tokens per L2 chunk of the register-tile GEMM (a multiple of tc) */
     int packed_chunk; /* the same for the packed GEMM (a multiple of pack8_cols: no short calls) */
@@ -76,8 +87,8 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     k->gemm8 = k->path == PATH_BEST ? tt->gemm8 : NULL;
     k->gemm_float = k->path == PATH_BEST ? tt->gemm_float : NULL;
     k->batch_act = k->pack8 ? tt->pack8_act : tt->act_type;
-    /* the quantized types (rows of whole 32-value steps); the float types keep their own GEMM */
-    k->amx = use_amx && k->path == PATH_BEST && tt->block_size >= QK && K % QK == 0 && type_amx_ok(wtype);
+    k->amx = amx_type(tt);
+    k->bf16_row = k->amx ? amx_bf16_row(wtype) : NULL;
     k->tr = tt->gemm_rows;
     k->tc = tt->gemm_cols;
     k->gv = tt->gemv_rows;
@@ -226,9 +237,28 @@ static void gemm_rows_float(const kernel_t *k, const uint8_t *w, int r0, int r1,
     }
 }
 
-/* Weight rows [r0, r1) (at most row_tile(k)) against ntok activation rows in act_format(k, ntok),
- * as bytes apart: out[t * os + r].  One token: GEMV, gv rows per call so their FMA chains
- * overlap.  Many tokens: the packed row tile (scratch: scratch_bytes(k)).
+/* The AMX GEMM of rows [r0, r1) (at most row_tile(k, ntok)): decode them to bf16 panels once (in
+ * scratch), then every pair of token groups sweeps them (amx_gemm.h) */
+static void gemm_rows_amx(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
+                          int ntok, float *out, size_t os, uint8_t *scratch) {
+#if MINILLM_AMX
+    const size_t pb = amx_panel_bytes(k->K);
+    const int np = (r1 - r0 + AMX_ROWS - 1) / AMX_ROWS;
+    float *dq_scratch = (float *)(scratch + amx_item_panels(k->K) * pb);
+    for (int p = 0; p < np; p++)
+        amx_build_panel(k->tt->dequantize_row[PATH_BEST], k->bf16_row, w + (size_t)(r0 + AMX_ROWS * p) * k->row_bytes,
+                        k->row_bytes, k->tt->block_size, k->tt->type_size, k->K, imin(AMX_ROWS, r1 - r0 - AMX_ROWS * p),
+                        (uint16_t *)(scratch + p * pb), dq_scratch);
+    amx_gemm_panels(k->K, (const uint16_t *)scratch, np, acts, as, ntok, out + r0, os, r1 - r0);
+#else
+    (void)k, (void)w, (void)r0, (void)r1, (void)acts, (void)as, (void)ntok, (void)out, (void)os, (void)scratch;
+#endif
+}
+
+/* Weight rows [r0, r1) against ntok activation rows in act_format(k, ntok), as bytes apart:
+ * out[t * os + r]; ranges longer than row_tile(k, ntok) go in pieces.  AMX batches: bf16 panels.
+ * One token: GEMV, gv rows per call so their FMA chains overlap.  Many tokens: the float GEMM or
+ * the packed row tile (scratch: scratch_bytes(k)).
  * Otherwise for each chunk of tokens (in L2), each register tile of rows (in L1) sweeps the chunk. */
 static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as, int ntok,
                       float *out, size_t os, uint8_t *scratch) {
@@ -237,21 +267,9 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
         for (int r = r0; r < r1; r += rt) gemm_rows(k, w, r, imin(r1, r + rt), acts, as, ntok, out, os, scratch);
         return;
     }
-#if MINILLM_AMX
     if (amx_batch(k, ntok)) {
-        const size_t pb = amx_panel_bytes(k->K);
-        const int np = (r1 - r0 + AMX_ROWS - 1) / AMX_ROWS;
-        float *dq_scratch = (float *)(scratch + amx_item_panels(k->K) * pb);
-        for (int p = 0; p < np; p++)
-            amx_build_panel(k->tt->dequantize_row[PATH_BEST], amx_bf16_row(k->tt->type),
-                            w + (size_t)(r0 + AMX_ROWS * p) * k->row_bytes,
-                            k->row_bytes, k->tt->block_size, k->tt->type_size, k->K, imin(AMX_ROWS, r1 - r0 - AMX_ROWS * p),
-                            (uint16_t *)(scratch + p * pb), dq_scratch);
-        amx_gemm_panels(k->K, (const uint16_t *)scratch, np, acts, as, ntok, out + r0, os, r1 - r0);
-        return;
-    }
-#endif
-    if (ntok == 1) {
+        gemm_rows_amx(k, w, r0, r1, acts, as, ntok, out, os, scratch);
+    } else if (ntok == 1) {
         for (int r = r0; r < r1; r += k->gv)
             tile_call(k, w + r * k->row_bytes, acts, 0, out + r, 1, imin(k->gv, r1 - r), 1);
     } else if (ntok >= PACK8_MIN_TOKENS && k->gemm_float) {

@@ -40,6 +40,8 @@ int mm_max_threads(void);
  * the build has it and it is switched on (only after the OS granted the tile state). */
 void mm_set_amx(int on);
 int mm_get_amx(void);
+/* 1 when a batch of ntok tokens of this weight type takes the AMX GEMM now (0 for an unknown type) */
+int mm_amx_gemm(int wtype, int ntok);
 
 /* y[n, M] = x[n, K] . W[M, K]^T for B independent batches.
  * w: B blocks of M rows of row_bytes (batch stride w_batch_stride bytes),
