@@ -44,6 +44,7 @@ def kernels(level):
     mods = {m: importlib.import_module(f"{__name__}._{_build(level)}.{m}") for m in KERNEL_MODULES}
     if _build(level) == "avx512":
         mods["matmul"].set_amx(level == "amx")
+        mods["attention"].set_amx(level == "amx")
     return types.SimpleNamespace(level=level, **mods)
 
 

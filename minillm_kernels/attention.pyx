@@ -35,6 +35,20 @@ MAX_THREADS = 256
 KPARALLEL_MIN_KV = {1: 16, 2: 64}
 
 
+def set_amx(bint on):
+    """Switch the AMX score and value tiles of prompt processing (mla_prefill) on or off
+    (minillm_kernels.kernels does it for the level "amx").  They split each operand into two bf16 parts and stay within a quarter of an f16 cache's
+    own rounding of the float path (csrc/amx_attention.h)."""
+    attn_set_amx(on)
+    if on and not attn_get_amx():
+        raise ValueError("this build has no AMX attention")
+
+
+def amx_on():
+    """True when mla_prefill's score and value GEMMs run on AMX tiles."""
+    return bool(attn_get_amx())
+
+
 def choose_strategy(int n_kv, int n_threads):
     """The strategy "auto" uses for a decode step over n_kv cached rows with n_threads threads."""
     threshold = KPARALLEL_MIN_KV.get(n_threads, 32 * n_threads)

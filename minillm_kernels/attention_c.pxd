@@ -10,6 +10,8 @@ cdef extern from "attention.h" nogil:
         ATTN_Q8_KV
         ATTN_HEADS
         ATTN_KPARALLEL
+    void attn_set_amx(int on)
+    int attn_get_amx()
     size_t attn_row_bytes(int type, int width)
     void attn_store_rows(uint8_t *layer, int type, int width, int pos, int n, const float *rows)
     void attn_load_rows(const uint8_t *layer, int type, int width, int pos, int n, float *rows)

@@ -32,6 +32,10 @@ Two checks per case:
    so the latent output error is bounded by
        B_d = Σ_t p_t·e[t,d] + (exp(2δ)-1)·Σ_t p_t·(|x_t,d| + e[t,d]),
    and the head output error by |W_v^h|·B (+ fp32 slack 1e-5·max|ref|).
+   On the "amx" level prompt processing's tile path runs on AMX tiles (csrc/amx_attention.h): every cache
+   type's rows are the dequantized floats, the query is not quantized, and each product
+   a·b is carried to 2^-13·|a·b| (operands split into two bf16 parts), so the scores gain
+   δ_amx = 2^-13·scale·Σ_i|q_i·x_t,i| and the latent output 2^-13·Σ_t p_t·|x_t,d| (amx_error()).
    The bound is computed from the data of each case; the measured error must lie
    under it.  Additionally the relative error is checked against a loose fixed
    ceiling per type so the bound cannot silently grow large.
@@ -187,19 +191,50 @@ def softmax_rows(s):
 
 def kernel_operands(kv, ct, q_lat, n_kv, path):
     """(rows, units, quantized query, its error) the kernel computes with on `path`
-    ("heads": the dequantized rows; "tile": see tile_rows)."""
+    ("heads": the dequantized rows; "tile": see tile_rows; "amx": the dequantized rows and
+    the float query)."""
     if path == "tile":
         x, unit = tile_rows(kv.layer(0), ct, n_kv)
     else:
         x, unit = kv.load(0, 0, n_kv).astype(np.float64), None
+    if path == "amx":
+        qd = (q_lat * np.float32(SCALE)).astype(np.float64)
+        return x, unit, qd, np.zeros_like(qd)
     qd, qerr = quantize_query(q_lat * np.float32(SCALE), ct)
     return x, unit, qd, qerr
+
+
+AMX_PRODUCT = 2.0**-13  # relative error of one product on the AMX tiles (csrc/amx_attention.h)
+
+
+def amx_error(path, qd, x, p):
+    """(score error δ_amx per query row, latent output error [H, KV_LORA]) the AMX tiles add
+    on `path` (zeros elsewhere); qd already scaled, p the softmax weights."""
+    if path != "amx":
+        return np.zeros(len(qd)), 0.0
+    return AMX_PRODUCT * (np.abs(qd) @ np.abs(x).T).max(axis=1), AMX_PRODUCT * (p @ np.abs(x[:, :KV_LORA]))
+
+
+def prefill_path():
+    return "amx" if attn.amx_on() else "tile"
 
 
 def decode_path(strategy, n_kv, threads):
     if strategy == "auto":
         strategy = attn.choose_strategy(n_kv, threads)
     return "heads" if strategy == "heads" else "tile"
+
+
+def tight_check(out, kv, ct, q_lat, n_kv, path, rel):
+    """out against the float64 result on the operands of `path`: fp32 summation (rel·max), the
+    integer value path's and the AMX tiles' bounds"""
+    x, unit, qd, _ = kernel_operands(kv, ct, q_lat, n_kv, path)
+    p = softmax_rows(qd @ x.T)
+    tight = p @ x[:, :KV_LORA]
+    d_amx, o_amx = amx_error(path, qd, x, p)
+    tol = rel * np.abs(tight).max() + rel / 200 + int_value_bound(x, unit, p, ct)
+    tol = tol + o_amx + np.expm1(2 * d_amx)[:, None] * (p @ np.abs(x[:, :KV_LORA]))
+    assert (np.abs(out - tight) <= tol).all(), (ct, n_kv, path)
 
 
 def make_cache(rows, cache_type, n_ctx=N_CTX):
@@ -282,7 +317,9 @@ def check_decode(problem, kv, ct, q_lat, ref_plain, n_kv, strategy, threads):
     # 1. tight: same quantized operands, float64 reference arithmetic
     p = softmax_rows(qd @ x.T)
     tight = p @ x[:, :KV_LORA]
+    d_amx, o_amx = amx_error(path, qd, x, p)
     tol = 2e-4 * np.abs(tight).max() + 1e-6 + int_value_bound(x, unit, p, ct)
+    tol = tol + o_amx + np.expm1(2 * d_amx)[:, None] * (p @ np.abs(x[:, :KV_LORA]))
     assert (np.abs(out - tight) <= tol).all(), (ct, n_kv, strategy, threads)
 
     # 2. derived bound against the plain (non-absorbed, unquantized) attention
@@ -291,13 +328,13 @@ def check_decode(problem, kv, ct, q_lat, ref_plain, n_kv, strategy, threads):
     if ct == "q8_0" and path == "tile":
         e = e + 0.65 * unit[:, None]
     q_exact = q_lat.astype(np.float64) * SCALE
-    delta = (np.abs(q_exact) @ e.T + qerr @ np.abs(exact).T + qerr @ e.T).max()
+    delta = (np.abs(q_exact) @ e.T + qerr @ np.abs(exact).T + qerr @ e.T).max() + np.max(d_amx)
     s_ex = q_exact @ exact.T
     p_ex = np.exp(s_ex - s_ex.max(axis=1, keepdims=True))
     p_ex /= p_ex.sum(axis=1, keepdims=True)
     ev = e[:, :KV_LORA]
     bound_lat = p_ex @ ev + np.expm1(2 * delta) * (p_ex @ (np.abs(exact[:, :KV_LORA]) + ev))
-    bound_lat = bound_lat + int_value_bound(x, unit, p, ct)
+    bound_lat = bound_lat + int_value_bound(x, unit, p, ct) + o_amx
     bound = np.einsum("hl,hvl->hv", bound_lat, np.abs(problem.w_v))
     got = problem.up(out)
     err = np.abs(got - ref_plain)
@@ -326,11 +363,7 @@ def test_strategies_agree(problem, caches, token, ct):
     for strategy, threads in [("heads", 1), ("heads", 2), ("kparallel", 1), ("kparallel", 2), ("auto", 2)]:
         out = np.zeros((H, KV_LORA), np.float32)
         attn.mla_decode(q_lat, caches[ct].layer(0), ct, n_kv, SCALE, out, strategy, threads)
-        x, unit, qd, _ = kernel_operands(caches[ct], ct, q_lat, n_kv, decode_path(strategy, n_kv, threads))
-        p = softmax_rows(qd @ x.T)
-        tight = p @ x[:, :KV_LORA]
-        tol = 2e-5 * np.abs(tight).max() + 1e-7 + int_value_bound(x, unit, p, ct)
-        assert (np.abs(out - tight) <= tol).all(), (strategy, threads)
+        tight_check(out, caches[ct], ct, q_lat, n_kv, decode_path(strategy, n_kv, threads), 2e-5)
 
 
 @pytest.mark.parametrize("n_head", [3, 20])
@@ -358,12 +391,18 @@ def test_prefill_equals_token_by_token(ct, threads):
     # token by token: store one row, decode over everything so far.  Same arithmetic up to
     # summation order; on the integer value path a weight may round to the neighbouring
     # integer (running maxima differ between the two paths), so twice its bound is allowed.
+    # On AMX the batch takes other operands: each output against its own float64 result.
+    amx = prefill_path() == "amx"
     step = KVCache(1, 200, ct)
     step.store(0, 0, prob.rows[:pos0])
     for i in range(n_new):
         step.store(0, pos0 + i, prob.rows[pos0 + i:pos0 + i + 1])
         out = np.zeros((H, KV_LORA), np.float32)
         attn.mla_decode(q_lat[i], step.layer(0), ct, pos0 + i + 1, SCALE, out, "kparallel", threads)
+        if amx:
+            tight_check(out_b[i], batch, ct, q_lat[i], pos0 + i + 1, "amx", 2e-5)
+            tight_check(out, step, ct, q_lat[i], pos0 + i + 1, "tile", 2e-5)
+            continue
         tol = 1e-5 * np.abs(out).max() + 1e-7
         if ct in PMAX:
             x, unit, qd, _ = kernel_operands(batch, ct, q_lat[i], pos0 + i + 1, "tile")
@@ -381,6 +420,7 @@ def test_prefill_from_empty_cache_matches_plain():
     for i in (0, 1, 31, 32, 69):
         ref = prob.plain(q_nope[i], q_pe[i], i + 1)
         assert np.abs(prob.up(out[i]) - ref).max() <= 2e-3 * np.abs(ref).max()
+        tight_check(out[i], kv, "f16", q_lat[i], i + 1, prefill_path(), 2e-5)
 
 
 # ----------------------------------------------------------------------------- bad input

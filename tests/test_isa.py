@@ -41,7 +41,7 @@ def cpuinfo_flags():
 @pytest.fixture(autouse=True)
 def _default_level():
     yield
-    minillm_kernels.kernels(minillm_kernels.LEVEL)  # a test may have switched the AMX GEMM off
+    minillm_kernels.kernels(minillm_kernels.LEVEL)  # a test may have switched the AMX paths off
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="Linux only")
@@ -63,6 +63,7 @@ def test_kernels_report_their_level():
         k = minillm_kernels.kernels(level)
         assert k.level == level and k.matmul.isa_level() == level
         assert k.matmul.simd_enabled() == (level != "scalar")
+        assert k.attention.amx_on() == (level == "amx")  # the AMX score and value tiles
     with pytest.raises(ValueError, match="unknown ISA level"):
         minillm_kernels.kernels("sse9")
 

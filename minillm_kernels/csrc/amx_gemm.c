@@ -3,6 +3,8 @@
 
 #include "kquants.h"
 #include "type_table.h"
+#include "amx_tiles.h"
+#include "vec_math.h"
 
 #if MINILLM_AMX
 #include <immintrin.h>
@@ -16,30 +18,6 @@ void quantize_row_bf16_vnni(const float *x, uint8_t *group, int lane, int K) {
     for (int i = 0; i < K; i += 32) { /* 16 pairs: one scatter of 16 dwords, 64 bytes apart */
         const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
         _mm512_i32scatter_epi32(dst + (size_t)i * 32, offsets, (__m512i)v, 1);
-    }
-}
-
-/* r[i] = 16 dwords of row i  ->  r[j] = dword j of rows 0..15 */
-static inline __attribute__((always_inline)) void transpose16_epi32(__m512i r[16]) {
-    __m512i t[16], u[16];
-    for (int k = 0; k < 8; k++) { /* in each 128-bit lane: rows 2k, 2k+1 interleaved */
-        t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
-        t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
-    }
-    for (int m = 0; m < 4; m++) { /* u[4m + c], lane L: rows 4m..4m+3 of dword 4L + c */
-        u[4 * m + 0] = _mm512_unpacklo_epi64(t[4 * m], t[4 * m + 2]);
-        u[4 * m + 1] = _mm512_unpackhi_epi64(t[4 * m], t[4 * m + 2]);
-        u[4 * m + 2] = _mm512_unpacklo_epi64(t[4 * m + 1], t[4 * m + 3]);
-        u[4 * m + 3] = _mm512_unpackhi_epi64(t[4 * m + 1], t[4 * m + 3]);
-    }
-    for (int c = 0; c < 4; c++) { /* gather lane L of u[c], u[4 + c], u[8 + c], u[12 + c] */
-        const __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
-        const __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
-        const __m512i b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
-        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
-        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
-        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
     }
 }
 
@@ -147,25 +125,8 @@ void amx_build_panel(amx_dequantize_fn dq, amx_bf16_row_fn bf16_row, const uint8
     if (nr < AMX_ROWS) memset(panel + (size_t)nr * K, 0, sizeof(uint16_t) * (size_t)(AMX_ROWS - nr) * K);
 }
 
-typedef struct __attribute__((packed, aligned(64))) {
-    uint8_t palette_id, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
 /* tiles 0-3: C (rows 16h.. x tokens 16g..: tile h + 2g), 4-5: A (the two halves of the panel's rows),
- * 6-7: B (two groups of 16 tokens); every tile 16 rows of 64 bytes.  The configuration is per thread:
- * loaded on every call. */
-static void amx_configure(void) {
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette_id = 1;
-    for (int i = 0; i < 8; i++) {
-        c.rows[i] = 16;
-        c.colsb[i] = 64;
-    }
-    _tile_loadconfig(&c);
-}
+ * 6-7: B (two groups of 16 tokens); amx_configure (amx_tiles.h) on every call. */
 
 /* C tile (16 rows x 16 tokens) -> o[t * os + r] for t < nt, r < nr: transposed through registers */
 static inline void store_c(float *ctile, float *o, size_t os, int nt, int nr) {

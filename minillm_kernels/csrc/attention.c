@@ -33,6 +33,7 @@
 #include "quants.h"
 #include "attention.h"
 #include "attn_q8.h"
+#include "amx_attention.h"
 #include "vec_math.h"
 
 #define LANES 16   /* query rows handled together: two 8-float vectors */
@@ -42,21 +43,24 @@
 #ifndef KQ_SPLIT
 #define KQ_SPLIT 2 /* the score GEMM walks the row width in this many slices (L1 fit) */
 #endif
-#define QBLOCK 4   /* prompt tokens sharing one pass over the cache */
+#define QBLOCK 4   /* prompt tokens sharing one pass over the cache (16 on AMX was slower: the
+                      * groups' outputs, loaded and stored per tile, left L2) */
 #define HTILE 64   /* rows per softmax step of the "heads" strategy */
 _Static_assert(TILE % 2 == 0, "row pairs");
 
 typedef struct {
     int type, D, DV, nb; /* nb: 32-value blocks per row */
+    int amx;             /* the tiles run on AMX (prompt processing on the "amx" level) */
     size_t rb;           /* bytes per row */
     const uint8_t *cache;
 } layout_t;
 
 /* Up to 16 query rows, scaled by the softmax scale and laid out for the tile GEMM. */
 typedef struct {
-    float *qf;   /* f16/bf16: [D][16] transposed float queries */
+    float *qf;   /* f16/bf16, and every type on AMX: [D][16] transposed float queries */
     int32_t *qi; /* q8_0/q8_KV: [D/2][16] pairs of int16 query values */
     float *qd;   /* q8_0/q8_KV: [16] scale of each query row */
+    uint16_t *qa; /* AMX: qf split into bf16 B tiles (amx_query_split) */
     int nlanes;  /* active query rows (the rest are zero padding) */
 } qgroup_t;
 
@@ -73,6 +77,10 @@ typedef struct {
     int32_t *vp; /* INT_VALUES: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
     int32_t *pp; /* INT_VALUES: [TILE/2][LANES] quantized probabilities of row pairs */
     const char *pf, *pf_end; /* cache bytes still to prefetch for the next tile */
+#if MINILLM_AMX
+    int amx;       /* rows go through the AMX tiles (attend_range_amx) */
+    amx_rows_t ar; /* ... split into bf16 hi and lo there */
+#endif
 } tile_t;
 
 /* Prefetch the next `bytes` of the pending range into L2. */
@@ -101,6 +109,19 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 _Static_assert(TILE * 32767.0 * KMAX_Q8_KV < 2147483647.0 && TILE * 8191.0 * KMAX_Q8_0 < 2147483647.0, "int32 value sums");
 
 static int is_q8(int type) { return type == ATTN_Q8_0 || type == ATTN_Q8_KV; }
+
+/* The "amx" level: the score and value GEMMs on AMX tiles (amx_attention.h), every cache type. */
+static int amx_on = 0;
+void attn_set_amx(int on) { amx_on = MINILLM_AMX && on; }
+int attn_get_amx(void) { return amx_on; }
+/* Prompt processing only: there each tile's split rows serve QBLOCK tokens.  A decode step splits
+ * every row for one token, and the split (two bf16 parts per value, the row pairs interleaved for
+ * the value tiles) took as long as the tile multiplies: no faster than AVX-512 for f16, slower for
+ * q8_0 (bench_attention --ik, 2 threads, 1024-16384 rows). */
+static int use_amx(const layout_t *L) { return L->amx; }
+#if MINILLM_AMX
+_Static_assert(TILE == AMX_KEYS, "an attention tile is one AMX step");
+#endif
 
 /* Largest int16 query value for an 8-bit cache: a score sums D products |k16|·|q| in int32. */
 static int query_qmax(int type, int D) {
@@ -141,8 +162,9 @@ static inline __m256i dot32_i8_i16(const int8_t *k, const int16_t *q) {
 
 /* ------------------------------------------------------------------ query preparation */
 static size_t qgroup_floats(const layout_t *L) {
-    /* room for one group: qf [D][16] floats, or qi [D/2][16] int32 + qd [16] */
-    return (size_t)L->D * LANES + LANES + 64;
+    /* room for one group: qf [D][16] floats, or qi [D/2][16] int32 + qd [16]; on AMX qf and qa
+     * (as many bytes as qf) */
+    return (size_t)2 * L->D * LANES + LANES + 64;
 }
 
 /* rows: nq query rows of D floats, row stride `stride` floats. */
@@ -150,11 +172,17 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
                            float *mem, qgroup_t *g) {
     const int D = L->D;
     g->nlanes = nq;
-    g->qf = NULL; g->qi = NULL; g->qd = NULL;
-    if (!is_q8(L->type)) {
+    g->qf = NULL; g->qi = NULL; g->qd = NULL; g->qa = NULL;
+    if (!is_q8(L->type) || use_amx(L)) {
         g->qf = mem;
         for (int d = 0; d < D; d++)
             for (int h = 0; h < LANES; h++) g->qf[d * LANES + h] = h < nq ? scale * rows[h * stride + d] : 0.0f;
+#if MINILLM_AMX
+        if (use_amx(L)) {
+            g->qa = (uint16_t *)(mem + (size_t)D * LANES);
+            amx_query_split(g->qf, D, g->qa);
+        }
+#endif
         return;
     }
     g->qi = (int32_t *)mem;
@@ -704,9 +732,79 @@ static void state_init(state_t *st, int DV) {
 }
 
 
+#if MINILLM_AMX
+/* 8-bit rows t0.. as floats d·q (exact products) in T->kf */
+static void q8_rows_to_float(const layout_t *L, int t0, int nt, tile_t *T) {
+    const int D = L->D;
+    for (int r = 0; r < nt; r++) {
+        const uint8_t *src = L->cache + (size_t)(t0 + r) * L->rb;
+        float *kf = T->kf + (size_t)r * D;
+        if (L->type == ATTN_Q8_0) {
+            const block_q8_0 *b = (const block_q8_0 *)src;
+            for (int j = 0; j < L->nb; j++) {
+                const __m512 d = _mm512_set1_ps(fp16_to_fp32(b[j].d));
+                for (int i = 0; i < QK; i += 16)
+                    _mm512_store_ps(kf + j * QK + i, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                                       _mm_loadu_si128((const __m128i *)(b[j].qs + i))))));
+            }
+        } else {
+            float d;
+            memcpy(&d, src, 4);
+            const int8_t *q = (const int8_t *)(src + 8);
+            for (int i = 0; i < D; i += 16)
+                _mm512_store_ps(kf + i, _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                                            _mm_loadu_si128((const __m128i *)(q + i))))));
+        }
+    }
+}
+
+/* attend_range on the AMX tiles: the rows split once per tile, then per group the scores, the online
+ * softmax (as on AVX-512) and the values */
+static void attend_range_amx(const layout_t *L, int r0, int r1, const qgroup_t *g, state_t *st,
+                             const int *lim, int ng, tile_t *T) {
+    amx_attn_begin();
+    for (int t0 = r0; t0 < r1; t0 += TILE) {
+        int nt = r1 - t0 < TILE ? r1 - t0 : TILE;
+        int need = 0;
+        for (int k = 0; k < ng; k++) need = lim[k] - t0 > need ? lim[k] - t0 : need;
+        if (need <= 0) break;
+        if (nt > need) nt = need;
+        const uint8_t *rows = L->cache + (size_t)t0 * L->rb;
+        switch (L->type) {
+        case ATTN_F16: amx_rows_f16(rows, L->rb, nt, L->D, L->DV, &T->ar); break;
+        case ATTN_BF16: amx_rows_bf16(rows, L->rb, nt, L->D, L->DV, &T->ar); break;
+        default:
+            q8_rows_to_float(L, t0, nt, T);
+            amx_rows_split(T->kf, nt, L->D, L->DV, &T->ar);
+        }
+        /* the next tile's rows into L2, a slice before each GEMM */
+        const int n_next = r1 - (t0 + nt) < TILE ? r1 - (t0 + nt) : TILE;
+        T->pf = (const char *)rows + (size_t)nt * L->rb;
+        T->pf_end = n_next > 0 ? T->pf + (size_t)n_next * L->rb : T->pf;
+        const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (2 * (size_t)ng) + 64) & ~(size_t)63;
+        for (int k = 0; k < ng; k++) {
+            const int n = lim[k] - t0 < nt ? lim[k] - t0 : nt;
+            if (n <= 0) continue;
+            prefetch_some(T, pf_step);
+            amx_scores(&T->ar, L->D, g[k].qa, T->s);
+            softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
+            prefetch_some(T, pf_step);
+            amx_values(&T->ar, L->DV, T->s, n, st[k].o);
+        }
+    }
+    amx_attn_end();
+}
+#endif
+
 /* Attend query groups g[0..ng) to cache rows [r0, r1); group k sees rows < lim[k]. */
 static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, state_t *st,
                          const int *lim, int ng, tile_t *T) {
+#if MINILLM_AMX
+    if (T->amx) {
+        attend_range_amx(L, r0, r1, g, st, lim, ng, T);
+        return;
+    }
+#endif
     for (int t0 = r0; t0 < r1; t0 += TILE) {
         int nt = r1 - t0 < TILE ? r1 - t0 : TILE;
         int need = 0;
@@ -741,15 +839,27 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
     T->s = xalloc(sizeof(float) * TILE * LANES);
     T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    return T->kf && T->ki && T->kd && T->s && T->vp && T->pp;
+    int ok = T->kf && T->ki && T->kd && T->s && T->vp && T->pp;
+#if MINILLM_AMX
+    T->amx = use_amx(L);
+    memset(&T->ar, 0, sizeof T->ar);
+    if (T->amx) ok = amx_rows_alloc(&T->ar, L->D, L->DV) && ok;
+#endif
+    return ok;
 }
 
-static void tile_free(tile_t *T) { free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp); }
+static void tile_free(tile_t *T) {
+    free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp);
+#if MINILLM_AMX
+    amx_rows_free(&T->ar);
+#endif
+}
 
 static int resolve_threads(int n_threads) { return n_threads > 0 ? n_threads : omp_get_max_threads(); }
 
 static void layout_init(layout_t *L, const uint8_t *cache, int type, int width, int dv) {
     L->type = type; L->D = width; L->DV = dv; L->nb = width / QK;
+    L->amx = 0;
     L->rb = attn_row_bytes(type, width);
     L->cache = cache;
 }
@@ -1002,6 +1112,7 @@ int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, in
     int failed = 0;
     layout_t L;
     layout_init(&L, layer, type, width, dv);
+    L.amx = amx_on && dv % 32 == 0;
     const int nthr = resolve_threads(n_threads), D = width, DV = dv;
     const int hg = (n_head + LANES - 1) / LANES, nqb = (n_tok + QBLOCK - 1) / QBLOCK;
     const size_t qfl = qgroup_floats(&L);

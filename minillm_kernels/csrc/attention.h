@@ -18,6 +18,11 @@
 enum { ATTN_F16 = 0, ATTN_BF16 = 1, ATTN_Q8_0 = 2, ATTN_Q8_KV = 3 };
 enum { ATTN_HEADS = 0, ATTN_KPARALLEL = 1 };
 
+/* The "amx" level: switch the AMX score and value tiles on or off (amx_attention.h; on only in a
+ * build with MINILLM_AMX, once the OS granted the tile state). */
+void attn_set_amx(int on);
+int attn_get_amx(void);
+
 /* Bytes of one cached row of `width` values (width % 32 == 0). */
 size_t attn_row_bytes(int type, int width);
 

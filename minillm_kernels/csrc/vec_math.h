@@ -43,6 +43,30 @@ static inline __m512 exp512(__m512 x) { /* exp_ps on 16 lanes */
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
+
+/* r[i] = 16 dwords of row i  ->  r[j] = dword j of rows 0..15 */
+static inline __attribute__((always_inline)) void transpose16_epi32(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int k = 0; k < 8; k++) { /* in each 128-bit lane: rows 2k, 2k+1 interleaved */
+        t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int m = 0; m < 4; m++) { /* u[4m + c], lane L: rows 4m..4m+3 of dword 4L + c */
+        u[4 * m + 0] = _mm512_unpacklo_epi64(t[4 * m], t[4 * m + 2]);
+        u[4 * m + 1] = _mm512_unpackhi_epi64(t[4 * m], t[4 * m + 2]);
+        u[4 * m + 2] = _mm512_unpacklo_epi64(t[4 * m + 1], t[4 * m + 3]);
+        u[4 * m + 3] = _mm512_unpackhi_epi64(t[4 * m + 1], t[4 * m + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* gather lane L of u[c], u[4 + c], u[8 + c], u[12 + c] */
+        const __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
+        const __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512i b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
+        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
+    }
+}
 #endif
 
 /* g[i] = silu(g[i]) * u[i] = g / (1 + e^-g) * u for n values */
