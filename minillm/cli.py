@@ -152,7 +152,7 @@ def cmd_sweep(args) -> int:
     for rep in range(args.repetitions):
         m = load(path, n_ctx=args.ctx_size, cache_type=args.cache_type, n_threads=args.threads,
                  n_ubatch=args.ubatch_size)
-        peaks = peaks or sw.measure_peaks(m.n_threads, args.bw_bytes)
+        peaks = peaks or sw.measure_peaks(m.n_threads, args.bw_bytes, args.cache_type)
         ours_runs.append([sw.add_rooflines(r, m, peaks)
                           for r in sw.sweep_rows(m, n_gen, args.ctx_size, seed=rep, progress=True)])
         n_threads = m.n_threads
@@ -167,6 +167,7 @@ def cmd_sweep(args) -> int:
             "n_ctx": args.ctx_size, "isa": runtime.isa_level(), "commit": _commit(),
             "openmp": runtime.openmp_wait(), "read_bw_gbs": peaks.read_bw / 1e9,
             "gemm_peak_gops": peaks.gemm_ops / 1e9, "fma_peak_gflops": peaks.fma_flops / 1e9,
+            "attn_peak_gflops": peaks.attn_flops / 1e9,
             "repetitions": args.repetitions, "peer": ik_native.label(args.vs_ik) if args.vs_ik else None}
     sw.write_sweep(ours, ik, info, args.output, sys.stdout)
     if args.plot:

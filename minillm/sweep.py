@@ -12,8 +12,9 @@ Rooflines per row:
   and the attention's FLOPs over the fp32 FMA peak (deep contexts make decode attention
   compute-bound: 16 heads x 1088 multiply-adds per cached row);
 - PP: the work of the ubatch over the measured compute peaks: the matmul operations over the
-  int8 GEMM peak of the kernels (cache-resident weights, so bandwidth does not enter) and the
-  attention FLOPs over the fp32 FMA peak.
+  GEMM peak of the kernels (cache-resident weights, so bandwidth does not enter) and the
+  attention FLOPs over the prompt attention's peak (the kernels on a cache-resident cache: on
+  the "amx" level they run on AMX tiles, past the fp32 FMA peak).
 """
 from __future__ import annotations
 
@@ -64,11 +65,32 @@ def attention_flops(model: Model, n_kv: int, n_tokens: int) -> float:
 class Peaks:
     """What the machine can do, measured in this run."""
     read_bw: float          # bytes/s, streaming read
-    gemm_ops: float         # int8 GEMM operations/s of the kernels, cache-resident weights
+    gemm_ops: float         # GEMM operations/s of the kernels, cache-resident weights
     fma_flops: float        # fp32 FMA FLOPs/s
+    attn_flops: float       # FLOPs/s of the kernels' prompt attention, cache-resident cache
 
 
-def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30) -> Peaks:
+def prefill_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
+    """FLOPs/s of mla_prefill at its best: 64 tokens after 1024 cached rows (a cache in L2), the
+    DeepSeek2 shapes (16 heads, rows of 576, values of 512)."""
+    from minillm_kernels import attention
+
+    width, dv, heads, n_tok, pos0 = 576, 512, 16, 64, 1024
+    rng = np.random.default_rng(0)
+    cache = np.zeros((pos0 + n_tok, attention.row_bytes(cache_type, width)), np.uint8)
+    attention.kv_cache_store(cache, cache_type, 0, rng.standard_normal((pos0 + n_tok, width)).astype(np.float32))
+    q = rng.standard_normal((n_tok, heads, width)).astype(np.float32)
+    out = np.zeros((n_tok, heads, dv), np.float32)
+    flops = 2.0 * heads * (2 * dv + width - dv) * (n_tok * pos0 + n_tok * (n_tok + 1) / 2)
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        attention.mla_prefill(q, cache, cache_type, pos0, 0.07, out, n_threads)
+        best = max(best, flops / (time.perf_counter() - t0))
+    return best
+
+
+def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30, cache_type: str = "f16") -> Peaks:
     from minillm_kernels import attention, matmul
     from minillm_kernels.random_blocks import random_weights
 
@@ -86,7 +108,7 @@ def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30) -> Peaks:
             matmul.matmul(raw, t, x, n_threads=n_threads)
             best = max(best, 2 * 256 * 2048 * 512 / (time.perf_counter() - t0))
     sec, flops = min((attention.bench_fma(20_000_000, n_threads) for _ in range(3)), key=lambda r: r[0])
-    return Peaks(read_bandwidth(n_threads, bw_bytes), best, flops / sec)
+    return Peaks(read_bandwidth(n_threads, bw_bytes), best, flops / sec, prefill_attention_peak(n_threads, cache_type))
 
 
 def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
@@ -101,7 +123,7 @@ def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
     cache_s = max((row["tg_bytes_per_token"] - weights) / peaks.read_bw, attention_flops(model, depth, 1) / peaks.fma_flops)
     row["tg_roofline"] = 1.0 / (weights / peaks.read_bw + cache_s)
     seconds = 2.0 * matmul_params_per_token(model) * pp / peaks.gemm_ops + \
-        attention_flops(model, n_kv, pp) / peaks.fma_flops
+        attention_flops(model, n_kv, pp) / peaks.attn_flops
     row["pp_roofline"] = pp / seconds
     return row
 
@@ -201,13 +223,14 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
                   f"cache {info['cache_type']}, {info['n_threads']} threads, ubatch {info['n_ubatch']}, "
                   f"context {info['n_ctx']}, ISA {info['isa']}, commit {info['commit']}, {info['openmp']}, "
                   f"median of {info['repetitions']} run(s) per engine\n"
-                  f"read bandwidth {info['read_bw_gbs']:.1f} GB/s, int8 GEMM peak {info['gemm_peak_gops']:.0f} GOPS, "
-                  f"fp32 FMA peak {info['fma_peak_gflops']:.0f} GFLOP/s"
+                  f"read bandwidth {info['read_bw_gbs']:.1f} GB/s, GEMM peak {info['gemm_peak_gops']:.0f} GOPS, "
+                  f"fp32 FMA peak {info['fma_peak_gflops']:.0f} GFLOP/s, prompt attention peak "
+                  f"{info['attn_peak_gflops']:.0f} GFLOP/s"
                   + (f"\npeer: ik_llama.cpp native ({info['peer'] or 'version unknown'}), -mla 3 -fa 1, same file, "
                      f"threads, cache type and ubatch, run alternately" if ik else "") + "\n\n")
         out.write(sweep_table(ours, ik) + "\n")
         out.write("\nTG roof: weight bytes / read bandwidth + max(cache bytes / read bandwidth, attention FLOPs / "
-                  "FMA peak); PP roof: matmul ops / int8 GEMM peak + attention FLOPs / FMA peak\n")
+                  "FMA peak); PP roof: matmul ops / GEMM peak + attention FLOPs / prompt attention peak\n")
     elif fmt == "json":
         out.write(json.dumps({"info": info, "minillm": list(ours), "ik_llama.cpp": list(ik or [])}, indent=2) + "\n")
     elif fmt == "jsonl":

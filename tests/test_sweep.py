@@ -25,7 +25,7 @@ def model():
     return minillm.load(default_model_path(), n_ctx=128, n_ubatch=32, n_threads=2)
 
 
-PEAKS = sw.Peaks(read_bw=20e9, gemm_ops=200e9, fma_flops=100e9)
+PEAKS = sw.Peaks(read_bw=20e9, gemm_ops=200e9, fma_flops=100e9, attn_flops=300e9)
 
 
 def test_sweep_fills_the_context_once(model):
@@ -70,7 +70,7 @@ def test_rooflines(model):
     weights, total = bench.decode_bytes_per_token(model, 0), bench.decode_bytes_per_token(model, 68)
     cache_s = max((total - weights) / 20e9, sw.attention_flops(model, 68, 1) / 100e9)
     assert row["tg_roofline"] == pytest.approx(1 / (weights / 20e9 + cache_s))
-    seconds = 2 * sw.matmul_params_per_token(model) * 32 / 200e9 + sw.attention_flops(model, 64, 32) / 100e9
+    seconds = 2 * sw.matmul_params_per_token(model) * 32 / 200e9 + sw.attention_flops(model, 64, 32) / 300e9
     assert row["pp_roofline"] == pytest.approx(32 / seconds)
 
 
@@ -88,7 +88,7 @@ def _rows(n=3, speed=10.0):
 
 INFO = {"model": "m.gguf", "cache_type": "f16", "n_threads": 2, "n_ubatch": 512, "n_ctx": 1536, "isa": "avx2",
         "commit": "abc", "openmp": "GOMP_SPINCOUNT=200000", "read_bw_gbs": 20.0, "gemm_peak_gops": 200.0,
-        "fma_peak_gflops": 100.0, "repetitions": 1, "peer": "version: 1 (x)"}
+        "fma_peak_gflops": 100.0, "attn_peak_gflops": 300.0, "repetitions": 1, "peer": "version: 1 (x)"}
 
 
 def test_sweep_outputs():

@@ -732,6 +732,13 @@ static void state_init(state_t *st, int DV) {
 }
 
 
+/* Rows of the tile at t0 (below r1) that some group sees: group k sees rows < lim[k]. */
+static int tile_rows(int t0, int r1, const int *lim, int ng) {
+    int nt = r1 - t0 < TILE ? r1 - t0 : TILE, need = 0;
+    for (int k = 0; k < ng; k++) need = lim[k] - t0 > need ? lim[k] - t0 : need;
+    return nt < need ? nt : need;
+}
+
 #if MINILLM_AMX
 /* 8-bit rows t0.. as floats d·q (exact products) in T->kf */
 static void q8_rows_to_float(const layout_t *L, int t0, int nt, tile_t *T) {
@@ -764,11 +771,8 @@ static void attend_range_amx(const layout_t *L, int r0, int r1, const qgroup_t *
                              const int *lim, int ng, tile_t *T) {
     amx_attn_begin();
     for (int t0 = r0; t0 < r1; t0 += TILE) {
-        int nt = r1 - t0 < TILE ? r1 - t0 : TILE;
-        int need = 0;
-        for (int k = 0; k < ng; k++) need = lim[k] - t0 > need ? lim[k] - t0 : need;
-        if (need <= 0) break;
-        if (nt > need) nt = need;
+        const int nt = tile_rows(t0, r1, lim, ng);
+        if (nt <= 0) break;
         const uint8_t *rows = L->cache + (size_t)t0 * L->rb;
         switch (L->type) {
         case ATTN_F16: amx_rows_f16(rows, L->rb, nt, L->D, L->DV, &T->ar); break;
@@ -806,11 +810,8 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
     }
 #endif
     for (int t0 = r0; t0 < r1; t0 += TILE) {
-        int nt = r1 - t0 < TILE ? r1 - t0 : TILE;
-        int need = 0;
-        for (int k = 0; k < ng; k++) need = lim[k] - t0 > need ? lim[k] - t0 : need;
-        if (need <= 0) break;
-        if (nt > need) nt = need;
+        const int nt = tile_rows(t0, r1, lim, ng);
+        if (nt <= 0) break;
         tile_convert(L, t0, nt, T);
         /* the next tile's rows are requested (into L2) a slice at a time during this tile's
          * value GEMM, so the next conversion pass does not wait on memory */
