@@ -740,31 +740,6 @@ static int tile_rows(int t0, int r1, const int *lim, int ng) {
 }
 
 #if MINILLM_AMX
-/* 8-bit rows t0.. as floats d·q (exact products) in T->kf */
-static void q8_rows_to_float(const layout_t *L, int t0, int nt, tile_t *T) {
-    const int D = L->D;
-    for (int r = 0; r < nt; r++) {
-        const uint8_t *src = L->cache + (size_t)(t0 + r) * L->rb;
-        float *kf = T->kf + (size_t)r * D;
-        if (L->type == ATTN_Q8_0) {
-            const block_q8_0 *b = (const block_q8_0 *)src;
-            for (int j = 0; j < L->nb; j++) {
-                const __m512 d = _mm512_set1_ps(fp16_to_fp32(b[j].d));
-                for (int i = 0; i < QK; i += 16)
-                    _mm512_store_ps(kf + j * QK + i, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                                                       _mm_loadu_si128((const __m128i *)(b[j].qs + i))))));
-            }
-        } else {
-            float d;
-            memcpy(&d, src, 4);
-            const int8_t *q = (const int8_t *)(src + 8);
-            for (int i = 0; i < D; i += 16)
-                _mm512_store_ps(kf + i, _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                                                            _mm_loadu_si128((const __m128i *)(q + i))))));
-        }
-    }
-}
-
 /* attend_range on the AMX tiles: the rows split once per tile, then per group the scores, the online
  * softmax (as on AVX-512) and the values */
 static void attend_range_amx(const layout_t *L, int r0, int r1, const qgroup_t *g, state_t *st,
@@ -777,8 +752,8 @@ static void attend_range_amx(const layout_t *L, int r0, int r1, const qgroup_t *
         switch (L->type) {
         case ATTN_F16: amx_rows_f16(rows, L->rb, nt, L->D, L->DV, &T->ar); break;
         case ATTN_BF16: amx_rows_bf16(rows, L->rb, nt, L->D, L->DV, &T->ar); break;
-        default:
-            q8_rows_to_float(L, t0, nt, T);
+        default: /* 8-bit rows as their float values d·q (exact products) */
+            attn_load_rows(L->cache, L->type, L->D, t0, nt, T->kf);
             amx_rows_split(T->kf, nt, L->D, L->DV, &T->ar);
         }
         /* the next tile's rows into L2, a slice before each GEMM */
