@@ -102,6 +102,18 @@ def split_kv_b(t, H: int, nope: int, dv: int, R: int) -> tuple[Weight, Weight]:
     return Weight(k_raw, int(k_type)), v_b
 
 
+def join_kv_b(k_b, v_b, H: int, nope: int, dv: int, R: int) -> Weight:
+    """attn_kv_b rebuilt from a file's attn_k_b [H, R, nope] and attn_v_b [H, dv, R] (llama.cpp's
+    current conversion carries only those): per head nope rows of W_k, then dv rows of W_v, R
+    wide, as Q8_0 (float files: F32), for the decompressed prompt attention."""
+    k = k_b.dequantize().reshape(H, R, nope).transpose(0, 2, 1)
+    v = v_b.dequantize().reshape(H, dv, R)
+    kv = np.ascontiguousarray(np.concatenate([k, v], axis=1).reshape(H * (nope + dv), R), np.float32)
+    if k_b.type in (T.F32, T.F16, T.BF16) or R % 32:
+        return Weight(kv.view(np.uint8), int(T.F32))
+    return Weight(np.ascontiguousarray(gguf_quantize(kv, T.Q8_0)).view(np.uint8), int(T.Q8_0))
+
+
 def _norm_weight(t) -> np.ndarray:
     return np.ascontiguousarray(t.dequantize().reshape(-1), dtype=np.float32)
 
@@ -144,8 +156,18 @@ def rope_tables(c: DeepSeek2Config, n_ctx: int) -> tuple[np.ndarray, np.ndarray]
 # ----------------------------------------------------------------------------------------
 
 
+# Prompts of at least this many tokens attend on decompressed rows (attention.mha_prefill), as
+# ik_llama.cpp's -mla 3 does: keys 192 and values 128 wide instead of 576 and 512 (3.4x fewer
+# FLOPs per token and row) for one GEMM per ubatch of every cached row through attn_kv_b.  At
+# 512 tokens on Zen 4 (2 threads, f16 cache) 1.3x faster at depth 0 and 1.4-1.7x at 2048-8192;
+# at 64 tokens 2-3x slower at depth (tools/bench_attention.py --prefill).  The AMX level keeps the
+# absorbed form: its tiles run the absorbed FLOPs at 1.6-2.5x the FMA peak.
+MHA_MIN_TOKENS = 256
+
+
 class Attention:
-    """MLA in absorbed form over one layer of the latent cache."""
+    """MLA over one layer of the latent cache: absorbed for decode and short batches, on
+    decompressed rows for long prompts."""
 
     def __init__(self, lw: LayerWeights, c: DeepSeek2Config, prep: WeightPreparer):
         self.c = c
@@ -164,6 +186,10 @@ class Attention:
             k_b, v_b = split_kv_b(lw.attn_kv_b, H, nope, dv, R)
             prep.on_copied(lw.attn_kv_b)
             self.k_b, self.v_b = k_b, prep.fast(v_b)
+        if lw.attn_kv_b is not None:
+            self.kv_b = Weight(lw.attn_kv_b.raw, int(lw.attn_kv_b.type))
+        else:
+            self.kv_b = join_kv_b(lw.attn_k_b, lw.attn_v_b, H, nope, dv, R)
         self.output = prep(lw.attn_output)
         self.kq_scale = c.kq_scale
 
@@ -186,6 +212,8 @@ class Attention:
         ops.rms_norm(kv[:, :R], self.kv_a_norm, eps, out=rows[:, :R])
         ops.rope(kv[:, None, R:], cos, sin, rows[:, None, R:])
         attention.kv_cache_store(cache, cache_type, pos0, rows)
+        if N >= MHA_MIN_TOKENS and not attention.amx_on():
+            return self.output_of(self.decompressed_attention(q, pos0, cache, cache_type, rope_cs, nt), nt)
         # absorbed query: q_nope W_kb for all heads in one batched call
         q_lat = np.empty((N, H, R + rope_d), np.float32)
         q_nope = np.ascontiguousarray(q[:, :, :nope].transpose(1, 0, 2))                   # [H, N, nope]
@@ -199,7 +227,27 @@ class Attention:
             attention.mla_prefill(q_lat, cache, cache_type, pos0, self.kq_scale, o_lat, nt)
         o = matmul.matmul_batched(self.v_b.raw, self.v_b.type, np.ascontiguousarray(o_lat.transpose(1, 0, 2)),
                                   n_threads=nt)                                           # [H, N, dv]
-        o = np.ascontiguousarray(o.transpose(1, 0, 2)).reshape(N, H * dv)
+        return self.output_of(o.transpose(1, 0, 2), nt)
+
+    def decompressed_attention(self, q: np.ndarray, pos0: int, cache: np.ndarray, cache_type: str,
+                               rope_cs: tuple[np.ndarray, np.ndarray], nt: int) -> np.ndarray:
+        """softmax(q k^T * kq_scale, causal) v per head, with k_nope | v = c W_kv_b for every cached
+        row c and k_pe the rows' shared roped part: [N, H, dv]."""
+        c = self.c
+        N, H, nope, R, dv = q.shape[0], c.n_head, c.qk_nope_head_dim, c.kv_lora_rank, c.v_head_dim
+        cos, sin = rope_cs
+        rows = attention.kv_cache_load(cache, cache_type, 0, pos0 + N, R + c.qk_rope_head_dim)  # [n_kv, R + rope]
+        kvb = matmul.matmul(self.kv_b.raw, self.kv_b.type, np.ascontiguousarray(rows[:, :R]), n_threads=nt)
+        q_full = np.empty_like(q)
+        q_full[:, :, :nope] = q[:, :, :nope]
+        ops.rope(q[:, :, nope:], cos, sin, q_full[:, :, nope:])
+        o = np.empty((N, H, dv), np.float32)
+        attention.mha_prefill(q_full, kvb.reshape(-1, H, nope + dv), rows[:, R:], pos0, self.kq_scale, o, nt)
+        return o
+
+    def output_of(self, o: np.ndarray, nt: int) -> np.ndarray:
+        """the attention output [N, H, dv] through W_o"""
+        o = np.ascontiguousarray(o).reshape(o.shape[0], -1)
         return matmul.matmul(self.output.raw, self.output.type, o, n_threads=nt)
 
 

@@ -220,6 +220,54 @@ def mla_prefill(q_lat, cache, cache_type, int pos0, float scale, out, n_threads=
         raise MemoryError("out of memory in mla_prefill")
 
 
+def mha_prefill(q, kvb, k_rope, int pos0, float scale, out, n_threads=0):
+    """Causal attention of N new tokens at positions pos0 .. pos0+N-1 on decompressed rows.
+
+    q float32 [N, H, dn + dr] (q_nope | roped q_pe); kvb float32 [R, H, dn + dv] (R >= pos0 + N: the
+    latent rows times attn_kv_b, per head k_nope | v); k_rope float32 [R, dr] (the roped part every
+    head shares; rows may be strided, values contiguous).  Token i attends to rows 0 .. pos0+i;
+    writes out float32 [N, H, dv].  The same attention as mla_prefill on the latent rows these came
+    from, with 192-wide keys and 128-wide values instead of 576 and 512 (DeepSeek2's shapes).
+    """
+    _check_f32(q, "q", 3)
+    _check_f32(kvb, "kvb", 3)
+    _check_f32(out, "out", 3, writable=True)
+    if not isinstance(k_rope, np.ndarray) or k_rope.dtype != np.float32 or k_rope.ndim != 2:
+        raise ValueError("k_rope must be a 2-D float32 numpy array")
+    if k_rope.strides[1] != 4 or k_rope.strides[0] % 4 or k_rope.strides[0] < 4 * k_rope.shape[1]:
+        raise ValueError("k_rope rows must hold contiguous values")
+    cdef int N = q.shape[0], H = q.shape[1], dv = out.shape[2], dr = k_rope.shape[1]
+    cdef int dn = kvb.shape[2] - dv, R = kvb.shape[0]
+    if N < 1 or H < 1:
+        raise ValueError(f"q needs at least one token and one head, got shape {q.shape}")
+    if out.shape[0] != N or out.shape[1] != H or kvb.shape[1] != H:
+        raise ValueError(f"q {q.shape}, kvb {kvb.shape} and out {out.shape} disagree on tokens or heads")
+    if dn < 0 or q.shape[2] != dn + dr:
+        raise ValueError(f"q rows hold {q.shape[2]} values, expected dn + dr = {dn} + {dr} "
+                         f"(kvb rows {kvb.shape[2]} = dn + dv, dv = {dv})")
+    if (dn + dr) % 16 or dv % 32 or dv == 0:
+        raise ValueError(f"key width {dn + dr} must be a multiple of 16 and value width {dv} of 32")
+    if pos0 < 0 or pos0 + N > R or k_rope.shape[0] < pos0 + N:
+        raise ValueError(f"tokens at positions {pos0}..{pos0 + N - 1} need that many kvb and k_rope rows "
+                         f"(have {R} and {k_rope.shape[0]})")
+    if not np.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    cdef int nthr = _threads(n_threads)
+    _check_finite(q, "q")
+    cdef const float[:, :, ::1] qv = q
+    cdef const float[:, :, ::1] kv = kvb
+    cdef float[:, :, ::1] o = out
+    cdef cnp.ndarray kra = k_rope
+    cdef const float *kr = <const float *> cnp.PyArray_DATA(kra)
+    cdef size_t kr_stride = k_rope.strides[0] // 4
+    cdef int rc
+    with nogil:
+        rc = attn_prefill_mha(&qv[0, 0, 0], N, H, dn, dr, dv, &kv[0, 0, 0], kr, kr_stride, pos0, scale,
+                              &o[0, 0, 0], nthr)
+    if rc:
+        raise MemoryError("out of memory in mha_prefill")
+
+
 def bench_read(buf, n_threads=0):
     """Seconds to stream-read the uint8 array ``buf`` once (for bandwidth figures)."""
     if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or not buf.flags.c_contiguous or buf.size < 128:

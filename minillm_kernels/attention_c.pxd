@@ -19,6 +19,8 @@ cdef extern from "attention.h" nogil:
                     int n_kv, float scale, float *out, int strategy, int n_threads)
     int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, int type, int width,
                      int dv, int pos0, float scale, float *out, int n_threads)
+    int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int dv, const float *kvb,
+                         const float *kr, size_t kr_stride, int pos0, float scale, float *out, int n_threads)
     double attn_bench_read(const uint8_t *buf, size_t n, int n_threads, double *checksum)
     double attn_bench_fma(long iters, int n_threads, double *checksum)
     int attn_bench_fma_flops_per_iter()

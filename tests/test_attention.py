@@ -477,3 +477,63 @@ def test_auto_reports_the_strategy_it_chose(caches, token):
         used = attn.mla_decode(q_lat, caches["f16"].layer(0), "f16", n_kv, SCALE, out, "auto", threads)
         assert used == attn.choose_strategy(n_kv, threads)
     assert attn.choose_strategy(8, 2) == "heads" and attn.choose_strategy(3000, 2) == "kparallel"
+
+
+# ----------------------------------------------------------------------------- decompressed prompt attention
+def mha_reference(q, kvb, kr, pos0, scale, dv):
+    """float64 causal attention per head: k = kvb[:, h, :dn] | kr, v = kvb[:, h, dn:]"""
+    N, H, dk = q.shape
+    dn = kvb.shape[2] - dv
+    out = np.zeros((N, H, dv))
+    for h in range(H):
+        k = np.concatenate([kvb[:, h, :dn], kr], axis=1).astype(np.float64)
+        v = kvb[:, h, dn:].astype(np.float64)
+        for i in range(N):
+            s = k[:pos0 + i + 1] @ q[i, h].astype(np.float64) * scale
+            p = np.exp(s - s.max())
+            out[i, h] = p @ v[:pos0 + i + 1] / p.sum()
+    return out
+
+
+@pytest.mark.parametrize("n_tok,pos0,n_head,threads", [(1, 0, 16, 1), (5, 3, 3, 2), (37, 100, 16, 2),
+                                                       (70, 0, 2, 1), (130, 40, 17, 2)])
+def test_mha_prefill_matches_float64(n_tok, pos0, n_head, threads):
+    """Keys 192 (128 + 64 shared roped) and values 128 wide, as DeepSeek2's decompressed heads.
+    Bound: float32 sums of dk products per score (gamma_dk of the sum of |products|), which moves
+    each probability by at most twice that relative error, plus the softmax's own sums of n rows
+    and the vector exp's few ulps, times the largest |v|; doubled.  Rows past the last token hold
+    NaN: the kernel must never read them."""
+    rng = np.random.default_rng(n_tok + pos0)
+    dn, dr, dv, scale = 128, 64, 128, 0.07
+    n_rows = pos0 + n_tok
+    q = rng.standard_normal((n_tok, n_head, dn + dr)).astype(np.float32)
+    kvb = rng.standard_normal((n_rows + 3, n_head, dn + dv)).astype(np.float32)
+    latent = rng.standard_normal((n_rows + 3, KV_LORA + ROPE)).astype(np.float32)
+    kvb[n_rows:] = np.nan
+    latent[n_rows:] = np.nan
+    kr = latent[:, KV_LORA:]                                        # strided rows, as the engine passes them
+    out = np.full((n_tok, n_head, dv), np.nan, np.float32)
+    attn.mha_prefill(q, kvb, kr, pos0, scale, out, threads)
+    ref = mha_reference(q, kvb[:n_rows], np.ascontiguousarray(kr[:n_rows]), pos0, scale, dv)
+    u = 2.0 ** -24
+    k_abs = np.abs(np.concatenate([kvb[:n_rows, :, :dn], np.broadcast_to(kr[:n_rows, None], (n_rows, n_head, dr))], 2))
+    score_err = (dn + dr) * u * scale * np.einsum("ihd,thd->iht", np.abs(q), k_abs).max()
+    bound = 2 * np.abs(kvb[:n_rows, :, dn:]).max() * (2 * score_err + (n_rows + 8) * u)
+    err = np.abs(out - ref).max()
+    assert np.isfinite(out).all()
+    assert err <= bound, f"max error {err:.3g} > bound {bound:.3g}"
+
+
+def test_mha_prefill_bad_inputs():
+    q = np.zeros((4, 2, 192), np.float32)
+    kvb = np.zeros((4, 2, 256), np.float32)
+    kr = np.zeros((4, 64), np.float32)
+    out = np.zeros((4, 2, 128), np.float32)
+    with pytest.raises(ValueError, match="positions"):
+        attn.mha_prefill(q, kvb, kr, 1, 0.1, out)                   # 4 tokens after 1 need 5 rows
+    with pytest.raises(ValueError, match="dn \\+ dr"):
+        attn.mha_prefill(np.zeros((4, 2, 160), np.float32), kvb, kr, 0, 0.1, out)
+    with pytest.raises(ValueError, match="NaN"):
+        attn.mha_prefill(np.full_like(q, np.nan), kvb, kr, 0, 0.1, out)
+    with pytest.raises(ValueError, match="contiguous"):
+        attn.mha_prefill(q, kvb, np.zeros((4, 128), np.float32)[:, ::2], 0, 0.1, out)

@@ -184,3 +184,21 @@ def test_engine_matches_ik(peer_files, cache_type):
           f"top-1 {d.top1.mean():.2f}")
     assert np.median(d.rel_rms) <= (MEDIAN_FACTOR + 1) * b["median"]
     assert (~d.top1).sum() <= 3 * b["top1_miss"] + 1       # the same triangle for top-1 misses
+
+
+@pytest.mark.parametrize("name,cache_type,split", [
+    ("tiny-f16-kv_b", "f16", False), ("tiny-f16-kv_b", "q8_0", True),
+    ("tiny-iq4_nl-2d", "f16", True), ("tiny-qlora-bf16-3d", "f16", False)])
+def test_decompressed_prompt_attention_matches_reference(peer_files, monkeypatch, name, cache_type, split):
+    """Long prompts attend on decompressed rows (deepseek2.MHA_MIN_TOKENS): forced here for every
+    batch of 2 tokens or more (and on the AMX level too), and held to the same ik-derived bounds.
+    tiny-qlora-bf16-3d has no attn_kv_b: the engine rebuilds it from attn_k_b / attn_v_b."""
+    from minillm import deepseek2
+    monkeypatch.setattr(deepseek2, "MHA_MIN_TOKENS", 2)
+    monkeypatch.setattr(deepseek2.attention, "amx_on", lambda: False)
+    calls = []
+    real = deepseek2.attention.mha_prefill
+    monkeypatch.setattr(deepseek2.attention, "mha_prefill", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    pf = peer_files(name)
+    assert not check_engine(pf, pf, cache_type, split)
+    assert calls, "the decompressed path did not run"

@@ -48,11 +48,23 @@
 #define HTILE 64   /* rows per softmax step of the "heads" strategy */
 _Static_assert(TILE % 2 == 0, "row pairs");
 
+/* Rows of the decompressed prompt attention (attn_prefill_mha): per head, k = k_nope | k_rope and
+ * v, gathered from the kv_b product [rows][H][dn + dv] and the shared k_rope rows [rows][dr]. */
+typedef struct {
+    const float *kvb, *kr;
+    size_t kvb_stride, kr_stride; /* floats per row */
+    int dn, dr, head;
+} mha_rows_t;
+#define ATTN_MHA 100 /* internal row type: float rows gathered by tile_convert from an mha_rows_t */
+
 typedef struct {
     int type, D, DV, nb; /* nb: 32-value blocks per row */
+    int dk, voff;        /* the scores take values [0, dk) of a row, the values [voff, voff + DV):
+                          * the latent rows have dk = D, voff = 0; the MHA rows k | v, voff = dk */
     int amx;             /* the tiles run on AMX (prompt processing on the "amx" level) */
     size_t rb;           /* bytes per row */
     const uint8_t *cache;
+    const mha_rows_t *mha; /* ATTN_MHA: where the rows come from */
 } layout_t;
 
 /* Up to 16 query rows, scaled by the softmax scale and laid out for the tile GEMM. */
@@ -62,6 +74,7 @@ typedef struct {
     float *qd;   /* q8_0/q8_KV: [16] scale of each query row */
     uint16_t *qa; /* AMX: qf split into bf16 B tiles (amx_query_split) */
     int nlanes;  /* active query rows (the rest are zero padding) */
+    const int *lane_lim; /* NULL: every lane sees the group's rows; else lane i sees rows < lane_lim[i] */
 } qgroup_t;
 
 typedef struct {
@@ -170,9 +183,9 @@ static size_t qgroup_floats(const layout_t *L) {
 /* rows: nq query rows of D floats, row stride `stride` floats. */
 static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, int nq, float scale,
                            float *mem, qgroup_t *g) {
-    const int D = L->D;
+    const int D = L->dk;
     g->nlanes = nq;
-    g->qf = NULL; g->qi = NULL; g->qd = NULL; g->qa = NULL;
+    g->qf = NULL; g->qi = NULL; g->qd = NULL; g->qa = NULL; g->lane_lim = NULL;
     if (!is_q8(L->type) || use_amx(L)) {
         g->qf = mem;
         for (int d = 0; d < D; d++)
@@ -233,6 +246,14 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         float *kf = T->kf + (size_t)r * D;
         int16_t *ki = T->ki + (size_t)r * D;
         switch (L->type) {
+        case ATTN_MHA: { /* k_nope | k_rope | v of one head */
+            const mha_rows_t *m = L->mha;
+            const float *kv = m->kvb + (size_t)(t0 + r) * m->kvb_stride + (size_t)m->head * (m->dn + DV);
+            memcpy(kf, kv, sizeof(float) * m->dn);
+            memcpy(kf + m->dn, m->kr + (size_t)(t0 + r) * m->kr_stride, sizeof(float) * m->dr);
+            memcpy(kf + L->voff, kv + m->dn, sizeof(float) * DV);
+            break;
+        }
         case ATTN_F16: {
             const fp16_t *h = (const fp16_t *)src;
 #if MINILLM_AVX2
@@ -402,7 +423,7 @@ static void tile_scores512(const layout_t *L, const tile_t *T, int nt, const qgr
     int r;
     if (!is_q8(L->type)) {
         for (int part = 0; part < KQ_SPLIT; part++) {
-            const int d0 = D * part / KQ_SPLIT, d1 = D * (part + 1) / KQ_SPLIT;
+            const int d0 = L->dk * part / KQ_SPLIT, d1 = L->dk * (part + 1) / KQ_SPLIT;
             for (r = 0; r + 8 <= nt; r += 8) kq_f32_rows512(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 8);
             for (; r < nt; r++) kq_f32_rows512(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
         }
@@ -495,14 +516,14 @@ static inline __attribute__((always_inline)) void v_block_i16_512(const int32_t 
     case 2: call(2); break;                                                                          \
     default: call(1); break;                                                                         \
     }
-static void tile_values512(tile_t *T, int D, int DV, int n, float *o, int nlanes, const int32_t *pp,
+static void tile_values512(tile_t *T, const float *kf, int D, int DV, int n, float *o, int nlanes, const int32_t *pp,
                            const float *sc) {
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 32) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 32) {
         prefetch_some(T, pf_step);
         for (int hb = 0; hb < nlanes; hb += 8) {
             float *o0 = o + (size_t)hb * DV + dc;
-#define F32_CALL(nh) v_block512(T->kf + dc, D, DV, T->s + hb, n, o0, nh)
+#define F32_CALL(nh) v_block512(kf + dc, D, DV, T->s + hb, n, o0, nh)
 #define I16_CALL(nh) v_block_i16_512(T->vp + dc, DV, pp + hb, (n + 1) / 2, sc + hb, o0, nh)
             if (pp) {
                 V_BLOCK512_CASES(I16_CALL)
@@ -524,9 +545,9 @@ static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup
 #elif MINILLM_AVX2
     int r = 0;
     switch (L->type) {
-    case ATTN_F16: case ATTN_BF16:
+    case ATTN_F16: case ATTN_BF16: case ATTN_MHA:
         for (int part = 0; part < KQ_SPLIT; part++) {
-            const int d0 = D * part / KQ_SPLIT, d1 = D * (part + 1) / KQ_SPLIT;
+            const int d0 = L->dk * part / KQ_SPLIT, d1 = L->dk * (part + 1) / KQ_SPLIT;
             for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 6);
             for (; r < nt; r++) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
         }
@@ -542,7 +563,7 @@ static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup
         for (int h = 0; h < LANES; h++) {
             if (!is_q8(L->type)) {
                 float acc = 0.0f;
-                for (int d = 0; d < D; d++) acc += T->kf[(size_t)r * D + d] * g->qf[d * LANES + h];
+                for (int d = 0; d < L->dk; d++) acc += T->kf[(size_t)r * D + d] * g->qf[d * LANES + h];
                 s[h] = acc;
                 continue;
             }
@@ -622,11 +643,12 @@ static inline __attribute__((always_inline)) void v_block(const float *kf, int D
 }
 #endif
 
-static void tile_values(tile_t *T, int D, int DV, int n, float *o, int nlanes) {
-    const float *kf = T->kf, *p = T->s;
+/* the values of row t are kf[t·D + voff ...] */
+static void tile_values(tile_t *T, int D, int voff, int DV, int n, float *o, int nlanes) {
+    const float *kf = T->kf + voff, *p = T->s;
 #if MINILLM_AVX512
-    (void)kf; (void)p;
-    tile_values512(T, D, DV, n, o, nlanes, NULL, NULL);
+    (void)p;
+    tile_values512(T, kf, D, DV, n, o, nlanes, NULL, NULL);
 #elif MINILLM_AVX2
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
@@ -704,7 +726,7 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
         }
     }
 #if MINILLM_AVX512
-    tile_values512(T, 0, DV, n, o, nlanes, T->pp, sc);
+    tile_values512(T, NULL, 0, DV, n, o, nlanes, T->pp, sc);
 #else
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
@@ -775,6 +797,13 @@ static void attend_range_amx(const layout_t *L, int r0, int r1, const qgroup_t *
 }
 #endif
 
+/* Scores of rows a lane must not see (t0 + t >= lane_lim[lane]) to -inf: the softmax's exp then
+ * gives them e^-87 of the lane's largest visible weight (vec_math.h clamps), a part in 1e38. */
+static void mask_lanes(float *s, int t0, int n, const int *lane_lim, int nlanes) {
+    for (int i = 0; i < nlanes; i++)
+        for (int t = lane_lim[i] - t0 < 0 ? 0 : lane_lim[i] - t0; t < n; t++) s[t * LANES + i] = -INFINITY;
+}
+
 /* Attend query groups g[0..ng) to cache rows [r0, r1); group k sees rows < lim[k]. */
 static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, state_t *st,
                          const int *lim, int ng, tile_t *T) {
@@ -797,13 +826,14 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
             const int n = lim[k] - t0 < nt ? lim[k] - t0 : nt;
             if (n <= 0) continue;
             tile_scores(L, T, n, &g[k]);
+            if (g[k].lane_lim) mask_lanes(T->s, t0, n, g[k].lane_lim, g[k].nlanes);
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
 #if MINILLM_AVX2
             if (INT_VALUES(L->type))
                 tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, L->type == ATTN_Q8_KV ? PMAX_Q8_KV : PMAX_Q8_0);
             else
 #endif
-            tile_values(T, L->D, L->DV, n, st[k].o, g[k].nlanes);
+            tile_values(T, L->D, L->voff, L->DV, n, st[k].o, g[k].nlanes);
         }
     }
 }
@@ -835,6 +865,7 @@ static int resolve_threads(int n_threads) { return n_threads > 0 ? n_threads : o
 
 static void layout_init(layout_t *L, const uint8_t *cache, int type, int width, int dv) {
     L->type = type; L->D = width; L->DV = dv; L->nb = width / QK;
+    L->dk = width; L->voff = 0; L->mha = NULL;
     L->amx = 0;
     L->rb = attn_row_bytes(type, width);
     L->cache = cache;
@@ -1126,6 +1157,65 @@ int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, in
                     const float *o = st[k].o + (size_t)h * DV;
                     float *y = out + ((size_t)(i0 + k) * n_head + h0 + h) * DV;
                     for (int d = 0; d < DV; d++) y[d] = o[d] * il;
+                }
+        }
+        tile_free(&T); free(qmem); free(omem);
+    }
+    return failed ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ prompt processing, decompressed */
+/* The groups of 16 tokens of one head that share one pass over its rows */
+#define MHA_GROUPS 4
+
+int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int dv, const float *kvb,
+                     const float *kr, size_t kr_stride, int pos0, float scale, float *out, int n_threads) {
+    int failed = 0;
+    const int dk = dn + dr, nthr = resolve_threads(n_threads);
+    const int tb = LANES * MHA_GROUPS, nb = (n_tok + tb - 1) / tb, n_items = nb * n_head;
+    layout_t L0;
+    layout_init(&L0, (const uint8_t *)kvb, ATTN_MHA, dk + dv, dv);
+    L0.dk = dk; L0.voff = dk; L0.rb = 0;
+    const size_t qfl = qgroup_floats(&L0);
+#pragma omp parallel num_threads(nthr)
+    {
+        tile_t T;
+        float *qmem = xalloc(sizeof(float) * qfl * MHA_GROUPS);
+        float *omem = xalloc(sizeof(float) * MHA_GROUPS * LANES * (size_t)dv);
+        const int ok = tile_alloc(&L0, &T) && qmem && omem;
+        qgroup_t g[MHA_GROUPS];
+        state_t st[MHA_GROUPS];
+        int lim[MHA_GROUPS], lane_lim[MHA_GROUPS][LANES];
+        for (int k = 0; k < MHA_GROUPS; k++) st[k].o = omem + (size_t)k * LANES * dv;
+        /* later token blocks see more rows: hand them out first */
+#pragma omp for schedule(dynamic, 1)
+        for (int it = n_items - 1; it >= 0; it--) {
+            if (!ok) {
+#pragma omp atomic write
+                failed = 1;
+                continue;
+            }
+            const int b = it / n_head, h = it % n_head, i0 = b * tb;
+            const int ni = n_tok - i0 < tb ? n_tok - i0 : tb, ng = (ni + LANES - 1) / LANES;
+            const mha_rows_t rows = {kvb, kr, (size_t)n_head * (dn + dv), kr_stride, dn, dr, h};
+            layout_t L = L0;
+            L.mha = &rows;
+            for (int k = 0; k < ng; k++) {
+                const int t0 = i0 + k * LANES, nq = ni - k * LANES < LANES ? ni - k * LANES : LANES;
+                qgroup_prepare(&L, q + ((size_t)t0 * n_head + h) * dk, (size_t)n_head * dk, nq, scale,
+                               qmem + k * qfl, &g[k]);
+                for (int i = 0; i < LANES; i++) lane_lim[k][i] = pos0 + t0 + (i < nq ? i : nq - 1) + 1;
+                g[k].lane_lim = lane_lim[k];
+                lim[k] = pos0 + t0 + nq;
+                state_init(&st[k], dv);
+            }
+            attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ng, &T);
+            for (int k = 0; k < ng; k++)
+                for (int i = 0; i < g[k].nlanes; i++) {
+                    const float il = 1.0f / st[k].l[i];
+                    const float *o = st[k].o + (size_t)i * dv;
+                    float *y = out + ((size_t)(i0 + k * LANES + i) * n_head + h) * dv;
+                    for (int d = 0; d < dv; d++) y[d] = o[d] * il;
                 }
         }
         tile_free(&T); free(qmem); free(omem);

@@ -41,6 +41,13 @@ int attn_decode(const float *q, int n_head, const uint8_t *layer, int type, int 
 int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, int type, int width,
                  int dv, int pos0, float scale, float *out, int n_threads);
 
+/* The same prompt attention on decompressed rows (as ik_llama.cpp's -mla 3 does for prompts): head h
+ * of row t has k = kvb[t][h][0:dn] | kr[t·kr_stride : +dr] and v = kvb[t][h][dn : dn+dv], with
+ * kvb [pos0+n_tok][H][dn+dv] (the latent rows times attn_kv_b) and kr the roped rows' shared part.
+ * q [n_tok][H][dn+dr] (q_nope | roped q_pe) -> out [n_tok][H][dv]; token i sees rows 0 .. pos0+i. */
+int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int dv, const float *kvb,
+                     const float *kr, size_t kr_stride, int pos0, float scale, float *out, int n_threads);
+
 /* Benchmark helpers: seconds to stream-read n bytes (split over threads), and
  * seconds for `iters` rounds of independent FMAs per thread (flops_per_iter
  * reports how many floating point operations one round does on one thread). */

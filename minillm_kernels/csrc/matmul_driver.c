@@ -12,6 +12,10 @@
 /* Weight rows per work item: the unit handed to a thread, small enough to stay in L1/L2
  * while every token of the batch streams past it. */
 #define ROW_TILE 16
+/* GEMM tokens per pass: every row tile sweeps one chunk's activations, which stay in L2/L3 (over
+ * all 8704 tokens at once, K = 512, each tile re-read them from memory: 183 GFLOP/s for Q8_0 on
+ * Zen 4 at 2 threads, 300 in chunks of 512-1024) */
+#define GEMM_CHUNK_TOKENS 1024
 /* Batches of at least this many tokens take the packed 8-row GEMM where the type has one. */
 #define PACK8_MIN_TOKENS 8
 /* Activation bytes per token chunk in GEMM: kept in L2 while a row tile sweeps it. */
@@ -331,13 +335,16 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
         if (N == 1) { /* GEMV: each thread its share of the rows, as streams where the type has them */
             for (long b = 0; b < B; b++) gemv_streams(&k, w + b * w_batch_stride, M, acts + b * as, out + b * M);
         } else
+            for (int c0 = 0; c0 < N; c0 += GEMM_CHUNK_TOKENS) {
+                const int nc = imin(GEMM_CHUNK_TOKENS, N - c0);
 #pragma omp for schedule(static)
-        for (long it = 0; it < items; it++) {
-            const long b = it / tiles;
-            const int r0 = (int)(it % tiles) * rt;
-            gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + rt), acts + b * (copy ? nb : N) * as, as, N,
-                      out + b * N * M, M, scratch);
-        }
+                for (long it = 0; it < items; it++) {
+                    const long b = it / tiles;
+                    const int r0 = (int)(it % tiles) * rt;
+                    gemm_rows(&k, w + b * w_batch_stride, r0, imin(M, r0 + rt), acts + (b * (copy ? nb : N) + c0) * as,
+                              as, nc, out + b * N * M + (size_t)c0 * M, M, scratch);
+                }
+            }
     }
     return MM_OK;
 }
