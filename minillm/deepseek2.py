@@ -12,6 +12,9 @@ numpy), for a batch of N new tokens at positions pos0 .. pos0+N-1 after pos0 cac
       q_lat = (q_nope W_kb[h] for every head) | RoPE(q_pe)     matmul_batched (absorbed query)
       o_lat = softmax(q_lat cache^T * kq_scale, causal) c      mla_decode / mla_prefill
       x     = x + (o_lat W_vb[h] for every head) W_o            matmul_batched, matmul
+      (prompts of MHA_MIN_TOKENS or more instead: k_nope | v = cache[:, :R] W_kv_b      matmul
+       o = softmax(q k^T * kq_scale, causal) v per head, k = k_nope | k_pe             mha_prefill
+       x = x + o W_o)
       h     = RMSNorm(x) * w_ffn_norm
       x     = x + FFN(h)       dense: one expert of moe_forward; MoE: router matmul, top-k,
                                moe_forward over the routed experts (+ one for the shared ones)
@@ -159,9 +162,10 @@ def rope_tables(c: DeepSeek2Config, n_ctx: int) -> tuple[np.ndarray, np.ndarray]
 # Prompts of at least this many tokens attend on decompressed rows (attention.mha_prefill), as
 # ik_llama.cpp's -mla 3 does: keys 192 and values 128 wide instead of 576 and 512 (3.4x fewer
 # FLOPs per token and row) for one GEMM per ubatch of every cached row through attn_kv_b.  At
-# 512 tokens on Zen 4 (2 threads, f16 cache) 1.3x faster at depth 0 and 1.4-1.7x at 2048-8192;
-# at 64 tokens 2-3x slower at depth (tools/bench_attention.py --prefill).  The AMX level keeps the
-# absorbed form: its tiles run the absorbed FLOPs at 1.6-2.5x the FMA peak.
+# 512 tokens on Zen 4 (2 threads, f16 cache; attention plus the kv_b GEMM against mla_prefill)
+# 1.3x faster at depth 0 and 1.4-1.7x at 2048-8192; at 64 tokens 2-3x slower at depth (the GEMM
+# over every cached row dominates).  The AMX level keeps the absorbed form: its tiles run the
+# absorbed FLOPs at 1.6-2.5x the FMA peak (not measured against this path: no AMX CPU here).
 MHA_MIN_TOKENS = 256
 
 
