@@ -40,8 +40,8 @@
 #ifndef TILE
 #define TILE 32    /* cache rows converted and multiplied together (even) */
 #endif
-#ifndef KQ_SPLIT
-#define KQ_SPLIT 2 /* the score GEMM walks the row width in this many slices (L1 fit) */
+#ifndef KQ_SLICE
+#define KQ_SLICE 288 /* the score GEMM walks the row width in slices of at most this many values (L1 fit) */
 #endif
 #define QBLOCK 4   /* prompt tokens sharing one pass over the cache (16 on AMX was slower: the
                       * groups' outputs, loaded and stored per tile, left L2) */
@@ -422,8 +422,8 @@ static void tile_scores512(const layout_t *L, const tile_t *T, int nt, const qgr
     const int D = L->D;
     int r;
     if (!is_q8(L->type)) {
-        for (int part = 0; part < KQ_SPLIT; part++) {
-            const int d0 = L->dk * part / KQ_SPLIT, d1 = L->dk * (part + 1) / KQ_SPLIT;
+        for (int part = 0, n_slices = (L->dk + KQ_SLICE - 1) / KQ_SLICE; part < n_slices; part++) {
+            const int d0 = L->dk * part / n_slices, d1 = L->dk * (part + 1) / n_slices;
             for (r = 0; r + 8 <= nt; r += 8) kq_f32_rows512(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 8);
             for (; r < nt; r++) kq_f32_rows512(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
         }
@@ -546,8 +546,8 @@ static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup
     int r = 0;
     switch (L->type) {
     case ATTN_F16: case ATTN_BF16: case ATTN_MHA:
-        for (int part = 0; part < KQ_SPLIT; part++) {
-            const int d0 = L->dk * part / KQ_SPLIT, d1 = L->dk * (part + 1) / KQ_SPLIT;
+        for (int part = 0, n_slices = (L->dk + KQ_SLICE - 1) / KQ_SLICE; part < n_slices; part++) {
+            const int d0 = L->dk * part / n_slices, d1 = L->dk * (part + 1) / n_slices;
             for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 6);
             for (; r < nt; r++) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
         }
@@ -1166,7 +1166,7 @@ int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, in
 
 /* ------------------------------------------------------------------ prompt processing, decompressed */
 /* The groups of 16 tokens of one head that share one pass over its rows */
-#define MHA_GROUPS 4
+#define MHA_GROUPS 8
 
 int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int dv, const float *kvb,
                      const float *kr, size_t kr_stride, int pos0, float scale, float *out, int n_threads) {
