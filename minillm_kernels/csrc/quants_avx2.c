@@ -420,6 +420,10 @@ size_t packed8s_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8s_block);
 size_t packed8u_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8u_block); }
 
 ALWAYS_INLINE void store_packed8s(packed8s_block *p, const __m256i v[8]) {
+#ifdef DPBUSD256 /* VNNI: the codes q + 128 (unsigned, 1..255; gemm8s_c) */
+    for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)p->aq[j], _mm256_xor_si256(v[j], _mm256_set1_epi8((char)0x80)));
+    return;
+#endif
     const __m256i k4 = _mm256_set1_epi32(0x03020100);
     for (int j = 0; j < 8; j++) {
         const __m256i neg = _mm256_and_si256(_mm256_cmpgt_epi8(_mm256_setzero_si256(), v[j]), _mm256_set1_epi8(4));
@@ -506,7 +510,10 @@ ALWAYS_INLINE void token_blocks(const uint8_t *a, size_t as, int i, const int C,
     }
 }
 
-/* signed weights: per pm group (2 weight vectors), one broadcast of the token's 16 bytes */
+/* signed weights: per pm group (2 weight vectors), one broadcast of the token's 16 bytes.
+ * With VNNI the weights are the unsigned codes q + 128 instead (store_packed8s), and vpdpbusd
+ * takes them against each broadcast group of 4 token values, no shuffle: sum (q + 128) y - 128
+ * sum y is the same exact integer sum (|q + 128| <= 255: no int16 step saturates, as maddubs would) */
 ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, size_t as, float *out, size_t os,
                             int nr, const int C) {
     const __m256i ones __attribute__((unused)) = _mm256_set1_epi16(1);
@@ -515,6 +522,18 @@ ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, si
     for (int i = 0; i < n / QK; i++) {
         const block_q8_0_pm *y[GEMM8_MAX_C];
         __m256i isum[GEMM8_MAX_C];
+#ifdef DPBUSD256
+        token_blocks(a, as, i, C, 128, y, isum);
+        for (int j = 0; j < 8; j++) {
+            const __m256i u = _mm256_loadu_si256((const __m256i *)p[i].aq[j]);
+            for (int c = 0; c < C; c++) {
+                int32_t g;
+                memcpy(&g, y[c]->pm + 8 * j, 4);
+                isum[c] = DPBUSD256(isum[c], u, _mm256_set1_epi32(g));
+                PIN(isum[c]);
+            }
+        }
+#else
         token_blocks(a, as, i, C, 0, y, isum);
 #pragma GCC unroll 1 /* unrolled, GCC hoists the loads of all 4 groups and spills (16 ymm registers) */
         for (int g = 0; g < 4; g++) {
@@ -534,6 +553,7 @@ ALWAYS_INLINE void gemm8s_c(int n, const packed8s_block *p, const uint8_t *a, si
                 PIN(isum[c]);
             }
         }
+#endif
         const __m256 dw = _mm256_loadu_ps(p[i].d);
         for (int c = 0; c < C; c++)
             acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(y[c]->d)), _mm256_cvtepi32_ps(isum[c]), acc[c]);
