@@ -1216,6 +1216,21 @@ static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed
         for (int g = 0; g < 8; g++) {
             for (int j0 = 0; j0 < 8; j0 += GROUP) {
                 const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j0 / 4]);
+#ifdef DPBUSD256 /* VNNI: int32 sums of the group (no int16 step), times each row's scale (its int16 pair's low half) */
+                const __m256i sc32 = _mm256_and_si256(sc, _mm256_set1_epi32(0xffff));
+                __m256i s32[4];
+                for (int c = 0; c < C; c++) s32[c] = _mm256_setzero_si256();
+                for (int j = j0; j < j0 + GROUP; j++) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)p->q[g][j]);
+                    for (int c = 0; c < C; c++) {
+                        int32_t v;
+                        memcpy(&v, y[c]->qs + 32 * g + 4 * j, 4);
+                        s32[c] = DPBUSD256(s32[c], q, _mm256_set1_epi32(v));
+                    }
+                }
+                for (int c = 0; c < C; c++) isum[c] = _mm256_add_epi32(isum[c], _mm256_mullo_epi32(s32[c], sc32));
+                continue;
+#endif
                 __m256i s16[4];
                 for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
 #pragma GCC unroll 4 /* unrolled 8 times, GCC hoists the broadcasts and spills (16 ymm registers) */
@@ -1323,6 +1338,24 @@ static inline __attribute__((always_inline)) void gemm8_q6_K_c(int n, const pack
             }
         }
         for (int g = 0; g < 8; g++) {
+#ifdef DPBUSD256 /* VNNI: int32 sums per sub-block of 16 values, times the row's signed scale */
+            for (int j0 = 0; j0 < 8; j0 += 4) {
+                const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j0 / 4]);
+                const __m256i sc32 = _mm256_srai_epi32(_mm256_slli_epi32(sc, 16), 16);
+                __m256i s32[4];
+                for (int c = 0; c < C; c++) s32[c] = _mm256_setzero_si256();
+                for (int j = j0; j < j0 + 4; j++) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)p->q[g][j]);
+                    for (int c = 0; c < C; c++) {
+                        int32_t v;
+                        memcpy(&v, y[c]->qs + 32 * g + 4 * j, 4);
+                        s32[c] = DPBUSD256(s32[c], q, _mm256_set1_epi32(v));
+                    }
+                }
+                for (int c = 0; c < C; c++) isum[c] = _mm256_add_epi32(isum[c], _mm256_mullo_epi32(s32[c], sc32));
+            }
+            continue;
+#endif
 #pragma GCC unroll 1
             for (int j = 0; j < 8; j += 2) {
                 const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j / 4]);
