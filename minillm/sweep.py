@@ -24,6 +24,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from .deepseek2 import MHA_MIN_TOKENS
 from .model import Model
 from .weights import LayerWeights
 
@@ -59,6 +60,17 @@ def attention_flops(model: Model, n_kv: int, n_tokens: int) -> float:
     c = model.config
     keys = n_tokens * n_kv + n_tokens * (n_tokens + 1) / 2
     return 2.0 * c.n_layer * c.n_head * (2 * c.kv_lora_rank + c.qk_rope_head_dim) * keys
+
+
+def decompressed_attention_flops(model: Model, n_kv: int, n_tokens: int) -> tuple[float, float]:
+    """(GEMM, attention) FLOPs of the same attention on decompressed rows (long prompts,
+    deepseek2.MHA_MIN_TOKENS): every row of the cache and the new tokens through attn_kv_b, then
+    per head and key the score over nope + rope dims and the value over v_head_dim."""
+    c = model.config
+    keys = n_tokens * n_kv + n_tokens * (n_tokens + 1) / 2
+    kv_b = 2.0 * c.n_layer * (n_kv + n_tokens) * c.kv_lora_rank * c.n_head * (c.qk_nope_head_dim + c.v_head_dim)
+    heads = 2.0 * c.n_layer * c.n_head * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * keys
+    return kv_b, heads
 
 
 @dataclasses.dataclass
@@ -99,16 +111,30 @@ def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30, cache_type: str = "f1
     x = np.random.default_rng(0).normal(size=(512, 2048)).astype(np.float32)
     best = 0.0
     for wtype in (8, 20):                     # Q8_0, IQ4_NL: the types prefill spends its time in
-        raw, t = random_weights(wtype, (256, 2048), seed=0), wtype
+        # 2048 rows: with 256 (16 row tiles) the per-tile packing and the threads' start showed
+        # 263 GOPS where the MoE prefill ran at 370-480 (Zen 4, 2 threads)
+        raw, t = random_weights(wtype, (2048, 2048), seed=0), wtype
         if t in matmul.REPACKED:
             raw, t = matmul.repack(raw, t, n_threads)
         matmul.matmul(raw, t, x, n_threads=n_threads)
         for _ in range(5):
             t0 = time.perf_counter()
             matmul.matmul(raw, t, x, n_threads=n_threads)
-            best = max(best, 2 * 256 * 2048 * 512 / (time.perf_counter() - t0))
+            best = max(best, 2 * 2048 * 2048 * 512 / (time.perf_counter() - t0))
     sec, flops = min((attention.bench_fma(20_000_000, n_threads) for _ in range(3)), key=lambda r: r[0])
     return Peaks(read_bandwidth(n_threads, bw_bytes), best, flops / sec, prefill_attention_peak(n_threads, cache_type))
+
+
+def prompt_attention_seconds(model: Model, n_kv: int, n_tokens: int, peaks: Peaks) -> float:
+    """The prompt attention at its limit, on the path the engine takes: absorbed, its FLOPs over the
+    measured prompt-attention peak; decompressed (long prompts, not on AMX), the kv_b GEMM over the
+    GEMM peak and the heads' FLOPs over the FMA peak."""
+    from minillm_kernels import attention
+
+    if n_tokens < MHA_MIN_TOKENS or attention.amx_on():
+        return attention_flops(model, n_kv, n_tokens) / peaks.attn_flops
+    kv_b, heads = decompressed_attention_flops(model, n_kv, n_tokens)
+    return kv_b / peaks.gemm_ops + heads / peaks.fma_flops
 
 
 def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
@@ -122,9 +148,8 @@ def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
     # the cache rows are read while the attention computes on them: whichever takes longer
     cache_s = max((row["tg_bytes_per_token"] - weights) / peaks.read_bw, attention_flops(model, depth, 1) / peaks.fma_flops)
     row["tg_roofline"] = 1.0 / (weights / peaks.read_bw + cache_s)
-    seconds = 2.0 * matmul_params_per_token(model) * pp / peaks.gemm_ops + \
-        attention_flops(model, n_kv, pp) / peaks.attn_flops
-    row["pp_roofline"] = pp / seconds
+    row["pp_roofline"] = pp / (2.0 * matmul_params_per_token(model) * pp / peaks.gemm_ops +
+                               prompt_attention_seconds(model, n_kv, pp, peaks))
     return row
 
 
@@ -230,7 +255,8 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
                      f"threads, cache type and ubatch, run alternately" if ik else "") + "\n\n")
         out.write(sweep_table(ours, ik) + "\n")
         out.write("\nTG roof: weight bytes / read bandwidth + max(cache bytes / read bandwidth, attention FLOPs / "
-                  "FMA peak); PP roof: matmul ops / GEMM peak + attention FLOPs / prompt attention peak\n")
+                  "FMA peak); PP roof: matmul ops / GEMM peak + attention FLOPs / prompt attention peak (prompts of "
+                  f"{MHA_MIN_TOKENS}+ tokens, decompressed: kv_b GEMM / GEMM peak + head FLOPs / FMA peak)\n")
     elif fmt == "json":
         out.write(json.dumps({"info": info, "minillm": list(ours), "ik_llama.cpp": list(ik or [])}, indent=2) + "\n")
     elif fmt == "jsonl":

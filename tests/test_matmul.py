@@ -322,6 +322,22 @@ def test_gemm_long_batch(t):
         assert np.array_equal(y1[n - 1], mm.matmul(raw, t, x[n - 1]))
 
 
+@pytest.mark.parametrize("t", [8, 20, 0, 1, 12, 19] + K_REPACKED[:1], ids=type_name)
+@pytest.mark.parametrize("n", [2049, 3075])
+def test_gemm_token_chunks(t, n):
+    """More tokens than two of the driver's token chunks (GEMM_CHUNK_TOKENS = 1024, as the
+    decompressed prompt attention's kv_b GEMM over every cached row): a small remainder joins the
+    last chunk and takes the same path, so each token's row equals the one computed in a call that
+    starts at token 1024, and the whole product meets the float64 bound.  (Before that rule, 2049
+    tokens ended in a chunk of one token, read in the GEMV's activation format: wrong rows.)"""
+    m, k = 5, 256
+    raw, W = weights(t, (m, k), seed=9)
+    x = rand_x(n, k, seed=10)
+    y = mm.matmul(raw, t, x, n_threads=2)
+    check_product(y, W, x, deq_acts(x, t), t)
+    assert np.array_equal(y[1024:], mm.matmul(raw, t, np.ascontiguousarray(x[1024:]), n_threads=2))
+
+
 # ---- fused MoE ----
 
 def silu(z):

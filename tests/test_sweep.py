@@ -74,6 +74,21 @@ def test_rooflines(model):
     assert row["pp_roofline"] == pytest.approx(32 / seconds)
 
 
+def test_pp_roofline_of_long_prompts_counts_the_decompressed_path(model):
+    """A ubatch of MHA_MIN_TOKENS or more attends on decompressed rows (off the AMX level): every
+    row through attn_kv_b at the GEMM peak, then 192-wide keys and 128-wide values at the FMA peak."""
+    from minillm_kernels import attention
+
+    c, n_kv, pp = model.config, 64, sw.MHA_MIN_TOKENS
+    row = sw.add_rooflines({"n_kv": n_kv, "pp": pp, "tg": 8}, model, PEAKS)
+    keys = sum(n_kv + i + 1 for i in range(pp))
+    gemm = 2 * c.n_layer * (n_kv + pp) * c.kv_lora_rank * c.n_head * (c.qk_nope_head_dim + c.v_head_dim)
+    heads = 2 * c.n_layer * c.n_head * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * keys
+    attn_s = sw.attention_flops(model, n_kv, pp) / 300e9 if attention.amx_on() else gemm / 200e9 + heads / 100e9
+    seconds = 2 * sw.matmul_params_per_token(model) * pp / 200e9 + attn_s
+    assert row["pp_roofline"] == pytest.approx(pp / seconds)
+
+
 def test_median_rows_pick_each_median():
     runs = [[{"n_kv": 0, "pp": 8, "tg": 2, "t_pp": t, "t_tg": u}] for t, u in ((1.0, 4.0), (3.0, 1.0), (2.0, 2.0))]
     (row,) = sw.median_rows(runs)

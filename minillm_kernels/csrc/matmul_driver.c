@@ -335,8 +335,10 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
         if (N == 1) { /* GEMV: each thread its share of the rows, as streams where the type has them */
             for (long b = 0; b < B; b++) gemv_streams(&k, w + b * w_batch_stride, M, acts + b * as, out + b * M);
         } else
-            for (int c0 = 0; c0 < N; c0 += GEMM_CHUNK_TOKENS) {
-                const int nc = imin(GEMM_CHUNK_TOKENS, N - c0);
+            for (int c0 = 0, nc; c0 < N; c0 += nc) {
+                /* the last chunk takes the rest: every chunk has >= GEMM_CHUNK_TOKENS tokens (or
+                 * all N), so it takes the path the activations were quantized for (act_format) */
+                nc = N - c0 < 2 * GEMM_CHUNK_TOKENS ? N - c0 : GEMM_CHUNK_TOKENS;
 #pragma omp for schedule(static)
                 for (long it = 0; it < items; it++) {
                     const long b = it / tiles;
