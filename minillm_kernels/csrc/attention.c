@@ -1114,6 +1114,26 @@ int attn_decode(const float *q, int n_head, const uint8_t *layer, int type, int 
 }
 
 /* ------------------------------------------------------------------ prompt processing */
+/* A prompt-attention thread's buffers: a tile, and the queries and states of ng groups */
+typedef struct { tile_t T; float *qmem, *omem; } prefill_bufs_t;
+
+static int prefill_bufs_alloc(const layout_t *L, int ng, state_t *st, prefill_bufs_t *B) {
+    B->qmem = xalloc(sizeof(float) * qgroup_floats(L) * ng);
+    B->omem = xalloc(sizeof(float) * ng * LANES * (size_t)L->DV);
+    const int ok = tile_alloc(L, &B->T) && B->qmem && B->omem;
+    for (int k = 0; ok && k < ng; k++) st[k].o = B->omem + (size_t)k * LANES * L->DV;
+    return ok;
+}
+
+static void prefill_bufs_free(prefill_bufs_t *B) { tile_free(&B->T); free(B->qmem); free(B->omem); }
+
+/* y = the lane's output over its softmax sum */
+static void store_normalized(const state_t *st, int lane, int dv, float *y) {
+    const float il = 1.0f / st->l[lane];
+    const float *o = st->o + (size_t)lane * dv;
+    for (int d = 0; d < dv; d++) y[d] = o[d] * il;
+}
+
 int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, int type, int width,
                  int dv, int pos0, float scale, float *out, int n_threads) {
     int failed = 0;
@@ -1126,14 +1146,11 @@ int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, in
     const int n_items = nqb * hg;
 #pragma omp parallel num_threads(nthr)
     {
-        tile_t T;
-        float *qmem = xalloc(sizeof(float) * qfl * QBLOCK);
-        float *omem = xalloc(sizeof(float) * QBLOCK * LANES * (size_t)DV);
-        const int ok = tile_alloc(&L, &T) && qmem && omem;
+        prefill_bufs_t B;
         qgroup_t g[QBLOCK];
         state_t st[QBLOCK];
         int lim[QBLOCK];
-        for (int k = 0; k < QBLOCK; k++) st[k].o = omem + (size_t)k * LANES * DV;
+        const int ok = prefill_bufs_alloc(&L, QBLOCK, st, &B);
         /* later query blocks see more rows: hand them out first */
 #pragma omp for schedule(dynamic, 1)
         for (int it = n_items - 1; it >= 0; it--) {
@@ -1146,20 +1163,15 @@ int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, in
             const int nh = n_head - h0 < LANES ? n_head - h0 : LANES;
             const int i0 = qb * QBLOCK, ni = n_tok - i0 < QBLOCK ? n_tok - i0 : QBLOCK;
             for (int k = 0; k < ni; k++) {
-                qgroup_prepare(&L, q + ((size_t)(i0 + k) * n_head + h0) * D, D, nh, scale, qmem + k * qfl, &g[k]);
+                qgroup_prepare(&L, q + ((size_t)(i0 + k) * n_head + h0) * D, D, nh, scale, B.qmem + k * qfl, &g[k]);
                 lim[k] = pos0 + i0 + k + 1;
                 state_init(&st[k], DV);
             }
-            attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ni, &T);
+            attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ni, &B.T);
             for (int k = 0; k < ni; k++)
-                for (int h = 0; h < nh; h++) {
-                    const float il = 1.0f / st[k].l[h];
-                    const float *o = st[k].o + (size_t)h * DV;
-                    float *y = out + ((size_t)(i0 + k) * n_head + h0 + h) * DV;
-                    for (int d = 0; d < DV; d++) y[d] = o[d] * il;
-                }
+                for (int h = 0; h < nh; h++) store_normalized(&st[k], h, DV, out + ((size_t)(i0 + k) * n_head + h0 + h) * DV);
         }
-        tile_free(&T); free(qmem); free(omem);
+        prefill_bufs_free(&B);
     }
     return failed ? -1 : 0;
 }
@@ -1179,14 +1191,11 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
     const size_t qfl = qgroup_floats(&L0);
 #pragma omp parallel num_threads(nthr)
     {
-        tile_t T;
-        float *qmem = xalloc(sizeof(float) * qfl * MHA_GROUPS);
-        float *omem = xalloc(sizeof(float) * MHA_GROUPS * LANES * (size_t)dv);
-        const int ok = tile_alloc(&L0, &T) && qmem && omem;
+        prefill_bufs_t B;
         qgroup_t g[MHA_GROUPS];
         state_t st[MHA_GROUPS];
         int lim[MHA_GROUPS], lane_lim[MHA_GROUPS][LANES];
-        for (int k = 0; k < MHA_GROUPS; k++) st[k].o = omem + (size_t)k * LANES * dv;
+        const int ok = prefill_bufs_alloc(&L0, MHA_GROUPS, st, &B);
         /* later token blocks see more rows: hand them out first */
 #pragma omp for schedule(dynamic, 1)
         for (int it = n_items - 1; it >= 0; it--) {
@@ -1203,22 +1212,17 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
             for (int k = 0; k < ng; k++) {
                 const int t0 = i0 + k * LANES, nq = ni - k * LANES < LANES ? ni - k * LANES : LANES;
                 qgroup_prepare(&L, q + ((size_t)t0 * n_head + h) * dk, (size_t)n_head * dk, nq, scale,
-                               qmem + k * qfl, &g[k]);
+                               B.qmem + k * qfl, &g[k]);
                 for (int i = 0; i < LANES; i++) lane_lim[k][i] = pos0 + t0 + (i < nq ? i : nq - 1) + 1;
                 g[k].lane_lim = lane_lim[k];
                 lim[k] = pos0 + t0 + nq;
                 state_init(&st[k], dv);
             }
-            attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ng, &T);
+            attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ng, &B.T);
             for (int k = 0; k < ng; k++)
-                for (int i = 0; i < g[k].nlanes; i++) {
-                    const float il = 1.0f / st[k].l[i];
-                    const float *o = st[k].o + (size_t)i * dv;
-                    float *y = out + ((size_t)(i0 + k * LANES + i) * n_head + h) * dv;
-                    for (int d = 0; d < dv; d++) y[d] = o[d] * il;
-                }
+                for (int i = 0; i < g[k].nlanes; i++) store_normalized(&st[k], i, dv, out + ((size_t)(i0 + k * LANES + i) * n_head + h) * dv);
         }
-        tile_free(&T); free(qmem); free(omem);
+        prefill_bufs_free(&B);
     }
     return failed ? -1 : 0;
 }
