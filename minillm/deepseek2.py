@@ -189,8 +189,8 @@ class Attention:
             self.k_b = prep(lw.attn_k_b, (H, R, lw.attn_k_b.row_bytes))
             self.v_b = prep(lw.attn_v_b, (H, dv, lw.attn_v_b.row_bytes))
         else:
+            # (attn_kv_b's file pages are kept, not dropped: long prompts multiply by it as it is)
             k_b, v_b = split_kv_b(lw.attn_kv_b, H, nope, dv, R)
-            prep.on_copied(lw.attn_kv_b)
             self.k_b, self.v_b = k_b, prep.fast(v_b)
         if lw.attn_kv_b is not None:
             self.kv_b = Weight(lw.attn_kv_b.raw, int(lw.attn_kv_b.type))

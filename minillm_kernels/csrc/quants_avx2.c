@@ -407,8 +407,8 @@ DEFINE_FLOAT_TILE(bf16, 2, f32)
  * vec_dot, which folds 4 blocks before scaling).
  */
 typedef struct {
-    uint8_t aq[8][32];  /* |q|: [j][4 * row + k] = value 4j + k of row */
-    uint8_t sel[8][32]; /* index of y (k + 8 (j & 1)) or of -y (+ 4) in pm group j / 2 */
+    uint8_t aq[8][32];  /* |q| (VNNI: q + 128): [j][4 * row + k] = value 4j + k of row */
+    uint8_t sel[8][32]; /* index of y (k + 8 (j & 1)) or of -y (+ 4) in pm group j / 2 (unused with VNNI) */
     float d[8];         /* row scales */
 } packed8s_block;
 typedef struct {
@@ -420,10 +420,9 @@ size_t packed8s_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8s_block);
 size_t packed8u_bytes(int n) { return (size_t)(n / QK) * sizeof(packed8u_block); }
 
 ALWAYS_INLINE void store_packed8s(packed8s_block *p, const __m256i v[8]) {
-#ifdef DPBUSD256 /* VNNI: the codes q + 128 (unsigned, 1..255; gemm8s_c) */
+#ifdef DPBUSD256 /* VNNI: the codes q + 128 (unsigned, 1..255; gemm8s_c), no selectors */
     for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)p->aq[j], _mm256_xor_si256(v[j], _mm256_set1_epi8((char)0x80)));
-    return;
-#endif
+#else
     const __m256i k4 = _mm256_set1_epi32(0x03020100);
     for (int j = 0; j < 8; j++) {
         const __m256i neg = _mm256_and_si256(_mm256_cmpgt_epi8(_mm256_setzero_si256(), v[j]), _mm256_set1_epi8(4));
@@ -431,6 +430,7 @@ ALWAYS_INLINE void store_packed8s(packed8s_block *p, const __m256i v[8]) {
         _mm256_storeu_si256((__m256i *)p->aq[j], _mm256_abs_epi8(v[j]));
         _mm256_storeu_si256((__m256i *)p->sel[j], _mm256_add_epi8(base, neg));
     }
+#endif
 }
 
 ALWAYS_INLINE void store_packed8u(packed8u_block *p, const __m256i v[8]) {
