@@ -70,20 +70,30 @@ DECLARE_AVX2(q4_0)
 DECLARE_AVX2(q5_0)
 DECLARE_AVX2(iq4_nl)
 DECLARE_AVX2(iq4_nl_r)
-/* 8-row interleaved GEMM for the 32-value integer types (quants_avx2.c), on block_q8_0_pm activations */
+/* interleaved-row GEMM for the 32-value integer types (quants_avx2.c), on block_q8_0_pm activations:
+ * the signed ones (Q8_0, IQ4_NL, IQ4_NL_R) on 16 rows at the AVX-512 level, 8 on AVX2; Q4_0 and Q5_0
+ * on 8 rows */
+#define DECLARE_GEMM8(fname)                                                                              \
+    void fname(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, \
+               int nr, int nc);
+#if MINILLM_AVX512
+size_t packed16s_bytes(int n);
+void pack16_q8_0(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack16_iq4_nl(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack16_iq4_nl_r(int n, const void *w, size_t w_stride, int nr, void *dst);
+DECLARE_GEMM8(gemm16_signed_avx512)
+#else
 size_t packed8s_bytes(int n);
-size_t packed8u_bytes(int n);
 void pack8_q8_0(int n, const void *w, size_t w_stride, int nr, void *dst);
-void pack8_q4_0(int n, const void *w, size_t w_stride, int nr, void *dst);
-void pack8_q5_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_iq4_nl(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_iq4_nl_r(int n, const void *w, size_t w_stride, int nr, void *dst);
-#define DECLARE_GEMM8(t)                                                                                  \
-    void gemm8_##t##_avx2(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, \
-                          int nr, int nc);
-DECLARE_GEMM8(signed) /* Q8_0, IQ4_NL */
-DECLARE_GEMM8(q4_0)
-DECLARE_GEMM8(q5_0)
+DECLARE_GEMM8(gemm8_signed_avx2)
+#endif
+size_t packed8u_bytes(int n);
+void pack8_q4_0(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack8_q5_0(int n, const void *w, size_t w_stride, int nr, void *dst);
+DECLARE_GEMM8(gemm8_q4_0_avx2)
+DECLARE_GEMM8(gemm8_q5_0_avx2)
 /* the float types' GEMM (gemmf_fn): a K block of at most GEMMF_ROWS x GEMMF_COLS per call */
 void gemm_float_f32_avx2(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *part,
                          int flags, float *out, size_t out_stride, int nr, int nc);

@@ -27,8 +27,12 @@ void quantize_row_f16_s(const float *x, void *y, int n) { BEST(quantize_row_f16_
      {BEST(vec_dot_##t), vec_dot_##t##_scalar}, {BEST_TILE(t), NULL}, gr, gc, gv, pack, .gemv_streams = streams, \
      __VA_ARGS__}
 
-#if MINILLM_AVX2
+#if MINILLM_AVX512
+#define PACK8_S(t) pack16_##t, gemm16_signed_avx512, packed16s_bytes, ACT_Q8_0_PM, 8, 16
+#elif MINILLM_AVX2
 #define PACK8_S(t) pack8_##t, gemm8_signed_avx2, packed8s_bytes, ACT_Q8_0_PM, 8, 8
+#endif
+#if MINILLM_AVX2
 #define PACK8_U(t) pack8_##t, gemm8_##t##_avx2, packed8u_bytes, ACT_Q8_0_PM, 4, 8
 #else
 #define PACK8_S(t) NO_PACK8

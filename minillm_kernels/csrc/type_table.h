@@ -55,7 +55,7 @@ typedef struct {
     size_t (*packed_bytes)(int n);      /* bytes pack8 writes for pack_rows rows of n values */
     int pack8_act;                      /* ACT_*: the activation format gemm8 reads */
     int pack8_cols;                     /* activation rows per gemm8 call (at most) */
-    int pack_rows;                      /* weight rows per packed group (8) */
+    int pack_rows;                      /* weight rows per packed group (8; the signed types 16 on AVX-512) */
     int gemv_streams;                   /* GEMV: rows far apart read in turn per thread (0: in order) */
     gemmf_fn gemm_float;                /* float types, many tokens, in K blocks (best path only; or NULL):
                                            bit-identical to the tile */
