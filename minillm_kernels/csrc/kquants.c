@@ -1065,14 +1065,34 @@ DEFINE_TILE(iq1_s_u)
  * has a scale per 16 values, so it sums 4 groups per madd.)
  * Integer sums are exact; per (row, token) the two float terms d*dy*isum and
  * dmin*dy*msum are added once per 256-block, so results are rounded differently
- * from vec_dot (within the same bounds). */
+ * from vec_dot (within the same bounds).
+ *
+ * At the AVX-512 level the groups hold 16 rows (two 8-row halves side by side in a 512-bit
+ * vector), every type including Q6_K packs to the same block form, and the integer sums come
+ * from vpdpbusd (one int32 sum per sub-block, row and token; one vpmulld by its scale): the
+ * same exact integer sums and float steps per (row, token) as the AVX2 form, so the same bits,
+ * with half the instructions per row (gemm16_k_c). */
 #if MINILLM_AVX2
+#if MINILLM_AVX512
+#define K_ROWS 16
+typedef struct {
+    uint8_t q[8][8][64]; /* [g][j][4 * row + k] = code of value 32g + 4j + k */
+    int32_t sc[16][16];  /* [s][row] = scale of values 16s .. 16s + 15 */
+    int16_t m[8][32];    /* [g][2 * row + {0, 1}] = mins (Q6_K: scales) of values 32g .. 32g + 15 and
+                          * 32g + 16 .. 32g + 31, against the activation's bsums pair */
+    float d[16], dmin[16];
+} packed_k4_block;
+#define SET_SCALE(p, s, r, v) ((p)->sc[s][r] = (v))
+#else
+#define K_ROWS 8
 typedef struct {
     uint8_t q[8][8][32]; /* [g][j][4 * row + k] = code of value 32g + 4j + k */
     int16_t sc[16][16];  /* [s][2 * row + {0, 1}] = scale of values 16s .. 16s + 15 */
     int16_t m[8][16];    /* [g][2 * row + {0, 1}] = mins of values 32g .. 32g + 15 and 32g + 16 .. 32g + 31 */
     float d[8], dmin[8];
 } packed_k4_block;
+#define SET_SCALE(p, s, r, v) ((p)->sc[s][2 * (r)] = (p)->sc[s][2 * (r) + 1] = (v))
+#endif
 
 size_t packed_k4_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_k4_block); }
 
@@ -1157,60 +1177,142 @@ static inline void pack_row_iq1_s_u(const void *w, __m256i *q, int16_t *sc, int1
     pack_row_iq1_scales(&D, s3, neg, q, sc, m, d, dmin);
 }
 
-/* pack8_<t>: nr <= 8 rows of w (ws bytes apart) -> packed_k4 blocks; missing rows are zero */
-#define DEFINE_PACK8_K4(t, block_t)                                                                      \
-    void pack8_##t(int n, const void *vw, size_t ws, int nr, void *dst) {                                \
+/* pack8_<t> (AVX-512: pack16_<t>): nr <= K_ROWS rows of w (ws bytes apart) -> packed_k4 blocks;
+ * missing rows are zero; 8 rows at a time (h: rows 8h .. 8h + 7) */
+#if MINILLM_AVX512
+#define PACK_K_NAME(t) pack16_##t
+#else
+#define PACK_K_NAME(t) pack8_##t
+#endif
+#define DEFINE_PACK_K(t, block_t)                                                                      \
+    void PACK_K_NAME(t)(int n, const void *vw, size_t ws, int nr, void *dst) {                           \
         const uint8_t *w = (const uint8_t *)vw;                                                          \
         packed_k4_block *p = (packed_k4_block *)dst;                                                     \
-        for (int b = 0; b < n / QK_K; b++, p++) {                                                        \
-            __m256i q[8][8]; /* [row][sub-block] */                                                      \
-            for (int r = 0; r < 8; r++) {                                                                \
-                int16_t sc[16] = {0}, m[16] = {0};                                                       \
-                float d = 0.0f, dmin = 0.0f;                                                             \
-                if (r < nr) pack_row_##t((const block_t *)(w + r * ws) + b, q[r], sc, m, &d, &dmin);      \
-                else for (int g = 0; g < 8; g++) q[r][g] = _mm256_setzero_si256();                       \
-                for (int s = 0; s < 16; s++) p->sc[s][2 * r] = p->sc[s][2 * r + 1] = sc[s];              \
-                for (int g = 0; g < 8; g++) {                                                            \
-                    p->m[g][2 * r] = m[2 * g];                                                           \
-                    p->m[g][2 * r + 1] = m[2 * g + 1];                                                   \
+        for (int b = 0; b < n / QK_K; b++, p++)                                                          \
+            for (int h = 0; h < K_ROWS / 8; h++) {                                                       \
+                __m256i q[8][8]; /* [row - 8h][sub-block] */                                             \
+                for (int r = 8 * h; r < 8 * h + 8; r++) {                                                \
+                    int16_t sc[16] = {0}, m[16] = {0};                                                   \
+                    float d = 0.0f, dmin = 0.0f;                                                         \
+                    __m256i *qr = q[r - 8 * h];                                                          \
+                    if (r < nr) pack_row_##t((const block_t *)(w + r * ws) + b, qr, sc, m, &d, &dmin);    \
+                    else for (int g = 0; g < 8; g++) qr[g] = _mm256_setzero_si256();                     \
+                    for (int s = 0; s < 16; s++) SET_SCALE(p, s, r, sc[s]);                              \
+                    for (int g = 0; g < 8; g++) {                                                        \
+                        p->m[g][2 * r] = m[2 * g];                                                       \
+                        p->m[g][2 * r + 1] = m[2 * g + 1];                                               \
+                    }                                                                                    \
+                    p->d[r] = d;                                                                         \
+                    p->dmin[r] = dmin;                                                                   \
                 }                                                                                        \
-                p->d[r] = d;                                                                             \
-                p->dmin[r] = dmin;                                                                       \
+                for (int g = 0; g < 8; g++) {                                                            \
+                    __m256i v[8];                                                                        \
+                    for (int r = 0; r < 8; r++) v[r] = q[r][g];                                          \
+                    transpose8_epi32(v);                                                                 \
+                    for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)(p->q[g][j] + 32 * h), v[j]); \
+                }                                                                                        \
             }                                                                                            \
-            for (int g = 0; g < 8; g++) {                                                                \
-                __m256i v[8];                                                                            \
-                for (int r = 0; r < 8; r++) v[r] = q[r][g];                                              \
-                transpose8_epi32(v);                                                                     \
-                for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)p->q[g][j], v[j]);            \
-            }                                                                                            \
-        }                                                                                                \
     }
-DEFINE_PACK8_K4(q2_K, block_q2_K)
-DEFINE_PACK8_K4(q4_K, block_q4_K)
-DEFINE_PACK8_K4(q5_K, block_q5_K)
-DEFINE_PACK8_K4(iq1_s, block_iq1_s)
-DEFINE_PACK8_K4(iq1_s_u, block_iq1_s_u)
+DEFINE_PACK_K(q2_K, block_q2_K)
+DEFINE_PACK_K(q4_K, block_q4_K)
+DEFINE_PACK_K(q5_K, block_q5_K)
+DEFINE_PACK_K(iq1_s, block_iq1_s)
+DEFINE_PACK_K(iq1_s_u, block_iq1_s_u)
 
-#ifdef DPBUSD256
-/* VNNI: isum[c] += sc32 * (int32 sum over the n 4-byte groups j0 .. j0+n-1 of sub-block g: the
- * packed codes p->q[g][j] against token c's values, vpdpbusd), one vpmulld per row scale; no int16
- * step.  A macro: as an always_inline function GCC 12 made the k-quant GEMMs 30% slower. */
-#define VNNI_SCALED_SUMS(p, y, g, j0, n, sc32, isum, C)                                          \
-    do {                                                                                         \
-        __m256i s32_[4];                                                                         \
-        for (int c_ = 0; c_ < (C); c_++) s32_[c_] = _mm256_setzero_si256();                      \
-        for (int j_ = (j0); j_ < (j0) + (n); j_++) {                                             \
-            const __m256i qj_ = _mm256_loadu_si256((const __m256i *)(p)->q[g][j_]);              \
-            for (int c_ = 0; c_ < (C); c_++) {                                                   \
-                int32_t v_;                                                                      \
-                memcpy(&v_, (y)[c_]->qs + 32 * (g) + 4 * j_, 4);                                 \
-                s32_[c_] = DPBUSD256(s32_[c_], qj_, _mm256_set1_epi32(v_));                      \
-            }                                                                                    \
-        }                                                                                        \
-        for (int c_ = 0; c_ < (C); c_++) (isum)[c_] = _mm256_add_epi32((isum)[c_], _mm256_mullo_epi32(s32_[c_], (sc32))); \
-    } while (0)
-#endif
+/* Q6_K's codes as 8 vectors of 32 values in value order (its packer's input) */
+static inline void groups_q6_K(const block_q6_K *blk, __m256i *q) {
+    dec_q6_K D;
+    decode_q6_K(blk, &D);
+    for (int g = 0; g < 8; g++) q[g] = D.q[g];
+}
 
+#if MINILLM_AVX512
+/* 16 rows x C tokens (C <= 4) of one packed group: per 32 (Q2_K, Q6_K: 16) values, GROUP 4-byte
+ * groups of the 16 rows (loaded once for the C tokens) against each token's broadcast groups give
+ * an int32 sum per row (vpdpbusd), times its scale (vpmulld) into isum; per 256 values the mins
+ * (Q6_K: the scales, for the -32 offset) against the bsums pairs, then the AVX2 form's float steps */
+static inline __attribute__((always_inline)) void gemm16_k_c(int n, const packed_k4_block *p, const char *a,
+                                                              size_t as, float *out, size_t os, int nr,
+                                                              const int C, const int GROUP, const int Q6) {
+    __m512 acc[4];
+    for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
+    for (int b = 0; b < n / QK_K; b++, p++) {
+        const block_q8_K *y[4];
+        __m512i isum[4], msum[4];
+        for (int c = 0; c < C; c++) {
+            y[c] = (const block_q8_K *)(a + c * as) + b;
+            isum[c] = msum[c] = _mm512_setzero_si512();
+        }
+        for (int g = 0; g < 8; g++) {
+            const __m512i mn = _mm512_loadu_si512((const void *)p->m[g]);
+            for (int c = 0; c < C; c++) {
+                int32_t bs;
+                memcpy(&bs, &y[c]->bsums[2 * g], 4);
+                msum[c] = _mm512_add_epi32(msum[c], _mm512_madd_epi16(mn, _mm512_set1_epi32(bs)));
+            }
+        }
+        for (int g = 0; g < 8; g++)
+            for (int j0 = 0; j0 < 8; j0 += GROUP) {
+                const __m512i sc = _mm512_loadu_si512((const void *)p->sc[2 * g + j0 / 4]);
+                __m512i w[8];
+                for (int j = 0; j < GROUP; j++) w[j] = _mm512_loadu_si512((const void *)p->q[g][j0 + j]);
+                for (int c = 0; c < C; c++) {
+                    __m512i s32 = _mm512_setzero_si512();
+                    for (int j = 0; j < GROUP; j++) {
+                        int32_t v;
+                        memcpy(&v, y[c]->qs + 32 * g + 4 * (j0 + j), 4);
+                        s32 = _mm512_dpbusd_epi32(s32, w[j], _mm512_set1_epi32(v));
+                    }
+                    isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(s32, sc));
+                }
+            }
+        const __m512 d = _mm512_loadu_ps(p->d), dmin = _mm512_loadu_ps(p->dmin);
+        for (int c = 0; c < C; c++) {
+            const __m512 dy = _mm512_set1_ps(y[c]->d);
+            if (Q6) {
+                const __m512i it = _mm512_sub_epi32(isum[c], _mm512_slli_epi32(msum[c], 5));
+                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(d, dy), _mm512_cvtepi32_ps(it), acc[c]);
+            } else {
+                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(d, dy), _mm512_cvtepi32_ps(isum[c]), acc[c]);
+                acc[c] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dy), _mm512_cvtepi32_ps(msum[c]), acc[c]);
+            }
+        }
+        for (int c = 0; c < C; c++) PIN512(acc[c]);
+    }
+    const __mmask16 rows = (__mmask16)((1u << nr) - 1);
+    for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(out + c * os, rows, acc[c]);
+}
+#define GEMM16_K(name, GROUP, Q6)                                                                            \
+    void gemm16_##name(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr,  \
+                       int nc) {                                                                             \
+        const packed_k4_block *p = (const packed_k4_block *)packed;                                          \
+        const char *ab = (const char *)a;                                                                    \
+        switch (nc) {                                                                                        \
+            case 1: gemm16_k_c(n, p, ab, as, out, os, nr, 1, GROUP, Q6); break;                              \
+            case 2: gemm16_k_c(n, p, ab, as, out, os, nr, 2, GROUP, Q6); break;                              \
+            case 3: gemm16_k_c(n, p, ab, as, out, os, nr, 3, GROUP, Q6); break;                              \
+            default: gemm16_k_c(n, p, ab, as, out, os, nr, 4, GROUP, Q6); break;                             \
+        }                                                                                                    \
+    }
+GEMM16_K(q2_K, 4, 0) /* a scale per 16 values */
+GEMM16_K(q4_K, 8, 0)
+GEMM16_K(q5_K, 8, 0)
+GEMM16_K(iq1_s, 8, 0)
+GEMM16_K(q6_K, 4, 1)
+
+/* Q6_K-like blocks (scales[16], d; groups_<t> gives the codes) in the same block form: the scales
+ * are also the "mins", against the -32 offset (gemm16_k_c's Q6 form) */
+#define DEFINE_PACK_ROW_Q6(t, block_t)                                                                       \
+    static inline void pack_row_##t(const block_t *blk, __m256i *q, int16_t *sc, int16_t *m, float *d,      \
+                                    float *dmin) {                                                           \
+        groups_##t(blk, q);                                                                                  \
+        for (int s = 0; s < 16; s++) sc[s] = m[s] = blk->scales[s];                                          \
+        *d = fp16_to_fp32(blk->d);                                                                           \
+        *dmin = 0.0f;                                                                                        \
+    }
+DEFINE_PACK_ROW_Q6(q6_K, block_q6_K)
+DEFINE_PACK_K(q6_K, block_q6_K)
+#else
 /* GROUP: 4-byte groups summed in int16 before the scale madd (8 for codes <= 15, 4 for <= 31
  * or a scale per 16 values) */
 static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed_k4_block *p, const char *a,
@@ -1236,10 +1338,6 @@ static inline __attribute__((always_inline)) void gemm8_k4_c(int n, const packed
         for (int g = 0; g < 8; g++) {
             for (int j0 = 0; j0 < 8; j0 += GROUP) {
                 const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j0 / 4]);
-#ifdef DPBUSD256 /* each row's scale: its int16 pair's low half */
-                VNNI_SCALED_SUMS(p, y, g, j0, GROUP, _mm256_and_si256(sc, _mm256_set1_epi32(0xffff)), isum, C);
-                continue;
-#endif
                 __m256i s16[4];
                 for (int c = 0; c < C; c++) s16[c] = _mm256_setzero_si256();
 #pragma GCC unroll 4 /* unrolled 8 times, GCC hoists the broadcasts and spills (16 ymm registers) */
@@ -1319,11 +1417,6 @@ size_t packed_q6_K_bytes(int n) { return (size_t)(n / QK_K) * sizeof(packed_q6_K
             }                                                                                    \
         }                                                                                        \
     }
-static inline void groups_q6_K(const block_q6_K *blk, __m256i *q) {
-    dec_q6_K D;
-    decode_q6_K(blk, &D);
-    for (int g = 0; g < 8; g++) q[g] = D.q[g];
-}
 DEFINE_PACK8_Q6(q6_K, block_q6_K)
 
 static inline __attribute__((always_inline)) void gemm8_q6_K_c(int n, const packed_q6_K_block *p, const char *a,
@@ -1347,13 +1440,6 @@ static inline __attribute__((always_inline)) void gemm8_q6_K_c(int n, const pack
             }
         }
         for (int g = 0; g < 8; g++) {
-#ifdef DPBUSD256 /* per sub-block of 16 values; the row's signed scale sign-extended from its int16 pair */
-            for (int j0 = 0; j0 < 8; j0 += 4) {
-                const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j0 / 4]);
-                VNNI_SCALED_SUMS(p, y, g, j0, 4, _mm256_srai_epi32(_mm256_slli_epi32(sc, 16), 16), isum, C);
-            }
-            continue;
-#endif
 #pragma GCC unroll 1
             for (int j = 0; j < 8; j += 2) {
                 const __m256i sc = _mm256_loadu_si256((const __m256i *)p->sc[2 * g + j / 4]);
@@ -1392,6 +1478,7 @@ void gemm8_q6_K(int n, const void *packed, const void *a, size_t as, float *out,
         default: gemm8_q6_K_c(n, p, ab, as, out, os, nr, 4); break;
     }
 }
+#endif /* MINILLM_AVX512 */
 #endif
 
 /* ---- dequantization entry points ---------------------------------------- */

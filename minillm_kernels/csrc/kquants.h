@@ -92,14 +92,25 @@ DECLARE_KQ_TILE(q4_K_r)
 DECLARE_KQ_TILE(q5_K_r)
 DECLARE_KQ_TILE(q6_K_r)
 
-/* ---- packed 8-row GEMM of Q2_K / Q4_K / Q5_K / Q6_K / IQ1_S (many tokens; the best path only) ----
+/* ---- packed GEMM of Q2_K / Q4_K / Q5_K / Q6_K / IQ1_S (many tokens; the best path only) ----
  * pack8_<t>(n, w, w_stride, nr, dst): nr <= 8 rows -> packed_k4_bytes(n) (Q6_K: packed_q6_K_bytes) bytes;
  * IQ1_S and its repacked form IQ1_S_R (iq1_s_u) pack to the same blocks and share gemm8_iq1_s;
  * gemm8_<t>(n, dst, a, a_stride, out, out_stride, nr, nc): out[c * out_stride + r] for
- * nc <= 4 q8_K activation rows, within vec_dot's rounding bounds (not bit for bit). */
+ * nc <= 4 q8_K activation rows, within vec_dot's rounding bounds (not bit for bit).
+ * At the AVX-512 level: pack16_<t> / gemm16_<t> on 16 rows, every type (Q6_K too) in
+ * packed_k4_bytes, the same bits as the 8-row AVX2 form. */
 #if MINILLM_AVX2
 #define KQ_HAVE_PACK8 1
 size_t packed_k4_bytes(int n);
+#if MINILLM_AVX512
+#define DECLARE_PACK16(t) void pack16_##t(int n, const void *w, size_t w_stride, int nr, void *dst);
+#define DECLARE_GEMM16(t) \
+    void gemm16_##t(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, int nr, int nc);
+DECLARE_PACK16(q2_K) DECLARE_PACK16(q4_K) DECLARE_PACK16(q5_K) DECLARE_PACK16(q6_K)
+DECLARE_PACK16(iq1_s) DECLARE_PACK16(iq1_s_u)
+DECLARE_PACK16(q4_K_r) DECLARE_PACK16(q5_K_r) DECLARE_PACK16(q6_K_r)
+DECLARE_GEMM16(q2_K) DECLARE_GEMM16(q4_K) DECLARE_GEMM16(q5_K) DECLARE_GEMM16(q6_K) DECLARE_GEMM16(iq1_s)
+#else
 void pack8_q4_K(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_q5_K(int n, const void *w, size_t w_stride, int nr, void *dst);
 void gemm8_q4_K(int n, const void *packed, const void *a, size_t a_stride, float *out, size_t out_stride, int nr,
@@ -121,6 +132,7 @@ void gemm8_q6_K(int n, const void *packed, const void *a, size_t a_stride, float
 void pack8_q4_K_r(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_q5_K_r(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_q6_K_r(int n, const void *w, size_t w_stride, int nr, void *dst);
+#endif
 #endif
 
 #endif

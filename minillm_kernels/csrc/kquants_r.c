@@ -381,13 +381,18 @@ static inline void pack_row_q5_K_r(const block_q5_K_r *w, __m256i *q, int16_t *s
     decode_q5_K_r(w, &X);
     k4_r_pack_row((const uint8_t *)w, X.c, q, sc, m, d, dmin);
 }
-DEFINE_PACK8_K4(q4_K_r, block_q4_K_r)
-DEFINE_PACK8_K4(q5_K_r, block_q5_K_r)
+DEFINE_PACK_K(q4_K_r, block_q4_K_r)
+DEFINE_PACK_K(q5_K_r, block_q5_K_r)
 static inline void groups_q6_K_r(const block_q6_K_r *blk, __m256i *q) {
     dec_q6_K_r X;
     decode_q6_K_r(blk, &X);
     transpose8_epi32(X.c);
     for (int g = 0; g < 8; g++) q[g] = X.c[g];
 }
+#if MINILLM_AVX512
+DEFINE_PACK_ROW_Q6(q6_K_r, block_q6_K_r)
+DEFINE_PACK_K(q6_K_r, block_q6_K_r)
+#else
 DEFINE_PACK8_Q6(q6_K_r, block_q6_K_r)
+#endif
 #endif

@@ -75,7 +75,12 @@ void quantize_row_f16_s(const float *x, void *y, int n) { BEST(quantize_row_f16_
 #define K_TYPE_ACT(ID, name, t, ts, act, ...) /* ...: the packed GEMM (K_PACK8*) */            \
     {ID, name, QK_K, ts, act, {dequantize_row_##t, dequantize_row_##t},                         \
      {vec_dot_##t, vec_dot_##t}, {K_TILE(t), NULL}, K_TILE_RC, __VA_ARGS__, .gemv_streams = 4} /* streams: see OWN_TYPE */
-#if MINILLM_AVX2 && defined(KQ_HAVE_PACK8)
+#if MINILLM_AVX512 && defined(KQ_HAVE_PACK8)
+#define K_PACK8_AS(t, g) pack16_##t, gemm16_##g, packed_k4_bytes, ACT_Q8_K, 4, 16
+#define K_PACK8(t) K_PACK8_AS(t, t)
+#define K_PACK8_Q6_AS(t) pack16_##t, gemm16_q6_K, packed_k4_bytes, ACT_Q8_K, 4, 16
+#define K_PACK8_Q6 K_PACK8_Q6_AS(q6_K)
+#elif MINILLM_AVX2 && defined(KQ_HAVE_PACK8)
 #define K_PACK8_AS(t, g) pack8_##t, gemm8_##g, packed_k4_bytes, ACT_Q8_K, 4, 8
 #define K_PACK8(t) K_PACK8_AS(t, t)
 #define K_PACK8_Q6_AS(t) pack8_##t, gemm8_q6_K, packed_q6_K_bytes, ACT_Q8_K, 4, 8
