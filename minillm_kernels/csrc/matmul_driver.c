@@ -165,14 +165,11 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
     tile_call_ws(k, w, k->row_bytes, a, as, out, os, nr, nc);
 }
 
-/* GEMV of this thread's share of the M rows (the share schedule(static) would give it) as
- * S = gemv_streams ranges of Q rows, read in turn: row j of every range per tile call.  S
- * concurrent streams far apart keep more reads in flight than one sequential stream.
- * Types without streams (S < 2) read their share in order. */
+/* GEMV of rows [r0, r1) as S = gemv_streams ranges of Q rows, read in turn: row j of every
+ * range per tile call.  S concurrent streams far apart keep more reads in flight than one
+ * sequential stream.  Types without streams (S < 2) read their rows in order. */
 #define MAX_GEMV_STREAMS 4 /* a tile call takes at most 4 rows */
-static void gemv_streams(const kernel_t *k, const uint8_t *w, int M, const uint8_t *a, float *out) {
-    const int T = omp_get_num_threads(), t = omp_get_thread_num();
-    const int r0 = (int)((long)M * t / T), r1 = (int)((long)M * (t + 1) / T);
+static void gemv_streams(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *a, float *out) {
     const int S = imin(k->tt->gemv_streams, MAX_GEMV_STREAMS), Q = S > 1 ? (r1 - r0) / S : 0;
     float o[MAX_GEMV_STREAMS];
     for (int j = 0; j < Q; j++) {
@@ -181,6 +178,12 @@ static void gemv_streams(const kernel_t *k, const uint8_t *w, int M, const uint8
     }
     for (int r = r0 + S * Q; r < r1; r += k->gv)
         tile_call(k, w + (size_t)r * k->row_bytes, a, 0, out + r, 1, imin(k->gv, r1 - r), 1);
+}
+
+/* GEMV of this thread's share of the M rows (the share schedule(static) would give it) */
+static void gemv_share(const kernel_t *k, const uint8_t *w, int M, const uint8_t *a, float *out) {
+    const int T = omp_get_num_threads(), t = omp_get_thread_num();
+    gemv_streams(k, w, (int)((long)M * t / T), (int)((long)M * (t + 1) / T), a, out);
 }
 
 /* Packed GEMM of rows [r0, r1) (at most ROW_TILE): unpack them to groups of pack_rows interleaved
@@ -324,7 +327,7 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
     uint8_t *buf = copy ? ws + o_buf : NULL;
     const uint8_t *acts = copy ? buf : (const uint8_t *)x;
     const int rt = row_tile(&k, N), tiles = (M + rt - 1) / rt;
-    const long items = (long)B * tiles;
+    const long items = (long)B * tiles, rows_total = (long)B * M;
 #pragma omp parallel num_threads(nth)
     {
         uint8_t *scratch = thread_scratch(ws, o_scratch, sbytes);
@@ -333,8 +336,15 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
             for (long i = 0; i < rows; i++)
                 quantize_act_token(act, x + i * K, buf + (i / N) * nb * as, as, (int)(i % N), K, k.path);
         }
-        if (N == 1) { /* GEMV: each thread its share of the rows, as streams where the type has them */
-            for (long b = 0; b < B; b++) gemv_streams(&k, w + b * w_batch_stride, M, acts + b * as, out + b * M);
+        if (N == 1) {
+            /* GEMV: each thread its share (schedule(static)'s) of all B * M rows, as streams where the
+             * type has them: a batch of small matrices (the absorbed k_b / v_b heads) is then read in
+             * long runs, not a short run of each head */
+            const int T = omp_get_num_threads(), t = omp_get_thread_num();
+            const long R0 = rows_total * t / T, R1 = rows_total * (t + 1) / T;
+            for (long b = R0 / M; b < B && b * M < R1; b++)
+                gemv_streams(&k, w + b * w_batch_stride, (int)(R0 > b * M ? R0 - b * M : 0),
+                             (int)(R1 < (b + 1) * M ? R1 - b * M : M), acts + b * as, out + b * M);
         } else
             for (int c0 = 0, nc; c0 < N; c0 += nc) {
                 /* the last chunk takes the rest: every chunk has >= GEMM_CHUNK_TOKENS tokens (or
@@ -466,8 +476,8 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         if (max_count == 1) { /* decode: every expert GEMVs one token; the threads share each one's rows */
             for (int s = 0; s < S; s++) {
                 const int e = slot_expert[s];
-                gemv_streams(&kg, gate + e * gate_estride, F, acts_g + aoffs[e] * as_g, gbuf + (size_t)s * F);
-                gemv_streams(&ku, up + e * up_estride, F, acts_u + aoffs[e] * as_u, ubuf + (size_t)s * F);
+                gemv_share(&kg, gate + e * gate_estride, F, acts_g + aoffs[e] * as_g, gbuf + (size_t)s * F);
+                gemv_share(&ku, up + e * up_estride, F, acts_u + aoffs[e] * as_u, ubuf + (size_t)s * F);
             }
 #pragma omp barrier
         } else if (uniform) {
@@ -494,7 +504,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     }
         if (max_count == 1) {
             for (int s = 0; s < S; s++)
-                gemv_streams(&kd, down + slot_expert[s] * down_estride, K_out, hq + aoffs[slot_expert[s]] * as_d,
+                gemv_share(&kd, down + slot_expert[s] * down_estride, K_out, hq + aoffs[slot_expert[s]] * as_d,
                              ybuf + (size_t)s * K_out);
 #pragma omp barrier
         } else if (uniform) {
