@@ -246,14 +246,8 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         float *kf = T->kf + (size_t)r * D;
         int16_t *ki = T->ki + (size_t)r * D;
         switch (L->type) {
-        case ATTN_MHA: { /* k_nope | k_rope | v of one head */
-            const mha_rows_t *m = L->mha;
-            const float *kv = m->kvb + (size_t)(t0 + r) * m->kvb_stride + (size_t)m->head * (m->dn + DV);
-            memcpy(kf, kv, sizeof(float) * m->dn);
-            memcpy(kf + m->dn, m->kr + (size_t)(t0 + r) * m->kr_stride, sizeof(float) * m->dr);
-            memcpy(kf + L->voff, kv + m->dn, sizeof(float) * DV);
+        case ATTN_MHA: /* read where they are (tile_rows) */
             break;
-        }
         case ATTN_F16: {
             const fp16_t *h = (const fp16_t *)src;
 #if MINILLM_AVX2
@@ -311,22 +305,49 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
 #endif
 }
 
+/* Where the float rows of a tile starting at row t0 are read: values d0 .. d1 of row t0 + r at
+ * p[r * stride + (d - d0)] */
+typedef struct { const float *p; int stride, d0, d1; } rows_t;
+#define MAX_SEGMENTS 8 /* slices of the widest row (attention.pyx MAX_WIDTH = 2048) */
+_Static_assert(MAX_SEGMENTS * KQ_SLICE >= 2048, "score slices");
+/* The score segments (returned count) and the value rows: the converted tile T->kf in slices of
+ * KQ_SLICE values; the decompressed prompt attention's rows where they are, the head's k_nope
+ * and v in the kv_b product and the shared k_rope (gathering them cost a fifth of the kernel) */
+static int tile_rows_at(const layout_t *L, const tile_t *T, int t0, rows_t *seg, rows_t *v) {
+    if (L->type == ATTN_MHA) {
+        const mha_rows_t *m = L->mha;
+        const float *kv = m->kvb + (size_t)t0 * m->kvb_stride + (size_t)m->head * (m->dn + L->DV);
+        seg[0] = (rows_t){kv, (int)m->kvb_stride, 0, m->dn};
+        seg[1] = (rows_t){m->kr + (size_t)t0 * m->kr_stride, (int)m->kr_stride, m->dn, m->dn + m->dr};
+        *v = (rows_t){kv + m->dn, (int)m->kvb_stride, 0, L->DV};
+        return 2;
+    }
+    const int n = (L->dk + KQ_SLICE - 1) / KQ_SLICE;
+    for (int part = 0; part < n; part++) {
+        const int d0 = L->dk * part / n, d1 = L->dk * (part + 1) / n;
+        seg[part] = (rows_t){T->kf + d0, L->D, d0, d1};
+    }
+    *v = (rows_t){T->kf + L->voff, L->D, 0, L->DV};
+    return n;
+}
+
 /* ------------------------------------------------------------------ scores: S = rows · Qᵀ */
 #if MINILLM_AVX2
-/* R rows of a float tile against 16 query rows: 2R accumulators, broadcast row values. */
-static inline __attribute__((always_inline)) void kq_f32_rows(const float *kf, int D, int d0, int d1, const float *qf,
-                                                              float *s, const int R) {
+/* R float rows (nd values each, ks floats apart) against 16 query rows (qf: their matching nd
+ * values): 2R accumulators, broadcast row values; acc: add to the scores already in s */
+static inline __attribute__((always_inline)) void kq_f32_rows(const float *k, int ks, int nd, const float *qf,
+                                                              float *s, int acc, const int R) {
     __m256 a0[6], a1[6];
     for (int r = 0; r < R; r++) {
-        a0[r] = d0 ? _mm256_load_ps(s + r * LANES) : _mm256_setzero_ps();
-        a1[r] = d0 ? _mm256_load_ps(s + r * LANES + 8) : _mm256_setzero_ps();
+        a0[r] = acc ? _mm256_load_ps(s + r * LANES) : _mm256_setzero_ps();
+        a1[r] = acc ? _mm256_load_ps(s + r * LANES + 8) : _mm256_setzero_ps();
     }
-    for (int d = d0; d < d1; d++) {
+    for (int d = 0; d < nd; d++) {
         const __m256 q0 = _mm256_load_ps(qf + d * LANES), q1 = _mm256_load_ps(qf + d * LANES + 8);
         for (int r = 0; r < R; r++) {
-            const __m256 k = _mm256_broadcast_ss(kf + (size_t)r * D + d);
-            a0[r] = _mm256_fmadd_ps(k, q0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(k, q1, a1[r]);
+            const __m256 kb = _mm256_broadcast_ss(k + (size_t)r * ks + d);
+            a0[r] = _mm256_fmadd_ps(kb, q0, a0[r]);
+            a1[r] = _mm256_fmadd_ps(kb, q1, a1[r]);
         }
         for (int r = 0; r < R; r++) { PIN(a0[r]); PIN(a1[r]); }
     }
@@ -385,14 +406,14 @@ static void kq_i16_rows6(const int16_t *ki, int D, const float *kd, const qgroup
  * the value GEMM of the AVX2 bodies with half the instructions (the 8-bit caches' int16 products
  * with vpdpwssd, which adds the pair products to int32 lanes in one instruction).  Exact integer
  * sums are the same; float sums are accumulated in another order (within the same bounds). */
-/* R rows of a float tile against the 16 query rows: R accumulators, broadcast row values */
-static inline __attribute__((always_inline)) void kq_f32_rows512(const float *kf, int D, int d0, int d1,
-                                                                 const float *qf, float *s, const int R) {
+/* R float rows against the 16 query rows (as kq_f32_rows): R accumulators, broadcast row values */
+static inline __attribute__((always_inline)) void kq_f32_rows512(const float *k, int ks, int nd, const float *qf,
+                                                                 float *s, int acc, const int R) {
     __m512 a[8];
-    for (int r = 0; r < R; r++) a[r] = d0 ? _mm512_load_ps(s + r * LANES) : _mm512_setzero_ps();
-    for (int d = d0; d < d1; d++) {
+    for (int r = 0; r < R; r++) a[r] = acc ? _mm512_load_ps(s + r * LANES) : _mm512_setzero_ps();
+    for (int d = 0; d < nd; d++) {
         const __m512 q = _mm512_load_ps(qf + d * LANES);
-        for (int r = 0; r < R; r++) a[r] = _mm512_fmadd_ps(_mm512_set1_ps(kf[(size_t)r * D + d]), q, a[r]);
+        for (int r = 0; r < R; r++) a[r] = _mm512_fmadd_ps(_mm512_set1_ps(k[(size_t)r * ks + d]), q, a[r]);
         for (int r = 0; r < R; r++) PIN512(a[r]);
     }
     for (int r = 0; r < R; r++) _mm512_store_ps(s + r * LANES, a[r]);
@@ -418,14 +439,15 @@ static inline __attribute__((always_inline)) void kq_i16_rows512(const int16_t *
         _mm512_store_ps(s + r * LANES, _mm512_mul_ps(_mm512_cvtepi32_ps(a[r]), _mm512_mul_ps(_mm512_set1_ps(kd[r]), qd)));
 }
 
-static void tile_scores512(const layout_t *L, const tile_t *T, int nt, const qgroup_t *g) {
+static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
     const int D = L->D;
     int r;
     if (!is_q8(L->type)) {
-        for (int part = 0, n_slices = (L->dk + KQ_SLICE - 1) / KQ_SLICE; part < n_slices; part++) {
-            const int d0 = L->dk * part / n_slices, d1 = L->dk * (part + 1) / n_slices;
-            for (r = 0; r + 8 <= nt; r += 8) kq_f32_rows512(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 8);
-            for (; r < nt; r++) kq_f32_rows512(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
+        for (int i = 0; i < nseg; i++) {
+            const rows_t k = seg[i];
+            const float *qf = g->qf + (size_t)k.d0 * LANES;
+            for (r = 0; r + 8 <= nt; r += 8) kq_f32_rows512(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 8);
+            for (; r < nt; r++) kq_f32_rows512(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 1);
         }
         return;
     }
@@ -466,7 +488,7 @@ static inline __attribute__((always_inline)) void v_block512(const float *kf, in
         a1[i] = _mm512_load_ps(o0 + (size_t)i * DV + 16);
     }
     for (int t = 0; t < n; t++) {
-        const __m512 v0 = _mm512_load_ps(kf + (size_t)t * D), v1 = _mm512_load_ps(kf + (size_t)t * D + 16);
+        const __m512 v0 = _mm512_loadu_ps(kf + (size_t)t * D), v1 = _mm512_loadu_ps(kf + (size_t)t * D + 16);
         for (int i = 0; i < NH; i++) {
             const __m512 pb = _mm512_set1_ps(p[t * LANES + i]);
             a0[i] = _mm512_fmadd_ps(pb, v0, a0[i]);
@@ -537,19 +559,20 @@ static void tile_values512(tile_t *T, const float *kf, int D, int DV, int n, flo
 }
 #endif
 
-static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup_t *g) {
+static void tile_scores(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
     const int D = L->D;
 #if MINILLM_AVX512
     (void)D;
-    tile_scores512(L, T, nt, g);
+    tile_scores512(L, T, seg, nseg, nt, g);
 #elif MINILLM_AVX2
     int r = 0;
     switch (L->type) {
     case ATTN_F16: case ATTN_BF16: case ATTN_MHA:
-        for (int part = 0, n_slices = (L->dk + KQ_SLICE - 1) / KQ_SLICE; part < n_slices; part++) {
-            const int d0 = L->dk * part / n_slices, d1 = L->dk * (part + 1) / n_slices;
-            for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 6);
-            for (; r < nt; r++) kq_f32_rows(T->kf + (size_t)r * D, D, d0, d1, g->qf, T->s + r * LANES, 1);
+        for (int i = 0; i < nseg; i++) {
+            const rows_t k = seg[i];
+            const float *qf = g->qf + (size_t)k.d0 * LANES;
+            for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 6);
+            for (; r < nt; r++) kq_f32_rows(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 1);
         }
         break;
     case ATTN_Q8_0: case ATTN_Q8_KV:
@@ -563,7 +586,9 @@ static void tile_scores(const layout_t *L, const tile_t *T, int nt, const qgroup
         for (int h = 0; h < LANES; h++) {
             if (!is_q8(L->type)) {
                 float acc = 0.0f;
-                for (int d = 0; d < L->dk; d++) acc += T->kf[(size_t)r * D + d] * g->qf[d * LANES + h];
+                for (int i = 0; i < nseg; i++)
+                    for (int d = seg[i].d0; d < seg[i].d1; d++)
+                        acc += seg[i].p[(size_t)r * seg[i].stride + d - seg[i].d0] * g->qf[d * LANES + h];
                 s[h] = acc;
                 continue;
             }
@@ -631,7 +656,7 @@ static inline __attribute__((always_inline)) void v_block(const float *kf, int D
     __m256 a0[6], a1[6];
     for (int i = 0; i < NH; i++) { a0[i] = _mm256_load_ps(o0 + (size_t)i * DV); a1[i] = _mm256_load_ps(o0 + (size_t)i * DV + 8); }
     for (int t = 0; t < n; t++) {
-        const __m256 v0 = _mm256_load_ps(kf + (size_t)t * D), v1 = _mm256_load_ps(kf + (size_t)t * D + 8);
+        const __m256 v0 = _mm256_loadu_ps(kf + (size_t)t * D), v1 = _mm256_loadu_ps(kf + (size_t)t * D + 8);
         for (int i = 0; i < NH; i++) {
             const __m256 pb = _mm256_broadcast_ss(p + t * LANES + i);
             a0[i] = _mm256_fmadd_ps(pb, v0, a0[i]);
@@ -643,9 +668,9 @@ static inline __attribute__((always_inline)) void v_block(const float *kf, int D
 }
 #endif
 
-/* the values of row t are kf[t·D + voff ...] */
-static void tile_values(tile_t *T, int D, int voff, int DV, int n, float *o, int nlanes) {
-    const float *kf = T->kf + voff, *p = T->s;
+/* the values of row t are kf[t·D ...] */
+static void tile_values(tile_t *T, const float *kf, int D, int DV, int n, float *o, int nlanes) {
+    const float *p = T->s;
 #if MINILLM_AVX512
     (void)p;
     tile_values512(T, kf, D, DV, n, o, nlanes, NULL, NULL);
@@ -804,6 +829,24 @@ static void mask_lanes(float *s, int t0, int n, const int *lane_lim, int nlanes)
         for (int t = lane_lim[i] - t0 < 0 ? 0 : lane_lim[i] - t0; t < n; t++) s[t * LANES + i] = -INFINITY;
 }
 
+/* Gathered rows t0 .. t0+n-1 of the decompressed prompt attention (ATTN_MHA) into L2: each is two
+ * pieces far apart (a head's k_nope | v in the kv_b product, the shared k_rope), which no hardware
+ * prefetcher follows; without this the gather waited on memory for a fifth of the kernel's time */
+static void prefetch_mha_rows(const layout_t *L, int t0, int n) {
+#if MINILLM_AVX2
+    const mha_rows_t *m = L->mha;
+    const size_t kv_bytes = sizeof(float) * (size_t)(m->dn + L->DV), kr_bytes = sizeof(float) * (size_t)m->dr;
+    for (int t = t0; t < t0 + n; t++) {
+        const char *kv = (const char *)(m->kvb + (size_t)t * m->kvb_stride + (size_t)m->head * (m->dn + L->DV));
+        const char *kr = (const char *)(m->kr + (size_t)t * m->kr_stride);
+        for (size_t b = 0; b < kv_bytes; b += 64) _mm_prefetch(kv + b, _MM_HINT_T1);
+        for (size_t b = 0; b < kr_bytes; b += 64) _mm_prefetch(kr + b, _MM_HINT_T1);
+    }
+#else
+    (void)L; (void)t0; (void)n;
+#endif
+}
+
 /* Attend query groups g[0..ng) to cache rows [r0, r1); group k sees rows < lim[k]. */
 static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, state_t *st,
                          const int *lim, int ng, tile_t *T) {
@@ -822,10 +865,14 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
         const int n_next = r1 - (t0 + nt) < TILE ? r1 - (t0 + nt) : TILE;
         T->pf = (const char *)L->cache + (size_t)(t0 + nt) * L->rb;
         T->pf_end = n_next > 0 ? T->pf + (size_t)n_next * L->rb : T->pf;
+        rows_t seg[MAX_SEGMENTS], v;
+        const int nseg = tile_rows_at(L, T, t0, seg, &v);
         for (int k = 0; k < ng; k++) {
             const int n = lim[k] - t0 < nt ? lim[k] - t0 : nt;
+            if (L->type == ATTN_MHA) /* the next tile's rows, a share per group */
+                prefetch_mha_rows(L, t0 + nt + n_next * k / ng, n_next * (k + 1) / ng - n_next * k / ng);
             if (n <= 0) continue;
-            tile_scores(L, T, n, &g[k]);
+            tile_scores(L, T, seg, nseg, n, &g[k]);
             if (g[k].lane_lim) mask_lanes(T->s, t0, n, g[k].lane_lim, g[k].nlanes);
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
 #if MINILLM_AVX2
@@ -833,7 +880,7 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
                 tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, L->type == ATTN_Q8_KV ? PMAX_Q8_KV : PMAX_Q8_0);
             else
 #endif
-            tile_values(T, L->D, L->voff, L->DV, n, st[k].o, g[k].nlanes);
+            tile_values(T, v.p, v.stride, L->DV, n, st[k].o, g[k].nlanes);
         }
     }
 }
