@@ -1184,7 +1184,7 @@ static inline void pack_row_iq1_s_u(const void *w, __m256i *q, int16_t *sc, int1
 #else
 #define PACK_K_NAME(t) pack8_##t
 #endif
-#define DEFINE_PACK_K(t, block_t)                                                                      \
+#define DEFINE_PACK_K(t, block_t)                                                                        \
     void PACK_K_NAME(t)(int n, const void *vw, size_t ws, int nr, void *dst) {                           \
         const uint8_t *w = (const uint8_t *)vw;                                                          \
         packed_k4_block *p = (packed_k4_block *)dst;                                                     \

@@ -412,7 +412,7 @@ DEFINE_FLOAT_TILE(bf16, 2, f32)
  * are the unsigned codes q + 128 (1..255), and vpdpbusd takes each vector against the token's 4 bytes
  * as an embedded broadcast: sum (q + 128) y - 128 sum y is the same exact block sum as the AVX2 form's,
  * and the float steps per (row, token) are the same, so the same bits with half the instructions
- * per row (15-35% faster than 8 rows of 256-bit vectors on Zen 4, same run) */
+ * per row (1.11-1.34x the 8-row 256-bit VNNI kernel on Zen 4, in-process A/B) */
 #define SIGNED_ROWS 16
 typedef struct {
     uint8_t aq[8][64]; /* q + 128: [j][4 * row + k] = value 4j + k of row */
