@@ -1184,7 +1184,19 @@ static inline void pack_row_iq1_s_u(const void *w, __m256i *q, int16_t *sc, int1
 #else
 #define PACK_K_NAME(t) pack8_##t
 #endif
-#define DEFINE_PACK_K(t, block_t)                                                                        \
+/* The codes of one row's block times the scale of their 16 values: at most 3 x 15 for Q2_K and IQ1_S,
+ * so still bytes, and their vpdpbusd sums need no vpmulld (the same integer sums) */
+static inline void pack_prescaled(__m256i *q, const int16_t *sc) {
+    const __m256i lo8 = _mm256_set1_epi16(0xff);
+    for (int g = 0; g < 8; g++) { /* even and odd bytes through 16-bit products; values 0..15 | 16..31 */
+        const __m256i s16 = _mm256_setr_m128i(_mm_set1_epi16(sc[2 * g]), _mm_set1_epi16(sc[2 * g + 1]));
+        const __m256i even = _mm256_and_si256(_mm256_mullo_epi16(q[g], s16), lo8);
+        const __m256i odd = _mm256_slli_epi16(_mm256_mullo_epi16(_mm256_srli_epi16(q[g], 8), s16), 8);
+        q[g] = _mm256_or_si256(even, odd);
+    }
+}
+/* PRESCALE: the AVX-512 kernel takes this type's codes times their scales (pack_prescaled) */
+#define DEFINE_PACK_K(t, block_t, PRESCALE)                                                              \
     void PACK_K_NAME(t)(int n, const void *vw, size_t ws, int nr, void *dst) {                           \
         const uint8_t *w = (const uint8_t *)vw;                                                          \
         packed_k4_block *p = (packed_k4_block *)dst;                                                     \
@@ -1197,6 +1209,7 @@ static inline void pack_row_iq1_s_u(const void *w, __m256i *q, int16_t *sc, int1
                     __m256i *qr = q[r - 8 * h];                                                          \
                     if (r < nr) pack_row_##t((const block_t *)(w + r * ws) + b, qr, sc, m, &d, &dmin);    \
                     else for (int g = 0; g < 8; g++) qr[g] = _mm256_setzero_si256();                     \
+                    if (MINILLM_AVX512 && (PRESCALE)) pack_prescaled(qr, sc);                            \
                     for (int s = 0; s < 16; s++) SET_SCALE(p, s, r, sc[s]);                              \
                     for (int g = 0; g < 8; g++) {                                                        \
                         p->m[g][2 * r] = m[2 * g];                                                       \
@@ -1213,11 +1226,11 @@ static inline void pack_row_iq1_s_u(const void *w, __m256i *q, int16_t *sc, int1
                 }                                                                                        \
             }                                                                                            \
     }
-DEFINE_PACK_K(q2_K, block_q2_K)
-DEFINE_PACK_K(q4_K, block_q4_K)
-DEFINE_PACK_K(q5_K, block_q5_K)
-DEFINE_PACK_K(iq1_s, block_iq1_s)
-DEFINE_PACK_K(iq1_s_u, block_iq1_s_u)
+DEFINE_PACK_K(q2_K, block_q2_K, 1)
+DEFINE_PACK_K(q4_K, block_q4_K, 0)
+DEFINE_PACK_K(q5_K, block_q5_K, 0)
+DEFINE_PACK_K(iq1_s, block_iq1_s, 1)
+DEFINE_PACK_K(iq1_s_u, block_iq1_s_u, 1)
 
 /* Q6_K's codes as 8 vectors of 32 values in value order (its packer's input) */
 static inline void groups_q6_K(const block_q6_K *blk, __m256i *q) {
@@ -1233,7 +1246,8 @@ static inline void groups_q6_K(const block_q6_K *blk, __m256i *q) {
  * (Q6_K: the scales, for the -32 offset) against the bsums pairs, then the AVX2 form's float steps */
 static inline __attribute__((always_inline)) void gemm16_k_c(int n, const packed_k4_block *p, const char *a,
                                                               size_t as, float *out, size_t os, int nr,
-                                                              const int C, const int GROUP, const int Q6) {
+                                                              const int C, const int GROUP, const int Q6,
+                                                              const int PRESCALED) {
     __m512 acc[4];
     for (int c = 0; c < C; c++) acc[c] = _mm512_setzero_ps();
     for (int b = 0; b < n / QK_K; b++, p++) {
@@ -1253,7 +1267,7 @@ static inline __attribute__((always_inline)) void gemm16_k_c(int n, const packed
         }
         for (int g = 0; g < 8; g++)
             for (int j0 = 0; j0 < 8; j0 += GROUP) {
-                const __m512i sc = _mm512_loadu_si512((const void *)p->sc[2 * g + j0 / 4]);
+                const __m512i sc = PRESCALED ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)p->sc[2 * g + j0 / 4]);
                 __m512i w[8];
                 for (int j = 0; j < GROUP; j++) w[j] = _mm512_loadu_si512((const void *)p->q[g][j0 + j]);
                 for (int c = 0; c < C; c++) {
@@ -1263,7 +1277,7 @@ static inline __attribute__((always_inline)) void gemm16_k_c(int n, const packed
                         memcpy(&v, y[c]->qs + 32 * g + 4 * (j0 + j), 4);
                         s32 = _mm512_dpbusd_epi32(s32, w[j], _mm512_set1_epi32(v));
                     }
-                    isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(s32, sc));
+                    isum[c] = _mm512_add_epi32(isum[c], PRESCALED ? s32 : _mm512_mullo_epi32(s32, sc));
                 }
             }
         const __m512 d = _mm512_loadu_ps(p->d), dmin = _mm512_loadu_ps(p->dmin);
@@ -1282,23 +1296,23 @@ static inline __attribute__((always_inline)) void gemm16_k_c(int n, const packed
     const __mmask16 rows = (__mmask16)((1u << nr) - 1);
     for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(out + c * os, rows, acc[c]);
 }
-#define GEMM16_K(name, GROUP, Q6)                                                                            \
+#define GEMM16_K(name, GROUP, Q6, PS)                                                                           \
     void gemm16_##name(int n, const void *packed, const void *a, size_t as, float *out, size_t os, int nr,  \
                        int nc) {                                                                             \
         const packed_k4_block *p = (const packed_k4_block *)packed;                                          \
         const char *ab = (const char *)a;                                                                    \
         switch (nc) {                                                                                        \
-            case 1: gemm16_k_c(n, p, ab, as, out, os, nr, 1, GROUP, Q6); break;                              \
-            case 2: gemm16_k_c(n, p, ab, as, out, os, nr, 2, GROUP, Q6); break;                              \
-            case 3: gemm16_k_c(n, p, ab, as, out, os, nr, 3, GROUP, Q6); break;                              \
-            default: gemm16_k_c(n, p, ab, as, out, os, nr, 4, GROUP, Q6); break;                             \
+            case 1: gemm16_k_c(n, p, ab, as, out, os, nr, 1, GROUP, Q6, PS); break;                              \
+            case 2: gemm16_k_c(n, p, ab, as, out, os, nr, 2, GROUP, Q6, PS); break;                              \
+            case 3: gemm16_k_c(n, p, ab, as, out, os, nr, 3, GROUP, Q6, PS); break;                              \
+            default: gemm16_k_c(n, p, ab, as, out, os, nr, 4, GROUP, Q6, PS); break;                             \
         }                                                                                                    \
     }
-GEMM16_K(q2_K, 4, 0) /* a scale per 16 values */
-GEMM16_K(q4_K, 8, 0)
-GEMM16_K(q5_K, 8, 0)
-GEMM16_K(iq1_s, 8, 0)
-GEMM16_K(q6_K, 4, 1)
+GEMM16_K(q2_K, 8, 0, 1) /* codes packed times their scales (pack_prescaled) */
+GEMM16_K(q4_K, 8, 0, 0)
+GEMM16_K(q5_K, 8, 0, 0)
+GEMM16_K(iq1_s, 8, 0, 1)
+GEMM16_K(q6_K, 4, 1, 0)
 
 /* Q6_K-like blocks (scales[16], d; groups_<t> gives the codes) in the same block form: the scales
  * are also the "mins", against the -32 offset (gemm16_k_c's Q6 form) */
@@ -1311,7 +1325,7 @@ GEMM16_K(q6_K, 4, 1)
         *dmin = 0.0f;                                                                                        \
     }
 DEFINE_PACK_ROW_Q6(q6_K, block_q6_K)
-DEFINE_PACK_K(q6_K, block_q6_K)
+DEFINE_PACK_K(q6_K, block_q6_K, 0)
 #else
 /* GROUP: 4-byte groups summed in int16 before the scale madd (8 for codes <= 15, 4 for <= 31
  * or a scale per 16 values) */

@@ -381,8 +381,8 @@ static inline void pack_row_q5_K_r(const block_q5_K_r *w, __m256i *q, int16_t *s
     decode_q5_K_r(w, &X);
     k4_r_pack_row((const uint8_t *)w, X.c, q, sc, m, d, dmin);
 }
-DEFINE_PACK_K(q4_K_r, block_q4_K_r)
-DEFINE_PACK_K(q5_K_r, block_q5_K_r)
+DEFINE_PACK_K(q4_K_r, block_q4_K_r, 0)
+DEFINE_PACK_K(q5_K_r, block_q5_K_r, 0)
 static inline void groups_q6_K_r(const block_q6_K_r *blk, __m256i *q) {
     dec_q6_K_r X;
     decode_q6_K_r(blk, &X);
@@ -391,7 +391,7 @@ static inline void groups_q6_K_r(const block_q6_K_r *blk, __m256i *q) {
 }
 #if MINILLM_AVX512
 DEFINE_PACK_ROW_Q6(q6_K_r, block_q6_K_r)
-DEFINE_PACK_K(q6_K_r, block_q6_K_r)
+DEFINE_PACK_K(q6_K_r, block_q6_K_r, 0)
 #else
 DEFINE_PACK8_Q6(q6_K_r, block_q6_K_r)
 #endif
