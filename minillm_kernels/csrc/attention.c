@@ -55,12 +55,11 @@ typedef struct {
     size_t kvb_stride, kr_stride; /* floats per row */
     int dn, dr, head;
 } mha_rows_t;
-#define ATTN_MHA 100 /* internal row type: float rows gathered by tile_convert from an mha_rows_t */
+#define ATTN_MHA 100 /* internal row type: float rows read in place from an mha_rows_t (tile_rows_at) */
 
 typedef struct {
-    int type, D, DV, nb; /* nb: 32-value blocks per row */
-    int dk, voff;        /* the scores take values [0, dk) of a row, the values [voff, voff + DV):
-                          * the latent rows have dk = D, voff = 0; the MHA rows k | v, voff = dk */
+    int type, D, DV, nb; /* the scores take values [0, D) of a row, the values [0, DV) (the MHA rows:
+                          * D = k_nope | k_rope, DV = v, each from where it lies); nb: 32-value blocks */
     int amx;             /* the tiles run on AMX (prompt processing on the "amx" level) */
     size_t rb;           /* bytes per row */
     const uint8_t *cache;
@@ -183,7 +182,7 @@ static size_t qgroup_floats(const layout_t *L) {
 /* rows: nq query rows of D floats, row stride `stride` floats. */
 static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, int nq, float scale,
                            float *mem, qgroup_t *g) {
-    const int D = L->dk;
+    const int D = L->D;
     g->nlanes = nq;
     g->qf = NULL; g->qi = NULL; g->qd = NULL; g->qa = NULL; g->lane_lim = NULL;
     if (!is_q8(L->type) || use_amx(L)) {
@@ -241,13 +240,12 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
 
 static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
     const int D = L->D, DV = L->DV;
+    if (L->type == ATTN_MHA) return; /* read where they lie (tile_rows_at) */
     for (int r = 0; r < nt; r++) {
         const uint8_t *src = L->cache + (size_t)(t0 + r) * L->rb;
         float *kf = T->kf + (size_t)r * D;
         int16_t *ki = T->ki + (size_t)r * D;
         switch (L->type) {
-        case ATTN_MHA: /* read where they are (tile_rows) */
-            break;
         case ATTN_F16: {
             const fp16_t *h = (const fp16_t *)src;
 #if MINILLM_AVX2
@@ -322,12 +320,12 @@ static int tile_rows_at(const layout_t *L, const tile_t *T, int t0, rows_t *seg,
         *v = (rows_t){kv + m->dn, (int)m->kvb_stride, 0, L->DV};
         return 2;
     }
-    const int n = (L->dk + KQ_SLICE - 1) / KQ_SLICE;
+    const int n = (L->D + KQ_SLICE - 1) / KQ_SLICE;
     for (int part = 0; part < n; part++) {
-        const int d0 = L->dk * part / n, d1 = L->dk * (part + 1) / n;
+        const int d0 = L->D * part / n, d1 = L->D * (part + 1) / n;
         seg[part] = (rows_t){T->kf + d0, L->D, d0, d1};
     }
-    *v = (rows_t){T->kf + L->voff, L->D, 0, L->DV};
+    *v = (rows_t){T->kf, L->D, 0, L->DV};
     return n;
 }
 
@@ -912,7 +910,7 @@ static int resolve_threads(int n_threads) { return n_threads > 0 ? n_threads : o
 
 static void layout_init(layout_t *L, const uint8_t *cache, int type, int width, int dv) {
     L->type = type; L->D = width; L->DV = dv; L->nb = width / QK;
-    L->dk = width; L->voff = 0; L->mha = NULL;
+    L->mha = NULL;
     L->amx = 0;
     L->rb = attn_row_bytes(type, width);
     L->cache = cache;
@@ -1233,8 +1231,8 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
     const int dk = dn + dr, nthr = resolve_threads(n_threads);
     const int tb = LANES * MHA_GROUPS, nb = (n_tok + tb - 1) / tb, n_items = nb * n_head;
     layout_t L0;
-    layout_init(&L0, (const uint8_t *)kvb, ATTN_MHA, dk + dv, dv);
-    L0.dk = dk; L0.voff = dk; L0.rb = 0;
+    layout_init(&L0, (const uint8_t *)kvb, ATTN_MHA, dk, dv);
+    L0.rb = 0;
     const size_t qfl = qgroup_floats(&L0);
 #pragma omp parallel num_threads(nthr)
     {
