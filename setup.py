@@ -35,7 +35,7 @@ if x86:
 KERNEL_MODULES = {
     "matmul": ["quants_scalar.c", "quants_avx2.c", "type_table.c", "matmul_driver.c", "kquants_link.c",
                "membench.c", "workspace.c", "quants_avx512.c", "amx_gemm.c"],
-    "attention": ["attention.c", "attn_store.c", "attn_bench.c", "amx_attention.c"],
+    "attention": ["attention.c", "attn_store.c", "attn_bench.c", "amx_attention.c", "workspace.c"],
     "ops": [],
 }
 CSRC = os.path.join("minillm_kernels", "csrc")

@@ -44,6 +44,7 @@ import numpy as np
 import pytest
 
 from minillm.kv_cache import CACHE_TYPES, KVCache, cache_row_bytes
+import minillm_kernels
 from minillm_kernels import attention as attn
 
 KV_LORA, ROPE, NOPE, VDIM, H = 512, 64, 128, 128, 16
@@ -495,33 +496,92 @@ def mha_reference(q, kvb, kr, pos0, scale, dv):
     return out
 
 
+# the int16 form of the decompressed rows on the avx2/avx512/amx levels (csrc/attention.c)
+KMAX_MHA, VMAX_MHA, PMAX_MHA = 3343, 8191, 8191.0
+
+
+def mha_int16_bound(q, kvb, kr, pos0, scale, dv):
+    """Bound [N, H, dv] on what the int16 rows add (avx2 and up), derived like the 8-bit caches':
+    keys k = k_nope | k_rope on one unit per row kd_t = max|k_t| / KMAX_MHA, the scaled query on
+    qd_i = max|scale·q_i| / qmax (qmax = 2^31 // (KMAX_MHA·dk)), each value off by half its unit,
+    so a score moves by δ_it <= Σ_d (|scale·q_d|·kd_t/2 + |k_d|·qd_i/2 + kd_t·qd_i/4) and every
+    weight by a factor within exp(±2δ_i), δ_i = max_t δ_it: (exp(2δ_i) - 1)·Σ_t p_t·|v_t|.  Values
+    on vd_t = max|v_t| / VMAX_MHA: Σ_t p_t·vd_t/2.  The weights p_t·vd_t rounded per tile of 32
+    rows to PMAX_MHA steps of their largest: Σ_tiles 0.5·max_tile(p·vd)/PMAX·Σ_tile |v_t|/vd_t."""
+    N, H, dk = q.shape
+    dn = kvb.shape[2] - dv
+    qmax = (2**31 - 1) // (KMAX_MHA * dk)
+    bound = np.zeros((N, H, dv))
+    for h in range(H):
+        k = np.concatenate([kvb[:, h, :dn], kr], axis=1).astype(np.float64)
+        v = kvb[:, h, dn:].astype(np.float64)
+        kd = np.abs(k).max(axis=1) / KMAX_MHA
+        vd = np.maximum(np.abs(v).max(axis=1) / VMAX_MHA, 1e-30)
+        for i in range(N):
+            n = pos0 + i + 1
+            qs = scale * q[i, h].astype(np.float64)
+            qd = np.abs(qs).max() / qmax
+            delta = (np.abs(qs).sum() * kd[:n] / 2 + np.abs(k[:n]).sum(axis=1) * qd / 2 + dk * kd[:n] * qd / 4).max()
+            s = k[:n] @ qs
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            b = np.expm1(2 * delta) * (p @ np.abs(v[:n])) + p @ vd[:n] / 2
+            for t0 in range(0, n, TILE):
+                sl = slice(t0, min(t0 + TILE, n))
+                step = (p[sl] * vd[sl]).max() / PMAX_MHA
+                b += 0.5 * step * (np.abs(v[sl]) / vd[sl, None]).sum(axis=0)
+            bound[i, h] = b
+    return bound * 1.01
+
+
 @pytest.mark.parametrize("n_tok,pos0,n_head,threads", [(1, 0, 16, 1), (5, 3, 3, 2), (37, 100, 16, 2),
                                                        (70, 0, 2, 1), (130, 40, 17, 2)])
 def test_mha_prefill_matches_float64(n_tok, pos0, n_head, threads):
     """Keys 192 (128 + 64 shared roped) and values 128 wide, as DeepSeek2's decompressed heads.
-    Bound: float32 sums of dk products per score (gamma_dk of the sum of |products|), which moves
-    each probability by at most twice that relative error, plus the softmax's own sums of n rows
-    and the vector exp's few ulps, times the largest |v|; doubled.  Rows past the last token hold
-    NaN: the kernel must never read them."""
+    Float rows (the scalar level): float32 sums of dk products per score (gamma_dk of the sum of
+    |products|), which moves each probability by at most twice that relative error, plus the
+    softmax's own sums of n rows and the vector exp's few ulps, times the largest |v|; doubled.
+    int16 rows (avx2 and up): mha_int16_bound() on top.  Rows past the last token hold NaN: the
+    kernel must never read them."""
     rng = np.random.default_rng(n_tok + pos0)
     dn, dr, dv, scale = 128, 64, 128, 0.07
     n_rows = pos0 + n_tok
     q = rng.standard_normal((n_tok, n_head, dn + dr)).astype(np.float32)
     kvb = rng.standard_normal((n_rows + 3, n_head, dn + dv)).astype(np.float32)
+    kvb[..., dn:] *= np.exp(rng.uniform(-3, 3, (n_rows + 3, n_head, 1))).astype(np.float32)  # rows of unlike size
     latent = rng.standard_normal((n_rows + 3, KV_LORA + ROPE)).astype(np.float32)
     kvb[n_rows:] = np.nan
     latent[n_rows:] = np.nan
     kr = latent[:, KV_LORA:]                                        # strided rows, as the engine passes them
     out = np.full((n_tok, n_head, dv), np.nan, np.float32)
     attn.mha_prefill(q, kvb, kr, pos0, scale, out, threads)
-    ref = mha_reference(q, kvb[:n_rows], np.ascontiguousarray(kr[:n_rows]), pos0, scale, dv)
+    kvb, kr = kvb[:n_rows], np.ascontiguousarray(kr[:n_rows])
+    ref = mha_reference(q, kvb, kr, pos0, scale, dv)
     u = 2.0 ** -24
-    k_abs = np.abs(np.concatenate([kvb[:n_rows, :, :dn], np.broadcast_to(kr[:n_rows, None], (n_rows, n_head, dr))], 2))
+    k_abs = np.abs(np.concatenate([kvb[:, :, :dn], np.broadcast_to(kr[:, None], (n_rows, n_head, dr))], 2))
     score_err = (dn + dr) * u * scale * np.einsum("ihd,thd->iht", np.abs(q), k_abs).max()
-    bound = 2 * np.abs(kvb[:n_rows, :, dn:]).max() * (2 * score_err + (n_rows + 8) * u)
-    err = np.abs(out - ref).max()
+    bound = 2 * np.abs(kvb[:, :, dn:]).max() * (2 * score_err + (n_rows + 8) * u)
+    if minillm_kernels.LEVEL != "scalar":
+        bound = bound + mha_int16_bound(q, kvb, kr, pos0, scale, dv)
+    err = np.abs(out - ref)
     assert np.isfinite(out).all()
-    assert err <= bound, f"max error {err:.3g} > bound {bound:.3g}"
+    assert (err <= bound).all(), f"max error {err.max():.3g}, bound there {bound.flat[err.argmax()]:.3g}"
+    if minillm_kernels.LEVEL != "scalar":  # a worst case, yet not vacuous: measured 2.3-8% of it
+        assert (err / bound).max() > 0.01, (err / bound).max()
+
+
+def test_mha_prefill_nonfinite_rows_give_nan():
+    """An inf in a row's value: the outputs of the tokens that see it are not finite, on the float
+    rows (inf·p) as on the int16 rows (NaN), never a finite number from the int16 code of inf."""
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((6, 2, 192)).astype(np.float32)
+    kvb = rng.standard_normal((6, 2, 256)).astype(np.float32)
+    kr = rng.standard_normal((6, 64)).astype(np.float32)
+    kvb[2, 1, 128 + 7] = np.inf
+    out = np.zeros((6, 2, 128), np.float32)
+    attn.mha_prefill(q, kvb, kr, 0, 0.1, out)
+    assert np.isfinite(out[:, 0]).all()
+    assert (~np.isfinite(out[2:, 1])).any(axis=1).all()
 
 
 def test_mha_prefill_bad_inputs():

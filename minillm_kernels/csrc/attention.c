@@ -35,6 +35,7 @@
 #include "attn_q8.h"
 #include "amx_attention.h"
 #include "vec_math.h"
+#include "workspace.h"
 
 #define LANES 16   /* query rows handled together: two 8-float vectors */
 #ifndef TILE
@@ -48,14 +49,21 @@
 #define HTILE 64   /* rows per softmax step of the "heads" strategy */
 _Static_assert(TILE % 2 == 0, "row pairs");
 
+/* The decompressed rows as int16 (AVX2 and up), head after head: each head's rows one contiguous
+ * run of keys k [rows][dk] and of value row pairs vp [rows/2][dv] (as tile_convert lays out 8-bit
+ * rows), with their scales kd, vd [rows]; rows: the row count rounded up to even */
+typedef struct { int16_t *k; int32_t *vp; float *kd, *vd; int *bad; int rows; } mha_i16_t;
+
 /* Rows of the decompressed prompt attention (attn_prefill_mha): per head, k = k_nope | k_rope and
- * v, gathered from the kv_b product [rows][H][dn + dv] and the shared k_rope rows [rows][dr]. */
+ * v, in the kv_b product [rows][H][dn + dv] and the shared k_rope rows [rows][dr]; on AVX2 and up
+ * also as int16 (i16), which the tiles then read instead. */
 typedef struct {
     const float *kvb, *kr;
     size_t kvb_stride, kr_stride; /* floats per row */
     int dn, dr, head;
+    const mha_i16_t *i16;
 } mha_rows_t;
-#define ATTN_MHA 100 /* internal row type: float rows read in place from an mha_rows_t (tile_rows_at) */
+#define ATTN_MHA 100 /* internal row type: an mha_rows_t's rows, floats read in place (tile_rows_at) or int16 */
 
 typedef struct {
     int type, D, DV, nb; /* the scores take values [0, D) of a row, the values [0, DV) (the MHA rows:
@@ -85,9 +93,11 @@ typedef struct {
     float *kf;   /* [TILE][D] rows as float (scalar build: the first DV values of 8-bit rows) */
     int16_t *ki; /* [TILE][D] 8-bit caches: each row as int16 values ... */
     float *kd;   /* [TILE]    ... times this one scale per row */
+    float *vd;   /* [TILE] int16 MHA rows: the value's own scale (8-bit caches: kd) */
+    void *own[4]; /* the allocations behind ki, kd, vd, vp (int16 MHA rows: those point into mha_i16_t) */
     float *s;    /* [TILE][LANES] scores, then probabilities */
-    int32_t *vp; /* INT_VALUES: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
-    int32_t *pp; /* INT_VALUES: [TILE/2][LANES] quantized probabilities of row pairs */
+    int32_t *vp; /* int_rows: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
+    int32_t *pp; /* int_rows: [TILE/2][LANES] quantized probabilities of row pairs */
     const char *pf, *pf_end; /* cache bytes still to prefetch for the next tile */
 #if MINILLM_AMX
     int amx;       /* rows go through the AMX tiles (attend_range_amx) */
@@ -107,7 +117,6 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 
 /* 8-bit cache values are multiplied by int16-quantized probabilities with vpmaddwd (two
  * rows per instruction) instead of fp32 FMAs: see tile_values_int(). */
-#define INT_VALUES(type) (MINILLM_AVX2 && is_q8(type))
 /* q8_0 rows become int16 values k16 = round(q·64·M_b / 2^15), M_b = round(d_b/s·32767), with
  * one row scale s = max_b d_b: k16·s·32768/(32767·64) ≈ q·d_b, |k16| <= 127·64, extra error per
  * value <= 0.5 + 127·64/65534 < 0.65 units of that row scale (the final rounding, and the
@@ -118,9 +127,21 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 /* largest quantized probability: TILE·PMAX·max|k16| must stay below 2^31 */
 #define PMAX_Q8_KV 32767.0f
 #define PMAX_Q8_0 8191.0f
-_Static_assert(TILE * 32767.0 * KMAX_Q8_KV < 2147483647.0 && TILE * 8191.0 * KMAX_Q8_0 < 2147483647.0, "int32 value sums");
+/* The decompressed prompt rows (ATTN_MHA, float) become int16 per tile on the AVX2 and AVX-512
+ * levels, as the 8-bit caches' rows: the key k_nope | k_rope on one scale per row (|k16| <= KMAX_MHA,
+ * the query then at most 2^31 / (KMAX_MHA·D): about 12 bits each for D = 192, the precision of
+ * the f16 rows the peers attend on), the value on its own (|v16| <= VMAX_MHA). vpdpwssd does two
+ * products per lane where an FMA does one: 1.5x the float kernel (mha_prefill, 2 threads). */
+#define KMAX_MHA 3343
+#define VMAX_MHA 8191
+#define PMAX_MHA 8191.0f
+_Static_assert(TILE * 32767.0 * KMAX_Q8_KV < 2147483647.0 && TILE * 8191.0 * KMAX_Q8_0 < 2147483647.0
+               && TILE * (double)PMAX_MHA * VMAX_MHA < 2147483647.0, "int32 value sums");
 
 static int is_q8(int type) { return type == ATTN_Q8_0 || type == ATTN_Q8_KV; }
+/* rows multiplied as int16 values (kq_i16_*, tile_values_int) rather than floats */
+static int int_rows(const layout_t *L) { return is_q8(L->type) || (L->type == ATTN_MHA && L->mha && L->mha->i16); }
+static float value_pmax(int type) { return type == ATTN_Q8_KV ? PMAX_Q8_KV : type == ATTN_MHA ? PMAX_MHA : PMAX_Q8_0; }
 
 /* The "amx" level: the score and value GEMMs on AMX tiles (amx_attention.h), every cache type. */
 static int amx_on = 0;
@@ -135,9 +156,10 @@ static int use_amx(const layout_t *L) { return L->amx; }
 _Static_assert(TILE == AMX_KEYS, "an attention tile is one AMX step");
 #endif
 
-/* Largest int16 query value for an 8-bit cache: a score sums D products |k16|·|q| in int32. */
+/* Largest int16 query value for int16 rows: a score sums D products |k16|·|q| in int32. */
 static int query_qmax(int type, int D) {
-    const long long q = 2147483647LL / ((long long)(type == ATTN_Q8_0 ? KMAX_Q8_0 : KMAX_Q8_KV) * D);
+    const int kmax = type == ATTN_Q8_0 ? KMAX_Q8_0 : type == ATTN_MHA ? KMAX_MHA : KMAX_Q8_KV;
+    const long long q = 2147483647LL / ((long long)kmax * D);
     return q > 32767 ? 32767 : (int)q;
 }
 
@@ -185,7 +207,7 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     const int D = L->D;
     g->nlanes = nq;
     g->qf = NULL; g->qi = NULL; g->qd = NULL; g->qa = NULL; g->lane_lim = NULL;
-    if (!is_q8(L->type) || use_amx(L)) {
+    if (!int_rows(L) || use_amx(L)) {
         g->qf = mem;
         for (int d = 0; d < D; d++)
             for (int h = 0; h < LANES; h++) g->qf[d * LANES + h] = h < nq ? scale * rows[h * stride + d] : 0.0f;
@@ -238,9 +260,91 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
     return s * (32768.0f / 32767.0f / V16_SCALE);
 }
 
+#if MINILLM_AVX2
+/* round(x·id) of 8 floats as int32 (to nearest even: half a unit either way, as the bounds
+ * assume); a non-finite x, or a finite one times id = 0 when the row's max is inf, gives INT_MIN */
+static inline __m256i round_i32x8(const float *x, __m256 id) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), id)); }
+
+/* round(x·id) of n values (n % 8 == 0) as int16 into q; bad gains an all-ones lane where some
+ * value was not finite */
+static inline __m256i quantize_i16_on(const float *x, int n, float id, int16_t *q, __m256i bad) {
+    const __m256 vid = _mm256_set1_ps(id);
+    const __m256i nan_int = _mm256_set1_epi32(INT32_MIN);
+    for (int d = 0; d < n; d += 8) {
+        const __m256i r = round_i32x8(x + d, vid);
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(r, nan_int));
+        _mm_storeu_si128((__m128i *)(q + d), _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+    }
+    return bad;
+}
+
+static inline float inverse_step(float amax, float qmax) { return amax > 0.0f ? qmax / amax : 0.0f; }
+
+/* Row a and, if has_b, row a + 1 of one head (m->head) as int16: the keys k_nope | k_rope on one
+ * scale per row (kd) into k [2][dk], the values on their own (vd) interleaved into the pair vp [dv]
+ * (an odd last row pairs with zeros).  Returns nonzero where some value was not finite. */
+static int mha_pair_to_i16(const mha_rows_t *m, int dv, int a, int has_b, int16_t *k, int32_t *vp, float *kd, float *vd) {
+    const int dn = m->dn, dr = m->dr, dk = dn + dr;
+    const __m256i nan_int = _mm256_set1_epi32(INT32_MIN), lo16 = _mm256_set1_epi32(0xffff);
+    __m256i bad = _mm256_setzero_si256();
+    __m256 vid[2];
+    for (int r = 0; r < 1 + has_b; r++) {
+        const float *kn = m->kvb + (size_t)(a + r) * m->kvb_stride + (size_t)m->head * (dn + dv);
+        const float *kr = m->kr + (size_t)(a + r) * m->kr_stride;
+        const float ka = fmaxf(attn_scaled_amax(kn, 1.0f, dn), attn_scaled_amax(kr, 1.0f, dr));
+        const float kid = inverse_step(ka, KMAX_MHA);
+        kd[r] = ka / KMAX_MHA;
+        bad = quantize_i16_on(kn, dn, kid, k + (size_t)r * dk, bad);
+        bad = quantize_i16_on(kr, dr, kid, k + (size_t)r * dk + dn, bad);
+        const float va = attn_scaled_amax(kn + dn, 1.0f, dv);
+        vd[r] = va / VMAX_MHA;
+        vid[r] = _mm256_set1_ps(inverse_step(va, VMAX_MHA));
+    }
+    if (!has_b) { /* the pair's zero row */
+        memset(k + dk, 0, sizeof(int16_t) * (size_t)dk);
+        kd[1] = vd[1] = 0.0f;
+    }
+    const float *va = m->kvb + (size_t)a * m->kvb_stride + (size_t)m->head * (dn + dv) + dn, *vb = va + m->kvb_stride;
+    for (int d = 0; d < dv; d += 8) {
+        const __m256i ra = round_i32x8(va + d, vid[0]), rb = has_b ? round_i32x8(vb + d, vid[1]) : _mm256_setzero_si256();
+        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpeq_epi32(ra, nan_int), _mm256_cmpeq_epi32(rb, nan_int)));
+        _mm256_store_si256((__m256i *)(vp + d), _mm256_or_si256(_mm256_and_si256(ra, lo16), _mm256_slli_epi32(rb, 16)));
+    }
+    return !_mm256_testz_si256(bad, bad);
+}
+
+/* All n_rows rows of every head as int16 (c): one pass over the kv_b product, row pair by row pair,
+ * shared between the threads of the calling parallel region (which waits for it) */
+static void mha_convert(const mha_rows_t *rows, int n_head, int dv, int n_rows, mha_i16_t *c) {
+    const int dk = rows->dn + rows->dr;
+#pragma omp for schedule(static)
+    for (int p = 0; p < (n_rows + 1) / 2; p++) {
+        mha_rows_t m = *rows;
+        for (int h = 0; h < n_head; h++) {
+            m.head = h;
+            const size_t at = (size_t)h * c->rows + 2 * (size_t)p;
+            if (mha_pair_to_i16(&m, dv, 2 * p, 2 * p + 1 < n_rows, c->k + at * dk, c->vp + at / 2 * dv, c->kd + at, c->vd + at)) {
+#pragma omp atomic write
+                c->bad[h] = 1;
+            }
+        }
+    }
+}
+#endif
+
 static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
     const int D = L->D, DV = L->DV;
-    if (L->type == ATTN_MHA) return; /* read where they lie (tile_rows_at) */
+    if (L->type == ATTN_MHA) { /* floats read where they lie (tile_rows_at), or the int16 copy */
+        const mha_i16_t *c = L->mha->i16;
+        if (c) {
+            const size_t at = (size_t)L->mha->head * c->rows + t0;
+            T->ki = c->k + at * D;
+            T->vp = c->vp + at / 2 * DV;
+            T->kd = c->kd + at;
+            T->vd = c->vd + at;
+        }
+        return;
+    }
     for (int r = 0; r < nt; r++) {
         const uint8_t *src = L->cache + (size_t)(t0 + r) * L->rb;
         float *kf = T->kf + (size_t)r * D;
@@ -440,7 +544,7 @@ static inline __attribute__((always_inline)) void kq_i16_rows512(const int16_t *
 static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
     const int D = L->D;
     int r;
-    if (!is_q8(L->type)) {
+    if (!int_rows(L)) {
         for (int i = 0; i < nseg; i++) {
             const rows_t k = seg[i];
             const float *qf = g->qf + (size_t)k.d0 * LANES;
@@ -564,25 +668,22 @@ static void tile_scores(const layout_t *L, const tile_t *T, const rows_t *seg, i
     tile_scores512(L, T, seg, nseg, nt, g);
 #elif MINILLM_AVX2
     int r = 0;
-    switch (L->type) {
-    case ATTN_F16: case ATTN_BF16: case ATTN_MHA:
-        for (int i = 0; i < nseg; i++) {
-            const rows_t k = seg[i];
-            const float *qf = g->qf + (size_t)k.d0 * LANES;
-            for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 6);
-            for (; r < nt; r++) kq_f32_rows(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 1);
-        }
-        break;
-    case ATTN_Q8_0: case ATTN_Q8_KV:
+    if (int_rows(L)) {
         for (; r + 6 <= nt; r += 6) kq_i16_rows6(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES);
         for (; r < nt; r++) kq_i16_rows1(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES);
-        break;
+        return;
+    }
+    for (int i = 0; i < nseg; i++) {
+        const rows_t k = seg[i];
+        const float *qf = g->qf + (size_t)k.d0 * LANES;
+        for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 6);
+        for (; r < nt; r++) kq_f32_rows(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 1);
     }
 #else
     for (int r = 0; r < nt; r++) {
         float *s = T->s + r * LANES;
         for (int h = 0; h < LANES; h++) {
-            if (!is_q8(L->type)) {
+            if (!int_rows(L)) {
                 float acc = 0.0f;
                 for (int i = 0; i < nseg; i++)
                     for (int d = seg[i].d0; d < seg[i].d1; d++)
@@ -722,17 +823,17 @@ static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp,
     }
 }
 
-/* Values for 8-bit rows: p'[t][h] = p[t][h]·kd_t (kd_t: the row's int16 value scale) is
+/* Values for int16 rows: p'[t][h] = p[t][h]·vscale_t (the row's int16 value scale) is
  * quantized per head over the tile to int16 in 0..pmax (rounding error <= 0.5/pmax of the
- * tile's largest weight: 1.5e-5 for q8_KV, 6.1e-5 for q8_0), and Σ_t p'·v16_t is computed
+ * tile's largest weight: 1.5e-5 for q8_KV, 6.1e-5 for q8_0 and MHA rows), and Σ_t p'·v16_t is computed
  * exactly in int32 (see the static assert on TILE·pmax·max|v16|). */
-static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, float pmax) {
+static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, float pmax, const float *vscale) {
     const int np = (n + 1) / 2;
     float sc[LANES] __attribute__((aligned(32)));
     for (int v = 0; v < LANES; v += 8) {
         __m256 mx = _mm256_setzero_ps();
         for (int t = 0; t < n; t++) {
-            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(T->kd[t]));
+            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(vscale[t]));
             _mm256_store_ps(T->s + t * LANES + v, pw);
             mx = _mm256_max_ps(mx, pw);
         }
@@ -827,24 +928,6 @@ static void mask_lanes(float *s, int t0, int n, const int *lane_lim, int nlanes)
         for (int t = lane_lim[i] - t0 < 0 ? 0 : lane_lim[i] - t0; t < n; t++) s[t * LANES + i] = -INFINITY;
 }
 
-/* Gathered rows t0 .. t0+n-1 of the decompressed prompt attention (ATTN_MHA) into L2: each is two
- * pieces far apart (a head's k_nope | v in the kv_b product, the shared k_rope), which no hardware
- * prefetcher follows; without this the gather waited on memory for a fifth of the kernel's time */
-static void prefetch_mha_rows(const layout_t *L, int t0, int n) {
-#if MINILLM_AVX2
-    const mha_rows_t *m = L->mha;
-    const size_t kv_bytes = sizeof(float) * (size_t)(m->dn + L->DV), kr_bytes = sizeof(float) * (size_t)m->dr;
-    for (int t = t0; t < t0 + n; t++) {
-        const char *kv = (const char *)(m->kvb + (size_t)t * m->kvb_stride + (size_t)m->head * (m->dn + L->DV));
-        const char *kr = (const char *)(m->kr + (size_t)t * m->kr_stride);
-        for (size_t b = 0; b < kv_bytes; b += 64) _mm_prefetch(kv + b, _MM_HINT_T1);
-        for (size_t b = 0; b < kr_bytes; b += 64) _mm_prefetch(kr + b, _MM_HINT_T1);
-    }
-#else
-    (void)L; (void)t0; (void)n;
-#endif
-}
-
 /* Attend query groups g[0..ng) to cache rows [r0, r1); group k sees rows < lim[k]. */
 static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, state_t *st,
                          const int *lim, int ng, tile_t *T) {
@@ -867,15 +950,13 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
         const int nseg = tile_rows_at(L, T, t0, seg, &v);
         for (int k = 0; k < ng; k++) {
             const int n = lim[k] - t0 < nt ? lim[k] - t0 : nt;
-            if (L->type == ATTN_MHA) /* the next tile's rows, a share per group */
-                prefetch_mha_rows(L, t0 + nt + n_next * k / ng, n_next * (k + 1) / ng - n_next * k / ng);
             if (n <= 0) continue;
             tile_scores(L, T, seg, nseg, n, &g[k]);
             if (g[k].lane_lim) mask_lanes(T->s, t0, n, g[k].lane_lim, g[k].nlanes);
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
 #if MINILLM_AVX2
-            if (INT_VALUES(L->type))
-                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, L->type == ATTN_Q8_KV ? PMAX_Q8_KV : PMAX_Q8_0);
+            if (int_rows(L))
+                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, value_pmax(L->type), L->type == ATTN_MHA ? T->vd : T->kd);
             else
 #endif
             tile_values(T, v.p, v.stride, L->DV, n, st[k].o, g[k].nlanes);
@@ -885,12 +966,13 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
 
 static int tile_alloc(const layout_t *L, tile_t *T) {
     T->kf = xalloc(sizeof(float) * TILE * (size_t)L->D);
-    T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
-    T->kd = xalloc(sizeof(float) * TILE);
+    T->own[0] = T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
+    T->own[1] = T->kd = xalloc(sizeof(float) * TILE);
+    T->own[2] = T->vd = xalloc(sizeof(float) * TILE);
     T->s = xalloc(sizeof(float) * TILE * LANES);
-    T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
+    T->own[3] = T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    int ok = T->kf && T->ki && T->kd && T->s && T->vp && T->pp;
+    int ok = T->kf && T->ki && T->kd && T->vd && T->s && T->vp && T->pp;
 #if MINILLM_AMX
     T->amx = use_amx(L);
     memset(&T->ar, 0, sizeof T->ar);
@@ -900,7 +982,8 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
 }
 
 static void tile_free(tile_t *T) {
-    free(T->kf); free(T->ki); free(T->kd); free(T->s); free(T->vp); free(T->pp);
+    free(T->kf); free(T->s); free(T->pp);
+    for (int i = 0; i < 4; i++) free(T->own[i]);
 #if MINILLM_AMX
     amx_rows_free(&T->ar);
 #endif
@@ -1234,8 +1317,30 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
     layout_init(&L0, (const uint8_t *)kvb, ATTN_MHA, dk, dv);
     L0.rb = 0;
     const size_t qfl = qgroup_floats(&L0);
+    const int n_rows = pos0 + n_tok;
+    mha_i16_t c = {0};
+#if MINILLM_AVX2
+    /* the int16 copy in this thread's arena (~10 KB a row for 16 heads: kept from call to call) */
+    c.rows = (n_rows + 1) / 2 * 2;
+    size_t at = 0;
+    const size_t per_head = (size_t)n_head * c.rows;
+    const size_t o_k = workspace_part(&at, sizeof(int16_t) * per_head * dk), o_vp = workspace_part(&at, sizeof(int32_t) * per_head / 2 * dv);
+    const size_t o_kd = workspace_part(&at, sizeof(float) * per_head), o_vd = workspace_part(&at, sizeof(float) * per_head);
+    const size_t o_bad = workspace_part(&at, sizeof(int) * (size_t)n_head);
+    char *w = workspace_get(at);
+    if (!w) return -1;
+    c.k = (int16_t *)(w + o_k); c.vp = (int32_t *)(w + o_vp);
+    c.kd = (float *)(w + o_kd); c.vd = (float *)(w + o_vd); c.bad = (int *)(w + o_bad);
+    memset(c.bad, 0, sizeof(int) * (size_t)n_head);
+#else
+    (void)n_rows; /* the scalar build reads the float rows in place */
+#endif
+    const mha_rows_t rows0 = {kvb, kr, (size_t)n_head * (dn + dv), kr_stride, dn, dr, 0, c.k ? &c : NULL};
 #pragma omp parallel num_threads(nthr)
     {
+#if MINILLM_AVX2
+        mha_convert(&rows0, n_head, dv, n_rows, &c);
+#endif
         prefill_bufs_t B;
         qgroup_t g[MHA_GROUPS];
         state_t st[MHA_GROUPS];
@@ -1249,9 +1354,12 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
                 failed = 1;
                 continue;
             }
-            const int b = it / n_head, h = it % n_head, i0 = b * tb;
+            /* a head's token blocks one after another: its rows are read by both threads at about
+             * the same time and then again from L3, not all heads' rows from memory per block */
+            const int b = it % nb, h = it / nb, i0 = b * tb;
             const int ni = n_tok - i0 < tb ? n_tok - i0 : tb, ng = (ni + LANES - 1) / LANES;
-            const mha_rows_t rows = {kvb, kr, (size_t)n_head * (dn + dv), kr_stride, dn, dr, h};
+            mha_rows_t rows = rows0;
+            rows.head = h;
             layout_t L = L0;
             L.mha = &rows;
             for (int k = 0; k < ng; k++) {
@@ -1264,8 +1372,15 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
                 state_init(&st[k], dv);
             }
             attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ng, &B.T);
+            const int bad = c.k && c.bad[h];
             for (int k = 0; k < ng; k++)
-                for (int i = 0; i < g[k].nlanes; i++) store_normalized(&st[k], i, dv, out + ((size_t)(i0 + k * LANES + i) * n_head + h) * dv);
+                for (int i = 0; i < g[k].nlanes; i++) {
+                    float *y = out + ((size_t)(i0 + k * LANES + i) * n_head + h) * dv;
+                    store_normalized(&st[k], i, dv, y);
+                    /* as the float rows would: a head's inf or NaN rows make its outputs NaN, not
+                     * the integers they quantized to */
+                    if (bad) for (int d = 0; d < dv; d++) y[d] = NAN;
+                }
         }
         prefill_bufs_free(&B);
     }
