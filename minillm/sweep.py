@@ -14,7 +14,9 @@ Rooflines per row:
 - PP: the work of the ubatch over the measured compute peaks: the matmul operations over the
   GEMM peak of the kernels (cache-resident weights, so bandwidth does not enter) and the
   attention FLOPs over the prompt attention's peak (the kernels on a cache-resident cache: on
-  the "amx" level they run on AMX tiles, past the fp32 FMA peak).
+  the "amx" level they run on AMX tiles, past the fp32 FMA peak); long prompts attend on
+  decompressed rows: their kv_b GEMM over the GEMM peak, the heads over that kernel's own peak
+  (int16 products on AVX2 and up, twice the products per instruction of fp32 FMAs).
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ class Peaks:
     gemm_ops: float         # GEMM operations/s of the kernels, cache-resident weights
     fma_flops: float        # fp32 FMA FLOPs/s
     attn_flops: float       # FLOPs/s of the kernels' prompt attention, cache-resident cache
+    mha_flops: float        # FLOPs/s of the decompressed prompt attention's heads, rows in L2
 
 
 def prefill_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
@@ -98,6 +101,26 @@ def prefill_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
     for _ in range(5):
         t0 = time.perf_counter()
         attention.mla_prefill(q, cache, cache_type, pos0, 0.07, out, n_threads)
+        best = max(best, flops / (time.perf_counter() - t0))
+    return best
+
+
+def decompressed_attention_peak(n_threads: int) -> float:
+    """FLOPs/s of mha_prefill at its best: 128 tokens after 1024 rows of 2 heads (the rows in L2),
+    DeepSeek2's decompressed shapes (keys 128 + 64, values 128); int16 products on AVX2 and up."""
+    from minillm_kernels import attention
+
+    heads, n_tok, pos0, dn, dr, dv = 2, 128, 1024, 128, 64, 128
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((n_tok, heads, dn + dr)).astype(np.float32)
+    kvb = rng.standard_normal((pos0 + n_tok, heads, dn + dv)).astype(np.float32)
+    kr = rng.standard_normal((pos0 + n_tok, dr)).astype(np.float32)
+    out = np.zeros((n_tok, heads, dv), np.float32)
+    flops = 2.0 * heads * (dn + dr + dv) * (n_tok * pos0 + n_tok * (n_tok + 1) / 2)
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        attention.mha_prefill(q, kvb, kr, pos0, 0.07, out, n_threads)
         best = max(best, flops / (time.perf_counter() - t0))
     return best
 
@@ -122,19 +145,20 @@ def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30, cache_type: str = "f1
             matmul.matmul(raw, t, x, n_threads=n_threads)
             best = max(best, 2 * 2048 * 2048 * 512 / (time.perf_counter() - t0))
     sec, flops = min((attention.bench_fma(20_000_000, n_threads) for _ in range(3)), key=lambda r: r[0])
-    return Peaks(read_bandwidth(n_threads, bw_bytes), best, flops / sec, prefill_attention_peak(n_threads, cache_type))
+    return Peaks(read_bandwidth(n_threads, bw_bytes), best, flops / sec, prefill_attention_peak(n_threads, cache_type),
+                 decompressed_attention_peak(n_threads))
 
 
 def prompt_attention_seconds(model: Model, n_kv: int, n_tokens: int, peaks: Peaks) -> float:
     """The prompt attention at its limit, on the path the engine takes: absorbed, its FLOPs over the
     measured prompt-attention peak; decompressed (long prompts, not on AMX), the kv_b GEMM over the
-    GEMM peak and the heads' FLOPs over the FMA peak."""
+    GEMM peak and the heads' FLOPs over the decompressed attention's peak."""
     from minillm_kernels import attention
 
     if n_tokens < MHA_MIN_TOKENS or attention.amx_on():
         return attention_flops(model, n_kv, n_tokens) / peaks.attn_flops
     kv_b, heads = decompressed_attention_flops(model, n_kv, n_tokens)
-    return kv_b / peaks.gemm_ops + heads / peaks.fma_flops
+    return kv_b / peaks.gemm_ops + heads / peaks.mha_flops
 
 
 def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
@@ -250,13 +274,13 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
                   f"median of {info['repetitions']} run(s) per engine\n"
                   f"read bandwidth {info['read_bw_gbs']:.1f} GB/s, GEMM peak {info['gemm_peak_gops']:.0f} GOPS, "
                   f"fp32 FMA peak {info['fma_peak_gflops']:.0f} GFLOP/s, prompt attention peak "
-                  f"{info['attn_peak_gflops']:.0f} GFLOP/s"
+                  f"{info['attn_peak_gflops']:.0f} GFLOP/s, decompressed {info['mha_peak_gflops']:.0f} GFLOP/s"
                   + (f"\npeer: ik_llama.cpp native ({info['peer'] or 'version unknown'}), -mla 3 -fa 1, same file, "
                      f"threads, cache type and ubatch, run alternately" if ik else "") + "\n\n")
         out.write(sweep_table(ours, ik) + "\n")
         out.write("\nTG roof: weight bytes / read bandwidth + max(cache bytes / read bandwidth, attention FLOPs / "
                   "FMA peak); PP roof: matmul ops / GEMM peak + attention FLOPs / prompt attention peak (prompts of "
-                  f"{MHA_MIN_TOKENS}+ tokens, decompressed: kv_b GEMM / GEMM peak + head FLOPs / FMA peak)\n")
+                  f"{MHA_MIN_TOKENS}+ tokens, decompressed: kv_b GEMM / GEMM peak + head FLOPs / decompressed peak)\n")
     elif fmt == "json":
         out.write(json.dumps({"info": info, "minillm": list(ours), "ik_llama.cpp": list(ik or [])}, indent=2) + "\n")
     elif fmt == "jsonl":

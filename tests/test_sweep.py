@@ -25,7 +25,7 @@ def model():
     return minillm.load(default_model_path(), n_ctx=128, n_ubatch=32, n_threads=2)
 
 
-PEAKS = sw.Peaks(read_bw=20e9, gemm_ops=200e9, fma_flops=100e9, attn_flops=300e9)
+PEAKS = sw.Peaks(read_bw=20e9, gemm_ops=200e9, fma_flops=100e9, attn_flops=300e9, mha_flops=150e9)
 
 
 def test_sweep_fills_the_context_once(model):
@@ -84,7 +84,7 @@ def test_pp_roofline_of_long_prompts_counts_the_decompressed_path(model):
     keys = sum(n_kv + i + 1 for i in range(pp))
     gemm = 2 * c.n_layer * (n_kv + pp) * c.kv_lora_rank * c.n_head * (c.qk_nope_head_dim + c.v_head_dim)
     heads = 2 * c.n_layer * c.n_head * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * keys
-    attn_s = sw.attention_flops(model, n_kv, pp) / 300e9 if attention.amx_on() else gemm / 200e9 + heads / 100e9
+    attn_s = sw.attention_flops(model, n_kv, pp) / 300e9 if attention.amx_on() else gemm / 200e9 + heads / 150e9
     seconds = 2 * sw.matmul_params_per_token(model) * pp / 200e9 + attn_s
     assert row["pp_roofline"] == pytest.approx(pp / seconds)
 
@@ -103,7 +103,7 @@ def _rows(n=3, speed=10.0):
 
 INFO = {"model": "m.gguf", "cache_type": "f16", "n_threads": 2, "n_ubatch": 512, "n_ctx": 1536, "isa": "avx2",
         "commit": "abc", "openmp": "GOMP_SPINCOUNT=200000", "read_bw_gbs": 20.0, "gemm_peak_gops": 200.0,
-        "fma_peak_gflops": 100.0, "attn_peak_gflops": 300.0, "repetitions": 1, "peer": "version: 1 (x)"}
+        "fma_peak_gflops": 100.0, "attn_peak_gflops": 300.0, "mha_peak_gflops": 150.0, "repetitions": 1, "peer": "version: 1 (x)"}
 
 
 def test_sweep_outputs():
