@@ -245,7 +245,11 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
     }
     const float ia = s > 0.0f ? 32767.0f / s : 0.0f;
     for (int j = 0; j < nb; j++) {
-#if MINILLM_AVX2
+#if MINILLM_AVX512
+        const int16_t m = (int16_t)_mm_cvtss_si32(_mm_set_ss(db[j] * ia)); /* as below, one block per step */
+        const __m512i k = _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b[j].qs)), 6);
+        _mm512_store_si512((__m512i *)(ki + j * QK), _mm512_mulhrs_epi16(k, _mm512_set1_epi16(m)));
+#elif MINILLM_AVX2
         const int16_t m = (int16_t)_mm_cvtss_si32(_mm_set_ss(db[j] * ia)); /* 0..32767, rounded to nearest even */
         const __m256i vm = _mm256_set1_epi16(m);
         for (int i = 0; i < QK; i += 16) {
@@ -352,7 +356,9 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         switch (L->type) {
         case ATTN_F16: {
             const fp16_t *h = (const fp16_t *)src;
-#if MINILLM_AVX2
+#if MINILLM_AVX512 /* D % 32 == 0: 16 values per conversion, half the instructions next to the FMAs */
+            for (int d = 0; d < D; d += 16) _mm512_store_ps(kf + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + d))));
+#elif MINILLM_AVX2
             for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_f16x8(h + d));
 #else
             for (int d = 0; d < D; d++) kf[d] = fp16_to_fp32(h[d]);
@@ -396,6 +402,19 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         const int16_t *a = T->ki + (size_t)(2 * p) * D, *b = a + D;
         const int has_b = 2 * p + 1 < nt;
         int32_t *vp = T->vp + (size_t)p * DV;
+#if MINILLM_AVX512
+        /* 32 values of each row: the unpacks interleave within 128-bit lanes, the permutes put
+         * the lanes back in order (pairs 0-15, then 16-31) */
+        const __m512i first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+        for (int d = 0; d < DV; d += 32) {
+            const __m512i va = _mm512_load_si512((const __m512i *)(a + d));
+            const __m512i vb = has_b ? _mm512_load_si512((const __m512i *)(b + d)) : _mm512_setzero_si512();
+            const __m512i lo = _mm512_unpacklo_epi16(va, vb), hi = _mm512_unpackhi_epi16(va, vb);
+            _mm512_store_si512((__m512i *)(vp + d), _mm512_permutex2var_epi64(lo, first, hi));
+            _mm512_store_si512((__m512i *)(vp + d + 16), _mm512_permutex2var_epi64(lo, second, hi));
+        }
+        continue;
+#endif
         for (int d = 0; d < DV; d += 16) {
             const __m256i va = _mm256_load_si256((const __m256i *)(a + d));
             const __m256i vb = has_b ? _mm256_load_si256((const __m256i *)(b + d)) : _mm256_setzero_si256();
