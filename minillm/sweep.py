@@ -85,6 +85,16 @@ class Peaks:
     mha_flops: float        # FLOPs/s of the decompressed prompt attention's heads, rows in L2
 
 
+def _best_rate(work: float, call, reps: int = 5) -> float:
+    """work / seconds of the fastest of ``reps`` calls"""
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call()
+        best = max(best, work / (time.perf_counter() - t0))
+    return best
+
+
 def prefill_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
     """FLOPs/s of mla_prefill at its best: 64 tokens after 1024 cached rows (a cache in L2), the
     DeepSeek2 shapes (16 heads, rows of 576, values of 512)."""
@@ -97,12 +107,7 @@ def prefill_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
     q = rng.standard_normal((n_tok, heads, width)).astype(np.float32)
     out = np.zeros((n_tok, heads, dv), np.float32)
     flops = 2.0 * heads * (2 * dv + width - dv) * (n_tok * pos0 + n_tok * (n_tok + 1) / 2)
-    best = 0.0
-    for _ in range(5):
-        t0 = time.perf_counter()
-        attention.mla_prefill(q, cache, cache_type, pos0, 0.07, out, n_threads)
-        best = max(best, flops / (time.perf_counter() - t0))
-    return best
+    return _best_rate(flops, lambda: attention.mla_prefill(q, cache, cache_type, pos0, 0.07, out, n_threads))
 
 
 def decompressed_attention_peak(n_threads: int) -> float:
@@ -117,12 +122,7 @@ def decompressed_attention_peak(n_threads: int) -> float:
     kr = rng.standard_normal((pos0 + n_tok, dr)).astype(np.float32)
     out = np.zeros((n_tok, heads, dv), np.float32)
     flops = 2.0 * heads * (dn + dr + dv) * (n_tok * pos0 + n_tok * (n_tok + 1) / 2)
-    best = 0.0
-    for _ in range(5):
-        t0 = time.perf_counter()
-        attention.mha_prefill(q, kvb, kr, pos0, 0.07, out, n_threads)
-        best = max(best, flops / (time.perf_counter() - t0))
-    return best
+    return _best_rate(flops, lambda: attention.mha_prefill(q, kvb, kr, pos0, 0.07, out, n_threads))
 
 
 def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30, cache_type: str = "f16") -> Peaks:
@@ -140,10 +140,7 @@ def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30, cache_type: str = "f1
         if t in matmul.REPACKED:
             raw, t = matmul.repack(raw, t, n_threads)
         matmul.matmul(raw, t, x, n_threads=n_threads)
-        for _ in range(5):
-            t0 = time.perf_counter()
-            matmul.matmul(raw, t, x, n_threads=n_threads)
-            best = max(best, 2 * 2048 * 2048 * 512 / (time.perf_counter() - t0))
+        best = max(best, _best_rate(2 * 2048 * 2048 * 512, lambda: matmul.matmul(raw, t, x, n_threads=n_threads)))
     sec, flops = min((attention.bench_fma(20_000_000, n_threads) for _ in range(3)), key=lambda r: r[0])
     return Peaks(read_bandwidth(n_threads, bw_bytes), best, flops / sec, prefill_attention_peak(n_threads, cache_type),
                  decompressed_attention_peak(n_threads))

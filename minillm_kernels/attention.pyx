@@ -228,6 +228,8 @@ def mha_prefill(q, kvb, k_rope, int pos0, float scale, out, n_threads=0):
     head shares; rows may be strided, values contiguous).  Token i attends to rows 0 .. pos0+i;
     writes out float32 [N, H, dv].  The same attention as mla_prefill on the latent rows these came
     from, with 192-wide keys and 128-wide values instead of 576 and 512 (DeepSeek2's shapes).
+    On AVX2 and up the rows are multiplied as int16 (about 12 bits per key and query value, 13 per
+    value: tests/test_attention.py derives the bound); inf or NaN rows make a head's outputs NaN.
     """
     _check_f32(q, "q", 3)
     _check_f32(kvb, "kvb", 3)
@@ -245,8 +247,8 @@ def mha_prefill(q, kvb, k_rope, int pos0, float scale, out, n_threads=0):
     if dn < 0 or q.shape[2] != dn + dr:
         raise ValueError(f"q rows hold {q.shape[2]} values, expected dn + dr = {dn} + {dr} "
                          f"(kvb rows {kvb.shape[2]} = dn + dv, dv = {dv})")
-    if (dn + dr) % 16 or dv % 32 or dv == 0:
-        raise ValueError(f"key width {dn + dr} must be a multiple of 16 and value width {dv} of 32")
+    if (dn + dr) % 16 or dn % 8 or dr % 8 or dv % 32 or dv == 0:
+        raise ValueError(f"key width {dn} + {dr} must be a multiple of 16 (each part of 8) and value width {dv} of 32")
     if pos0 < 0 or pos0 + N > R or k_rope.shape[0] < pos0 + N:
         raise ValueError(f"tokens at positions {pos0}..{pos0 + N - 1} need that many kvb and k_rope rows "
                          f"(have {R} and {k_rope.shape[0]})")

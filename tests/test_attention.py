@@ -593,6 +593,8 @@ def test_mha_prefill_bad_inputs():
         attn.mha_prefill(q, kvb, kr, 1, 0.1, out)                   # 4 tokens after 1 need 5 rows
     with pytest.raises(ValueError, match="dn \\+ dr"):
         attn.mha_prefill(np.zeros((4, 2, 160), np.float32), kvb, kr, 0, 0.1, out)
+    with pytest.raises(ValueError, match="each part of 8"):                # 132 + 60: the int16 rows go 8 at a time
+        attn.mha_prefill(q, np.zeros((4, 2, 260), np.float32), np.zeros((4, 60), np.float32), 0, 0.1, out)
     with pytest.raises(ValueError, match="NaN"):
         attn.mha_prefill(np.full_like(q, np.nan), kvb, kr, 0, 0.1, out)
     with pytest.raises(ValueError, match="contiguous"):

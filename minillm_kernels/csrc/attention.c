@@ -91,7 +91,7 @@ typedef struct {
 
 typedef struct {
     float *kf;   /* [TILE][D] rows as float (scalar build: the first DV values of 8-bit rows) */
-    int16_t *ki; /* [TILE][D] 8-bit caches: each row as int16 values ... */
+    int16_t *ki; /* [TILE][D] int16 rows (8-bit caches: converted per tile; MHA: in mha_i16_t) ... */
     float *kd;   /* [TILE]    ... times this one scale per row */
     float *vd;   /* [TILE] int16 MHA rows: the value's own scale (8-bit caches: kd) */
     void *own[4]; /* the allocations behind ki, kd, vd, vp (int16 MHA rows: those point into mha_i16_t) */
@@ -115,8 +115,9 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 #endif
 }
 
-/* 8-bit cache values are multiplied by int16-quantized probabilities with vpmaddwd (two
- * rows per instruction) instead of fp32 FMAs: see tile_values_int(). */
+/* int16 rows (8-bit caches, decompressed MHA rows) are multiplied by int16-quantized
+ * probabilities with vpmaddwd / vpdpwssd (two rows per instruction) instead of fp32 FMAs: see
+ * tile_values_int(). */
 /* q8_0 rows become int16 values k16 = round(q·64·M_b / 2^15), M_b = round(d_b/s·32767), with
  * one row scale s = max_b d_b: k16·s·32768/(32767·64) ≈ q·d_b, |k16| <= 127·64, extra error per
  * value <= 0.5 + 127·64/65534 < 0.65 units of that row scale (the final rounding, and the
@@ -127,11 +128,12 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 /* largest quantized probability: TILE·PMAX·max|k16| must stay below 2^31 */
 #define PMAX_Q8_KV 32767.0f
 #define PMAX_Q8_0 8191.0f
-/* The decompressed prompt rows (ATTN_MHA, float) become int16 per tile on the AVX2 and AVX-512
- * levels, as the 8-bit caches' rows: the key k_nope | k_rope on one scale per row (|k16| <= KMAX_MHA,
- * the query then at most 2^31 / (KMAX_MHA·D): about 12 bits each for D = 192, the precision of
- * the f16 rows the peers attend on), the value on its own (|v16| <= VMAX_MHA). vpdpwssd does two
- * products per lane where an FMA does one: 1.5x the float kernel (mha_prefill, 2 threads). */
+/* The decompressed prompt rows (ATTN_MHA, float) become int16 on the AVX2 and AVX-512 levels
+ * (mha_convert), then go through the 8-bit caches' tiles: the key k_nope | k_rope on one scale per
+ * row and head (|k16| <= KMAX_MHA, the query then at most 2^31 / (KMAX_MHA·D): about 12 bits each
+ * for D = 192, the precision of the f16 rows the peers attend on), the value on its own
+ * (|v16| <= VMAX_MHA).  vpdpwssd does two products per lane where an FMA does one: 1.7-1.9x the
+ * float kernel at 2048-8192 rows (mha_prefill, 512 tokens, 2 threads). */
 #define KMAX_MHA 3343
 #define VMAX_MHA 8191
 #define PMAX_MHA 8191.0f
@@ -1342,9 +1344,9 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
     /* the int16 copy in this thread's arena (~10 KB a row for 16 heads: kept from call to call) */
     c.rows = (n_rows + 1) / 2 * 2;
     size_t at = 0;
-    const size_t per_head = (size_t)n_head * c.rows;
-    const size_t o_k = workspace_part(&at, sizeof(int16_t) * per_head * dk), o_vp = workspace_part(&at, sizeof(int32_t) * per_head / 2 * dv);
-    const size_t o_kd = workspace_part(&at, sizeof(float) * per_head), o_vd = workspace_part(&at, sizeof(float) * per_head);
+    const size_t all_rows = (size_t)n_head * c.rows;
+    const size_t o_k = workspace_part(&at, sizeof(int16_t) * all_rows * dk), o_vp = workspace_part(&at, sizeof(int32_t) * all_rows / 2 * dv);
+    const size_t o_kd = workspace_part(&at, sizeof(float) * all_rows), o_vd = workspace_part(&at, sizeof(float) * all_rows);
     const size_t o_bad = workspace_part(&at, sizeof(int) * (size_t)n_head);
     char *w = workspace_get(at);
     if (!w) return -1;
