@@ -164,13 +164,15 @@ def rope_tables(c: DeepSeek2Config, n_ctx: int) -> tuple[np.ndarray, np.ndarray]
 # FLOPs per token and row) for one GEMM per ubatch of every cached row through attn_kv_b.  At
 # 512 tokens on Zen 4 (2 threads, f16 cache; attention plus the kv_b GEMM against mla_prefill)
 # 1.5x faster at depth 0 and 1.7-1.8x at 2048-8192; at 256 tokens even at depth 8192; at 64
-# tokens 2-3x slower at depth (the GEMM over every cached row dominates); since then the heads run
-# on int16 rows (AVX2 and up), 1.7-1.9x faster again at 2048-8192.  The float32 k | v rows are
+# tokens 2-3x slower at depth (the GEMM over every cached row dominates).  Since then the heads run
+# on int16 rows (AVX2 and up), 1.7-1.9x faster again at 2048-8192, and whole prompts (the engine,
+# IQ4_NL mixture) of 128 tokens are 1.13-1.16x faster decompressed at depths 1024-8192, of 192
+# 1.17-1.39x, of 64 0.69-0.88x: the threshold went from 256 to 128.  The float32 k | v rows are
 # transient: 16 KiB per cached row and layer (277 MB at 16k rows); their int16 copy, 10 KiB a row,
 # stays in the attention kernels' arena between calls (170 MB at 16k rows).  The AMX level keeps the
 # absorbed form: its tiles run the absorbed FLOPs at 1.6-2.5x the FMA peak (not measured against
 # this path: no AMX CPU here).
-MHA_MIN_TOKENS = 256
+MHA_MIN_TOKENS = 128
 
 
 class Attention:

@@ -497,23 +497,27 @@ def mha_reference(q, kvb, kr, pos0, scale, dv):
 
 
 # the int16 form of the decompressed rows on the avx2/avx512/amx levels (csrc/attention.c)
-KMAX_MHA, VMAX_MHA, PMAX_MHA = 3343, 8191, 8191.0
+KMAX_MHA, VMAX_MHA, PMAX_MHA = 8191, 8191, 8191.0
 
 
 def mha_int16_bound(q, kvb, kr, pos0, scale, dv):
     """Bound [N, H, dv] on what the int16 rows add (avx2 and up), derived like the 8-bit caches':
     keys k = k_nope | k_rope on one unit per row kd_t = max|k_t| / KMAX_MHA, the scaled query on
-    qd_i = max|scale·q_i| / qmax (qmax = 2^31 // (KMAX_MHA·dk)), each value off by half its unit,
+    qd_i = max|scale·q_i| / qmax (qmax = (2^31 - 1) // the head's largest Σ|k16|, the kernel's k16
+    recomputed here in float32 as it rounds them), each value off by half its unit,
     so a score moves by δ_it <= Σ_d (|scale·q_d|·kd_t/2 + |k_d|·qd_i/2 + kd_t·qd_i/4) and every
     weight by a factor within exp(±2δ_i), δ_i = max_t δ_it: (exp(2δ_i) - 1)·Σ_t p_t·|v_t|.  Values
     on vd_t = max|v_t| / VMAX_MHA: Σ_t p_t·vd_t/2.  The weights p_t·vd_t rounded per tile of 32
     rows to PMAX_MHA steps of their largest: Σ_tiles 0.5·max_tile(p·vd)/PMAX·Σ_tile |v_t|/vd_t."""
     N, H, dk = q.shape
     dn = kvb.shape[2] - dv
-    qmax = (2**31 - 1) // (KMAX_MHA * dk)
     bound = np.zeros((N, H, dv))
     for h in range(H):
-        k = np.concatenate([kvb[:, h, :dn], kr], axis=1).astype(np.float64)
+        k32 = np.concatenate([kvb[:, h, :dn], kr], axis=1)
+        amax = np.abs(k32).max(axis=1, keepdims=True)
+        k16 = np.rint(k32 * (np.float32(KMAX_MHA) / np.where(amax > 0, amax, np.float32(1))))
+        qmax = min(32767, (2**31 - 1) // max(int(np.abs(k16).sum(axis=1).max()), 1))
+        k = k32.astype(np.float64)
         v = kvb[:, h, dn:].astype(np.float64)
         kd = np.abs(k).max(axis=1) / KMAX_MHA
         vd = np.maximum(np.abs(v).max(axis=1) / VMAX_MHA, 1e-30)

@@ -88,7 +88,10 @@ def test_kl_divergence_ranks_quantizations(float_rebuild, text, tmp_path):
     q8, iq4 = results["q8_0"], results["iq4_nl"]
     # KL(p||q) >= 0 per token up to the base's float16 rounding
     assert q8.kld.min() > -2e-3 and iq4.kld.min() > -2e-3
-    assert q8.kld.mean() < 0.01 and q8.same_top.mean() > 0.97
+    # same_top moves by a near-tie token or two with the attention path's rounding alone: 187, 185 and
+    # 183 of these 189 on the absorbed, the float decompressed and the int16 decompressed path (whose
+    # KLD is the lowest of the three: 2.8e-4, 4.2e-4, 1.7e-4)
+    assert q8.kld.mean() < 0.01 and q8.same_top.mean() > 0.96
     assert iq4.kld.mean() > 3 * q8.kld.mean()
     assert iq4.same_top.mean() < q8.same_top.mean()
     # KLD recomputed from the saved base and a fresh log-softmax of the same model's logits

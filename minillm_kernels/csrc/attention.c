@@ -52,7 +52,8 @@ _Static_assert(TILE % 2 == 0, "row pairs");
 /* The decompressed rows as int16 (AVX2 and up), head after head: each head's rows one contiguous
  * run of keys k [rows][dk] and of value row pairs vp [rows/2][dv] (as tile_convert lays out 8-bit
  * rows), with their scales kd, vd [rows]; rows: the row count rounded up to even */
-typedef struct { int16_t *k; int32_t *vp; float *kd, *vd; int *bad; int rows; } mha_i16_t;
+typedef struct { int16_t *k; int32_t *vp; float *kd, *vd; int *bad; int32_t *ksum; int rows; } mha_i16_t;
+/* ksum [H]: the largest Σ|k16| of a head's key rows, which bounds its scores' int32 sums */
 
 /* Rows of the decompressed prompt attention (attn_prefill_mha): per head, k = k_nope | k_rope and
  * v, in the kv_b product [rows][H][dn + dv] and the shared k_rope rows [rows][dr]; on AVX2 and up
@@ -130,11 +131,11 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 #define PMAX_Q8_0 8191.0f
 /* The decompressed prompt rows (ATTN_MHA, float) become int16 on the AVX2 and AVX-512 levels
  * (mha_convert), then go through the 8-bit caches' tiles: the key k_nope | k_rope on one scale per
- * row and head (|k16| <= KMAX_MHA, the query then at most 2^31 / (KMAX_MHA·D): about 12 bits each
- * for D = 192, the precision of the f16 rows the peers attend on), the value on its own
- * (|v16| <= VMAX_MHA).  vpdpwssd does two products per lane where an FMA does one: 1.7-1.9x the
+ * row and head (|k16| <= KMAX_MHA), the query on as many levels as the head's largest Σ|k16| leaves
+ * in int32 (random rows: about 4900, near 13 bits each, past the 11 of the f16 rows the peers
+ * attend on), the value on its own scale (|v16| <= VMAX_MHA).  vpdpwssd does two products per lane where an FMA does one: 1.7-1.9x the
  * float kernel at 2048-8192 rows (mha_prefill, 512 tokens, 2 threads). */
-#define KMAX_MHA 3343
+#define KMAX_MHA 8191
 #define VMAX_MHA 8191
 #define PMAX_MHA 8191.0f
 _Static_assert(TILE * 32767.0 * KMAX_Q8_KV < 2147483647.0 && TILE * 8191.0 * KMAX_Q8_0 < 2147483647.0
@@ -158,10 +159,12 @@ static int use_amx(const layout_t *L) { return L->amx; }
 _Static_assert(TILE == AMX_KEYS, "an attention tile is one AMX step");
 #endif
 
-/* Largest int16 query value for int16 rows: a score sums D products |k16|·|q| in int32. */
-static int query_qmax(int type, int D) {
-    const int kmax = type == ATTN_Q8_0 ? KMAX_Q8_0 : type == ATTN_MHA ? KMAX_MHA : KMAX_Q8_KV;
-    const long long q = 2147483647LL / ((long long)kmax * D);
+/* Largest int16 query value for int16 rows: a score sums D products |k16|·|q| in int32, at most
+ * D·KMAX for the 8-bit caches, the head's largest Σ|k16| for the MHA rows. */
+static int query_qmax(const layout_t *L) {
+    const long long bound = L->type == ATTN_MHA ? L->mha->i16->ksum[L->mha->head]
+                          : (long long)(L->type == ATTN_Q8_0 ? KMAX_Q8_0 : KMAX_Q8_KV) * L->D;
+    const long long q = bound > 0 ? 2147483647LL / bound : 32767;
     return q > 32767 ? 32767 : (int)q;
 }
 
@@ -223,7 +226,7 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     }
     g->qi = (int32_t *)mem;
     g->qd = mem + (size_t)D / 2 * LANES;
-    const int qmax = query_qmax(L->type, D);
+    const int qmax = query_qmax(L);
     int16_t q[2048];
     for (int h = 0; h < LANES; h++) {
         if (h < nq) {
@@ -272,13 +275,14 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
 static inline __m256i round_i32x8(const float *x, __m256 id) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), id)); }
 
 /* round(x·id) of n values (n % 8 == 0) as int16 into q; bad gains an all-ones lane where some
- * value was not finite */
-static inline __m256i quantize_i16_on(const float *x, int n, float id, int16_t *q, __m256i bad) {
+ * value was not finite, *abs_sum their absolute values */
+static inline __m256i quantize_i16_on(const float *x, int n, float id, int16_t *q, __m256i bad, __m256i *abs_sum) {
     const __m256 vid = _mm256_set1_ps(id);
     const __m256i nan_int = _mm256_set1_epi32(INT32_MIN);
     for (int d = 0; d < n; d += 8) {
         const __m256i r = round_i32x8(x + d, vid);
         bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(r, nan_int));
+        *abs_sum = _mm256_add_epi32(*abs_sum, _mm256_abs_epi32(r));
         _mm_storeu_si128((__m128i *)(q + d), _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
     }
     return bad;
@@ -288,8 +292,10 @@ static inline float inverse_step(float amax, float qmax) { return amax > 0.0f ? 
 
 /* Row a and, if has_b, row a + 1 of one head (m->head) as int16: the keys k_nope | k_rope on one
  * scale per row (kd) into k [2][dk], the values on their own (vd) interleaved into the pair vp [dv]
- * (an odd last row pairs with zeros).  Returns nonzero where some value was not finite. */
-static int mha_pair_to_i16(const mha_rows_t *m, int dv, int a, int has_b, int16_t *k, int32_t *vp, float *kd, float *vd) {
+ * (an odd last row pairs with zeros); *ksum: the larger Σ|k16| of the two.  Returns nonzero where
+ * some value was not finite. */
+static int mha_pair_to_i16(const mha_rows_t *m, int dv, int a, int has_b, int16_t *k, int32_t *vp, float *kd, float *vd,
+                           int32_t *ksum) {
     const int dn = m->dn, dr = m->dr, dk = dn + dr;
     const __m256i nan_int = _mm256_set1_epi32(INT32_MIN), lo16 = _mm256_set1_epi32(0xffff);
     __m256i bad = _mm256_setzero_si256();
@@ -300,8 +306,13 @@ static int mha_pair_to_i16(const mha_rows_t *m, int dv, int a, int has_b, int16_
         const float ka = fmaxf(attn_scaled_amax(kn, 1.0f, dn), attn_scaled_amax(kr, 1.0f, dr));
         const float kid = inverse_step(ka, KMAX_MHA);
         kd[r] = ka / KMAX_MHA;
-        bad = quantize_i16_on(kn, dn, kid, k + (size_t)r * dk, bad);
-        bad = quantize_i16_on(kr, dr, kid, k + (size_t)r * dk + dn, bad);
+        __m256i abs_sum = _mm256_setzero_si256();
+        bad = quantize_i16_on(kn, dn, kid, k + (size_t)r * dk, bad, &abs_sum);
+        bad = quantize_i16_on(kr, dr, kid, k + (size_t)r * dk + dn, bad, &abs_sum);
+        int32_t lanes[8], sum = 0; /* at most 2048·8191 */
+        _mm256_storeu_si256((__m256i *)lanes, abs_sum);
+        for (int i = 0; i < 8; i++) sum += lanes[i];
+        *ksum = sum > *ksum ? sum : *ksum;
         const float va = attn_scaled_amax(kn + dn, 1.0f, dv);
         vd[r] = va / VMAX_MHA;
         vid[r] = _mm256_set1_ps(inverse_step(va, VMAX_MHA));
@@ -323,18 +334,24 @@ static int mha_pair_to_i16(const mha_rows_t *m, int dv, int a, int has_b, int16_
  * shared between the threads of the calling parallel region (which waits for it) */
 static void mha_convert(const mha_rows_t *rows, int n_head, int dv, int n_rows, mha_i16_t *c) {
     const int dk = rows->dn + rows->dr;
-#pragma omp for schedule(static)
+    int32_t ksum[n_head]; /* this thread's rows' largest Σ|k16| per head */
+    for (int h = 0; h < n_head; h++) ksum[h] = 0;
+#pragma omp for schedule(static) nowait
     for (int p = 0; p < (n_rows + 1) / 2; p++) {
         mha_rows_t m = *rows;
         for (int h = 0; h < n_head; h++) {
             m.head = h;
             const size_t at = (size_t)h * c->rows + 2 * (size_t)p;
-            if (mha_pair_to_i16(&m, dv, 2 * p, 2 * p + 1 < n_rows, c->k + at * dk, c->vp + at / 2 * dv, c->kd + at, c->vd + at)) {
+            if (mha_pair_to_i16(&m, dv, 2 * p, 2 * p + 1 < n_rows, c->k + at * dk, c->vp + at / 2 * dv, c->kd + at, c->vd + at,
+                                &ksum[h])) {
 #pragma omp atomic write
                 c->bad[h] = 1;
             }
         }
     }
+#pragma omp critical(mha_ksum)
+    for (int h = 0; h < n_head; h++) c->ksum[h] = ksum[h] > c->ksum[h] ? ksum[h] : c->ksum[h];
+#pragma omp barrier
 }
 #endif
 
@@ -1224,7 +1241,7 @@ static int decode_heads(const layout_t *L, const float *q, int H, int n_kv, floa
             if (!ok) continue;
             const float *qh = q + (size_t)h * D;
             if (is_q8(L->type)) {
-                hq.qd = attn_quantize_i16(qh, scale, D, query_qmax(L->type, D), qs);
+                hq.qd = attn_quantize_i16(qh, scale, D, query_qmax(L), qs);
             } else {
                 for (int d = 0; d < D; d++) qf[d] = scale * qh[d];
             }
@@ -1347,12 +1364,14 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
     const size_t all_rows = (size_t)n_head * c.rows;
     const size_t o_k = workspace_part(&at, sizeof(int16_t) * all_rows * dk), o_vp = workspace_part(&at, sizeof(int32_t) * all_rows / 2 * dv);
     const size_t o_kd = workspace_part(&at, sizeof(float) * all_rows), o_vd = workspace_part(&at, sizeof(float) * all_rows);
-    const size_t o_bad = workspace_part(&at, sizeof(int) * (size_t)n_head);
+    const size_t o_bad = workspace_part(&at, sizeof(int) * (size_t)n_head), o_ksum = workspace_part(&at, sizeof(int32_t) * (size_t)n_head);
     char *w = workspace_get(at);
     if (!w) return -1;
     c.k = (int16_t *)(w + o_k); c.vp = (int32_t *)(w + o_vp);
     c.kd = (float *)(w + o_kd); c.vd = (float *)(w + o_vd); c.bad = (int *)(w + o_bad);
+    c.ksum = (int32_t *)(w + o_ksum);
     memset(c.bad, 0, sizeof(int) * (size_t)n_head);
+    memset(c.ksum, 0, sizeof(int32_t) * (size_t)n_head);
 #else
     (void)n_rows; /* the scalar build reads the float rows in place */
 #endif
