@@ -94,8 +94,8 @@ typedef struct {
     float *kf;   /* [TILE][D] rows as float (scalar build: the first DV values of 8-bit rows) */
     int16_t *ki; /* [TILE][D] int16 rows (8-bit caches: converted per tile; MHA: in mha_i16_t) ... */
     float *kd;   /* [TILE]    ... times this one scale per row */
-    float *vd;   /* [TILE] int16 MHA rows: the value's own scale (8-bit caches: kd) */
-    void *own[4]; /* the allocations behind ki, kd, vd, vp (int16 MHA rows: those point into mha_i16_t) */
+    float *vd;   /* [TILE] the values' int16 scale: the 8-bit caches' kd, the MHA rows' own */
+    void *own[3]; /* the allocations behind ki, kd, vp (int16 MHA rows: those point into mha_i16_t) */
     float *s;    /* [TILE][LANES] scores, then probabilities */
     int32_t *vp; /* int_rows: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
     int32_t *pp; /* int_rows: [TILE/2][LANES] quantized probabilities of row pairs */
@@ -133,8 +133,9 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
  * (mha_convert), then go through the 8-bit caches' tiles: the key k_nope | k_rope on one scale per
  * row and head (|k16| <= KMAX_MHA), the query on as many levels as the head's largest Σ|k16| leaves
  * in int32 (random rows: about 4900, near 13 bits each, past the 11 of the f16 rows the peers
- * attend on), the value on its own scale (|v16| <= VMAX_MHA).  vpdpwssd does two products per lane where an FMA does one: 1.7-1.9x the
- * float kernel at 2048-8192 rows (mha_prefill, 512 tokens, 2 threads). */
+ * attend on), the value on its own scale (|v16| <= VMAX_MHA).  vpdpwssd does two products per
+ * lane where an FMA does one: 1.8-2.0x the float kernel at 2048-8192 rows (mha_prefill, 512
+ * tokens, 2 threads). */
 #define KMAX_MHA 8191
 #define VMAX_MHA 8191
 #define PMAX_MHA 8191.0f
@@ -275,7 +276,8 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
 static inline __m256i round_i32x8(const float *x, __m256 id) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), id)); }
 
 /* round(x·id) of n values (n % 8 == 0) as int16 into q; bad gains an all-ones lane where some
- * value was not finite, *abs_sum their absolute values */
+ * value was not finite, *abs_sum their absolute values.  Not attn_quantize_i16 (attn_q8.h): the
+ * key's two parts share one scale, and the sums and flags come with the one pass */
 static inline __m256i quantize_i16_on(const float *x, int n, float id, int16_t *q, __m256i bad, __m256i *abs_sum) {
     const __m256 vid = _mm256_set1_ps(id);
     const __m256i nan_int = _mm256_set1_epi32(INT32_MIN);
@@ -300,8 +302,9 @@ static int mha_pair_to_i16(const mha_rows_t *m, int dv, int a, int has_b, int16_
     const __m256i nan_int = _mm256_set1_epi32(INT32_MIN), lo16 = _mm256_set1_epi32(0xffff);
     __m256i bad = _mm256_setzero_si256();
     __m256 vid[2];
+    const float *row_a = m->kvb + (size_t)a * m->kvb_stride + (size_t)m->head * (dn + dv); /* k_nope | v */
     for (int r = 0; r < 1 + has_b; r++) {
-        const float *kn = m->kvb + (size_t)(a + r) * m->kvb_stride + (size_t)m->head * (dn + dv);
+        const float *kn = row_a + (size_t)r * m->kvb_stride;
         const float *kr = m->kr + (size_t)(a + r) * m->kr_stride;
         const float ka = fmaxf(attn_scaled_amax(kn, 1.0f, dn), attn_scaled_amax(kr, 1.0f, dr));
         const float kid = inverse_step(ka, KMAX_MHA);
@@ -321,7 +324,7 @@ static int mha_pair_to_i16(const mha_rows_t *m, int dv, int a, int has_b, int16_
         memset(k + dk, 0, sizeof(int16_t) * (size_t)dk);
         kd[1] = vd[1] = 0.0f;
     }
-    const float *va = m->kvb + (size_t)a * m->kvb_stride + (size_t)m->head * (dn + dv) + dn, *vb = va + m->kvb_stride;
+    const float *va = row_a + dn, *vb = va + m->kvb_stride;
     for (int d = 0; d < dv; d += 8) {
         const __m256i ra = round_i32x8(va + d, vid[0]), rb = has_b ? round_i32x8(vb + d, vid[1]) : _mm256_setzero_si256();
         bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpeq_epi32(ra, nan_int), _mm256_cmpeq_epi32(rb, nan_int)));
@@ -861,17 +864,17 @@ static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp,
     }
 }
 
-/* Values for int16 rows: p'[t][h] = p[t][h]·vscale_t (the row's int16 value scale) is
+/* Values for int16 rows: p'[t][h] = p[t][h]·vd_t (the row's int16 value scale) is
  * quantized per head over the tile to int16 in 0..pmax (rounding error <= 0.5/pmax of the
  * tile's largest weight: 1.5e-5 for q8_KV, 6.1e-5 for q8_0 and MHA rows), and Σ_t p'·v16_t is computed
  * exactly in int32 (see the static assert on TILE·pmax·max|v16|). */
-static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, float pmax, const float *vscale) {
+static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, float pmax) {
     const int np = (n + 1) / 2;
     float sc[LANES] __attribute__((aligned(32)));
     for (int v = 0; v < LANES; v += 8) {
         __m256 mx = _mm256_setzero_ps();
         for (int t = 0; t < n; t++) {
-            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(vscale[t]));
+            const __m256 pw = _mm256_mul_ps(_mm256_load_ps(T->s + t * LANES + v), _mm256_set1_ps(T->vd[t]));
             _mm256_store_ps(T->s + t * LANES + v, pw);
             mx = _mm256_max_ps(mx, pw);
         }
@@ -994,7 +997,7 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
 #if MINILLM_AVX2
             if (int_rows(L))
-                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, value_pmax(L->type), L->type == ATTN_MHA ? T->vd : T->kd);
+                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, value_pmax(L->type));
             else
 #endif
             tile_values(T, v.p, v.stride, L->DV, n, st[k].o, g[k].nlanes);
@@ -1005,12 +1008,11 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
 static int tile_alloc(const layout_t *L, tile_t *T) {
     T->kf = xalloc(sizeof(float) * TILE * (size_t)L->D);
     T->own[0] = T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
-    T->own[1] = T->kd = xalloc(sizeof(float) * TILE);
-    T->own[2] = T->vd = xalloc(sizeof(float) * TILE);
+    T->own[1] = T->vd = T->kd = xalloc(sizeof(float) * TILE); /* 8-bit rows: one scale for both */
     T->s = xalloc(sizeof(float) * TILE * LANES);
-    T->own[3] = T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
+    T->own[2] = T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    int ok = T->kf && T->ki && T->kd && T->vd && T->s && T->vp && T->pp;
+    int ok = T->kf && T->ki && T->kd && T->s && T->vp && T->pp;
 #if MINILLM_AMX
     T->amx = use_amx(L);
     memset(&T->ar, 0, sizeof T->ar);
@@ -1021,7 +1023,7 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
 
 static void tile_free(tile_t *T) {
     free(T->kf); free(T->s); free(T->pp);
-    for (int i = 0; i < 4; i++) free(T->own[i]);
+    for (int i = 0; i < 3; i++) free(T->own[i]);
 #if MINILLM_AMX
     amx_rows_free(&T->ar);
 #endif
