@@ -49,6 +49,12 @@ def amx_on():
     return bool(attn_get_amx())
 
 
+def tile_int16(cache_type):
+    """True when the tiles (kparallel decode, prompt processing off AMX) multiply this cache type's rows
+    as int16 values on one scale per row (the 8-bit caches, and f16/bf16 on the AVX-512 levels)."""
+    return bool(attn_tile_int16(_type_id(cache_type)))
+
+
 def choose_strategy(int n_kv, int n_threads):
     """The strategy "auto" uses for a decode step over n_kv cached rows with n_threads threads."""
     threshold = KPARALLEL_MIN_KV.get(n_threads, 32 * n_threads)

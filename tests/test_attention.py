@@ -104,35 +104,52 @@ def round_away(x):
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-# largest |int16 value| of a cached row: q8_KV its int8 values, q8_0 the re-expressed ones (127·64)
-KMAX = {"q8_KV": 127, "q8_0": 127 * 64}
+# largest |int16 value| of a cached row: q8_KV its int8 values, q8_0 the re-expressed ones (127·64),
+# f16/bf16 on the int16 tiles (attn.tile_int16) each part's largest value mapped to 8191
+KMAX = {"q8_KV": 127, "q8_0": 127 * 64, "f16": 8191, "bf16": 8191}
+HALF_SLICE = 32  # the f16/bf16 int16 tiles sum scores in int32 over slices of this many values
 
 
 def query_qmax(cache_type, width=WIDTH):
-    """Largest int16 query value: a score sums width products |k|·|q| in int32."""
-    return min(32767, (2**31 - 1) // (KMAX[cache_type] * width))
+    """Largest int16 query value: a score sums width products |k|·|q| in int32 (the half caches:
+    a slice's)."""
+    n = HALF_SLICE if cache_type in ("f16", "bf16") else width
+    return min(32767, (2**31 - 1) // (KMAX[cache_type] * n))
 
 
-def quantize_query(q, cache_type):
-    """The query (rows already scaled, float32) as the kernel quantizes it (dequantized),
-    and its per-value error bound."""
-    if cache_type in ("f16", "bf16"):
+def int16_tiles(cache_type, path):
+    """True where `path` multiplies this cache type's rows and the query as int16 values."""
+    return path == "tile" and attn.tile_int16(cache_type) or path == "heads" and cache_type not in ("f16", "bf16")
+
+
+def quantize_query(q, cache_type, path):
+    """The query (rows already scaled, float32) as the kernel quantizes it on `path` (dequantized),
+    and its per-value error bound: one scale per row, for the f16/bf16 int16 tiles one per part
+    (latent, rope), max|x|/qmax, halves rounded away from zero."""
+    if not int16_tiles(cache_type, path):
         q = q.astype(np.float64)
         return q, np.zeros_like(q)
-    q32 = q.astype(np.float32)
-    d = np.abs(q32).max(axis=1, keepdims=True) / np.float32(query_qmax(cache_type))
-    with np.errstate(divide="ignore"):
-        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    deq = round_away(q32 * inv) * d.astype(np.float64)
-    return deq, np.broadcast_to(d.astype(np.float64) / 2, q.shape)
+    parts = [slice(0, KV_LORA), slice(KV_LORA, WIDTH)] if cache_type in ("f16", "bf16") else [slice(0, WIDTH)]
+    deq, err = np.zeros(q.shape), np.zeros(q.shape)
+    for part in parts:
+        q32 = q[:, part].astype(np.float32)
+        d = np.abs(q32).max(axis=1, keepdims=True) / np.float32(query_qmax(cache_type))
+        with np.errstate(divide="ignore"):
+            inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        deq[:, part] = round_away(q32 * inv) * d.astype(np.float64)
+        err[:, part] = d.astype(np.float64) / 2
+    return deq, err
 
 
 def tile_rows(layer, cache_type, n):
     """The first n cached rows as the tile path (kparallel, prefill) computes with them:
-    float64 rows and, for the 8-bit caches, each row's int16 unit (else None).  q8_0 rows
+    float64 rows, for int16 rows each row's int16 unit of the values (else None), and a bound on
+    what the int16 rows add to the storage error per value (zeros for float rows).  q8_0 rows
     are re-expressed on the largest block scale s of the row (csrc/attention.c,
     q8_0_row_to_i16): M_b = rint(d_b·(32767/s)), k16 = (q·64·M_b + 2^14) >> 15 (vpmulhrsw),
-    unit = s·(32768/32767/64), all in float32 as the C code does."""
+    unit = s·(32768/32767/64), all in float32 as the C code does.  f16/bf16 rows on the int16
+    tiles (half_part_to_i16): per part, a = max|x|, k16 = rint(x·(8191/a)), unit a/8191 in
+    float32, off by half a unit (and x·(8191/a)'s float32 rounding)."""
     if cache_type == "q8_0":
         blocks = layer[:n].reshape(n, WIDTH // 32, 34)
         d = blocks[:, :, :2].copy().view(np.float16).astype(np.float32)[:, :, 0]
@@ -143,11 +160,24 @@ def tile_rows(layer, cache_type, n):
         m = np.rint((d * ia[:, None]).astype(np.float32)).astype(np.int64)
         k16 = (q * 64 * m[:, :, None] + 16384) >> 15
         unit = (s * (np.float32(32768) / np.float32(32767) / np.float32(64))).astype(np.float32)
-        return (k16.reshape(n, WIDTH) * unit[:, None].astype(np.float64)), unit.astype(np.float64)
-    x = attn.kv_cache_load(layer, cache_type, 0, n).astype(np.float64)
+        return (k16.reshape(n, WIDTH) * unit[:, None].astype(np.float64)), unit.astype(np.float64), \
+            np.broadcast_to(0.65 * unit[:, None].astype(np.float64), (n, WIDTH))
+    x32 = attn.kv_cache_load(layer, cache_type, 0, n)
+    x = x32.astype(np.float64)
     if cache_type == "q8_KV":
-        return x, layer[:n, :4].copy().view(np.float32)[:, 0].astype(np.float64)
-    return x, None
+        return x, layer[:n, :4].copy().view(np.float32)[:, 0].astype(np.float64), np.zeros_like(x)
+    if not attn.tile_int16(cache_type):
+        return x, None, np.zeros_like(x)
+    units, rerr = [], np.zeros_like(x)
+    for part in (slice(0, KV_LORA), slice(KV_LORA, WIDTH)):
+        a = np.abs(x32[:, part]).max(axis=1, keepdims=True)
+        with np.errstate(divide="ignore"):
+            inv = np.where(a > 0, np.float32(KMAX[cache_type]) / a, np.float32(0)).astype(np.float32)
+        unit = (a / np.float32(KMAX[cache_type])).astype(np.float32).astype(np.float64)
+        x[:, part] = np.rint((x32[:, part] * inv).astype(np.float32)) * unit
+        rerr[:, part] = 0.5005 * unit
+        units.append(unit[:, 0])
+    return x, units[0], rerr
 
 
 def storage_error(rows, cache_type):
@@ -166,14 +196,14 @@ def storage_error(rows, cache_type):
 
 
 TILE = 32  # rows per tile of the kernels' integer value path (csrc/attention.c)
-PMAX = {"q8_KV": 32767.0, "q8_0": 8191.0}
+PMAX = {"q8_KV": 32767.0, "q8_0": 8191.0, "f16": 8191.0, "bf16": 8191.0}
 
 
 def int_value_bound(x, unit, p, cache_type):
     """Bound [H, KV_LORA] on what the integer value path adds (see the module docstring).
 
     x, unit: tile_rows() of the cache; p: softmax weights [H, n] (rows sum to 1)."""
-    if cache_type not in PMAX or unit is None:  # unit None: the heads path, float values
+    if unit is None:  # the heads path and float rows: float values
         return 0.0
     xv = np.abs(x[:, :KV_LORA])
     vs = np.maximum(unit, 1e-30)
@@ -195,13 +225,10 @@ def kernel_operands(kv, ct, q_lat, n_kv, path):
     ("heads": the dequantized rows; "tile": see tile_rows; "amx": the dequantized rows and
     the float query)."""
     if path == "tile":
-        x, unit = tile_rows(kv.layer(0), ct, n_kv)
+        x, unit, _ = tile_rows(kv.layer(0), ct, n_kv)
     else:
         x, unit = kv.load(0, 0, n_kv).astype(np.float64), None
-    if path == "amx":
-        qd = (q_lat * np.float32(SCALE)).astype(np.float64)
-        return x, unit, qd, np.zeros_like(qd)
-    qd, qerr = quantize_query(q_lat * np.float32(SCALE), ct)
+    qd, qerr = quantize_query(q_lat * np.float32(SCALE), ct, path)
     return x, unit, qd, qerr
 
 
@@ -326,8 +353,8 @@ def check_decode(problem, kv, ct, q_lat, ref_plain, n_kv, strategy, threads):
     # 2. derived bound against the plain (non-absorbed, unquantized) attention
     exact = problem.rows[:n_kv].astype(np.float64)
     e = storage_error(problem.rows[:n_kv], ct)
-    if ct == "q8_0" and path == "tile":
-        e = e + 0.65 * unit[:, None]
+    if path == "tile":
+        e = e + tile_rows(kv.layer(0), ct, n_kv)[2]
     q_exact = q_lat.astype(np.float64) * SCALE
     delta = (np.abs(q_exact) @ e.T + qerr @ np.abs(exact).T + qerr @ e.T).max() + np.max(d_amx)
     s_ex = q_exact @ exact.T
@@ -405,11 +432,37 @@ def test_prefill_equals_token_by_token(ct, threads):
             tight_check(out, step, ct, q_lat[i], pos0 + i + 1, "tile", 2e-5)
             continue
         tol = 1e-5 * np.abs(out).max() + 1e-7
-        if ct in PMAX:
+        if attn.tile_int16(ct):
             x, unit, qd, _ = kernel_operands(batch, ct, q_lat[i], pos0 + i + 1, "tile")
             tol = tol + 2 * int_value_bound(x, unit, softmax_rows(qd @ x.T), ct)
         assert (np.abs(out - out_b[i]) <= tol).all(), (ct, i)
     assert np.array_equal(batch.layer(0), step.layer(0))
+
+
+@pytest.mark.parametrize("ct", ["f16", "bf16"])
+@pytest.mark.parametrize("col, bits", [(5, {"f16": 0x7C00, "bf16": 0x7F80}), (530, {"f16": 0x7E00, "bf16": 0x7FC0})])
+def test_nonfinite_half_rows_give_nan(ct, col, bits):
+    """An inf in a row's latent part, a NaN in its rope part (as an f16 cache holds after storing
+    a value past 65504): on the int16 tiles every output that sees the row is NaN, never a finite
+    number from the int16 codes; outputs that do not see it stay finite.  On float rows the float
+    arithmetic carries them (an inf in the values: not finite)."""
+    prob = Problem(200, seed=3)
+    _, _, q_lat = prob.queries(4)
+    kv = make_cache(prob.rows, ct, 256)
+    kv.layer(0)[100, 2 * col:2 * col + 2] = np.frombuffer(np.uint16(bits[ct]).tobytes(), np.uint8)
+    out = np.zeros((H, KV_LORA), np.float32)
+    attn.mla_decode(q_lat[0], kv.layer(0), ct, 100, SCALE, out, "kparallel", 2)
+    assert np.isfinite(out).all()
+    attn.mla_decode(q_lat[0], kv.layer(0), ct, 150, SCALE, out, "kparallel", 2)
+    out_p = np.zeros((4, H, KV_LORA), np.float32)
+    attn.mla_prefill(q_lat, kv.layer(0), ct, 98, SCALE, out_p, 2)  # positions 98 .. 101
+    assert np.isfinite(out_p[:2]).all()
+    if attn.tile_int16(ct):
+        assert np.isnan(out).all()
+        if not attn.amx_on():
+            assert np.isnan(out_p[2:]).all()
+    elif col < KV_LORA:
+        assert not np.isfinite(out).all()
 
 
 def test_prefill_from_empty_cache_matches_plain():

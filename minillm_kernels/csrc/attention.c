@@ -6,14 +6,16 @@
  * as two small GEMMs, with an online softmax in between (running max m, running
  * sum l, and the unnormalized accumulator O, rescaled when the max grows):
  *   scores S[t][h] = Σ_d row_t[d] · q_h[d]     vectorized over the 16 heads:
- *       f16/bf16: fp32 FMAs on the rows converted to float;
+ *       f16/bf16 on AVX2 and scalar: fp32 FMAs on the rows converted to float;
  *       q8_0/q8_KV: each row as int16 values with ONE scale (q8_KV: its own; q8_0:
  *       the blocks re-expressed on the row's largest block scale, see tile_convert),
  *       the query as int16 with one scale per head, vpmaddwd (two products per lane)
  *       and one int32 sum per row and head: no per-block float work;
+ *       f16/bf16 on AVX-512: the same, with the latent and rope parts each on its own
+ *       scale and the int32 sums over 32-value slices (see KMAX_F16);
  *   O[h][:]       += Σ_t p[t][h] · row_t[:dv]  vectorized over dv:
- *       f16/bf16: fp32 FMAs;
- *       q8_0/q8_KV: probabilities quantized to int16 per head and tile, the same int16
+ *       float rows: fp32 FMAs;
+ *       int16 rows: probabilities quantized to int16 per head and tile, the same int16
  *       rows interleaved in pairs, vpmaddwd (two rows per instruction), exact int32 sums.
  * Each cache row is read from memory once and reused for all heads while it sits
  * in L1/L2: attention at depth becomes compute-bound rather than bandwidth-bound.
@@ -78,8 +80,9 @@ typedef struct {
 /* Up to 16 query rows, scaled by the softmax scale and laid out for the tile GEMM. */
 typedef struct {
     float *qf;   /* f16/bf16, and every type on AMX: [D][16] transposed float queries */
-    int32_t *qi; /* q8_0/q8_KV: [D/2][16] pairs of int16 query values */
-    float *qd;   /* q8_0/q8_KV: [16] scale of each query row */
+    int32_t *qi; /* int16 rows: [D/2][16] pairs of int16 query values */
+    float *qd;   /* int16 rows: [16] scale of each query row (before key_split) */
+    float *qd2;  /* int16 rows: [16] ... and of its part from key_split on */
     uint16_t *qa; /* AMX: qf split into bf16 B tiles (amx_query_split) */
     int nlanes;  /* active query rows (the rest are zero padding) */
     const int *lane_lim; /* NULL: every lane sees the group's rows; else lane i sees rows < lane_lim[i] */
@@ -88,6 +91,7 @@ typedef struct {
 typedef struct {
     float m[LANES], l[LANES]; /* running max and sum of exp per query row */
     float *o;                 /* [LANES][DV] unnormalized output */
+    int bad;                  /* some row it saw held an inf or a NaN (int16 half rows): outputs NaN */
 } state_t;
 
 typedef struct {
@@ -95,11 +99,13 @@ typedef struct {
     int16_t *ki; /* [TILE][D] int16 rows (8-bit caches: converted per tile; MHA: in mha_i16_t) ... */
     float *kd;   /* [TILE]    ... times this one scale per row */
     float *vd;   /* [TILE] the values' int16 scale: the 8-bit caches' kd, the MHA rows' own */
+    float *kr;   /* [TILE] the half caches' second scale, of the rope part (key_split) */
     void *own[3]; /* the allocations behind ki, kd, vp (int16 MHA rows: those point into mha_i16_t) */
     float *s;    /* [TILE][LANES] scores, then probabilities */
     int32_t *vp; /* int_rows: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
     int32_t *pp; /* int_rows: [TILE/2][LANES] quantized probabilities of row pairs */
     const char *pf, *pf_end; /* cache bytes still to prefetch for the next tile */
+    int bad_at;  /* the tile's first row holding an inf or a NaN (int16 half rows), else TILE */
 #if MINILLM_AMX
     int amx;       /* rows go through the AMX tiles (attend_range_amx) */
     amx_rows_t ar; /* ... split into bf16 hi and lo there */
@@ -142,10 +148,34 @@ static inline void prefetch_some(tile_t *T, size_t bytes) {
 _Static_assert(TILE * 32767.0 * KMAX_Q8_KV < 2147483647.0 && TILE * 8191.0 * KMAX_Q8_0 < 2147483647.0
                && TILE * (double)PMAX_MHA * VMAX_MHA < 2147483647.0, "int32 value sums");
 
+/* The f16/bf16 caches on the AVX-512 levels: each tile's rows become int16 values, the latent part
+ * [0, DV) and the rope part [DV, D) each on one scale per row with its largest magnitude mapped to
+ * KMAX_F16 (half_part_to_i16), and then go through the 8-bit caches' tiles: vpdpwssd does two
+ * products per lane where an FMA does one, which pays for the conversion (decode at depth is
+ * compute-bound).  13 bits on a part's largest value round values down to 1/32 of it at least as
+ * finely as bf16 (what DeepSeek's own kernels keep), and a row of a few times its RMS about as finely
+ * as f16 (2^-11 of each value).  The query is quantized the same way, per head and part.  A score
+ * sums int32 products over slices of F16_SLICE values only, the slices then in float, so the query
+ * also gets 8192 levels (over a whole 512-value part it would get 512).  AVX2 has no vpdpwssd: there
+ * and on the scalar level these rows stay float. */
+#define KMAX_F16 8191
+#define F16_SLICE 32
+#define PMAX_F16 8191.0f
+_Static_assert(TILE * (double)PMAX_F16 * KMAX_F16 < 2147483647.0, "int32 value sums");
+
 static int is_q8(int type) { return type == ATTN_Q8_0 || type == ATTN_Q8_KV; }
+static int is_half(int type) { return type == ATTN_F16 || type == ATTN_BF16; }
 /* rows multiplied as int16 values (kq_i16_*, tile_values_int) rather than floats */
-static int int_rows(const layout_t *L) { return is_q8(L->type) || (L->type == ATTN_MHA && L->mha && L->mha->i16); }
-static float value_pmax(int type) { return type == ATTN_Q8_KV ? PMAX_Q8_KV : type == ATTN_MHA ? PMAX_MHA : PMAX_Q8_0; }
+static int int_rows(const layout_t *L) {
+    return is_q8(L->type) || (L->type == ATTN_MHA && L->mha && L->mha->i16) || (MINILLM_AVX512 && is_half(L->type));
+}
+static float value_pmax(int type) {
+    return type == ATTN_Q8_KV ? PMAX_Q8_KV : type == ATTN_MHA ? PMAX_MHA : is_half(type) ? PMAX_F16 : PMAX_Q8_0;
+}
+/* values per int32 score sum: the half caches' slices, else the whole row */
+static inline int score_slice(const layout_t *L) { return is_half(L->type) ? F16_SLICE : L->D; }
+/* where the second scale of an int16 row (and of the query) starts: the half caches' rope part */
+static int key_split(const layout_t *L) { return is_half(L->type) ? L->DV : L->D; }
 
 /* The "amx" level: the score and value GEMMs on AMX tiles (amx_attention.h), every cache type. */
 static int amx_on = 0;
@@ -161,9 +191,11 @@ _Static_assert(TILE == AMX_KEYS, "an attention tile is one AMX step");
 #endif
 
 /* Largest int16 query value for int16 rows: a score sums D products |k16|·|q| in int32, at most
- * D·KMAX for the 8-bit caches, the head's largest Σ|k16| for the MHA rows. */
+ * D·KMAX for the 8-bit caches, F16_SLICE·KMAX_F16 for the half caches (sliced sums), the head's
+ * largest Σ|k16| for the MHA rows. */
 static int query_qmax(const layout_t *L) {
     const long long bound = L->type == ATTN_MHA ? L->mha->i16->ksum[L->mha->head]
+                          : is_half(L->type) ? (long long)KMAX_F16 * F16_SLICE
                           : (long long)(L->type == ATTN_Q8_0 ? KMAX_Q8_0 : KMAX_Q8_KV) * L->D;
     const long long q = bound > 0 ? 2147483647LL / bound : 32767;
     return q > 32767 ? 32767 : (int)q;
@@ -227,14 +259,16 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     }
     g->qi = (int32_t *)mem;
     g->qd = mem + (size_t)D / 2 * LANES;
-    const int qmax = query_qmax(L);
+    g->qd2 = g->qd + LANES;
+    const int qmax = query_qmax(L), split = key_split(L);
     int16_t q[2048];
     for (int h = 0; h < LANES; h++) {
+        g->qd[h] = g->qd2[h] = 0.0f;
         if (h < nq) {
-            g->qd[h] = attn_quantize_i16(rows + h * stride, scale, D, qmax, q);
+            g->qd[h] = attn_quantize_i16(rows + h * stride, scale, split, qmax, q);
+            if (split < D) g->qd2[h] = attn_quantize_i16(rows + h * stride + split, scale, D - split, qmax, q + split);
         } else {
             memset(q, 0, sizeof(int16_t) * (size_t)D);
-            g->qd[h] = 0.0f;
         }
         for (int d = 0; d < D; d += 2)
             g->qi[(d / 2) * LANES + h] = (int32_t)((uint32_t)(uint16_t)q[d] | (uint32_t)(uint16_t)q[d + 1] << 16);
@@ -269,6 +303,27 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
     }
     return s * (32768.0f / 32767.0f / V16_SCALE);
 }
+
+#if MINILLM_AVX512
+/* n values (n % 32 == 0) of an f16 (bf16: 0) or bf16 row as int16 values k16 = rint(x·KMAX_F16/a),
+ * a = max|x| (found on the bits: |x| orders as its 15 low bits); returns the unit a/KMAX_F16, NaN
+ * where they hold an inf or a NaN (the row's scores, and so its heads' outputs, become NaN). */
+static float half_part_to_i16(const uint16_t *h, int bf16, int n, int16_t *ki) {
+    __m512i mx = _mm512_setzero_si512();
+    for (int d = 0; d < n; d += 32) mx = _mm512_max_epu16(mx, _mm512_and_si512(_mm512_loadu_si512(h + d), _mm512_set1_epi16(0x7fff)));
+    const uint16_t top = (uint16_t)_mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_and_si512(mx, _mm512_set1_epi32(0xffff)),
+                                                                            _mm512_srli_epi32(mx, 16)));
+    if (top >= (bf16 ? 0x7f80 : 0x7c00)) return NAN;
+    const float a = bf16 ? bf16_to_fp32(top) : fp16_to_fp32(top);
+    const __m512 id = _mm512_set1_ps(a > 0.0f ? (float)KMAX_F16 / a : 0.0f);
+    for (int d = 0; d < n; d += 16) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(h + d));
+        const __m512 x = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)) : _mm512_cvtph_ps(raw);
+        _mm256_store_si256((__m256i *)(ki + d), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x, id))));
+    }
+    return a / (float)KMAX_F16;
+}
+#endif
 
 #if MINILLM_AVX2
 /* round(x·id) of 8 floats as int32 (to nearest even: half a unit either way, as the bounds
@@ -358,8 +413,19 @@ static void mha_convert(const mha_rows_t *rows, int n_head, int dv, int n_rows, 
 }
 #endif
 
+#if MINILLM_AVX512
+/* Row r of the tile from an f16 or bf16 row: the latent part [0, dv) on the unit kd[r], the rope
+ * part on kr[r]; a row holding an inf or a NaN is the tile's bad_at if it is the first */
+static void half_row_to_i16(tile_t *T, int r, const uint16_t *h, int bf16, int D, int dv, int16_t *ki) {
+    T->kd[r] = half_part_to_i16(h, bf16, dv, ki);
+    T->kr[r] = dv < D ? half_part_to_i16(h + dv, bf16, D - dv, ki + dv) : 0.0f;
+    if ((isnan(T->kd[r]) || isnan(T->kr[r])) && r < T->bad_at) T->bad_at = r;
+}
+#endif
+
 static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
     const int D = L->D, DV = L->DV;
+    T->bad_at = TILE;
     if (L->type == ATTN_MHA) { /* floats read where they lie (tile_rows_at), or the int16 copy */
         const mha_i16_t *c = L->mha->i16;
         if (c) {
@@ -378,8 +444,9 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         switch (L->type) {
         case ATTN_F16: {
             const fp16_t *h = (const fp16_t *)src;
-#if MINILLM_AVX512 /* D % 32 == 0: 16 values per conversion, half the instructions next to the FMAs */
-            for (int d = 0; d < D; d += 16) _mm512_store_ps(kf + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + d))));
+#if MINILLM_AVX512
+            (void)kf;
+            half_row_to_i16(T, r, (const uint16_t *)h, 0, D, DV, ki);
 #elif MINILLM_AVX2
             for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_f16x8(h + d));
 #else
@@ -389,7 +456,9 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         }
         case ATTN_BF16: {
             const uint16_t *h = (const uint16_t *)src;
-#if MINILLM_AVX2
+#if MINILLM_AVX512
+            half_row_to_i16(T, r, h, 1, D, DV, ki);
+#elif MINILLM_AVX2
             for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_bf16x8(h + d));
 #else
             for (int d = 0; d < D; d++) kf[d] = bf16_to_fp32(h[d]);
@@ -417,7 +486,7 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
 #endif
     }
 #if MINILLM_AVX2
-    if (!is_q8(L->type)) return;
+    if (!int_rows(L)) return;
     /* value rows in pairs (2p, 2p+1), interleaved value by value for vpmaddwd;
      * an odd last row pairs with zeros */
     for (int p = 0; 2 * p < nt; p++) {
@@ -562,24 +631,44 @@ static inline __attribute__((always_inline)) void kq_f32_rows512(const float *k,
     for (int r = 0; r < R; r++) _mm512_store_ps(s + r * LANES, a[r]);
 }
 
-/* R int16 rows against the 16 int16 query rows: one int32 sum per row and query (vpdpwssd) */
-static inline __attribute__((always_inline)) void kq_i16_rows512(const int16_t *ki, int D, const float *kd,
-                                                                 const qgroup_t *g, float *s, const int R) {
+/* sum[r] = Σ over slices of `slice` values in [d0, d1) of the float of the slice's exact int32 sum
+ * (vpdpwssd) of row r's values against the 16 int16 query rows (qp: their pairs from d0 on) */
+static inline __attribute__((always_inline)) void kq_i16_part512(const int16_t *ki, int D, int d0, int d1, int slice,
+                                                                 const int32_t *qp, __m512 *sum, const int R) {
     __m512i a[8];
-    for (int r = 0; r < R; r++) a[r] = _mm512_setzero_si512();
-    const int32_t *qp = g->qi;
-    for (int d = 0; d < D; d += 2, qp += LANES) {
-        const __m512i q = _mm512_load_si512((const __m512i *)qp);
-        for (int r = 0; r < R; r++) {
-            int32_t pair;
-            memcpy(&pair, ki + (size_t)r * D + d, 4);
-            a[r] = _mm512_dpwssd_epi32(a[r], _mm512_set1_epi32(pair), q);
+    for (int r = 0; r < R; r++) sum[r] = _mm512_setzero_ps();
+    for (; d0 < d1; d0 += slice) {
+        const int e = d0 + slice < d1 ? d0 + slice : d1;
+        for (int r = 0; r < R; r++) a[r] = _mm512_setzero_si512();
+        for (int d = d0; d < e; d += 2, qp += LANES) {
+            const __m512i q = _mm512_load_si512((const __m512i *)qp);
+            for (int r = 0; r < R; r++) {
+                int32_t pair;
+                memcpy(&pair, ki + (size_t)r * D + d, 4);
+                a[r] = _mm512_dpwssd_epi32(a[r], _mm512_set1_epi32(pair), q);
+            }
+            for (int r = 0; r < R; r++) PIN512(a[r]);
         }
-        for (int r = 0; r < R; r++) PIN512(a[r]);
+        for (int r = 0; r < R; r++) sum[r] = _mm512_add_ps(sum[r], _mm512_cvtepi32_ps(a[r]));
     }
+}
+
+/* R int16 rows against the 16 int16 query rows: values before `split` on the scales kd and g->qd,
+ * the rest on kr and g->qd2, each part's int32 sums over slices of `slice` values (one slice of one
+ * part for the 8-bit caches and the MHA rows: the float of one exact sum times kd·qd) */
+static inline __attribute__((always_inline)) void kq_i16_rows512(const int16_t *ki, int D, int slice, int split,
+                                                                 const float *kd, const float *kr,
+                                                                 const qgroup_t *g, float *s, const int R) {
+    __m512 f[8], rope[8];
+    kq_i16_part512(ki, D, 0, split, slice, g->qi, f, R);
     const __m512 qd = _mm512_load_ps(g->qd);
-    for (int r = 0; r < R; r++)
-        _mm512_store_ps(s + r * LANES, _mm512_mul_ps(_mm512_cvtepi32_ps(a[r]), _mm512_mul_ps(_mm512_set1_ps(kd[r]), qd)));
+    for (int r = 0; r < R; r++) f[r] = _mm512_mul_ps(f[r], _mm512_mul_ps(_mm512_set1_ps(kd[r]), qd));
+    if (split < D) {
+        kq_i16_part512(ki, D, split, D, slice, g->qi + (size_t)split / 2 * LANES, rope, R);
+        const __m512 qd2 = _mm512_load_ps(g->qd2);
+        for (int r = 0; r < R; r++) f[r] = _mm512_fmadd_ps(rope[r], _mm512_mul_ps(_mm512_set1_ps(kr[r]), qd2), f[r]);
+    }
+    for (int r = 0; r < R; r++) _mm512_store_ps(s + r * LANES, f[r]);
 }
 
 static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
@@ -594,8 +683,10 @@ static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg
         }
         return;
     }
-    for (r = 0; r + 8 <= nt; r += 8) kq_i16_rows512(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 8);
-    for (; r < nt; r++) kq_i16_rows512(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 1);
+    const int slice = score_slice(L), split = key_split(L);
+    for (r = 0; r + 8 <= nt; r += 8)
+        kq_i16_rows512(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 8);
+    for (; r < nt; r++) kq_i16_rows512(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 1);
 }
 
 static void softmax_step512(state_t *st, float *s, int n, int DV, int nlanes) {
@@ -915,6 +1006,7 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
 
 static void state_init(state_t *st, int DV) {
     for (int h = 0; h < LANES; h++) { st->m[h] = -INFINITY; st->l[h] = 0.0f; }
+    st->bad = 0;
     memset(st->o, 0, sizeof(float) * LANES * (size_t)DV);
 }
 
@@ -992,6 +1084,7 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
         for (int k = 0; k < ng; k++) {
             const int n = lim[k] - t0 < nt ? lim[k] - t0 : nt;
             if (n <= 0) continue;
+            if (n > T->bad_at) st[k].bad = 1;
             tile_scores(L, T, seg, nseg, n, &g[k]);
             if (g[k].lane_lim) mask_lanes(T->s, t0, n, g[k].lane_lim, g[k].nlanes);
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
@@ -1009,10 +1102,11 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
     T->kf = xalloc(sizeof(float) * TILE * (size_t)L->D);
     T->own[0] = T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
     T->own[1] = T->vd = T->kd = xalloc(sizeof(float) * TILE); /* 8-bit rows: one scale for both */
+    T->kr = xalloc(sizeof(float) * TILE);
     T->s = xalloc(sizeof(float) * TILE * LANES);
     T->own[2] = T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    int ok = T->kf && T->ki && T->kd && T->s && T->vp && T->pp;
+    int ok = T->kf && T->ki && T->kd && T->kr && T->s && T->vp && T->pp;
 #if MINILLM_AMX
     T->amx = use_amx(L);
     memset(&T->ar, 0, sizeof T->ar);
@@ -1022,7 +1116,7 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
 }
 
 static void tile_free(tile_t *T) {
-    free(T->kf); free(T->s); free(T->pp);
+    free(T->kf); free(T->kr); free(T->s); free(T->pp);
     for (int i = 0; i < 3; i++) free(T->own[i]);
 #if MINILLM_AMX
     amx_rows_free(&T->ar);
@@ -1102,7 +1196,11 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
         for (int h = 0; h < H; h++) {
             const int k = h / LANES, lane = h % LANES;
             float M = -INFINITY;
-            for (int i = 0; i < n_chunks; i++) M = fmaxf(M, st[i * ng + k].m[lane]);
+            int bad = 0;
+            for (int i = 0; i < n_chunks; i++) {
+                M = fmaxf(M, st[i * ng + k].m[lane]);
+                bad |= st[i * ng + k].bad;
+            }
             float w[KP_CHUNKS], lsum = 0.0f;
             for (int i = 0; i < n_chunks; i++) {
                 const state_t *s = &st[i * ng + k];
@@ -1110,7 +1208,8 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
                 lsum += w[i] * s->l[lane];
             }
             float *y = out + (size_t)h * DV;
-            for (int d = 0; d < DV; d++) y[d] = 0.0f;
+            for (int d = 0; d < DV; d++) y[d] = bad ? NAN : 0.0f;
+            if (bad) continue;
             for (int i = 0; i < n_chunks; i++) {
                 if (w[i] == 0.0f) continue;
                 const float wi = w[i] / lsum, *o = st[i * ng + k].o + (size_t)lane * DV;
@@ -1272,6 +1371,12 @@ static int decode_heads(const layout_t *L, const float *q, int H, int n_kv, floa
     return failed ? -1 : 0;
 }
 
+int attn_tile_int16(int type) {
+    layout_t L;
+    layout_init(&L, NULL, type, 32, 32);
+    return int_rows(&L);
+}
+
 int attn_decode(const float *q, int n_head, const uint8_t *layer, int type, int width, int dv,
                 int n_kv, float scale, float *out, int strategy, int n_threads) {
     layout_t L;
@@ -1297,7 +1402,7 @@ static void prefill_bufs_free(prefill_bufs_t *B) { tile_free(&B->T); free(B->qme
 
 /* y = the lane's output over its softmax sum */
 static void store_normalized(const state_t *st, int lane, int dv, float *y) {
-    const float il = 1.0f / st->l[lane];
+    const float il = st->bad ? NAN : 1.0f / st->l[lane];
     const float *o = st->o + (size_t)lane * dv;
     for (int d = 0; d < dv; d++) y[d] = o[d] * il;
 }

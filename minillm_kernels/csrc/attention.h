@@ -23,6 +23,11 @@ enum { ATTN_HEADS = 0, ATTN_KPARALLEL = 1 };
 void attn_set_amx(int on);
 int attn_get_amx(void);
 
+/* Whether the tiles (kparallel decode, and prompt processing off AMX) multiply rows of this cache
+ * type as int16 values on one scale per row (the 8-bit caches everywhere but the scalar level; f16
+ * and bf16 on the AVX-512 levels) rather than as floats. */
+int attn_tile_int16(int type);
+
 /* Bytes of one cached row of `width` values (width % 32 == 0). */
 size_t attn_row_bytes(int type, int width);
 
