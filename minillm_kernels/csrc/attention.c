@@ -316,10 +316,14 @@ static float half_part_to_i16(const uint16_t *h, int bf16, int n, int16_t *ki) {
     if (top >= (bf16 ? 0x7f80 : 0x7c00)) return NAN;
     const float a = bf16 ? bf16_to_fp32(top) : fp16_to_fp32(top);
     const __m512 id = _mm512_set1_ps(a > 0.0f ? (float)KMAX_F16 / a : 0.0f);
-    for (int d = 0; d < n; d += 16) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i *)(h + d));
-        const __m512 x = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)) : _mm512_cvtph_ps(raw);
-        _mm256_store_si256((__m256i *)(ki + d), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x, id))));
+    /* vpackssdw interleaves the two halves by 128-bit lane; the qword permute puts them back */
+    const __m512i order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
+    for (int d = 0; d < n; d += 32) {
+        const __m256i r0 = _mm256_loadu_si256((const __m256i *)(h + d)), r1 = _mm256_loadu_si256((const __m256i *)(h + d + 16));
+        const __m512 x0 = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r0), 16)) : _mm512_cvtph_ps(r0);
+        const __m512 x1 = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r1), 16)) : _mm512_cvtph_ps(r1);
+        const __m512i k = _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(x1, id)));
+        _mm512_store_si512((__m512i *)(ki + d), _mm512_permutexvar_epi64(order, k));
     }
     return a / (float)KMAX_F16;
 }
