@@ -168,6 +168,7 @@ def cmd_sweep(args) -> int:
             "openmp": runtime.openmp_wait(), "read_bw_gbs": peaks.read_bw / 1e9,
             "gemm_peak_gops": peaks.gemm_ops / 1e9, "fma_peak_gflops": peaks.fma_flops / 1e9,
             "attn_peak_gflops": peaks.attn_flops / 1e9, "mha_peak_gflops": peaks.mha_flops / 1e9,
+            "decode_attn_peak_gflops": peaks.decode_attn_flops / 1e9,
             "repetitions": args.repetitions, "peer": ik_native.label(args.vs_ik) if args.vs_ik else None}
     sw.write_sweep(ours, ik, info, args.output, sys.stdout)
     if args.plot:

@@ -83,6 +83,7 @@ class Peaks:
     fma_flops: float        # fp32 FMA FLOPs/s
     attn_flops: float       # FLOPs/s of the kernels' prompt attention, cache-resident cache
     mha_flops: float        # FLOPs/s of the decompressed prompt attention's heads, rows in L2
+    decode_attn_flops: float  # FLOPs/s of a decode step's attention, cache-resident cache
 
 
 def _best_rate(work: float, call, reps: int = 5) -> float:
@@ -108,6 +109,23 @@ def prefill_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
     out = np.zeros((n_tok, heads, dv), np.float32)
     flops = 2.0 * heads * (2 * dv + width - dv) * (n_tok * pos0 + n_tok * (n_tok + 1) / 2)
     return _best_rate(flops, lambda: attention.mla_prefill(q, cache, cache_type, pos0, 0.07, out, n_threads))
+
+
+def decode_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
+    """FLOPs/s of mla_decode (kparallel) at its best: one token over 2048 cached rows (a cache in L3),
+    the DeepSeek2 shapes.  Its limit on the kernels' own arithmetic: fp32 FMAs on float rows, int16
+    products (twice the FMAs' rate) where attention.tile_int16(cache_type)."""
+    from minillm_kernels import attention
+
+    width, dv, heads, n_kv = 576, 512, 16, 2048
+    rng = np.random.default_rng(0)
+    cache = np.zeros((n_kv, attention.row_bytes(cache_type, width)), np.uint8)
+    attention.kv_cache_store(cache, cache_type, 0, rng.standard_normal((n_kv, width)).astype(np.float32))
+    q = rng.standard_normal((heads, width)).astype(np.float32)
+    out = np.zeros((heads, dv), np.float32)
+    flops = 2.0 * heads * (2 * dv + width - dv) * n_kv
+    return _best_rate(flops, lambda: attention.mla_decode(q, cache, cache_type, n_kv, 0.07, out, "kparallel", n_threads),
+                      reps=20)
 
 
 def decompressed_attention_peak(n_threads: int) -> float:
@@ -143,7 +161,7 @@ def measure_peaks(n_threads: int, bw_bytes: int = 1 << 30, cache_type: str = "f1
         best = max(best, _best_rate(2 * 2048 * 2048 * 512, lambda: matmul.matmul(raw, t, x, n_threads=n_threads)))
     sec, flops = min((attention.bench_fma(20_000_000, n_threads) for _ in range(3)), key=lambda r: r[0])
     return Peaks(read_bandwidth(n_threads, bw_bytes), best, flops / sec, prefill_attention_peak(n_threads, cache_type),
-                 decompressed_attention_peak(n_threads))
+                 decompressed_attention_peak(n_threads), decode_attention_peak(n_threads, cache_type))
 
 
 def prompt_attention_seconds(model: Model, n_kv: int, n_tokens: int, peaks: Peaks) -> float:
@@ -167,7 +185,7 @@ def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
     weights = decode_bytes_per_token(model, 0)
     row["tg_bytes_per_token"] = decode_bytes_per_token(model, depth)
     # the cache rows are read while the attention computes on them: whichever takes longer
-    cache_s = max((row["tg_bytes_per_token"] - weights) / peaks.read_bw, attention_flops(model, depth, 1) / peaks.fma_flops)
+    cache_s = max((row["tg_bytes_per_token"] - weights) / peaks.read_bw, attention_flops(model, depth, 1) / peaks.decode_attn_flops)
     row["tg_roofline"] = 1.0 / (weights / peaks.read_bw + cache_s)
     row["pp_roofline"] = pp / (2.0 * matmul_params_per_token(model) * pp / peaks.gemm_ops +
                                prompt_attention_seconds(model, n_kv, pp, peaks))
@@ -270,13 +288,14 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
                   f"context {info['n_ctx']}, ISA {info['isa']}, commit {info['commit']}, {info['openmp']}, "
                   f"median of {info['repetitions']} run(s) per engine\n"
                   f"read bandwidth {info['read_bw_gbs']:.1f} GB/s, GEMM peak {info['gemm_peak_gops']:.0f} GOPS, "
-                  f"fp32 FMA peak {info['fma_peak_gflops']:.0f} GFLOP/s, prompt attention peak "
+                  f"fp32 FMA peak {info['fma_peak_gflops']:.0f} GFLOP/s, decode attention peak "
+                  f"{info['decode_attn_peak_gflops']:.0f} GFLOP/s, prompt attention peak "
                   f"{info['attn_peak_gflops']:.0f} GFLOP/s, decompressed {info['mha_peak_gflops']:.0f} GFLOP/s"
                   + (f"\npeer: ik_llama.cpp native ({info['peer'] or 'version unknown'}), -mla 3 -fa 1, same file, "
                      f"threads, cache type and ubatch, run alternately" if ik else "") + "\n\n")
         out.write(sweep_table(ours, ik) + "\n")
         out.write("\nTG roof: weight bytes / read bandwidth + max(cache bytes / read bandwidth, attention FLOPs / "
-                  "FMA peak); PP roof: matmul ops / GEMM peak + attention FLOPs / prompt attention peak (prompts of "
+                  "decode attention peak); PP roof: matmul ops / GEMM peak + attention FLOPs / prompt attention peak (prompts of "
                   f"{MHA_MIN_TOKENS}+ tokens, decompressed: kv_b GEMM / GEMM peak + head FLOPs / decompressed peak)\n")
     elif fmt == "json":
         out.write(json.dumps({"info": info, "minillm": list(ours), "ik_llama.cpp": list(ik or [])}, indent=2) + "\n")

@@ -13,20 +13,22 @@ Two checks per case:
 1. tight: the kernel against the absorbed attention computed in float64 on the rows
    the kernel computes with, and the query quantized the same way as the kernel (8-bit
    caches: one int16 scale per query row, max|x|/qmax, round half away from zero).
-   Those rows are the dequantized cache, except q8_0 on the tile path (kparallel and
-   prefill), which re-expresses each row as int16 values on one row scale: emulated
-   exactly in tile_rows().  What is left is fp32 accumulation order,
+   Those rows are the dequantized cache, except on the tile path (kparallel and
+   prefill) q8_0, which re-expresses each row as int16 values on one row scale, and
+   f16/bf16 on the AVX-512 levels (attn.tile_int16), whose rows become int16 values on one
+   scale per row and part (latent, rope), the query likewise per part: emulated exactly
+   in tile_rows() and quantize_query().  What is left is fp32 accumulation order,
    |err| <= 2e-4 · max|ref| + 1e-6, plus, for the 8-bit caches, the integer value path
    of the tile kernels (int_value_bound()): per tile of 32 rows and head, the weights
    p'_t = P_t·vs_t (vs_t: the row's int16 unit; q8_KV: its stored d) are rounded to
-   integers 0..pmax (pmax 32767 for q8_KV, 8191 for q8_0), each off by at most
+   integers 0..pmax (pmax 32767 for q8_KV, 8191 for q8_0, f16, bf16), each off by at most
    0.5·max_tile(p')/pmax, which moves output d by at most
    Σ_tiles 0.5/pmax · max_{u∈tile}(P_u·vs_u) · Σ_{t∈tile}|x_t,d|/vs_t.
 2. derived: the kernel against the plain reference on the exact c_kv.  With
    per-value storage error e[t,i] (f16: 2^-11·|x|, bf16: 2^-8·|x|, q8_0: d_block/2, plus
    0.65·vs_t on the tile path for the int16 re-expression (its rounding, and the rounding
-   of a 15-bit block multiplier), q8_KV: d_row/2) and query quantization error u[i]
-   (q8 types: d_q/2, else 0), the
+   of a 15-bit block multiplier), q8_KV: d_row/2; f16/bf16 on int16 tiles: half a unit of
+   the part more) and query quantization error u[i] (int16 queries: d_q/2, else 0), the
    score error is |Δs_t| <= scale·Σ_i(|q_i|·e[t,i] + |x_t,i|·u[i] + e[t,i]·u[i]) =: δ_t.
    Softmax shifts every weight by a factor in [exp(-2δ), exp(2δ)] with δ = max_t δ_t,
    so the latent output error is bounded by

@@ -25,7 +25,7 @@ def model():
     return minillm.load(default_model_path(), n_ctx=128, n_ubatch=32, n_threads=2)
 
 
-PEAKS = sw.Peaks(read_bw=20e9, gemm_ops=200e9, fma_flops=100e9, attn_flops=300e9, mha_flops=150e9)
+PEAKS = sw.Peaks(read_bw=20e9, gemm_ops=200e9, fma_flops=100e9, attn_flops=300e9, mha_flops=150e9, decode_attn_flops=180e9)
 
 
 def test_sweep_fills_the_context_once(model):
@@ -68,7 +68,7 @@ def test_attention_flops_count_every_key():
 def test_rooflines(model):
     row = sw.add_rooflines({"n_kv": 64, "pp": 32, "tg": 8}, model, PEAKS)
     weights, total = bench.decode_bytes_per_token(model, 0), bench.decode_bytes_per_token(model, 68)
-    cache_s = max((total - weights) / 20e9, sw.attention_flops(model, 68, 1) / 100e9)
+    cache_s = max((total - weights) / 20e9, sw.attention_flops(model, 68, 1) / 180e9)
     assert row["tg_roofline"] == pytest.approx(1 / (weights / 20e9 + cache_s))
     seconds = 2 * sw.matmul_params_per_token(model) * 32 / 200e9 + sw.attention_flops(model, 64, 32) / 300e9
     assert row["pp_roofline"] == pytest.approx(32 / seconds)
@@ -76,7 +76,8 @@ def test_rooflines(model):
 
 def test_pp_roofline_of_long_prompts_counts_the_decompressed_path(model):
     """A ubatch of MHA_MIN_TOKENS or more attends on decompressed rows (off the AMX level): every
-    row through attn_kv_b at the GEMM peak, then 192-wide keys and 128-wide values at the FMA peak."""
+    row through attn_kv_b at the GEMM peak, then 192-wide keys and 128-wide values at the decompressed
+    attention's peak."""
     from minillm_kernels import attention
 
     c, n_kv, pp = model.config, 64, sw.MHA_MIN_TOKENS
@@ -87,6 +88,13 @@ def test_pp_roofline_of_long_prompts_counts_the_decompressed_path(model):
     attn_s = sw.attention_flops(model, n_kv, pp) / 300e9 if attention.amx_on() else gemm / 200e9 + heads / 150e9
     seconds = 2 * sw.matmul_params_per_token(model) * pp / 200e9 + attn_s
     assert row["pp_roofline"] == pytest.approx(pp / seconds)
+
+
+def test_decode_attention_peak_runs_the_decode_kernel():
+    """FLOPs over the fastest of the calls: positive and finite for every cache type."""
+    for ct in ("f16", "q8_0"):
+        peak = sw.decode_attention_peak(1, ct)
+        assert 1e8 < peak < 1e14, (ct, peak)
 
 
 def test_median_rows_pick_each_median():
@@ -103,7 +111,8 @@ def _rows(n=3, speed=10.0):
 
 INFO = {"model": "m.gguf", "cache_type": "f16", "n_threads": 2, "n_ubatch": 512, "n_ctx": 1536, "isa": "avx2",
         "commit": "abc", "openmp": "GOMP_SPINCOUNT=200000", "read_bw_gbs": 20.0, "gemm_peak_gops": 200.0,
-        "fma_peak_gflops": 100.0, "attn_peak_gflops": 300.0, "mha_peak_gflops": 150.0, "repetitions": 1, "peer": "version: 1 (x)"}
+        "fma_peak_gflops": 100.0, "attn_peak_gflops": 300.0, "mha_peak_gflops": 150.0, "decode_attn_peak_gflops": 180.0,
+        "repetitions": 1, "peer": "version: 1 (x)"}
 
 
 def test_sweep_outputs():

@@ -79,7 +79,7 @@ typedef struct {
 
 /* Up to 16 query rows, scaled by the softmax scale and laid out for the tile GEMM. */
 typedef struct {
-    float *qf;   /* f16/bf16, and every type on AMX: [D][16] transposed float queries */
+    float *qf;   /* float rows, and every type on AMX: [D][16] transposed float queries */
     int32_t *qi; /* int16 rows: [D/2][16] pairs of int16 query values */
     float *qd;   /* int16 rows: [16] scale of each query row (before key_split) */
     float *qd2;  /* int16 rows: [16] ... and of its part from key_split on */
@@ -95,7 +95,7 @@ typedef struct {
 } state_t;
 
 typedef struct {
-    float *kf;   /* [TILE][D] rows as float (scalar build: the first DV values of 8-bit rows) */
+    float *kf;   /* [TILE][D] float rows: f16/bf16 below AVX-512 (scalar build: also the first DV values of 8-bit rows) */
     int16_t *ki; /* [TILE][D] int16 rows (8-bit caches: converted per tile; MHA: in mha_i16_t) ... */
     float *kd;   /* [TILE]    ... times this one scale per row */
     float *vd;   /* [TILE] the values' int16 scale: the 8-bit caches' kd, the MHA rows' own */
@@ -443,13 +443,13 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
     }
     for (int r = 0; r < nt; r++) {
         const uint8_t *src = L->cache + (size_t)(t0 + r) * L->rb;
-        float *kf = T->kf + (size_t)r * D;
+        float *kf = T->kf + (size_t)r * D; /* unused on AVX-512: every cache type becomes int16 there */
         int16_t *ki = T->ki + (size_t)r * D;
+        (void)kf;
         switch (L->type) {
         case ATTN_F16: {
             const fp16_t *h = (const fp16_t *)src;
 #if MINILLM_AVX512
-            (void)kf;
             half_row_to_i16(T, r, (const uint16_t *)h, 0, D, DV, ki);
 #elif MINILLM_AVX2
             for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_f16x8(h + d));
