@@ -9,8 +9,9 @@ costs one prefill.  Tokens are random, as in llama-sweep-bench.
 Rooflines per row:
 - TG: the bytes of the weights a decode step touches (n_expert_used of the routed experts) over
   the read bandwidth measured in the same run, plus for the cache the longer of reading its rows
-  and the attention's FLOPs over the fp32 FMA peak (deep contexts make decode attention
-  compute-bound: 16 heads x 1088 multiply-adds per cached row);
+  and the attention's FLOPs over the decode attention kernel's peak (deep contexts make decode
+  attention compute-bound: 16 heads x 1088 multiply-adds per cached row; on int16 rows, the 8-bit
+  caches and on AVX-512 every cache, that peak lies past the fp32 FMA peak);
 - PP: the work of the ubatch over the measured compute peaks: the matmul operations over the
   GEMM peak of the kernels (cache-resident weights, so bandwidth does not enter) and the
   attention FLOPs over the prompt attention's peak (the kernels on a cache-resident cache: on

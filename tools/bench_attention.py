@@ -7,7 +7,8 @@ tool measures in the same run:
   gbps / bw_fraction     : cache bytes (n_kv x row bytes, read once) per second vs
                            the streaming read bandwidth at that thread count
   gflops / flop_fraction : 2·H·n_kv·(576+512) flops per second vs the fp32 FMA peak
-                           at that thread count (int8 dot products can exceed it)
+                           at that thread count (int16 rows can exceed it: the 8-bit
+                           caches, and on AVX-512 f16/bf16 too, attention.tile_int16)
 Then the crossover depth where kparallel overtakes heads, and the ratio to
 ik_llama.cpp's FlashMLA per-layer figures (fit of llama-sweep-bench, 2 threads,
 Zen3; ../shared/reference/ik_llama_cpp_sweeps.md): different machines, orientation only.
