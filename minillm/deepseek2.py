@@ -12,7 +12,7 @@ numpy), for a batch of N new tokens at positions pos0 .. pos0+N-1 after pos0 cac
       q_lat = (q_nope W_kb[h] for every head) | RoPE(q_pe)     matmul_batched (absorbed query)
       o_lat = softmax(q_lat cache^T * kq_scale, causal) c      mla_decode / mla_prefill
       x     = x + (o_lat W_vb[h] for every head) W_o            matmul_batched, matmul
-      (prompts of MHA_MIN_TOKENS or more instead: k_nope | v = cache[:, :R] W_kv_b      matmul
+      (prompts of mha_min_tokens() or more instead: k_nope | v = cache[:, :R] W_kv_b    matmul
        o = softmax(q k^T * kq_scale, causal) v per head, k = k_nope | k_pe             mha_prefill
        x = x + o W_o)
       h     = RMSNorm(x) * w_ffn_norm
@@ -173,6 +173,17 @@ def rope_tables(c: DeepSeek2Config, n_ctx: int) -> tuple[np.ndarray, np.ndarray]
 # absorbed form: its tiles run the absorbed FLOPs at 1.6-2.5x the FMA peak (not measured against
 # this path: no AMX CPU here).
 MHA_MIN_TOKENS = 128
+# Where the absorbed tiles multiply int16 rows too (attention.tile_int16: the 8-bit caches, and on
+# AVX-512 f16/bf16, 1.2-1.3x faster there than on float rows) they hold out longer: with an f16 cache
+# on Zen 4 (engine, IQ4_NL mixture, 2 threads, depths 1024 / 4096 / 8192), absorbed over decompressed
+# time was 1.05 / 0.83 / 0.78 for 128-token prompts, 1.07 / 1.01 / 0.96 for 192, 1.14 / 1.10 / 1.10
+# for 256 and 1.24 / 1.32 for 384.
+MHA_MIN_TOKENS_INT16 = 192
+
+
+def mha_min_tokens(cache_type: str) -> int:
+    """Prompt tokens from which a batch attends on decompressed rows (off the AMX level)."""
+    return MHA_MIN_TOKENS_INT16 if attention.tile_int16(cache_type) else MHA_MIN_TOKENS
 
 
 class Attention:
@@ -222,7 +233,7 @@ class Attention:
         ops.rms_norm(kv[:, :R], self.kv_a_norm, eps, out=rows[:, :R])
         ops.rope(kv[:, None, R:], cos, sin, rows[:, None, R:])
         attention.kv_cache_store(cache, cache_type, pos0, rows)
-        if N >= MHA_MIN_TOKENS and not attention.amx_on():
+        if N >= mha_min_tokens(cache_type) and not attention.amx_on():
             return self.output_of(self.decompressed_attention(q, pos0, cache, cache_type, rope_cs, nt), nt)
         # absorbed query: q_nope W_kb for all heads in one batched call
         q_lat = np.empty((N, H, R + rope_d), np.float32)

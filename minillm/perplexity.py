@@ -49,7 +49,7 @@ class PerplexityResult:
     nll: np.ndarray                     # per scored token
     running_ppl: list = field(default_factory=list)   # after each chunk
     kld: Optional[np.ndarray] = None    # per scored token, when compared with a base
-    same_top: Optional[np.ndarray] = None
+    same_top: Optional[np.ndarray] = None  # per scored token: the base's top token is this model's
 
     @property
     def ppl(self) -> Estimate:
@@ -153,7 +153,9 @@ def perplexity(model, text: str, n_ctx: int = 512, n_chunks: Optional[int] = Non
         if base is not None:
             base_logp = base.logprobs[sl].astype(np.float64)
             kld[sl] = (np.exp(base_logp) * (base_logp - logp)).sum(1)
-            same[sl] = base_logp.argmax(1) == logp.argmax(1)
+            # the top tokens compared at the base's float16 precision: a near-tie it rounded
+            # together is no disagreement (the same model twice: 100 %)
+            same[sl] = base_logp.argmax(1) == logp.astype(np.float16).argmax(1)
         result.running_ppl.append(math.exp(nll[:(i + 1) * per_chunk].mean()))
         if bar is not None:
             bar.set_postfix(ppl=f"{result.running_ppl[-1]:.4f}")

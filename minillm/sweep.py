@@ -27,7 +27,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .deepseek2 import MHA_MIN_TOKENS
+from .deepseek2 import mha_min_tokens
 from .model import Model
 from .weights import LayerWeights
 
@@ -67,7 +67,7 @@ def attention_flops(model: Model, n_kv: int, n_tokens: int) -> float:
 
 def decompressed_attention_flops(model: Model, n_kv: int, n_tokens: int) -> tuple[float, float]:
     """(GEMM, attention) FLOPs of the same attention on decompressed rows (long prompts,
-    deepseek2.MHA_MIN_TOKENS): every row of the cache and the new tokens through attn_kv_b, then
+    deepseek2.mha_min_tokens): every row of the cache and the new tokens through attn_kv_b, then
     per head and key the score over nope + rope dims and the value over v_head_dim."""
     c = model.config
     keys = n_tokens * n_kv + n_tokens * (n_tokens + 1) / 2
@@ -171,7 +171,7 @@ def prompt_attention_seconds(model: Model, n_kv: int, n_tokens: int, peaks: Peak
     GEMM peak and the heads' FLOPs over the decompressed attention's peak."""
     from minillm_kernels import attention
 
-    if n_tokens < MHA_MIN_TOKENS or attention.amx_on():
+    if n_tokens < mha_min_tokens(model.cache_type) or attention.amx_on():
         return attention_flops(model, n_kv, n_tokens) / peaks.attn_flops
     kv_b, heads = decompressed_attention_flops(model, n_kv, n_tokens)
     return kv_b / peaks.gemm_ops + heads / peaks.mha_flops
@@ -297,7 +297,8 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
         out.write(sweep_table(ours, ik) + "\n")
         out.write("\nTG roof: weight bytes / read bandwidth + max(cache bytes / read bandwidth, attention FLOPs / "
                   "decode attention peak); PP roof: matmul ops / GEMM peak + attention FLOPs / prompt attention peak (prompts of "
-                  f"{MHA_MIN_TOKENS}+ tokens, decompressed: kv_b GEMM / GEMM peak + head FLOPs / decompressed peak)\n")
+                  f"{mha_min_tokens(info['cache_type'])}+ tokens, decompressed: kv_b GEMM / GEMM peak + head FLOPs / decompressed "
+                  "peak)\n")
     elif fmt == "json":
         out.write(json.dumps({"info": info, "minillm": list(ours), "ik_llama.cpp": list(ik or [])}, indent=2) + "\n")
     elif fmt == "jsonl":

@@ -186,15 +186,35 @@ def test_engine_matches_ik(peer_files, cache_type):
     assert (~d.top1).sum() <= 3 * b["top1_miss"] + 1       # the same triangle for top-1 misses
 
 
+@pytest.mark.parametrize("cache_type", ["f16", "q8_0"])
+def test_prompt_length_picks_the_attention_path(synthetic_model, monkeypatch, cache_type):
+    """A batch of deepseek2.mha_min_tokens(cache_type) - 1 tokens attends absorbed, one of that many
+    on decompressed rows (off the AMX level): 192 where the absorbed tiles multiply int16 rows
+    (attention.tile_int16), else 128."""
+    from minillm import deepseek2
+    monkeypatch.setattr(deepseek2.attention, "amx_on", lambda: False)
+    n = deepseek2.mha_min_tokens(cache_type)
+    assert n == (192 if deepseek2.attention.tile_int16(cache_type) else 128)
+    calls = []
+    real = deepseek2.attention.mha_prefill
+    monkeypatch.setattr(deepseek2.attention, "mha_prefill", lambda q, *a, **kw: (calls.append(len(q)), real(q, *a, **kw))[1])
+    m = minillm.load(synthetic_model(), n_ctx=n, cache_type=cache_type, n_threads=2, n_ubatch=n)
+    m.eval(np.arange(n - 1) % m.config.n_vocab)
+    assert calls == []
+    m.reset()
+    m.eval(np.arange(n) % m.config.n_vocab)
+    assert calls == [n] * m.config.n_layer
+
+
 @pytest.mark.parametrize("name,cache_type,split", [
     ("tiny-f16-kv_b", "f16", False), ("tiny-f16-kv_b", "q8_0", True),
     ("tiny-iq4_nl-2d", "f16", True), ("tiny-qlora-bf16-3d", "f16", False)])
 def test_decompressed_prompt_attention_matches_reference(peer_files, monkeypatch, name, cache_type, split):
-    """Long prompts attend on decompressed rows (deepseek2.MHA_MIN_TOKENS): forced here for every
+    """Long prompts attend on decompressed rows (deepseek2.mha_min_tokens): forced here for every
     batch of 2 tokens or more (and on the AMX level too), and held to the same ik-derived bounds.
     tiny-qlora-bf16-3d has no attn_kv_b: the engine rebuilds it from attn_k_b / attn_v_b."""
     from minillm import deepseek2
-    monkeypatch.setattr(deepseek2, "MHA_MIN_TOKENS", 2)
+    monkeypatch.setattr(deepseek2, "mha_min_tokens", lambda cache_type: 2)
     monkeypatch.setattr(deepseek2.attention, "amx_on", lambda: False)
     calls = []
     real = deepseek2.attention.mha_prefill

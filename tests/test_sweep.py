@@ -75,12 +75,12 @@ def test_rooflines(model):
 
 
 def test_pp_roofline_of_long_prompts_counts_the_decompressed_path(model):
-    """A ubatch of MHA_MIN_TOKENS or more attends on decompressed rows (off the AMX level): every
+    """A ubatch of mha_min_tokens() or more attends on decompressed rows (off the AMX level): every
     row through attn_kv_b at the GEMM peak, then 192-wide keys and 128-wide values at the decompressed
     attention's peak."""
     from minillm_kernels import attention
 
-    c, n_kv, pp = model.config, 64, sw.MHA_MIN_TOKENS
+    c, n_kv, pp = model.config, 64, sw.mha_min_tokens(model.cache_type)
     row = sw.add_rooflines({"n_kv": n_kv, "pp": pp, "tg": 8}, model, PEAKS)
     keys = sum(n_kv + i + 1 for i in range(pp))
     gemm = 2 * c.n_layer * (n_kv + pp) * c.kv_lora_rank * c.n_head * (c.qk_nope_head_dim + c.v_head_dim)
