@@ -30,6 +30,7 @@ re-quantized to Q8_0, as ik_llama.cpp does).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -182,6 +183,7 @@ MHA_MIN_TOKENS = 128
 MHA_MIN_TOKENS_INT16 = 192
 
 
+@functools.cache  # the ISA level is fixed at import: one kernel query per cache type, not per layer and step
 def mha_min_tokens(cache_type: str) -> int:
     """Prompt tokens from which a batch attends on decompressed rows (off the AMX level)."""
     return MHA_MIN_TOKENS_INT16 if attention.tile_int16(cache_type) else MHA_MIN_TOKENS

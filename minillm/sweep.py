@@ -97,15 +97,23 @@ def _best_rate(work: float, call, reps: int = 5) -> float:
     return best
 
 
+def _random_cache(cache_type: str, n_rows: int, width: int = 576):
+    """A latent cache of n_rows random rows, and the generator to draw the queries from."""
+    from minillm_kernels import attention
+
+    rng = np.random.default_rng(0)
+    cache = np.zeros((n_rows, attention.row_bytes(cache_type, width)), np.uint8)
+    attention.kv_cache_store(cache, cache_type, 0, rng.standard_normal((n_rows, width)).astype(np.float32))
+    return cache, rng
+
+
 def prefill_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
     """FLOPs/s of mla_prefill at its best: 64 tokens after 1024 cached rows (a cache in L2), the
     DeepSeek2 shapes (16 heads, rows of 576, values of 512)."""
     from minillm_kernels import attention
 
     width, dv, heads, n_tok, pos0 = 576, 512, 16, 64, 1024
-    rng = np.random.default_rng(0)
-    cache = np.zeros((pos0 + n_tok, attention.row_bytes(cache_type, width)), np.uint8)
-    attention.kv_cache_store(cache, cache_type, 0, rng.standard_normal((pos0 + n_tok, width)).astype(np.float32))
+    cache, rng = _random_cache(cache_type, pos0 + n_tok, width)
     q = rng.standard_normal((n_tok, heads, width)).astype(np.float32)
     out = np.zeros((n_tok, heads, dv), np.float32)
     flops = 2.0 * heads * (2 * dv + width - dv) * (n_tok * pos0 + n_tok * (n_tok + 1) / 2)
@@ -119,9 +127,7 @@ def decode_attention_peak(n_threads: int, cache_type: str = "f16") -> float:
     from minillm_kernels import attention
 
     width, dv, heads, n_kv = 576, 512, 16, 2048
-    rng = np.random.default_rng(0)
-    cache = np.zeros((n_kv, attention.row_bytes(cache_type, width)), np.uint8)
-    attention.kv_cache_store(cache, cache_type, 0, rng.standard_normal((n_kv, width)).astype(np.float32))
+    cache, rng = _random_cache(cache_type, n_kv, width)
     q = rng.standard_normal((heads, width)).astype(np.float32)
     out = np.zeros((heads, dv), np.float32)
     flops = 2.0 * heads * (2 * dv + width - dv) * n_kv
