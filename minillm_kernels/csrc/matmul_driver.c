@@ -186,6 +186,17 @@ static void gemv_share(const kernel_t *k, const uint8_t *w, int M, const uint8_t
     gemv_streams(k, w, (int)((long)M * t / T), (int)((long)M * (t + 1) / T), a, out);
 }
 
+/* A GEMM call's outputs are os floats apart, so each of its stores starts a cache line that is
+ * not in cache: the store waits for it from RAM (read for ownership), and the calls after it wait
+ * behind the full store queue.  Prefetched for writing as the call starts, the lines are there when
+ * it stores (GEMM of Q4_K 2048 x 10944, 512 tokens, 1 thread: 1.12x as long without). */
+static inline void prefetch_out(float *out, size_t os, int nr, int nc) {
+    for (int c = 0; c < nc; c++) {
+        __builtin_prefetch(out + c * os, 1, 3);
+        __builtin_prefetch(out + c * os + nr - 1, 1, 3);
+    }
+}
+
 /* Packed GEMM of rows [r0, r1) (at most ROW_TILE): unpack them to groups of pack_rows interleaved
  * rows once (in scratch), then sweep all tokens pack8_cols at a time over each group. */
 static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *acts, size_t as,
@@ -198,9 +209,12 @@ static void gemm_rows_packed(const kernel_t *k, const uint8_t *w, int r0, int r1
     for (int t0 = 0; t0 < ntok; t0 += k->packed_chunk) {
         const int t1 = imin(ntok, t0 + k->packed_chunk);
         for (int g = 0; g < ng; g++)
-            for (int t = t0; t < t1; t += k->tt->pack8_cols)
-                k->gemm8(k->K, scratch + g * gbytes, acts + t * as, as, out + t * os + r0 + pr * g, os,
-                         imin(pr, r1 - r0 - pr * g), imin(k->tt->pack8_cols, t1 - t));
+            for (int t = t0; t < t1; t += k->tt->pack8_cols) {
+                const int nr = imin(pr, r1 - r0 - pr * g), nc = imin(k->tt->pack8_cols, t1 - t);
+                float *o = out + t * os + r0 + pr * g;
+                prefetch_out(o, os, nr, nc);
+                k->gemm8(k->K, scratch + g * gbytes, acts + t * as, as, o, os, nr, nc);
+            }
     }
 }
 
@@ -288,9 +302,11 @@ static void gemm_rows(const kernel_t *k, const uint8_t *w, int r0, int r1, const
         for (int t0 = 0; t0 < ntok; t0 += k->token_chunk) {
             const int t1 = imin(ntok, t0 + k->token_chunk);
             for (int r = r0; r < r1; r += k->tr)
-                for (int t = t0; t < t1; t += k->tc)
-                    tile_call(k, w + r * k->row_bytes, acts + t * as, as, out + t * os + r, os, imin(k->tr, r1 - r),
-                              imin(k->tc, t1 - t));
+                for (int t = t0; t < t1; t += k->tc) {
+                    const int nr = imin(k->tr, r1 - r), nc = imin(k->tc, t1 - t);
+                    prefetch_out(out + t * os + r, os, nr, nc);
+                    tile_call(k, w + r * k->row_bytes, acts + t * as, as, out + t * os + r, os, nr, nc);
+                }
         }
     }
 }
