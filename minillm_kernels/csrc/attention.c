@@ -150,7 +150,7 @@ _Static_assert(TILE * 32767.0 * KMAX_Q8_KV < 2147483647.0 && TILE * 8191.0 * KMA
 
 /* The f16/bf16 caches on the AVX-512 levels: each tile's rows become int16 values, the latent part
  * [0, DV) and the rope part [DV, D) each on one scale per row with its largest magnitude mapped to
- * KMAX_F16 (half_part_to_i16), and then go through the 8-bit caches' tiles: vpdpwssd does two
+ * KMAX_F16 (half_pair_to_i16), and then go through the 8-bit caches' tiles: vpdpwssd does two
  * products per lane where an FMA does one, which pays for the conversion (decode at depth is
  * compute-bound).  13 bits on a part's largest value round values down to 1/32 of it at least as
  * finely as bf16 (what DeepSeek's own kernels keep), and a row of a few times its RMS about as finely
@@ -305,27 +305,97 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
 }
 
 #if MINILLM_AVX512
-/* n values (n % 32 == 0) of an f16 (bf16: 0) or bf16 row as int16 values k16 = rint(x·KMAX_F16/a),
- * a = max|x| (found on the bits: |x| orders as its 15 low bits); returns the unit a/KMAX_F16, NaN
- * where they hold an inf or a NaN (the row's scores, and so its heads' outputs, become NaN). */
-static float half_part_to_i16(const uint16_t *h, int bf16, int n, int16_t *ki) {
-    __m512i mx = _mm512_setzero_si512();
-    for (int d = 0; d < n; d += 32) mx = _mm512_max_epu16(mx, _mm512_and_si512(_mm512_loadu_si512(h + d), _mm512_set1_epi16(0x7fff)));
+/* The f16 and bf16 rows become int16 values k16 = rint(x·KMAX_F16/a) per part, a = max|x| of the
+ * part.  half_unit: a part's unit a/KMAX_F16, and in *id the factor KMAX_F16/a its values are
+ * multiplied by; a is found on the bits (|x| orders as its 15 low bits), with two max chains.  NaN
+ * (and id 0) where the part holds an inf or a NaN: the row's scores, and so its heads' outputs,
+ * become NaN.  n % 32 == 0. */
+static inline __attribute__((always_inline)) float half_unit(const uint16_t *h, int bf16, int n, __m512 *id) {
+    const __m512i magnitude = _mm512_set1_epi16(0x7fff);
+    __m512i m0 = _mm512_setzero_si512(), m1 = m0;
+    int d = 0;
+    for (; d + 64 <= n; d += 64) {
+        m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_loadu_si512(h + d), magnitude));
+        m1 = _mm512_max_epu16(m1, _mm512_and_si512(_mm512_loadu_si512(h + d + 32), magnitude));
+    }
+    if (d < n) m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_loadu_si512(h + d), magnitude));
+    const __m512i mx = _mm512_max_epu16(m0, m1);
     const uint16_t top = (uint16_t)_mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_and_si512(mx, _mm512_set1_epi32(0xffff)),
                                                                             _mm512_srli_epi32(mx, 16)));
+    *id = _mm512_setzero_ps();
     if (top >= (bf16 ? 0x7f80 : 0x7c00)) return NAN;
     const float a = bf16 ? bf16_to_fp32(top) : fp16_to_fp32(top);
-    const __m512 id = _mm512_set1_ps(a > 0.0f ? (float)KMAX_F16 / a : 0.0f);
-    /* vpackssdw interleaves the two halves by 128-bit lane; the qword permute puts them back */
-    const __m512i order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
-    for (int d = 0; d < n; d += 32) {
-        const __m256i r0 = _mm256_loadu_si256((const __m256i *)(h + d)), r1 = _mm256_loadu_si256((const __m256i *)(h + d + 16));
-        const __m512 x0 = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r0), 16)) : _mm512_cvtph_ps(r0);
-        const __m512 x1 = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r1), 16)) : _mm512_cvtph_ps(r1);
-        const __m512i k = _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, id)), _mm512_cvtps_epi32(_mm512_mul_ps(x1, id)));
-        _mm512_store_si512((__m512i *)(ki + d), _mm512_permutexvar_epi64(order, k));
-    }
+    if (a > 0.0f) *id = _mm512_set1_ps((float)KMAX_F16 / a);
     return a / (float)KMAX_F16;
+}
+
+/* 32 half values times id, rounded to nearest even: values 0-15 in *lo, 16-31 in *hi (int32 lanes) */
+static inline __attribute__((always_inline)) void half32_to_i32(const uint16_t *h, int bf16, __m512 id, __m512i *lo,
+                                                                __m512i *hi) {
+    const __m256i r0 = _mm256_loadu_si256((const __m256i *)h), r1 = _mm256_loadu_si256((const __m256i *)(h + 16));
+    const __m512 x0 = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r0), 16)) : _mm512_cvtph_ps(r0);
+    const __m512 x1 = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r1), 16)) : _mm512_cvtph_ps(r1);
+    *lo = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id));
+    *hi = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
+}
+
+/* the int16 values of lo, hi in order (|v| <= KMAX_F16: no saturation): vpackssdw interleaves the
+ * two by 128-bit lane, the qword permute puts them back */
+static inline void store_i16x32(int16_t *k, __m512i lo, __m512i hi) {
+    const __m512i order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
+    _mm512_store_si512((__m512i *)k, _mm512_permutexvar_epi64(order, _mm512_packs_epi32(lo, hi)));
+}
+
+/* Rows r and, if hb, r + 1 of the tile from the f16 or bf16 rows ha, hb: into ka and ka + D, the
+ * latent part [0, dv) on the units kd, the rope part on kr; and the latent parts' values
+ * interleaved in pairs for the value GEMM (vp, the layout tile_convert gives the 8-bit rows; no hb:
+ * pairs with zeros).  Both rows at once, so that their serial steps (max, unit) overlap, and the
+ * pairs come from the int32 lanes on the way rather than from a second pass over ki.  BF16 and
+ * HAS_B are constants in each body (half_pair_to_i16), which keeps branches out of the loops. */
+static inline __attribute__((always_inline)) void half_pair_body(tile_t *T, int r, const uint16_t *ha, const uint16_t *hb,
+                                                                 int D, int dv, int16_t *ka, int32_t *vp, const int BF16,
+                                                                 const int HAS_B) {
+    __m512 ida, idb = _mm512_setzero_ps(), ira = idb, irb = idb;
+    T->kd[r] = half_unit(ha, BF16, dv, &ida);
+    T->kr[r] = dv < D ? half_unit(ha + dv, BF16, D - dv, &ira) : 0.0f;
+    if (HAS_B) {
+        T->kd[r + 1] = half_unit(hb, BF16, dv, &idb);
+        T->kr[r + 1] = dv < D ? half_unit(hb + dv, BF16, D - dv, &irb) : 0.0f;
+    }
+    for (int i = r; i < r + 1 + HAS_B; i++)
+        if ((isnan(T->kd[i]) || isnan(T->kr[i])) && i < T->bad_at) T->bad_at = i;
+    const __mmask32 high = 0xAAAAAAAAu; /* the odd int16 lanes: row b's half of each pair */
+    for (int d = 0; d < dv; d += 32) {
+        __m512i la, ua, lb = _mm512_setzero_si512(), ub = lb;
+        half32_to_i32(ha + d, BF16, ida, &la, &ua);
+        store_i16x32(ka + d, la, ua);
+        if (HAS_B) {
+            half32_to_i32(hb + d, BF16, idb, &lb, &ub);
+            store_i16x32(ka + D + d, lb, ub);
+        }
+        _mm512_store_si512((__m512i *)(vp + d), _mm512_mask_blend_epi16(high, la, _mm512_slli_epi32(lb, 16)));
+        _mm512_store_si512((__m512i *)(vp + d + 16), _mm512_mask_blend_epi16(high, ua, _mm512_slli_epi32(ub, 16)));
+    }
+    for (int d = dv; d < D; d += 32) {
+        __m512i lo, hi;
+        half32_to_i32(ha + d, BF16, ira, &lo, &hi);
+        store_i16x32(ka + d, lo, hi);
+        if (HAS_B) {
+            half32_to_i32(hb + d, BF16, irb, &lo, &hi);
+            store_i16x32(ka + D + d, lo, hi);
+        }
+    }
+}
+
+static void half_pair_to_i16(tile_t *T, int r, const uint16_t *ha, const uint16_t *hb, int bf16, int D, int dv,
+                             int16_t *ka, int32_t *vp) {
+    if (bf16) {
+        if (hb) half_pair_body(T, r, ha, hb, D, dv, ka, vp, 1, 1);
+        else half_pair_body(T, r, ha, hb, D, dv, ka, vp, 1, 0);
+    } else {
+        if (hb) half_pair_body(T, r, ha, hb, D, dv, ka, vp, 0, 1);
+        else half_pair_body(T, r, ha, hb, D, dv, ka, vp, 0, 0);
+    }
 }
 #endif
 
@@ -417,19 +487,19 @@ static void mha_convert(const mha_rows_t *rows, int n_head, int dv, int n_rows, 
 }
 #endif
 
-#if MINILLM_AVX512
-/* Row r of the tile from an f16 or bf16 row: the latent part [0, dv) on the unit kd[r], the rope
- * part on kr[r]; a row holding an inf or a NaN is the tile's bad_at if it is the first */
-static void half_row_to_i16(tile_t *T, int r, const uint16_t *h, int bf16, int D, int dv, int16_t *ki) {
-    T->kd[r] = half_part_to_i16(h, bf16, dv, ki);
-    T->kr[r] = dv < D ? half_part_to_i16(h + dv, bf16, D - dv, ki + dv) : 0.0f;
-    if ((isnan(T->kd[r]) || isnan(T->kr[r])) && r < T->bad_at) T->bad_at = r;
-}
-#endif
-
 static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
     const int D = L->D, DV = L->DV;
     T->bad_at = TILE;
+#if MINILLM_AVX512
+    if (is_half(L->type)) { /* the value pairs' rows together (half_pair_to_i16) */
+        for (int p = 0; 2 * p < nt; p++) {
+            const uint8_t *a = L->cache + (size_t)(t0 + 2 * p) * L->rb;
+            half_pair_to_i16(T, 2 * p, (const uint16_t *)a, 2 * p + 1 < nt ? (const uint16_t *)(a + L->rb) : NULL,
+                             L->type == ATTN_BF16, D, DV, T->ki + (size_t)2 * p * D, T->vp + (size_t)p * DV);
+        }
+        return;
+    }
+#endif
     if (L->type == ATTN_MHA) { /* floats read where they lie (tile_rows_at), or the int16 copy */
         const mha_i16_t *c = L->mha->i16;
         if (c) {
@@ -449,9 +519,7 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         switch (L->type) {
         case ATTN_F16: {
             const fp16_t *h = (const fp16_t *)src;
-#if MINILLM_AVX512
-            half_row_to_i16(T, r, (const uint16_t *)h, 0, D, DV, ki);
-#elif MINILLM_AVX2
+#if MINILLM_AVX2
             for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_f16x8(h + d));
 #else
             for (int d = 0; d < D; d++) kf[d] = fp16_to_fp32(h[d]);
@@ -460,9 +528,7 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         }
         case ATTN_BF16: {
             const uint16_t *h = (const uint16_t *)src;
-#if MINILLM_AVX512
-            half_row_to_i16(T, r, h, 1, D, DV, ki);
-#elif MINILLM_AVX2
+#if MINILLM_AVX2
             for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_bf16x8(h + d));
 #else
             for (int d = 0; d < D; d++) kf[d] = bf16_to_fp32(h[d]);
