@@ -92,6 +92,8 @@ typedef struct {
     float m[LANES], l[LANES]; /* running max and sum of exp per query row */
     float *o;                 /* [LANES][DV] unnormalized output */
     int bad;                  /* some row it saw held an inf or a NaN (int16 half rows): outputs NaN */
+    int fresh;                /* o not written yet (lazy state_init): the first value step stores it, and the
+                               * softmax has nothing to rescale */
 } state_t;
 
 typedef struct {
@@ -772,6 +774,7 @@ static void softmax_step512(state_t *st, float *s, int n, int DV, int nlanes) {
     }
     _mm512_storeu_ps(st->l, _mm512_fmadd_ps(_mm512_loadu_ps(st->l), alpha, lsum));
     _mm512_storeu_ps(st->m, mnew);
+    if (st->fresh) return; /* no values yet to rescale */
     const __mmask16 changed = _mm512_cmp_ps_mask(alpha, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
     float a[LANES];
     _mm512_storeu_ps(a, alpha);
@@ -809,7 +812,8 @@ static inline __attribute__((always_inline)) void v_block512(const float *kf, in
 /* the same for 8-bit rows: int32 sums of the int16 probability and value pairs (vpdpwssd), then
  * O += sum * scale */
 static inline __attribute__((always_inline)) void v_block_i16_512(const int32_t *vp, int DV, const int32_t *pp,
-                                                                  int np, const float *sc, float *o0, const int NH) {
+                                                                  int np, const float *sc, float *o0, int first,
+                                                                  const int NH) {
     __m512i a0[8], a1[8];
     for (int i = 0; i < NH; i++) a0[i] = a1[i] = _mm512_setzero_si512();
     for (int t = 0; t < np; t++) {
@@ -825,6 +829,11 @@ static inline __attribute__((always_inline)) void v_block_i16_512(const int32_t 
     for (int i = 0; i < NH; i++) {
         const __m512 c = _mm512_set1_ps(sc[i]);
         float *o = o0 + (size_t)i * DV;
+        if (first) {
+            _mm512_store_ps(o, _mm512_mul_ps(_mm512_cvtepi32_ps(a0[i]), c));
+            _mm512_store_ps(o + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(a1[i]), c));
+            continue;
+        }
         _mm512_store_ps(o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[i]), c, _mm512_load_ps(o)));
         _mm512_store_ps(o + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1[i]), c, _mm512_load_ps(o + 16)));
     }
@@ -843,14 +852,14 @@ static inline __attribute__((always_inline)) void v_block_i16_512(const int32_t 
     default: call(1); break;                                                                         \
     }
 static void tile_values512(tile_t *T, const float *kf, int D, int DV, int n, float *o, int nlanes, const int32_t *pp,
-                           const float *sc) {
+                           const float *sc, int first) {
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 32) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 32) {
         prefetch_some(T, pf_step);
         for (int hb = 0; hb < nlanes; hb += 8) {
             float *o0 = o + (size_t)hb * DV + dc;
 #define F32_CALL(nh) v_block512(kf + dc, D, DV, T->s + hb, n, o0, nh)
-#define I16_CALL(nh) v_block_i16_512(T->vp + dc, DV, pp + hb, (n + 1) / 2, sc + hb, o0, nh)
+#define I16_CALL(nh) v_block_i16_512(T->vp + dc, DV, pp + hb, (n + 1) / 2, sc + hb, o0, first, nh)
             if (pp) {
                 V_BLOCK512_CASES(I16_CALL)
             } else {
@@ -974,7 +983,7 @@ static void tile_values(tile_t *T, const float *kf, int D, int DV, int n, float 
     const float *p = T->s;
 #if MINILLM_AVX512
     (void)p;
-    tile_values512(T, kf, D, DV, n, o, nlanes, NULL, NULL);
+    tile_values512(T, kf, D, DV, n, o, nlanes, NULL, NULL, 0);
 #elif MINILLM_AVX2
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
@@ -1029,7 +1038,7 @@ static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp,
  * quantized per head over the tile to int16 in 0..pmax (rounding error <= 0.5/pmax of the
  * tile's largest weight: 1.5e-5 for q8_KV, 6.1e-5 for q8_0 and MHA rows), and Σ_t p'·v16_t is computed
  * exactly in int32 (see the static assert on TILE·pmax·max|v16|). */
-static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, float pmax) {
+static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, float pmax, int first) {
     const int np = (n + 1) / 2;
     float sc[LANES] __attribute__((aligned(32)));
     for (int v = 0; v < LANES; v += 8) {
@@ -1052,8 +1061,9 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
         }
     }
 #if MINILLM_AVX512
-    tile_values512(T, NULL, 0, DV, n, o, nlanes, T->pp, sc);
+    tile_values512(T, NULL, 0, DV, n, o, nlanes, T->pp, sc, first);
 #else
+    (void)first; /* lazy states are AVX-512's (state_init) */
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
         prefetch_some(T, pf_step);
@@ -1074,10 +1084,13 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
 }
 #endif
 
-static void state_init(state_t *st, int DV) {
+/* lazy: leave o unwritten (fresh) where the first value step stores it (AVX-512's int16 value tiles);
+ * clearing the 32 KB of each decode chunk's o took ~5 % of the decode at 1024-16384 rows */
+static void state_init(state_t *st, int DV, int lazy) {
     for (int h = 0; h < LANES; h++) { st->m[h] = -INFINITY; st->l[h] = 0.0f; }
     st->bad = 0;
-    memset(st->o, 0, sizeof(float) * LANES * (size_t)DV);
+    st->fresh = MINILLM_AVX512 && lazy;
+    if (!st->fresh) memset(st->o, 0, sizeof(float) * LANES * (size_t)DV);
 }
 
 
@@ -1160,10 +1173,11 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
 #if MINILLM_AVX2
             if (int_rows(L))
-                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, value_pmax(L->type));
+                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, value_pmax(L->type), st[k].fresh);
             else
 #endif
             tile_values(T, v.p, v.stride, L->DV, n, st[k].o, g[k].nlanes);
+            st[k].fresh = 0;
         }
     }
 }
@@ -1226,15 +1240,19 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
     const int ng = (H + LANES - 1) / LANES, DV = L->DV;
     const int chunk = kp_chunk_rows(n_kv), n_chunks = (n_kv + chunk - 1) / chunk;
     const size_t qfl = qgroup_floats(L);
-    float *qmem = xalloc(sizeof(float) * qfl * ng);
-    qgroup_t *g = malloc(sizeof(qgroup_t) * ng);
-    int *lim = malloc(sizeof(int) * ng);
-    state_t *st = malloc(sizeof(state_t) * (size_t)ng * n_chunks);
-    float *omem = xalloc(sizeof(float) * (size_t)ng * n_chunks * LANES * DV);
-    if (!qmem || !g || !lim || !st || !omem) {
-        free(qmem); free(g); free(lim); free(st); free(omem);
-        return -1;
-    }
+    /* the chunks' partial states (1 MB of outputs at 16384 rows) in the calling thread's arena:
+     * malloc maps blocks this large anew on every call, and the page faults of their first touch
+     * took ~5 % of the decode */
+    size_t at = 0;
+    const size_t o_q = workspace_part(&at, sizeof(float) * qfl * ng), o_g = workspace_part(&at, sizeof(qgroup_t) * ng);
+    const size_t o_lim = workspace_part(&at, sizeof(int) * ng), o_st = workspace_part(&at, sizeof(state_t) * (size_t)ng * n_chunks);
+    const size_t o_o = workspace_part(&at, sizeof(float) * (size_t)ng * n_chunks * LANES * DV);
+    char *ws = workspace_get(at);
+    if (!ws) return -1;
+    float *qmem = (float *)(ws + o_q), *omem = (float *)(ws + o_o);
+    qgroup_t *g = (qgroup_t *)(ws + o_g);
+    int *lim = (int *)(ws + o_lim);
+    state_t *st = (state_t *)(ws + o_st);
     for (int k = 0; k < ng; k++) {
         const int nq = H - k * LANES < LANES ? H - k * LANES : LANES;
         qgroup_prepare(L, q + (size_t)k * LANES * L->D, L->D, nq, scale, qmem + k * qfl, &g[k]);
@@ -1256,7 +1274,7 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
         for (int c = 0; c < n_chunks; c++) {
             if (!ok) continue;
             state_t *part = st + (size_t)c * ng;
-            for (int k = 0; k < ng; k++) state_init(&part[k], DV);
+            for (int k = 0; k < ng; k++) state_init(&part[k], DV, int_rows(L) && !use_amx(L));
             attend_range(L, c * chunk, c + 1 < n_chunks ? (c + 1) * chunk : n_kv, g, part, lim, ng, &T);
         }
         tile_free(&T);
@@ -1287,7 +1305,6 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
             }
         }
     }
-    free(qmem); free(g); free(lim); free(st); free(omem);
     return failed ? -1 : 0;
 }
 
@@ -1508,7 +1525,7 @@ int attn_prefill(const float *q, int n_tok, int n_head, const uint8_t *layer, in
             for (int k = 0; k < ni; k++) {
                 qgroup_prepare(&L, q + ((size_t)(i0 + k) * n_head + h0) * D, D, nh, scale, B.qmem + k * qfl, &g[k]);
                 lim[k] = pos0 + i0 + k + 1;
-                state_init(&st[k], DV);
+                state_init(&st[k], DV, 0);
             }
             attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ni, &B.T);
             for (int k = 0; k < ni; k++)
@@ -1586,7 +1603,7 @@ int attn_prefill_mha(const float *q, int n_tok, int n_head, int dn, int dr, int 
                 for (int i = 0; i < LANES; i++) lane_lim[k][i] = pos0 + t0 + (i < nq ? i : nq - 1) + 1;
                 g[k].lane_lim = lane_lim[k];
                 lim[k] = pos0 + t0 + nq;
-                state_init(&st[k], dv);
+                state_init(&st[k], dv, 0);
             }
             attend_range(&L, 0, pos0 + i0 + ni, g, st, lim, ng, &B.T);
             const int bad = c.k && c.bad[h];
