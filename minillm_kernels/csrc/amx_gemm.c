@@ -72,7 +72,7 @@ static void bf16_row_q8_0(const void *w, uint16_t *y, int n) {
     }
 }
 
-/* IQ1_S_R (kquants.h block_iq1_s_u): group ib = 4h + k of 32 values is dl * (c - 1 + delta) with its 2-bit
+/* IQ1_S_R (kquants.h block_iq1_s_u): group ib = 2k + h of 32 values is dl * (c - 1 + delta) with its 2-bit
  * codes c at bits 2k.. of qs[32h + l]: a 3-entry table per group */
 static void bf16_row_iq1_s_u(const void *w, uint16_t *y, int n) {
     const block_iq1_s_u *b = (const block_iq1_s_u *)w;
@@ -82,12 +82,12 @@ static void bf16_row_iq1_s_u(const void *w, uint16_t *y, int n) {
         for (int h = 0; h < 2; h++) {
             const __m512i codes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * h)));
             for (int k = 0; k < 4; k++) {
-                const int sc = b->sc[4 * h + k];
+                const int sc = b->sc[2 * k + h];
                 const float dl = d * (float)(2 * (sc & 7) + 1), delta = sc & 8 ? -0.125f : 0.125f;
                 const __m512i table = _mm512_castsi256_si512(
                     (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_set1_ps(dl), _mm512_add_ps(c1, _mm512_set1_ps(delta)))));
                 const __m512i idx = _mm512_and_si512(_mm512_srli_epi16(codes, 2 * k), _mm512_set1_epi16(3));
-                _mm512_store_si512(y + i * QK_K + 32 * (4 * h + k), _mm512_permutexvar_epi16(idx, table));
+                _mm512_store_si512(y + i * QK_K + 32 * (2 * k + h), _mm512_permutexvar_epi16(idx, table));
             }
         }
     }

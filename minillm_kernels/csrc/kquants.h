@@ -29,7 +29,8 @@ float vec_dot_iq1_s(int n, const void *w, const void *a);
  * IQ1_S's inner loop is bound by its codebook lookups (32 per block). Repacked,
  * each value is its 2-bit code g+1 (0, 1, 2) and the dot product is as cheap as
  * Q2_K's: 74 bytes per 256 values instead of 50, ~2x less compute per value.
- * Values 128h + 32k + l (h < 2, k < 4, l < 32) are bits 2k..2k+1 of qs[32h + l];
+ * Values 64k + 32h + l (k < 4, h < 2, l < 32) are bits 2k..2k+1 of qs[32h + l] (group 2k + h;
+ * so the bits 2k of all 64 bytes are values 64k .. 64k + 63, one AVX-512 vector);
  * sc[ib] holds the group's 3-bit scale s (value scale d * (2s + 1)) in bits 0-2
  * and in bit 3 the sign of its delta (set: -1/8, clear: +1/8), as IQ1_S's qh bits 12-15.
  * Dequantized values and dot products are bit-identical to those of the IQ1_S row. */
