@@ -140,32 +140,43 @@ def cmd_bench(args) -> int:
 
 def cmd_sweep(args) -> int:
     """``bench --sweep``: llama-sweep-bench's curve, alternately with ik's with --vs-ik."""
+    import dataclasses
     import gc
 
-    from . import ik_native, load, runtime
+    import numpy as np
+
+    from . import bench, ik_native, load, runtime
     from . import sweep as sw
 
     path = _model_path(args)
     n_gen = _flat(args.n_gen, 32)[0]
     args.repetitions = args.repetitions or 1
     ours_runs, ik_runs, peaks, m = [], [], None, None
+    bw_readings = []               # the read bandwidth before and after every run: one reading can be a transient
     for rep in range(args.repetitions):
         m = load(path, n_ctx=args.ctx_size, cache_type=args.cache_type, n_threads=args.threads,
                  n_ubatch=args.ubatch_size)
-        peaks = peaks or sw.measure_peaks(m.n_threads, args.bw_bytes, args.cache_type)
+        n_threads = m.n_threads
+        peaks = peaks or sw.measure_peaks(n_threads, args.bw_bytes, args.cache_type)
+        bw_readings = bw_readings or [peaks.read_bw]
         ours_runs.append([sw.add_rooflines(r, m, peaks)
                           for r in sw.sweep_rows(m, n_gen, args.ctx_size, seed=rep, progress=True)])
-        n_threads = m.n_threads
         m = None                   # free our weights: the peer maps its own copy of the file
         gc.collect()
+        bw_readings.append(bench.read_bandwidth(n_threads, args.bw_bytes))
         if args.vs_ik:
             ik_runs.append(ik_native.sweep(args.vs_ik, path, args.ctx_size, args.ubatch_size, n_gen, n_threads,
                                            args.cache_type, progress=True))
+            bw_readings.append(bench.read_bandwidth(n_threads, args.bw_bytes))
+    peaks = dataclasses.replace(peaks, read_bw=float(np.median(bw_readings)))
     ours = sw.median_rows(ours_runs)
+    for r in ours:
+        r["tg_roofline"] = sw.tg_roofline(r, peaks)
     ik = sw.median_rows(ik_runs) if ik_runs else None
     info = {"model": path, "cache_type": args.cache_type, "n_threads": ours[0]["n_threads"], "n_ubatch": args.ubatch_size,
             "n_ctx": args.ctx_size, "isa": runtime.isa_level(), "commit": _commit(),
             "openmp": runtime.openmp_wait(), "read_bw_gbs": peaks.read_bw / 1e9,
+            "read_bw_readings_gbs": [round(b / 1e9, 2) for b in bw_readings],
             "gemm_peak_gops": peaks.gemm_ops / 1e9, "fma_peak_gflops": peaks.fma_flops / 1e9,
             "attn_peak_gflops": peaks.attn_flops / 1e9, "mha_peak_gflops": peaks.mha_flops / 1e9,
             "decode_attn_peak_gflops": peaks.decode_attn_flops / 1e9,

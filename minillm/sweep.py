@@ -8,7 +8,8 @@ costs one prefill.  Tokens are random, as in llama-sweep-bench.
 
 Rooflines per row:
 - TG: the bytes of the weights a decode step touches (n_expert_used of the routed experts) over
-  the read bandwidth measured in the same run, plus for the cache the longer of reading its rows
+  the read bandwidth measured in the same run (``bench --sweep``: the median of readings before and
+  after each engine's run), plus for the cache the longer of reading its rows
   and the attention's FLOPs over the decode attention kernel's peak (deep contexts make decode
   attention compute-bound: 16 heads x 1088 multiply-adds per cached row; on int16 rows, the 8-bit
   caches and on AVX-512 every cache, that peak lies past the fp32 FMA peak);
@@ -184,19 +185,28 @@ def prompt_attention_seconds(model: Model, n_kv: int, n_tokens: int, peaks: Peak
 
 
 def add_rooflines(row: dict, model: Model, peaks: Peaks) -> dict:
-    """The roofline columns of a sweep row (``tg_roofline``, ``pp_roofline``: t/s at the limit)."""
+    """The roofline columns of a sweep row (``tg_roofline``, ``pp_roofline``: t/s at the limit),
+    and the decode step's work they come from (``tg_weight_bytes``, ``tg_bytes_per_token``,
+    ``tg_attn_flops``: :func:`tg_roofline` recomputes the TG roof from them for other peaks)."""
     from .bench import decode_bytes_per_token
 
     n_kv, pp, tg = row["n_kv"], row["pp"], row["tg"]
     depth = n_kv + tg // 2                  # the middle decode step stands for the tg steps
-    weights = decode_bytes_per_token(model, 0)
+    row["tg_weight_bytes"] = decode_bytes_per_token(model, 0)
     row["tg_bytes_per_token"] = decode_bytes_per_token(model, depth)
-    # the cache rows are read while the attention computes on them: whichever takes longer
-    cache_s = max((row["tg_bytes_per_token"] - weights) / peaks.read_bw, attention_flops(model, depth, 1) / peaks.decode_attn_flops)
-    row["tg_roofline"] = 1.0 / (weights / peaks.read_bw + cache_s)
+    row["tg_attn_flops"] = attention_flops(model, depth, 1)
+    row["tg_roofline"] = tg_roofline(row, peaks)
     row["pp_roofline"] = pp / (2.0 * matmul_params_per_token(model) * pp / peaks.gemm_ops +
                                prompt_attention_seconds(model, n_kv, pp, peaks))
     return row
+
+
+def tg_roofline(row: dict, peaks: Peaks) -> float:
+    """t/s of a decode step at its limit: the weights at the read bandwidth, then the cache rows
+    read while the attention computes on them (whichever takes longer)."""
+    weights = row["tg_weight_bytes"]
+    cache_s = max((row["tg_bytes_per_token"] - weights) / peaks.read_bw, row["tg_attn_flops"] / peaks.decode_attn_flops)
+    return 1.0 / (weights / peaks.read_bw + cache_s)
 
 
 # -- the sweep --------------------------------------------------------------------------------
@@ -294,7 +304,7 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
                   f"cache {info['cache_type']}, {info['n_threads']} threads, ubatch {info['n_ubatch']}, "
                   f"context {info['n_ctx']}, ISA {info['isa']}, commit {info['commit']}, {info['openmp']}, "
                   f"median of {info['repetitions']} run(s) per engine\n"
-                  f"read bandwidth {info['read_bw_gbs']:.1f} GB/s, GEMM peak {info['gemm_peak_gops']:.0f} GOPS, "
+                  f"read bandwidth {info['read_bw_gbs']:.1f} GB/s{_readings(info)}, GEMM peak {info['gemm_peak_gops']:.0f} GOPS, "
                   f"fp32 FMA peak {info['fma_peak_gflops']:.0f} GFLOP/s, decode attention peak "
                   f"{info['decode_attn_peak_gflops']:.0f} GFLOP/s, prompt attention peak "
                   f"{info['attn_peak_gflops']:.0f} GFLOP/s, decompressed {info['mha_peak_gflops']:.0f} GFLOP/s"
@@ -315,6 +325,11 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     out.flush()
+
+
+def _readings(info: dict) -> str:
+    r = info.get("read_bw_readings_gbs") or []
+    return f" (median of {len(r)} readings: {', '.join(f'{b:.1f}' for b in r)})" if len(r) > 1 else ""
 
 
 def plot_sweep(path: str, ours: Sequence[dict], ik: Optional[Sequence[dict]] = None, title: str = "") -> None:

@@ -4,6 +4,7 @@ their arguments and print what ik's tools print)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -72,6 +73,10 @@ def test_rooflines(model):
     assert row["tg_roofline"] == pytest.approx(1 / (weights / 20e9 + cache_s))
     seconds = 2 * sw.matmul_params_per_token(model) * 32 / 200e9 + sw.attention_flops(model, 64, 32) / 300e9
     assert row["pp_roofline"] == pytest.approx(32 / seconds)
+    # the TG roof again for another bandwidth, from the work the row keeps
+    faster = dataclasses.replace(PEAKS, read_bw=40e9)
+    cache_s = max((total - weights) / 40e9, sw.attention_flops(model, 68, 1) / 180e9)
+    assert sw.tg_roofline(row, faster) == pytest.approx(1 / (weights / 40e9 + cache_s))
 
 
 def test_pp_roofline_of_long_prompts_counts_the_decompressed_path(model):
@@ -203,6 +208,24 @@ def test_ik_runner_errors(tmp_path):
 
 
 # -- the command line ----------------------------------------------------------------------------
+
+def test_cli_sweep_bandwidth_is_the_median_of_its_readings(tmp_path, capsys, monkeypatch):
+    """The read bandwidth is read at the start, after our run and after ik's: a transient
+    reading (here the first) does not set the TG roof."""
+    readings = iter([50e9, 20e9, 22e9])
+    monkeypatch.setattr(bench, "read_bandwidth", lambda n_threads, nbytes=1 << 30, reps=5: next(readings))
+    _fake(tmp_path, "llama-sweep-bench", SWEEP_SCRIPT)
+    assert main(["bench", "--sweep", "-c", "96", "-ub", "32", "-n", "4", "-t", "2", "--vs-ik", str(tmp_path),
+                 "-o", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    info = out["info"]
+    assert info["read_bw_readings_gbs"] == [50.0, 20.0, 22.0] and info["read_bw_gbs"] == pytest.approx(22.0)
+    peaks = sw.Peaks(read_bw=22e9, gemm_ops=1.0, fma_flops=1.0, attn_flops=1.0, mha_flops=1.0,
+                     decode_attn_flops=info["decode_attn_peak_gflops"] * 1e9)
+    for r in out["minillm"]:
+        assert r["tg_roofline"] == pytest.approx(sw.tg_roofline(r, peaks))
+        assert r["tg_roofline"] < sw.tg_roofline(r, dataclasses.replace(peaks, read_bw=50e9))
+
 
 def test_cli_sweep_jsonl_with_a_peer(tmp_path, capsys):
     _fake(tmp_path, "llama-sweep-bench", SWEEP_SCRIPT)
