@@ -157,8 +157,9 @@ def cmd_sweep(args) -> int:
         m = load(path, n_ctx=args.ctx_size, cache_type=args.cache_type, n_threads=args.threads,
                  n_ubatch=args.ubatch_size)
         n_threads = m.n_threads
-        peaks = peaks or sw.measure_peaks(n_threads, args.bw_bytes, args.cache_type)
-        bw_readings = bw_readings or [peaks.read_bw]
+        if peaks is None:
+            peaks = sw.measure_peaks(n_threads, args.bw_bytes, args.cache_type)
+            bw_readings.append(peaks.read_bw)
         ours_runs.append([sw.add_rooflines(r, m, peaks)
                           for r in sw.sweep_rows(m, n_gen, args.ctx_size, seed=rep, progress=True)])
         m = None                   # free our weights: the peer maps its own copy of the file

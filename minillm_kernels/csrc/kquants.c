@@ -543,7 +543,8 @@ static inline __m256 row_block_iq1_s(const block_iq1_s *w, const block_q8_K *a, 
  * the int16 pairs (8 ls, 0) of their groups, and lanes l and l + 8 together are 8 times the AVX2
  * form's isum lane l; one more vpdpwssd adds the correction coef * B as -B against |coef|.  Both
  * scales come from 16-entry tables indexed by the group's sc nibble.  The same integers as the
- * AVX2 form, so the same bits; 1.15x faster than it on Zen 4 (cache-resident rows, 1 thread). */
+ * AVX2 form, so the same bits.  On Zen 4: 1.18x the AVX2 form's speed with the rows in cache (1 thread),
+ * 1.20-1.24x from RAM (2 threads); a first form that built the scales with vpermd was no faster. */
 static inline __m256 row_block_iq1_s_u(const block_iq1_s_u *w, const block_q8_K *a, __m256 acc) {
     const __m128i ls8_of_sc = _mm_setr_epi8(8, 24, 40, 56, 72, 88, 104, 120, 8, 24, 40, 56, 72, 88, 104, 120);
     const __m128i abs_coef_of_sc = _mm_setr_epi8(7, 21, 35, 49, 63, 77, 91, 105, 9, 27, 45, 63, 81, 99, 117, (char)135);
