@@ -55,6 +55,12 @@ def tile_int16(cache_type):
     return bool(attn_tile_int16(_type_id(cache_type)))
 
 
+def tile_int8_keys(cache_type):
+    """True when the tiles off AMX compute this cache type's scores from its int8 rows as they lie,
+    against the query quantized to int8 per head (q8_KV on the AVX-512 levels: vpdpbusd)."""
+    return bool(attn_tile_int8_keys(_type_id(cache_type)))
+
+
 def choose_strategy(int n_kv, int n_threads):
     """The strategy "auto" uses for a decode step over n_kv cached rows with n_threads threads."""
     threshold = KPARALLEL_MIN_KV.get(n_threads, 32 * n_threads)

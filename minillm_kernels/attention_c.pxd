@@ -13,6 +13,7 @@ cdef extern from "attention.h" nogil:
     void attn_set_amx(int on)
     int attn_get_amx()
     int attn_tile_int16(int type)
+    int attn_tile_int8_keys(int type)
     size_t attn_row_bytes(int type, int width)
     void attn_store_rows(uint8_t *layer, int type, int width, int pos, int n, const float *rows)
     void attn_load_rows(const uint8_t *layer, int type, int width, int pos, int n, float *rows)

@@ -12,7 +12,8 @@ done here in numpy) over a cache stored as f16 / bf16 / q8_0 / q8_KV.
 Two checks per case:
 1. tight: the kernel against the absorbed attention computed in float64 on the rows
    the kernel computes with, and the query quantized the same way as the kernel (8-bit
-   caches: one int16 scale per query row, max|x|/qmax, round half away from zero).
+   caches: one int16 scale per query row, max|x|/qmax, round half away from zero; q8_KV on
+   the AVX-512 tiles an int8 query, qmax 127, attn.tile_int8_keys).
    Those rows are the dequantized cache, except on the tile path (kparallel and
    prefill) q8_0, which re-expresses each row as int16 values on one row scale, and
    f16/bf16 on the AVX-512 levels (attn.tile_int16), whose rows become int16 values on one
@@ -112,9 +113,12 @@ KMAX = {"q8_KV": 127, "q8_0": 127 * 64, "f16": 8191, "bf16": 8191}
 HALF_SLICE = 32  # the f16/bf16 int16 tiles sum scores in int32 over slices of this many values
 
 
-def query_qmax(cache_type, width=WIDTH):
-    """Largest int16 query value: a score sums width products |k|·|q| in int32 (the half caches:
-    a slice's)."""
+def query_qmax(cache_type, path="tile", width=WIDTH):
+    """Largest integer query value: on the tiles with int8 keys (q8_KV on AVX-512, vpdpbusd) an
+    int8 query; else int16, as large as a score's int32 sum of width products |k|·|q| allows (the
+    half caches: a slice's)."""
+    if path == "tile" and attn.tile_int8_keys(cache_type):
+        return 127
     n = HALF_SLICE if cache_type in ("f16", "bf16") else width
     return min(32767, (2**31 - 1) // (KMAX[cache_type] * n))
 
@@ -135,7 +139,7 @@ def quantize_query(q, cache_type, path):
     deq, err = np.zeros(q.shape), np.zeros(q.shape)
     for part in parts:
         q32 = q[:, part].astype(np.float32)
-        d = np.abs(q32).max(axis=1, keepdims=True) / np.float32(query_qmax(cache_type))
+        d = np.abs(q32).max(axis=1, keepdims=True) / np.float32(query_qmax(cache_type, path))
         with np.errstate(divide="ignore"):
             inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
         deq[:, part] = round_away(q32 * inv) * d.astype(np.float64)
@@ -658,3 +662,10 @@ def test_mha_prefill_bad_inputs():
         attn.mha_prefill(np.full_like(q, np.nan), kvb, kr, 0, 0.1, out)
     with pytest.raises(ValueError, match="contiguous"):
         attn.mha_prefill(q, kvb, np.zeros((4, 128), np.float32)[:, ::2], 0, 0.1, out)
+
+
+def test_int8_keys_where_avx512_has_vpdpbusd():
+    """q8_KV's scores take the int8 rows as they lie (vpdpbusd, int8 query) on the AVX-512 levels
+    and only there; the checks above then emulate the int8 query (query_qmax)."""
+    for ct in CACHE_TYPES:
+        assert attn.tile_int8_keys(ct) == (ct == "q8_KV" and minillm_kernels.LEVEL in ("avx512", "amx"))

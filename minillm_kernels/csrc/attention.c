@@ -13,6 +13,8 @@
  *       and one int32 sum per row and head: no per-block float work;
  *       f16/bf16 on AVX-512: the same, with the latent and rope parts each on its own
  *       scale and the int32 sums over 32-value slices (see KMAX_F16);
+ *       q8_KV on AVX-512: the int8 rows as they lie in the cache against an int8 query,
+ *       vpdpbusd (four products per lane, see int8_keys);
  *   O[h][:]       += Σ_t p[t][h] · row_t[:dv]  vectorized over dv:
  *       float rows: fp32 FMAs;
  *       int16 rows: probabilities quantized to int16 per head and tile, the same int16
@@ -80,7 +82,8 @@ typedef struct {
 /* Up to 16 query rows, scaled by the softmax scale and laid out for the tile GEMM. */
 typedef struct {
     float *qf;   /* float rows, and every type on AMX: [D][16] transposed float queries */
-    int32_t *qi; /* int16 rows: [D/2][16] pairs of int16 query values */
+    int32_t *qi; /* int16 rows: [D/2][16] pairs of int16 query values; int8 keys: [D/4][16] quads of
+                  * the int8 query values plus 128 (unsigned bytes, see int8_keys) */
     float *qd;   /* int16 rows: [16] scale of each query row (before key_split) */
     float *qd2;  /* int16 rows: [16] ... and of its part from key_split on */
     uint16_t *qa; /* AMX: qf split into bf16 B tiles (amx_query_split) */
@@ -102,6 +105,8 @@ typedef struct {
     float *kd;   /* [TILE]    ... times this one scale per row */
     float *vd;   /* [TILE] the values' int16 scale: the 8-bit caches' kd, the MHA rows' own */
     float *kr;   /* [TILE] the half caches' second scale, of the rope part (key_split) */
+    const uint8_t *k8; /* int8 keys: the tile's first row's int8 values in the cache (rows L->rb apart) */
+    int32_t *ksum; /* int8 keys: [TILE] each row's stored sum of its int8 values */
     void *own[3]; /* the allocations behind ki, kd, vp (int16 MHA rows: those point into mha_i16_t) */
     float *s;    /* [TILE][LANES] scores, then probabilities */
     int32_t *vp; /* int_rows: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
@@ -178,6 +183,14 @@ static float value_pmax(int type) {
 static inline int score_slice(const layout_t *L) { return is_half(L->type) ? F16_SLICE : L->D; }
 /* where the second scale of an int16 row (and of the query) starts: the half caches' rope part */
 static int key_split(const layout_t *L) { return is_half(L->type) ? L->DV : L->D; }
+
+/* q8_KV on AVX-512 (off AMX): the scores multiply the cache's int8 values where they lie by the
+ * query quantized to int8 per head (as ik_llama.cpp's q8_KV does), with vpdpbusd: four products
+ * per int32 lane where vpdpwssd does two, and no conversion of the keys.  vpdpbusd multiplies
+ * unsigned by signed bytes, so the query is stored as q + 128 (1..255) and 128 times the row's
+ * stored sum of its int8 values (the row header, attn_store.c) is taken back out: the same exact
+ * int32 score sum Σ q·k.  The values keep the int16 path (int16 probabilities). */
+static int int8_keys(const layout_t *L) { return MINILLM_AVX512 && L->type == ATTN_Q8_KV && !L->amx; }
 
 /* The "amx" level: the score and value GEMMs on AMX tiles (amx_attention.h), every cache type. */
 static int amx_on = 0;
@@ -262,7 +275,7 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     g->qi = (int32_t *)mem;
     g->qd = mem + (size_t)D / 2 * LANES;
     g->qd2 = g->qd + LANES;
-    const int qmax = query_qmax(L), split = key_split(L);
+    const int qmax = int8_keys(L) ? 127 : query_qmax(L), split = key_split(L);
     int16_t q[2048];
     for (int h = 0; h < LANES; h++) {
         g->qd[h] = g->qd2[h] = 0.0f;
@@ -271,6 +284,14 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
             if (split < D) g->qd2[h] = attn_quantize_i16(rows + h * stride + split, scale, D - split, qmax, q + split);
         } else {
             memset(q, 0, sizeof(int16_t) * (size_t)D);
+        }
+        if (int8_keys(L)) { /* a zero lane's bytes are 128: its sums come out 0 like the others' */
+            for (int d = 0; d < D; d += 4) {
+                uint32_t quad = 0;
+                for (int j = 0; j < 4; j++) quad |= (uint32_t)(uint8_t)(q[d + j] + 128) << (8 * j);
+                g->qi[(d / 4) * LANES + h] = (int32_t)quad;
+            }
+            continue;
         }
         for (int d = 0; d < D; d += 2)
             g->qi[(d / 2) * LANES + h] = (int32_t)((uint32_t)(uint16_t)q[d] | (uint32_t)(uint16_t)q[d + 1] << 16);
@@ -489,6 +510,17 @@ static void mha_convert(const mha_rows_t *rows, int n_head, int dv, int n_rows, 
 }
 #endif
 
+#if MINILLM_AVX512
+/* 32 int16 values of two rows as 32 interleaved pairs at vp: the unpacks interleave within 128-bit
+ * lanes, the permutes put the lanes back in order (pairs 0-15, then 16-31) */
+static inline void pair_store512(int32_t *vp, __m512i va, __m512i vb) {
+    const __m512i first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    const __m512i lo = _mm512_unpacklo_epi16(va, vb), hi = _mm512_unpackhi_epi16(va, vb);
+    _mm512_store_si512((__m512i *)vp, _mm512_permutex2var_epi64(lo, first, hi));
+    _mm512_store_si512((__m512i *)(vp + 16), _mm512_permutex2var_epi64(lo, second, hi));
+}
+#endif
+
 static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
     const int D = L->D, DV = L->DV;
     T->bad_at = TILE;
@@ -498,6 +530,25 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
             const uint8_t *a = L->cache + (size_t)(t0 + 2 * p) * L->rb;
             half_pair_to_i16(T, 2 * p, (const uint16_t *)a, 2 * p + 1 < nt ? (const uint16_t *)(a + L->rb) : NULL,
                              L->type == ATTN_BF16, D, DV, T->ki + (size_t)2 * p * D, T->vp + (size_t)p * DV);
+        }
+        return;
+    }
+    if (int8_keys(L)) { /* the scores read the int8 rows in place; the values' pairs come from them */
+        const uint8_t *rows = L->cache + (size_t)t0 * L->rb;
+        T->k8 = rows + 8;
+        for (int r = 0; r < nt; r++) {
+            memcpy(&T->kd[r], rows + (size_t)r * L->rb, 4);
+            memcpy(&T->ksum[r], rows + (size_t)r * L->rb + 4, 4);
+        }
+        for (int p = 0; 2 * p < nt; p++) {
+            const int8_t *a = (const int8_t *)(rows + (size_t)2 * p * L->rb + 8), *b = a + L->rb;
+            const int has_b = 2 * p + 1 < nt;
+            for (int d = 0; d < DV; d += 32) {
+                const __m512i va = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(a + d)));
+                const __m512i vb = has_b ? _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b + d)))
+                                         : _mm512_setzero_si512();
+                pair_store512(T->vp + (size_t)p * DV + d, va, vb);
+            }
         }
         return;
     }
@@ -566,16 +617,9 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         const int has_b = 2 * p + 1 < nt;
         int32_t *vp = T->vp + (size_t)p * DV;
 #if MINILLM_AVX512
-        /* 32 values of each row: the unpacks interleave within 128-bit lanes, the permutes put
-         * the lanes back in order (pairs 0-15, then 16-31) */
-        const __m512i first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
-        for (int d = 0; d < DV; d += 32) {
-            const __m512i va = _mm512_load_si512((const __m512i *)(a + d));
-            const __m512i vb = has_b ? _mm512_load_si512((const __m512i *)(b + d)) : _mm512_setzero_si512();
-            const __m512i lo = _mm512_unpacklo_epi16(va, vb), hi = _mm512_unpackhi_epi16(va, vb);
-            _mm512_store_si512((__m512i *)(vp + d), _mm512_permutex2var_epi64(lo, first, hi));
-            _mm512_store_si512((__m512i *)(vp + d + 16), _mm512_permutex2var_epi64(lo, second, hi));
-        }
+        for (int d = 0; d < DV; d += 32)
+            pair_store512(vp + d, _mm512_load_si512((const __m512i *)(a + d)),
+                          has_b ? _mm512_load_si512((const __m512i *)(b + d)) : _mm512_setzero_si512());
         continue;
 #endif
         for (int d = 0; d < DV; d += 16) {
@@ -743,9 +787,38 @@ static inline __attribute__((always_inline)) void kq_i16_rows512(const int16_t *
     for (int r = 0; r < R; r++) _mm512_store_ps(s + r * LANES, f[r]);
 }
 
+/* R int8 rows (rb bytes apart) against the 16 int8 query rows (int8_keys): exact int32 sums Σ (q + 128)·k
+ * by vpdpbusd, less 128·Σk, times kd·qd */
+static inline __attribute__((always_inline)) void kq_i8_rows512(const uint8_t *k, size_t rb, int D, const int32_t *ksum,
+                                                                const float *kd, const qgroup_t *g, float *s, const int R) {
+    __m512i a[8];
+    for (int r = 0; r < R; r++) a[r] = _mm512_setzero_si512();
+    const int32_t *qp = g->qi;
+    for (int d = 0; d < D; d += 4, qp += LANES) {
+        const __m512i q = _mm512_load_si512((const __m512i *)qp);
+        for (int r = 0; r < R; r++) {
+            int32_t quad;
+            memcpy(&quad, k + (size_t)r * rb + d, 4);
+            a[r] = _mm512_dpbusd_epi32(a[r], q, _mm512_set1_epi32(quad));
+        }
+        for (int r = 0; r < R; r++) PIN512(a[r]);
+    }
+    const __m512 qd = _mm512_load_ps(g->qd);
+    for (int r = 0; r < R; r++) {
+        const __m512i dot = _mm512_sub_epi32(a[r], _mm512_set1_epi32(128 * ksum[r]));
+        _mm512_store_ps(s + r * LANES, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(_mm512_set1_ps(kd[r]), qd)));
+    }
+}
+
 static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
     const int D = L->D;
     int r;
+    if (int8_keys(L)) {
+        for (r = 0; r + 8 <= nt; r += 8)
+            kq_i8_rows512(T->k8 + (size_t)r * L->rb, L->rb, D, T->ksum + r, T->kd + r, g, T->s + r * LANES, 8);
+        for (; r < nt; r++) kq_i8_rows512(T->k8 + (size_t)r * L->rb, L->rb, D, T->ksum + r, T->kd + r, g, T->s + r * LANES, 1);
+        return;
+    }
     if (!int_rows(L)) {
         for (int i = 0; i < nseg; i++) {
             const rows_t k = seg[i];
@@ -1187,10 +1260,12 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
     T->own[0] = T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
     T->own[1] = T->vd = T->kd = xalloc(sizeof(float) * TILE); /* 8-bit rows: one scale for both */
     T->kr = xalloc(sizeof(float) * TILE);
+    T->ksum = xalloc(sizeof(int32_t) * TILE);
+    T->k8 = NULL;
     T->s = xalloc(sizeof(float) * TILE * LANES);
     T->own[2] = T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    int ok = T->kf && T->ki && T->kd && T->kr && T->s && T->vp && T->pp;
+    int ok = T->kf && T->ki && T->kd && T->kr && T->ksum && T->s && T->vp && T->pp;
 #if MINILLM_AMX
     T->amx = use_amx(L);
     memset(&T->ar, 0, sizeof T->ar);
@@ -1200,7 +1275,7 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
 }
 
 static void tile_free(tile_t *T) {
-    free(T->kf); free(T->kr); free(T->s); free(T->pp);
+    free(T->kf); free(T->kr); free(T->ksum); free(T->s); free(T->pp);
     for (int i = 0; i < 3; i++) free(T->own[i]);
 #if MINILLM_AMX
     amx_rows_free(&T->ar);
@@ -1462,6 +1537,12 @@ int attn_tile_int16(int type) {
     layout_t L;
     layout_init(&L, NULL, type, 32, 32);
     return int_rows(&L);
+}
+
+int attn_tile_int8_keys(int type) {
+    layout_t L;
+    layout_init(&L, NULL, type, 32, 32);
+    return int8_keys(&L);
 }
 
 int attn_decode(const float *q, int n_head, const uint8_t *layer, int type, int width, int dv,
