@@ -153,6 +153,7 @@ def cmd_sweep(args) -> int:
     args.repetitions = args.repetitions or 1
     ours_runs, ik_runs, peaks, m = [], [], None, None
     bw_readings = []               # the read bandwidth before and after every run: one reading can be a transient
+    peer_error = None
     for rep in range(args.repetitions):
         m = load(path, n_ctx=args.ctx_size, cache_type=args.cache_type, n_threads=args.threads,
                  n_ubatch=args.ubatch_size)
@@ -165,10 +166,15 @@ def cmd_sweep(args) -> int:
         m = None                   # free our weights: the peer maps its own copy of the file
         gc.collect()
         bw_readings.append(bench.read_bandwidth(n_threads, args.bw_bytes))
-        if args.vs_ik:
-            ik_runs.append(ik_native.sweep(args.vs_ik, path, args.ctx_size, args.ubatch_size, n_gen, n_threads,
-                                           args.cache_type, progress=True))
-            bw_readings.append(bench.read_bandwidth(n_threads, args.bw_bytes))
+        if args.vs_ik and peer_error is None:
+            try:
+                ik_runs.append(ik_native.sweep(args.vs_ik, path, args.ctx_size, args.ubatch_size, n_gen, n_threads,
+                                               args.cache_type, progress=True))
+            except ValueError as e:   # the peer's failure costs its columns, not the run measured before it
+                peer_error = str(e)
+                print(f"minillm: warning: {peer_error}\nminillm: the sweep shows minillm's rows only", file=sys.stderr)
+            else:
+                bw_readings.append(bench.read_bandwidth(n_threads, args.bw_bytes))
     peaks = dataclasses.replace(peaks, read_bw=float(np.median(bw_readings)))
     ours = sw.median_rows(ours_runs)
     for r in ours:
@@ -181,7 +187,8 @@ def cmd_sweep(args) -> int:
             "gemm_peak_gops": peaks.gemm_ops / 1e9, "fma_peak_gflops": peaks.fma_flops / 1e9,
             "attn_peak_gflops": peaks.attn_flops / 1e9, "mha_peak_gflops": peaks.mha_flops / 1e9,
             "decode_attn_peak_gflops": peaks.decode_attn_flops / 1e9,
-            "repetitions": args.repetitions, "peer": ik_native.label(args.vs_ik) if args.vs_ik else None}
+            "repetitions": args.repetitions, "peer": ik_native.label(args.vs_ik) if args.vs_ik else None,
+            "peer_error": peer_error}
     sw.write_sweep(ours, ik, info, args.output, sys.stdout)
     if args.plot:
         sw.plot_sweep(args.plot, ours, ik, title=f"{os.path.basename(path)}, {args.cache_type} cache, "

@@ -237,6 +237,20 @@ def test_cli_sweep_jsonl_with_a_peer(tmp_path, capsys):
     assert [x["n_kv"] for x in lines if x["engine"] == "ik_llama.cpp"] == [0, 32, 64]
 
 
+def test_cli_sweep_keeps_its_rows_when_the_peer_fails(tmp_path, capsys):
+    """ik's sweep-bench aborting (as it does on a q8_KV cache) costs the ik columns, not our run."""
+    _fake(tmp_path, "llama-sweep-bench", "import sys\nsys.stderr.write('GGML_ASSERT in concat')\nsys.exit(134)\n")
+    assert main(["bench", "--sweep", "-c", "96", "-ub", "32", "-n", "4", "-t", "2", "--bw-bytes", "64M",
+                 "--vs-ik", str(tmp_path), "-o", "json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert [r["n_kv"] for r in out["minillm"]] == [0, 32, 64] and out["ik_llama.cpp"] == []
+    assert "GGML_ASSERT in concat" in out["info"]["peer_error"] and "minillm's rows only" in captured.err
+    assert main(["bench", "--sweep", "-c", "64", "-ub", "32", "-n", "4", "-t", "2", "--bw-bytes", "64M",
+                 "--vs-ik", str(tmp_path)]) == 0
+    assert "peer failed, no ik columns: " in capsys.readouterr().out
+
+
 def test_cli_bench_csv(capsys):
     assert main(["bench", "-p", "16", "-n", "4", "-r", "1", "-t", "2", "--bw-bytes", "64M", "-o", "csv"]) == 0
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
