@@ -309,7 +309,9 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
                   f"{info['decode_attn_peak_gflops']:.0f} GFLOP/s, prompt attention peak "
                   f"{info['attn_peak_gflops']:.0f} GFLOP/s, decompressed {info['mha_peak_gflops']:.0f} GFLOP/s"
                   + (f"\npeer: ik_llama.cpp native ({info['peer'] or 'version unknown'}), -mla 3 -fa 1, same file, "
-                     f"threads, cache type and ubatch, run alternately" if ik else "")
+                     + (f"threads and ubatch, its cache {info['peer_cache_type']}, run alternately"
+                        if info.get("peer_cache_type") not in (None, info["cache_type"])
+                        else "threads, cache type and ubatch, run alternately") if ik else "")
                   + (f"\npeer failed, no ik columns: {info['peer_error']}" if info.get("peer_error") else "") + "\n\n")
         out.write(sweep_table(ours, ik) + "\n")
         out.write("\nTG roof: weight bytes / read bandwidth + max(cache bytes / read bandwidth, attention FLOPs / "

@@ -237,6 +237,18 @@ def test_cli_sweep_jsonl_with_a_peer(tmp_path, capsys):
     assert [x["n_kv"] for x in lines if x["engine"] == "ik_llama.cpp"] == [0, 32, 64]
 
 
+def test_cli_sweep_peer_cache_type(tmp_path, capsys):
+    """--ik-cache-type gives the peer a cache type of its own (ours stays -ctk), and the header says so."""
+    record_sweep_only = 'if "-ctk" in a: open(a[0] + ".args", "w")'   # not the --version call after it
+    exe = _fake(tmp_path, "llama-sweep-bench", SWEEP_SCRIPT.replace('open(a[0] + ".args", "w")', record_sweep_only))
+    assert main(["bench", "--sweep", "-c", "64", "-ub", "32", "-n", "4", "-t", "2", "--bw-bytes", "64M", "-ctk", "q8_KV",
+                 "--vs-ik", str(tmp_path), "--ik-cache-type", "q8_0"]) == 0
+    args = json.loads(open(str(exe) + ".args").read())
+    assert args[args.index("-ctk") + 1] == "q8_0"
+    out = capsys.readouterr().out
+    assert "cache q8_KV" in out and "its cache q8_0, run alternately" in out
+
+
 def test_cli_sweep_keeps_its_rows_when_the_peer_fails(tmp_path, capsys):
     """ik's sweep-bench aborting (as it does on a q8_KV cache) costs the ik columns, not our run."""
     _fake(tmp_path, "llama-sweep-bench", "import sys\nsys.stderr.write('GGML_ASSERT in concat')\nsys.exit(134)\n")
