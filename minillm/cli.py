@@ -132,10 +132,15 @@ def cmd_bench(args) -> int:
         path, n_threads = m.path, m.n_threads
         del m
         peer = ik_native.bench(args.vs_ik, path, n_prompt, n_gen, depths, args.repetitions, n_threads,
-                               args.ik_cache_type or args.cache_type, args.ubatch_size)
+                               _peer_cache_type(args), args.ubatch_size)
         rows = [bench.with_peer(r, peer.get(bench.test_name(r))) for r in rows]
     bench.write_rows(rows, args.output, sys.stdout)
     return 0
+
+
+def _peer_cache_type(args) -> str:
+    """--vs-ik: the peer's cache type (--ik-cache-type, else ours)"""
+    return args.ik_cache_type or args.cache_type
 
 
 def cmd_sweep(args) -> int:
@@ -169,7 +174,7 @@ def cmd_sweep(args) -> int:
         if args.vs_ik and peer_error is None:
             try:
                 ik_runs.append(ik_native.sweep(args.vs_ik, path, args.ctx_size, args.ubatch_size, n_gen, n_threads,
-                                               args.ik_cache_type or args.cache_type, progress=True))
+                                               _peer_cache_type(args), progress=True))
             except ValueError as e:   # the peer's failure costs its columns, not the run measured before it
                 peer_error = str(e)
                 print(f"minillm: warning: {peer_error}\nminillm: the sweep shows minillm's rows only", file=sys.stderr)
@@ -188,7 +193,7 @@ def cmd_sweep(args) -> int:
             "attn_peak_gflops": peaks.attn_flops / 1e9, "mha_peak_gflops": peaks.mha_flops / 1e9,
             "decode_attn_peak_gflops": peaks.decode_attn_flops / 1e9,
             "repetitions": args.repetitions, "peer": ik_native.label(args.vs_ik) if args.vs_ik else None,
-            "peer_cache_type": (args.ik_cache_type or args.cache_type) if args.vs_ik else None,
+            "peer_cache_type": _peer_cache_type(args) if args.vs_ik else None,
             "peer_error": peer_error}
     sw.write_sweep(ours, ik, info, args.output, sys.stdout)
     if args.plot:

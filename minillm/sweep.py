@@ -308,11 +308,7 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
                   f"fp32 FMA peak {info['fma_peak_gflops']:.0f} GFLOP/s, decode attention peak "
                   f"{info['decode_attn_peak_gflops']:.0f} GFLOP/s, prompt attention peak "
                   f"{info['attn_peak_gflops']:.0f} GFLOP/s, decompressed {info['mha_peak_gflops']:.0f} GFLOP/s"
-                  + (f"\npeer: ik_llama.cpp native ({info['peer'] or 'version unknown'}), -mla 3 -fa 1, same file, "
-                     + (f"threads and ubatch, its cache {info['peer_cache_type']}, run alternately"
-                        if info.get("peer_cache_type") not in (None, info["cache_type"])
-                        else "threads, cache type and ubatch, run alternately") if ik else "")
-                  + (f"\npeer failed, no ik columns: {info['peer_error']}" if info.get("peer_error") else "") + "\n\n")
+                  f"{_peer_line(info, ik)}\n\n")
         out.write(sweep_table(ours, ik) + "\n")
         out.write("\nTG roof: weight bytes / read bandwidth + max(cache bytes / read bandwidth, attention FLOPs / "
                   "decode attention peak); PP roof: matmul ops / GEMM peak + attention FLOPs / prompt attention peak (prompts of "
@@ -328,6 +324,19 @@ def write_sweep(ours: Sequence[dict], ik: Optional[Sequence[dict]], info: dict, 
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     out.flush()
+
+
+def _peer_line(info: dict, ik) -> str:
+    """the md header's lines on the peer: how it ran, and why its columns are missing if it failed"""
+    out = ""
+    if ik:
+        own = info.get("peer_cache_type") not in (None, info["cache_type"])
+        same = f"threads and ubatch, its cache {info['peer_cache_type']}" if own else "threads, cache type and ubatch"
+        out += (f"\npeer: ik_llama.cpp native ({info['peer'] or 'version unknown'}), -mla 3 -fa 1, same file, {same}, "
+                "run alternately")
+    if info.get("peer_error"):
+        out += f"\npeer failed, no ik columns: {info['peer_error']}"
+    return out
 
 
 def _readings(info: dict) -> str:

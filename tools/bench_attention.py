@@ -125,8 +125,10 @@ def ik_cache_types(native):
     """The cache types ik's FlashMLA is timed on: q8_KV rows are the same bytes as ours (scale, sum, int8
     values); its bf16 FlashMLA aborts without AVX512-BF16, so bf16 only with a native library on a CPU
     that has it."""
+    from minillm_kernels import cpu
+
     types = ["f16", "q8_0", "q8_KV"]
-    if native and "avx512_bf16" in open("/proc/cpuinfo").read():
+    if native and cpu.features()["avx512_bf16"]:
         types.append("bf16")
     return types
 

@@ -275,6 +275,7 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     g->qi = (int32_t *)mem;
     g->qd = mem + (size_t)D / 2 * LANES;
     g->qd2 = g->qd + LANES;
+    /* int8 keys take an int8 query; query_qmax is the int16 query's (also the "heads" strategy's) */
     const int qmax = int8_keys(L) ? 127 : query_qmax(L), split = key_split(L);
     int16_t q[2048];
     for (int h = 0; h < LANES; h++) {
