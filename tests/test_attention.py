@@ -12,8 +12,9 @@ done here in numpy) over a cache stored as f16 / bf16 / q8_0 / q8_KV.
 Two checks per case:
 1. tight: the kernel against the absorbed attention computed in float64 on the rows
    the kernel computes with, and the query quantized the same way as the kernel (8-bit
-   caches: one int16 scale per query row, max|x|/qmax, round half away from zero; q8_KV on
-   the AVX-512 tiles an int8 query, qmax 127, attn.tile_int8_keys).
+   caches: one int16 scale per query row, max|x|/qmax, round half away from zero; on
+   the AVX-512 tiles (attn.tile_int8_keys) an int8 query, qmax 127: q8_KV one scale per
+   row, q8_0 one per 32-value block, whose scores then take the dequantized rows).
    Those rows are the dequantized cache, except on the tile path (kparallel and
    prefill) q8_0, which re-expresses each row as int16 values on one row scale, and
    f16/bf16 on the AVX-512 levels (attn.tile_int16), whose rows become int16 values on one
@@ -118,7 +119,7 @@ def query_qmax(cache_type, path="tile", width=WIDTH):
     int8 query; else int16, as large as a score's int32 sum of width products |k|·|q| allows (the
     half caches: a slice's)."""
     if path == "tile" and attn.tile_int8_keys(cache_type):
-        return 127
+        return 127  # q8_0: per 32-value block (query_parts)
     n = HALF_SLICE if cache_type in ("f16", "bf16") else width
     return min(32767, (2**31 - 1) // (KMAX[cache_type] * n))
 
@@ -128,16 +129,30 @@ def int16_tiles(cache_type, path):
     return path == "tile" and attn.tile_int16(cache_type) or path == "heads" and cache_type not in ("f16", "bf16")
 
 
+def int8_block_keys(cache_type, path):
+    """True where `path` multiplies q8_0 rows as int8 keys: per 32-value block, against a query
+    quantized per block, the scores on the dequantized rows (the values stay int16 rows)."""
+    return path == "tile" and cache_type == "q8_0" and attn.tile_int8_keys(cache_type)
+
+
+def query_parts(cache_type, path):
+    """The slices of a query row that get one quantization scale each on `path`."""
+    if int8_block_keys(cache_type, path):
+        return [slice(i, i + 32) for i in range(0, WIDTH, 32)]
+    if cache_type in ("f16", "bf16"):
+        return [slice(0, KV_LORA), slice(KV_LORA, WIDTH)]
+    return [slice(0, WIDTH)]
+
+
 def quantize_query(q, cache_type, path):
     """The query (rows already scaled, float32) as the kernel quantizes it on `path` (dequantized),
-    and its per-value error bound: one scale per row, for the f16/bf16 int16 tiles one per part
-    (latent, rope), max|x|/qmax, halves rounded away from zero."""
+    and its per-value error bound: one scale per row and part (query_parts), max|x|/qmax, halves
+    rounded away from zero."""
     if not int16_tiles(cache_type, path):
         q = q.astype(np.float64)
         return q, np.zeros_like(q)
-    parts = [slice(0, KV_LORA), slice(KV_LORA, WIDTH)] if cache_type in ("f16", "bf16") else [slice(0, WIDTH)]
     deq, err = np.zeros(q.shape), np.zeros(q.shape)
-    for part in parts:
+    for part in query_parts(cache_type, path):
         q32 = q[:, part].astype(np.float32)
         d = np.abs(q32).max(axis=1, keepdims=True) / np.float32(query_qmax(cache_type, path))
         with np.errstate(divide="ignore"):
@@ -227,15 +242,16 @@ def softmax_rows(s):
 
 
 def kernel_operands(kv, ct, q_lat, n_kv, path):
-    """(rows, units, quantized query, its error) the kernel computes with on `path`
-    ("heads": the dequantized rows; "tile": see tile_rows; "amx": the dequantized rows and
-    the float query)."""
+    """(key rows, value rows, units, quantized query, its error) the kernel computes with on
+    `path` ("heads": the dequantized rows; "tile": see tile_rows, and the dequantized rows as
+    the keys where q8_0 takes int8 keys; "amx": the dequantized rows and the float query)."""
     if path == "tile":
         x, unit, _ = tile_rows(kv.layer(0), ct, n_kv)
     else:
         x, unit = kv.load(0, 0, n_kv).astype(np.float64), None
+    keys = kv.load(0, 0, n_kv).astype(np.float64) if int8_block_keys(ct, path) else x
     qd, qerr = quantize_query(q_lat * np.float32(SCALE), ct, path)
-    return x, unit, qd, qerr
+    return keys, x, unit, qd, qerr
 
 
 AMX_PRODUCT = 2.0**-13  # relative error of one product on the AMX tiles (csrc/amx_attention.h)
@@ -262,8 +278,8 @@ def decode_path(strategy, n_kv, threads):
 def tight_check(out, kv, ct, q_lat, n_kv, path, rel):
     """out against the float64 result on the operands of `path`: fp32 summation (rel·max), the
     integer value path's and the AMX tiles' bounds"""
-    x, unit, qd, _ = kernel_operands(kv, ct, q_lat, n_kv, path)
-    p = softmax_rows(qd @ x.T)
+    keys, x, unit, qd, _ = kernel_operands(kv, ct, q_lat, n_kv, path)
+    p = softmax_rows(qd @ keys.T)
     tight = p @ x[:, :KV_LORA]
     d_amx, o_amx = amx_error(path, qd, x, p)
     tol = rel * np.abs(tight).max() + rel / 200 + int_value_bound(x, unit, p, ct)
@@ -346,10 +362,10 @@ def check_decode(problem, kv, ct, q_lat, ref_plain, n_kv, strategy, threads):
     used = attn.mla_decode(q_lat, kv.layer(0), ct, n_kv, SCALE, out, strategy, threads)
     assert used == strategy or strategy == "auto"
     path = decode_path(strategy, n_kv, threads)
-    x, unit, qd, qerr = kernel_operands(kv, ct, q_lat, n_kv, path)
+    keys, x, unit, qd, qerr = kernel_operands(kv, ct, q_lat, n_kv, path)
 
     # 1. tight: same quantized operands, float64 reference arithmetic
-    p = softmax_rows(qd @ x.T)
+    p = softmax_rows(qd @ keys.T)
     tight = p @ x[:, :KV_LORA]
     d_amx, o_amx = amx_error(path, qd, x, p)
     tol = 2e-4 * np.abs(tight).max() + 1e-6 + int_value_bound(x, unit, p, ct)
@@ -439,8 +455,8 @@ def test_prefill_equals_token_by_token(ct, threads):
             continue
         tol = 1e-5 * np.abs(out).max() + 1e-7
         if attn.tile_int16(ct):
-            x, unit, qd, _ = kernel_operands(batch, ct, q_lat[i], pos0 + i + 1, "tile")
-            tol = tol + 2 * int_value_bound(x, unit, softmax_rows(qd @ x.T), ct)
+            keys, x, unit, qd, _ = kernel_operands(batch, ct, q_lat[i], pos0 + i + 1, "tile")
+            tol = tol + 2 * int_value_bound(x, unit, softmax_rows(qd @ keys.T), ct)
         assert (np.abs(out - out_b[i]) <= tol).all(), (ct, i)
     assert np.array_equal(batch.layer(0), step.layer(0))
 
@@ -665,7 +681,8 @@ def test_mha_prefill_bad_inputs():
 
 
 def test_int8_keys_where_avx512_has_vpdpbusd():
-    """q8_KV's scores take the int8 rows as they lie (vpdpbusd, int8 query) on the AVX-512 levels
-    and only there; the checks above then emulate the int8 query (query_qmax)."""
+    """The 8-bit caches' scores take int8 keys (vpdpbusd, int8 query) on the AVX-512 levels and
+    only there: q8_KV's rows as they lie, q8_0's per block; the checks above then emulate the int8
+    query (query_qmax, query_parts) and q8_0's keys (kernel_operands)."""
     for ct in CACHE_TYPES:
-        assert attn.tile_int8_keys(ct) == (ct == "q8_KV" and minillm_kernels.LEVEL in ("avx512", "amx"))
+        assert attn.tile_int8_keys(ct) == (ct in ("q8_KV", "q8_0") and minillm_kernels.LEVEL in ("avx512", "amx"))

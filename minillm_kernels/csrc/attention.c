@@ -15,6 +15,9 @@
  *       scale and the int32 sums over 32-value slices (see KMAX_F16);
  *       q8_KV on AVX-512: the int8 rows as they lie in the cache against an int8 query,
  *       vpdpbusd (four products per lane, see int8_keys);
+ *       q8_0 on AVX-512: the int8 blocks (plus 128, copied per tile) against an int8 query
+ *       quantized per 32-value block, vpdpbusd, one int32 sum per block times both block
+ *       scales (ik_llama.cpp's q8_0 dot product, four products per lane);
  *   O[h][:]       += Σ_t p[t][h] · row_t[:dv]  vectorized over dv:
  *       float rows: fp32 FMAs;
  *       int16 rows: probabilities quantized to int16 per head and tile, the same int16
@@ -83,7 +86,9 @@ typedef struct {
 typedef struct {
     float *qf;   /* float rows, and every type on AMX: [D][16] transposed float queries */
     int32_t *qi; /* int16 rows: [D/2][16] pairs of int16 query values; int8 keys: [D/4][16] quads of
-                  * the int8 query values plus 128 (unsigned bytes, see int8_keys) */
+                  * the int8 query values (q8_KV: plus 128, unsigned bytes, see int8_keys) */
+    float *qdb;     /* q8_0 int8 keys: [nb][16] the query's scale per 32-value block and head */
+    int32_t *qcorr; /* ... and -128 times the block's sum of int8 query values (the keys' +128) */
     float *qd;   /* int16 rows: [16] scale of each query row (before key_split) */
     float *qd2;  /* int16 rows: [16] ... and of its part from key_split on */
     uint16_t *qa; /* AMX: qf split into bf16 B tiles (amx_query_split) */
@@ -107,6 +112,8 @@ typedef struct {
     float *kr;   /* [TILE] the half caches' second scale, of the rope part (key_split) */
     const uint8_t *k8; /* int8 keys: the tile's first row's int8 values in the cache (rows L->rb apart) */
     int32_t *ksum; /* int8 keys: [TILE] each row's stored sum of its int8 values */
+    uint8_t *ku; /* q8_0 int8 keys: [TILE][D] each row's int8 values plus 128 (unsigned bytes) ... */
+    float *kdb;  /* ... [TILE][nb] and its block scales */
     void *own[3]; /* the allocations behind ki, kd, vp (int16 MHA rows: those point into mha_i16_t) */
     float *s;    /* [TILE][LANES] scores, then probabilities */
     int32_t *vp; /* int_rows: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
@@ -184,13 +191,21 @@ static inline int score_slice(const layout_t *L) { return is_half(L->type) ? F16
 /* where the second scale of an int16 row (and of the query) starts: the half caches' rope part */
 static int key_split(const layout_t *L) { return is_half(L->type) ? L->DV : L->D; }
 
-/* q8_KV on AVX-512 (off AMX): the scores multiply the cache's int8 values where they lie by the
- * query quantized to int8 per head (as ik_llama.cpp's q8_KV does), with vpdpbusd: four products
- * per int32 lane where vpdpwssd does two, and no conversion of the keys.  vpdpbusd multiplies
- * unsigned by signed bytes, so the query is stored as q + 128 (1..255) and 128 times the row's
- * stored sum of its int8 values (the row header, attn_store.c) is taken back out: the same exact
- * int32 score sum Σ q·k.  The values keep the int16 path (int16 probabilities). */
-static int int8_keys(const layout_t *L) { return MINILLM_AVX512 && L->type == ATTN_Q8_KV && !L->amx; }
+/* The 8-bit caches on AVX-512 (off AMX): the scores multiply the cache's int8 values by an int8
+ * query with vpdpbusd, four products per int32 lane where vpdpwssd does two.  vpdpbusd multiplies
+ * unsigned by signed bytes, so one side carries +128 and its known sum is taken back out, keeping
+ * the exact int32 sums Σ q·k:
+ * - q8_KV: the rows where they lie, against the query quantized per head (as ik_llama.cpp's q8_KV
+ *   does) and stored as q + 128 (1..255); 128 times the row's stored sum of its int8 values (the
+ *   row header, attn_store.c) comes back out.  No conversion of the keys at all.
+ * - q8_0: each tile copies its rows' int8 values as k + 128 (one xor per block); the query is
+ *   quantized per 32-value block and head (as ik_llama.cpp's q8_0 dot product does), and each
+ *   block's int32 sum starts from -128 times the block's query sum, then goes to float times the
+ *   two block scales.
+ * The values keep the int16 path (int16 rows, int16 probabilities). */
+static int int8_keys(const layout_t *L) {
+    return MINILLM_AVX512 && (L->type == ATTN_Q8_KV || L->type == ATTN_Q8_0) && !L->amx;
+}
 
 /* The "amx" level: the score and value GEMMs on AMX tiles (amx_attention.h), every cache type. */
 static int amx_on = 0;
@@ -254,6 +269,31 @@ static size_t qgroup_floats(const layout_t *L) {
     return (size_t)2 * L->D * LANES + LANES + 64;
 }
 
+/* q8_0's int8 keys: the query as int8 per 32-value block and head (qmax 127) in [D/4][16] quads,
+ * each block's scale (qdb) and -128 times its sum (qcorr), after qd in the group's memory */
+static void qgroup_blocks_i8(const layout_t *L, const float *rows, size_t stride, int nq, float scale, qgroup_t *g) {
+    g->qdb = g->qd;
+    g->qcorr = (int32_t *)(g->qdb + (size_t)L->nb * LANES);
+    int16_t q[QK];
+    for (int h = 0; h < LANES; h++)
+        for (int b = 0; b < L->nb; b++) {
+            float d = 0.0f;
+            if (h < nq) d = attn_quantize_i16(rows + h * stride + b * QK, scale, QK, 127, q);
+            else memset(q, 0, sizeof q);
+            int32_t sum = 0;
+            for (int j = 0; j < QK; j += 4) {
+                uint32_t quad = 0;
+                for (int i = 0; i < 4; i++) {
+                    quad |= (uint32_t)(uint8_t)q[j + i] << (8 * i);
+                    sum += q[j + i];
+                }
+                g->qi[(b * QK + j) / 4 * LANES + h] = (int32_t)quad;
+            }
+            g->qdb[b * LANES + h] = d;
+            g->qcorr[b * LANES + h] = -128 * sum;
+        }
+}
+
 /* rows: nq query rows of D floats, row stride `stride` floats. */
 static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, int nq, float scale,
                            float *mem, qgroup_t *g) {
@@ -275,6 +315,11 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     g->qi = (int32_t *)mem;
     g->qd = mem + (size_t)D / 2 * LANES;
     g->qd2 = g->qd + LANES;
+    g->qdb = NULL; g->qcorr = NULL;
+    if (int8_keys(L) && L->type == ATTN_Q8_0) {
+        qgroup_blocks_i8(L, rows, stride, nq, scale, g);
+        return;
+    }
     /* int8 keys take an int8 query; query_qmax is the int16 query's (also the "heads" strategy's) */
     const int qmax = int8_keys(L) ? 127 : query_qmax(L), split = key_split(L);
     int16_t q[2048];
@@ -300,6 +345,31 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
 }
 
 /* ------------------------------------------------------------------ tile conversion */
+#if MINILLM_AVX512
+/* One q8_0 row for the int8 keys: all its values plus 128 at ku and its block scales at kdb (the
+ * scores), and the multipliers m of its first nbv blocks (the values) onto one row scale, the
+ * same as q8_0_row_to_i16's; returns that scale */
+static float q8_0_row_keys512(const block_q8_0 *b, int nb, int nbv, uint8_t *ku, float *kdb, int16_t *m) {
+    float s = 0.0f;
+    for (int j = 0; j < nb; j++) {
+        kdb[j] = fp16_to_fp32(b[j].d);
+        s = kdb[j] > s ? kdb[j] : s;
+    }
+    const float ia = s > 0.0f ? 32767.0f / s : 0.0f;
+    const __m256i bias = _mm256_set1_epi8((char)0x80);
+    for (int j = 0; j < nb; j++)
+        _mm256_store_si256((__m256i *)(ku + j * QK), _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b[j].qs), bias));
+    for (int j = 0; j < nbv; j++) m[j] = (int16_t)_mm_cvtss_si32(_mm_set_ss(kdb[j] * ia));
+    return s * (32768.0f / 32767.0f / V16_SCALE);
+}
+
+/* a q8_0 block's values as int16 on its row's scale (multiplier m, see q8_0_row_to_i16) */
+static inline __m512i q8_0_block_i16_512(const block_q8_0 *b, int16_t m) {
+    const __m512i k = _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b->qs)), 6);
+    return _mm512_mulhrs_epi16(k, _mm512_set1_epi16(m));
+}
+#endif
+
 /* One q8_0 row as int16 values on one row scale (see V16_SCALE); returns that scale. */
 static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
     float db[64], s = 0.0f; /* nb <= MAX_WIDTH / 32 */
@@ -309,11 +379,7 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
     }
     const float ia = s > 0.0f ? 32767.0f / s : 0.0f;
     for (int j = 0; j < nb; j++) {
-#if MINILLM_AVX512
-        const int16_t m = (int16_t)_mm_cvtss_si32(_mm_set_ss(db[j] * ia)); /* as below, one block per step */
-        const __m512i k = _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b[j].qs)), 6);
-        _mm512_store_si512((__m512i *)(ki + j * QK), _mm512_mulhrs_epi16(k, _mm512_set1_epi16(m)));
-#elif MINILLM_AVX2
+#if MINILLM_AVX2 /* (AVX-512 converts q8_0 rows in tile_convert: q8_0_row_keys512, q8_0_block_i16_512) */
         const int16_t m = (int16_t)_mm_cvtss_si32(_mm_set_ss(db[j] * ia)); /* 0..32767, rounded to nearest even */
         const __m256i vm = _mm256_set1_epi16(m);
         for (int i = 0; i < QK; i += 16) {
@@ -534,7 +600,23 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         }
         return;
     }
-    if (int8_keys(L)) { /* the scores read the int8 rows in place; the values' pairs come from them */
+    if (int8_keys(L) && L->type == ATTN_Q8_0) { /* keys plus 128 and block scales; int16 value pairs */
+        const int nbv = DV / QK;
+        int16_t m[TILE][64]; /* nb <= MAX_WIDTH / 32 */
+        for (int r = 0; r < nt; r++)
+            T->kd[r] = q8_0_row_keys512((const block_q8_0 *)(L->cache + (size_t)(t0 + r) * L->rb), L->nb, nbv,
+                                        T->ku + (size_t)r * D, T->kdb + (size_t)r * L->nb, m[r]);
+        for (int p = 0; 2 * p < nt; p++) {
+            const block_q8_0 *a = (const block_q8_0 *)(L->cache + (size_t)(t0 + 2 * p) * L->rb);
+            const block_q8_0 *b = (const block_q8_0 *)((const uint8_t *)a + L->rb);
+            const int has_b = 2 * p + 1 < nt;
+            for (int j = 0; j < nbv; j++)
+                pair_store512(T->vp + (size_t)p * DV + j * QK, q8_0_block_i16_512(a + j, m[2 * p][j]),
+                              has_b ? q8_0_block_i16_512(b + j, m[2 * p + 1][j]) : _mm512_setzero_si512());
+        }
+        return;
+    }
+    if (int8_keys(L)) { /* q8_KV: the scores read the int8 rows in place; the values' pairs come from them */
         const uint8_t *rows = L->cache + (size_t)t0 * L->rb;
         T->k8 = rows + 8;
         for (int r = 0; r < nt; r++) {
@@ -811,9 +893,43 @@ static inline __attribute__((always_inline)) void kq_i8_rows512(const uint8_t *k
     }
 }
 
+/* R q8_0 rows as int8 keys (values plus 128 at ku, rows D apart; block scales at kdb, nb apart) against
+ * the 16 int8 query rows: per 32-value block the exact int32 sum Σ (k + 128)·q - 128·Σq (vpdpbusd,
+ * started from qcorr), then in float times the key's and the query's block scales */
+static inline __attribute__((always_inline)) void kq_q8_0_rows512(const uint8_t *ku, int D, const float *kdb, int nb,
+                                                                  const qgroup_t *g, float *s, const int R) {
+    __m512 f[8];
+    __m512i a[8];
+    for (int r = 0; r < R; r++) f[r] = _mm512_setzero_ps();
+    const int32_t *qp = g->qi;
+    for (int b = 0; b < nb; b++) {
+        const __m512i corr = _mm512_load_si512((const __m512i *)(g->qcorr + b * LANES));
+        for (int r = 0; r < R; r++) a[r] = corr;
+        for (int d = b * QK; d < (b + 1) * QK; d += 4, qp += LANES) {
+            const __m512i q = _mm512_load_si512((const __m512i *)qp);
+            for (int r = 0; r < R; r++) {
+                int32_t quad;
+                memcpy(&quad, ku + (size_t)r * D + d, 4);
+                a[r] = _mm512_dpbusd_epi32(a[r], _mm512_set1_epi32(quad), q);
+            }
+            for (int r = 0; r < R; r++) PIN512(a[r]);
+        }
+        const __m512 qdb = _mm512_load_ps(g->qdb + b * LANES);
+        for (int r = 0; r < R; r++)
+            f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[r]), _mm512_mul_ps(_mm512_set1_ps(kdb[(size_t)r * nb + b]), qdb), f[r]);
+    }
+    for (int r = 0; r < R; r++) _mm512_store_ps(s + r * LANES, f[r]);
+}
+
 static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
     const int D = L->D;
     int r;
+    if (int8_keys(L) && L->type == ATTN_Q8_0) {
+        for (r = 0; r + 8 <= nt; r += 8)
+            kq_q8_0_rows512(T->ku + (size_t)r * D, D, T->kdb + (size_t)r * L->nb, L->nb, g, T->s + r * LANES, 8);
+        for (; r < nt; r++) kq_q8_0_rows512(T->ku + (size_t)r * D, D, T->kdb + (size_t)r * L->nb, L->nb, g, T->s + r * LANES, 1);
+        return;
+    }
     if (int8_keys(L)) {
         for (r = 0; r + 8 <= nt; r += 8)
             kq_i8_rows512(T->k8 + (size_t)r * L->rb, L->rb, D, T->ksum + r, T->kd + r, g, T->s + r * LANES, 8);
@@ -1262,11 +1378,13 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
     T->own[1] = T->vd = T->kd = xalloc(sizeof(float) * TILE); /* 8-bit rows: one scale for both */
     T->kr = xalloc(sizeof(float) * TILE);
     T->ksum = xalloc(sizeof(int32_t) * TILE);
+    T->ku = xalloc((size_t)TILE * L->D);
+    T->kdb = xalloc(sizeof(float) * TILE * (size_t)L->nb);
     T->k8 = NULL;
     T->s = xalloc(sizeof(float) * TILE * LANES);
     T->own[2] = T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
     T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    int ok = T->kf && T->ki && T->kd && T->kr && T->ksum && T->s && T->vp && T->pp;
+    int ok = T->kf && T->ki && T->kd && T->kr && T->ksum && T->ku && T->kdb && T->s && T->vp && T->pp;
 #if MINILLM_AMX
     T->amx = use_amx(L);
     memset(&T->ar, 0, sizeof T->ar);
@@ -1276,7 +1394,7 @@ static int tile_alloc(const layout_t *L, tile_t *T) {
 }
 
 static void tile_free(tile_t *T) {
-    free(T->kf); free(T->kr); free(T->ksum); free(T->s); free(T->pp);
+    free(T->kf); free(T->kr); free(T->ksum); free(T->ku); free(T->kdb); free(T->s); free(T->pp);
     for (int i = 0; i < 3; i++) free(T->own[i]);
 #if MINILLM_AMX
     amx_rows_free(&T->ar);

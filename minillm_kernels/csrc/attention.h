@@ -27,7 +27,7 @@ int attn_get_amx(void);
  * type as int16 values on one scale per row (the 8-bit caches everywhere but the scalar level; f16
  * and bf16 on the AVX-512 levels) rather than as floats. */
 int attn_tile_int16(int type);
-/* nonzero where the tiles multiply this type's rows as int8 keys against an int8 query (q8_KV on AVX-512) */
+/* nonzero where the tiles multiply this type's rows as int8 keys against an int8 query (q8_KV and q8_0 on AVX-512) */
 int attn_tile_int8_keys(int type);
 
 /* Bytes of one cached row of `width` values (width % 32 == 0). */
