@@ -206,6 +206,8 @@ static int key_split(const layout_t *L) { return is_half(L->type) ? L->DV : L->D
 static int int8_keys(const layout_t *L) {
     return MINILLM_AVX512 && (L->type == ATTN_Q8_KV || L->type == ATTN_Q8_0) && !L->amx;
 }
+/* ... of them q8_0's, per block (the q8_KV code paths follow these, under int8_keys alone) */
+static int int8_block_keys(const layout_t *L) { return int8_keys(L) && L->type == ATTN_Q8_0; }
 
 /* The "amx" level: the score and value GEMMs on AMX tiles (amx_attention.h), every cache type. */
 static int amx_on = 0;
@@ -316,11 +318,11 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     g->qd = mem + (size_t)D / 2 * LANES;
     g->qd2 = g->qd + LANES;
     g->qdb = NULL; g->qcorr = NULL;
-    if (int8_keys(L) && L->type == ATTN_Q8_0) {
+    if (int8_block_keys(L)) {
         qgroup_blocks_i8(L, rows, stride, nq, scale, g);
         return;
     }
-    /* int8 keys take an int8 query; query_qmax is the int16 query's (also the "heads" strategy's) */
+    /* q8_KV's int8 keys take an int8 query per head; query_qmax is the int16 query's (also the "heads" strategy's) */
     const int qmax = int8_keys(L) ? 127 : query_qmax(L), split = key_split(L);
     int16_t q[2048];
     for (int h = 0; h < LANES; h++) {
@@ -600,7 +602,7 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         }
         return;
     }
-    if (int8_keys(L) && L->type == ATTN_Q8_0) { /* keys plus 128 and block scales; int16 value pairs */
+    if (int8_block_keys(L)) { /* keys plus 128 and block scales; int16 value pairs */
         const int nbv = DV / QK;
         int16_t m[TILE][64]; /* nb <= MAX_WIDTH / 32 */
         for (int r = 0; r < nt; r++)
@@ -924,7 +926,7 @@ static inline __attribute__((always_inline)) void kq_q8_0_rows512(const uint8_t 
 static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
     const int D = L->D;
     int r;
-    if (int8_keys(L) && L->type == ATTN_Q8_0) {
+    if (int8_block_keys(L)) {
         for (r = 0; r + 8 <= nt; r += 8)
             kq_q8_0_rows512(T->ku + (size_t)r * D, D, T->kdb + (size_t)r * L->nb, L->nb, g, T->s + r * LANES, 8);
         for (; r < nt; r++) kq_q8_0_rows512(T->ku + (size_t)r * D, D, T->kdb + (size_t)r * L->nb, L->nb, g, T->s + r * LANES, 1);
