@@ -276,21 +276,15 @@ static size_t qgroup_floats(const layout_t *L) {
 static void qgroup_blocks_i8(const layout_t *L, const float *rows, size_t stride, int nq, float scale, qgroup_t *g) {
     g->qdb = g->qd;
     g->qcorr = (int32_t *)(g->qdb + (size_t)L->nb * LANES);
-    int16_t q[QK];
+    int8_t q[QK];
     for (int h = 0; h < LANES; h++)
         for (int b = 0; b < L->nb; b++) {
             float d = 0.0f;
-            if (h < nq) d = attn_quantize_i16(rows + h * stride + b * QK, scale, QK, 127, q);
+            if (h < nq) d = attn_quantize_q8(rows + h * stride + b * QK, scale, QK, q);
             else memset(q, 0, sizeof q);
             int32_t sum = 0;
-            for (int j = 0; j < QK; j += 4) {
-                uint32_t quad = 0;
-                for (int i = 0; i < 4; i++) {
-                    quad |= (uint32_t)(uint8_t)q[j + i] << (8 * i);
-                    sum += q[j + i];
-                }
-                g->qi[(b * QK + j) / 4 * LANES + h] = (int32_t)quad;
-            }
+            for (int j = 0; j < QK; j++) sum += q[j];
+            for (int j = 0; j < QK; j += 4) memcpy(&g->qi[(b * QK + j) / 4 * LANES + h], q + j, 4);
             g->qdb[b * LANES + h] = d;
             g->qcorr[b * LANES + h] = -128 * sum;
         }
