@@ -56,8 +56,9 @@ def tile_int16(cache_type):
 
 
 def tile_int8_keys(cache_type):
-    """True when the tiles off AMX compute this cache type's scores from its int8 rows as they lie,
-    against the query quantized to int8 per head (q8_KV on the AVX-512 levels: vpdpbusd)."""
+    """True when the tiles off AMX compute this cache type's scores from its int8 values with vpdpbusd
+    against an int8 query (the AVX-512 levels): q8_KV's rows as they lie, the query per head; q8_0's
+    per 32-value block, the query per block."""
     return bool(attn_tile_int8_keys(_type_id(cache_type)))
 
 

@@ -271,23 +271,42 @@ static size_t qgroup_floats(const layout_t *L) {
     return (size_t)2 * L->D * LANES + LANES + 64;
 }
 
-/* q8_0's int8 keys: the query as int8 per 32-value block and head (qmax 127) in [D/4][16] quads,
- * each block's scale (qdb) and -128 times its sum (qcorr), after qd in the group's memory */
-static void qgroup_blocks_i8(const layout_t *L, const float *rows, size_t stride, int nq, float scale, qgroup_t *g) {
-    g->qdb = g->qd;
-    g->qcorr = (int32_t *)(g->qdb + (size_t)L->nb * LANES);
-    int8_t q[QK];
-    for (int h = 0; h < LANES; h++)
+/* One lane's int8 query values q[0..n) into qi as quads, each byte xor bias (0x80: q + 128 as
+ * unsigned bytes, for keys that are the signed side) */
+static void store_query_quads(qgroup_t *g, int h, const int8_t *q, int n, uint32_t bias) {
+    for (int d = 0; d < n; d += 4) {
+        uint32_t quad;
+        memcpy(&quad, q + d, 4);
+        g->qi[d / 4 * LANES + h] = (int32_t)(quad ^ bias * 0x01010101u);
+    }
+}
+
+/* The int8 query of the int8 keys (int8_keys), in [D/4][16] quads:
+ * q8_KV: per head (qd), stored plus 128 (a zero lane's bytes are 128: its sums come out 0 like the
+ * others'); q8_0: per 32-value block and head, each block's scale (qdb) and -128 times its sum (qcorr),
+ * after qd in the group's memory */
+static void qgroup_int8(const layout_t *L, const float *rows, size_t stride, int nq, float scale, qgroup_t *g) {
+    const int D = L->D, blocks = int8_block_keys(L);
+    if (blocks) {
+        g->qdb = g->qd;
+        g->qcorr = (int32_t *)(g->qdb + (size_t)L->nb * LANES);
+    }
+    int8_t q[2048];
+    for (int h = 0; h < LANES; h++) {
+        if (h >= nq) memset(q, 0, (size_t)D);
+        if (!blocks) {
+            g->qd[h] = h < nq ? attn_quantize_q8(rows + h * stride, scale, D, q) : 0.0f;
+            store_query_quads(g, h, q, D, 0x80);
+            continue;
+        }
         for (int b = 0; b < L->nb; b++) {
-            float d = 0.0f;
-            if (h < nq) d = attn_quantize_q8(rows + h * stride + b * QK, scale, QK, q);
-            else memset(q, 0, sizeof q);
+            g->qdb[b * LANES + h] = h < nq ? attn_quantize_q8(rows + h * stride + b * QK, scale, QK, q + b * QK) : 0.0f;
             int32_t sum = 0;
-            for (int j = 0; j < QK; j++) sum += q[j];
-            for (int j = 0; j < QK; j += 4) memcpy(&g->qi[(b * QK + j) / 4 * LANES + h], q + j, 4);
-            g->qdb[b * LANES + h] = d;
+            for (int j = 0; j < QK; j++) sum += q[b * QK + j];
             g->qcorr[b * LANES + h] = -128 * sum;
         }
+        store_query_quads(g, h, q, D, 0);
+    }
 }
 
 /* rows: nq query rows of D floats, row stride `stride` floats. */
@@ -312,12 +331,11 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
     g->qd = mem + (size_t)D / 2 * LANES;
     g->qd2 = g->qd + LANES;
     g->qdb = NULL; g->qcorr = NULL;
-    if (int8_block_keys(L)) {
-        qgroup_blocks_i8(L, rows, stride, nq, scale, g);
+    if (int8_keys(L)) {
+        qgroup_int8(L, rows, stride, nq, scale, g);
         return;
     }
-    /* q8_KV's int8 keys take an int8 query per head; query_qmax is the int16 query's (also the "heads" strategy's) */
-    const int qmax = int8_keys(L) ? 127 : query_qmax(L), split = key_split(L);
+    const int qmax = query_qmax(L), split = key_split(L);
     int16_t q[2048];
     for (int h = 0; h < LANES; h++) {
         g->qd[h] = g->qd2[h] = 0.0f;
@@ -326,14 +344,6 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
             if (split < D) g->qd2[h] = attn_quantize_i16(rows + h * stride + split, scale, D - split, qmax, q + split);
         } else {
             memset(q, 0, sizeof(int16_t) * (size_t)D);
-        }
-        if (int8_keys(L)) { /* a zero lane's bytes are 128: its sums come out 0 like the others' */
-            for (int d = 0; d < D; d += 4) {
-                uint32_t quad = 0;
-                for (int j = 0; j < 4; j++) quad |= (uint32_t)(uint8_t)(q[d + j] + 128) << (8 * j);
-                g->qi[(d / 4) * LANES + h] = (int32_t)quad;
-            }
-            continue;
         }
         for (int d = 0; d < D; d += 2)
             g->qi[(d / 2) * LANES + h] = (int32_t)((uint32_t)(uint16_t)q[d] | (uint32_t)(uint16_t)q[d + 1] << 16);
