@@ -51,7 +51,7 @@ def amx_on():
 
 def tile_int16(cache_type):
     """True when the tiles (kparallel decode, prompt processing off AMX) multiply this cache type's rows
-    as int16 values on one scale per row (the 8-bit caches, and f16/bf16 on the AVX-512 levels)."""
+    as int16 values on one scale per row (the 8-bit caches, and f16/bf16 on the SIMD levels, AVX2 and up)."""
     return bool(attn_tile_int16(_type_id(cache_type)))
 
 

@@ -17,7 +17,7 @@ Two checks per case:
    row, q8_0 one per 32-value block, whose scores then take the dequantized rows).
    Those rows are the dequantized cache, except on the tile path (kparallel and
    prefill) q8_0, which re-expresses each row as int16 values on one row scale, and
-   f16/bf16 on the AVX-512 levels (attn.tile_int16), whose rows become int16 values on one
+   f16/bf16 on the AVX2 and AVX-512 levels (attn.tile_int16), whose rows become int16 values on one
    scale per row and part (latent, rope), the query likewise per part: emulated exactly
    in tile_rows() and quantize_query().  What is left is fp32 accumulation order,
    |err| <= 2e-4 · max|ref| + 1e-6, plus, for the 8-bit caches, the integer value path

@@ -6,12 +6,12 @@
  * as two small GEMMs, with an online softmax in between (running max m, running
  * sum l, and the unnormalized accumulator O, rescaled when the max grows):
  *   scores S[t][h] = Σ_d row_t[d] · q_h[d]     vectorized over the 16 heads:
- *       f16/bf16 on AVX2 and scalar: fp32 FMAs on the rows converted to float;
+ *       f16/bf16 on the scalar level: fp32 FMAs on the rows converted to float;
  *       q8_0/q8_KV: each row as int16 values with ONE scale (q8_KV: its own; q8_0:
  *       the blocks re-expressed on the row's largest block scale, see tile_convert),
  *       the query as int16 with one scale per head, vpmaddwd (two products per lane)
  *       and one int32 sum per row and head: no per-block float work;
- *       f16/bf16 on AVX-512: the same, with the latent and rope parts each on its own
+ *       f16/bf16 on AVX2 and up: the same, with the latent and rope parts each on its own
  *       scale and the int32 sums over 32-value slices (see KMAX_F16);
  *       q8_KV on AVX-512: the int8 rows as they lie in the cache against an int8 query,
  *       vpdpbusd (four products per lane, see int8_keys);
@@ -170,8 +170,11 @@ _Static_assert(TILE * 32767.0 * KMAX_Q8_KV < 2147483647.0 && TILE * 8191.0 * KMA
  * finely as bf16 (what DeepSeek's own kernels keep), and a row of a few times its RMS about as finely
  * as f16 (2^-11 of each value).  The query is quantized the same way, per head and part.  A score
  * sums int32 products over slices of F16_SLICE values only, the slices then in float, so the query
- * also gets 8192 levels (over a whole 512-value part it would get 512).  AVX2 has no vpdpwssd: there
- * and on the scalar level these rows stay float. */
+ * also gets 8192 levels (over a whole 512-value part it would get 512).  AVX2 (no vpdpwssd) takes the
+ * same rows: its vpmaddwd and vpaddd, two instructions for 16 products where an FMA does 8, run on
+ * other ports than each other (Zen 3: the two multiply pipes, the adds beside them), so the int16
+ * GEMMs still run about twice the products per cycle of the float ones.  The scalar level keeps
+ * these rows float. */
 #define KMAX_F16 8191
 #define F16_SLICE 32
 #define PMAX_F16 8191.0f
@@ -181,7 +184,7 @@ static int is_q8(int type) { return type == ATTN_Q8_0 || type == ATTN_Q8_KV; }
 static int is_half(int type) { return type == ATTN_F16 || type == ATTN_BF16; }
 /* rows multiplied as int16 values (kq_i16_*, tile_values_int) rather than floats */
 static int int_rows(const layout_t *L) {
-    return is_q8(L->type) || (L->type == ATTN_MHA && L->mha && L->mha->i16) || (MINILLM_AVX512 && is_half(L->type));
+    return is_q8(L->type) || (L->type == ATTN_MHA && L->mha && L->mha->i16) || (MINILLM_AVX2 && is_half(L->type));
 }
 static float value_pmax(int type) {
     return type == ATTN_Q8_KV ? PMAX_Q8_KV : type == ATTN_MHA ? PMAX_MHA : is_half(type) ? PMAX_F16 : PMAX_Q8_0;
@@ -400,13 +403,18 @@ static float q8_0_row_to_i16(const block_q8_0 *b, int nb, int16_t *ki) {
     return s * (32768.0f / 32767.0f / V16_SCALE);
 }
 
-#if MINILLM_AVX512
+#if MINILLM_AVX2
 /* The f16 and bf16 rows become int16 values k16 = rint(x·KMAX_F16/a) per part, a = max|x| of the
- * part.  half_unit: a part's unit a/KMAX_F16, and in *id the factor KMAX_F16/a its values are
- * multiplied by; a is found on the bits (|x| orders as its 15 low bits), with two max chains.  NaN
- * (and id 0) where the part holds an inf or a NaN: the row's scores, and so its heads' outputs,
- * become NaN.  n % 32 == 0. */
-static inline __attribute__((always_inline)) float half_unit(const uint16_t *h, int bf16, int n, __m512 *id) {
+ * part (half_pair_body).  The vector steps per level: HSTEP half values at a time as two int32
+ * vectors (hvec_i), scaled by an hvec_f factor. */
+#if MINILLM_AVX512
+#define HSTEP 32
+typedef __m512 hvec_f;
+typedef __m512i hvec_i;
+#define hvec_set1(x) _mm512_set1_ps(x)
+#define hvec_zero_i() _mm512_setzero_si512()
+/* the largest of the 15 low bits (|x| orders as them) of n half values, n % 32 == 0: two max chains */
+static inline uint16_t half_top(const uint16_t *h, int n) {
     const __m512i magnitude = _mm512_set1_epi16(0x7fff);
     __m512i m0 = _mm512_setzero_si512(), m1 = m0;
     int d = 0;
@@ -416,30 +424,74 @@ static inline __attribute__((always_inline)) float half_unit(const uint16_t *h, 
     }
     if (d < n) m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_loadu_si512(h + d), magnitude));
     const __m512i mx = _mm512_max_epu16(m0, m1);
-    const uint16_t top = (uint16_t)_mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_and_si512(mx, _mm512_set1_epi32(0xffff)),
-                                                                            _mm512_srli_epi32(mx, 16)));
-    *id = _mm512_setzero_ps();
-    if (top >= (bf16 ? 0x7f80 : 0x7c00)) return NAN;
-    const float a = bf16 ? bf16_to_fp32(top) : fp16_to_fp32(top);
-    if (a > 0.0f) *id = _mm512_set1_ps((float)KMAX_F16 / a);
-    return a / (float)KMAX_F16;
+    return (uint16_t)_mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_and_si512(mx, _mm512_set1_epi32(0xffff)),
+                                                              _mm512_srli_epi32(mx, 16)));
 }
-
 /* 32 half values times id, rounded to nearest even: values 0-15 in *lo, 16-31 in *hi (int32 lanes) */
-static inline __attribute__((always_inline)) void half32_to_i32(const uint16_t *h, int bf16, __m512 id, __m512i *lo,
-                                                                __m512i *hi) {
+static inline __attribute__((always_inline)) void half_to_i32(const uint16_t *h, int bf16, hvec_f id, hvec_i *lo,
+                                                              hvec_i *hi) {
     const __m256i r0 = _mm256_loadu_si256((const __m256i *)h), r1 = _mm256_loadu_si256((const __m256i *)(h + 16));
     const __m512 x0 = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r0), 16)) : _mm512_cvtph_ps(r0);
     const __m512 x1 = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r1), 16)) : _mm512_cvtph_ps(r1);
     *lo = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id));
     *hi = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
 }
-
 /* the int16 values of lo, hi in order (|v| <= KMAX_F16: no saturation): vpackssdw interleaves the
  * two by 128-bit lane, the qword permute puts them back */
-static inline void store_i16x32(int16_t *k, __m512i lo, __m512i hi) {
+static inline void store_i16(int16_t *k, hvec_i lo, hvec_i hi) {
     const __m512i order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
     _mm512_store_si512((__m512i *)k, _mm512_permutexvar_epi64(order, _mm512_packs_epi32(lo, hi)));
+}
+/* the int32 lanes of two rows' values as their interleaved int16 pairs (a low, b high) */
+static inline void store_pairs(int32_t *vp, hvec_i a, hvec_i b) {
+    _mm512_store_si512((__m512i *)vp, _mm512_mask_blend_epi16(0xAAAAAAAAu, a, _mm512_slli_epi32(b, 16)));
+}
+#else
+#define HSTEP 16
+typedef __m256 hvec_f;
+typedef __m256i hvec_i;
+#define hvec_set1(x) _mm256_set1_ps(x)
+#define hvec_zero_i() _mm256_setzero_si256()
+/* (as above, n % 16 == 0) */
+static inline uint16_t half_top(const uint16_t *h, int n) {
+    const __m256i magnitude = _mm256_set1_epi16(0x7fff);
+    __m256i m0 = _mm256_setzero_si256(), m1 = m0;
+    int d = 0;
+    for (; d + 32 <= n; d += 32) {
+        m0 = _mm256_max_epu16(m0, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(h + d)), magnitude));
+        m1 = _mm256_max_epu16(m1, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(h + d + 16)), magnitude));
+    }
+    if (d < n) m0 = _mm256_max_epu16(m0, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(h + d)), magnitude));
+    const __m256i mx = _mm256_max_epu16(m0, m1);
+    __m128i x = _mm_max_epu16(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
+    x = _mm_max_epu16(x, _mm_shuffle_epi32(x, 0x4E));
+    x = _mm_max_epu16(x, _mm_shuffle_epi32(x, 0xB1));
+    x = _mm_max_epu16(x, _mm_srli_epi32(x, 16));
+    return (uint16_t)_mm_cvtsi128_si32(x);
+}
+static inline __attribute__((always_inline)) void half_to_i32(const uint16_t *h, int bf16, hvec_f id, hvec_i *lo,
+                                                              hvec_i *hi) {
+    *lo = _mm256_cvtps_epi32(_mm256_mul_ps(bf16 ? load_bf16x8(h) : load_f16x8(h), id));
+    *hi = _mm256_cvtps_epi32(_mm256_mul_ps(bf16 ? load_bf16x8(h + 8) : load_f16x8(h + 8), id));
+}
+static inline void store_i16(int16_t *k, hvec_i lo, hvec_i hi) {
+    _mm256_store_si256((__m256i *)k, _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8));
+}
+static inline void store_pairs(int32_t *vp, hvec_i a, hvec_i b) {
+    _mm256_store_si256((__m256i *)vp, _mm256_blend_epi16(a, _mm256_slli_epi32(b, 16), 0xAA));
+}
+#endif
+
+/* A part's unit a/KMAX_F16, and in *id the factor KMAX_F16/a its values are multiplied by.  NaN (and
+ * id 0) where the part holds an inf or a NaN: the row's scores, and so its heads' outputs, become
+ * NaN. */
+static inline __attribute__((always_inline)) float half_unit(const uint16_t *h, int bf16, int n, hvec_f *id) {
+    const uint16_t top = half_top(h, n);
+    *id = hvec_set1(0.0f);
+    if (top >= (bf16 ? 0x7f80 : 0x7c00)) return NAN;
+    const float a = bf16 ? bf16_to_fp32(top) : fp16_to_fp32(top);
+    if (a > 0.0f) *id = hvec_set1((float)KMAX_F16 / a);
+    return a / (float)KMAX_F16;
 }
 
 /* Rows r and, if hb, r + 1 of the tile from the f16 or bf16 rows ha, hb: into ka and ka + D, the
@@ -451,7 +503,7 @@ static inline void store_i16x32(int16_t *k, __m512i lo, __m512i hi) {
 static inline __attribute__((always_inline)) void half_pair_body(tile_t *T, int r, const uint16_t *ha, const uint16_t *hb,
                                                                  int D, int dv, int16_t *ka, int32_t *vp, const int BF16,
                                                                  const int HAS_B) {
-    __m512 ida, idb = _mm512_setzero_ps(), ira = idb, irb = idb;
+    hvec_f ida, idb = hvec_set1(0.0f), ira = idb, irb = idb;
     T->kd[r] = half_unit(ha, BF16, dv, &ida);
     T->kr[r] = dv < D ? half_unit(ha + dv, BF16, D - dv, &ira) : 0.0f;
     if (HAS_B) {
@@ -460,25 +512,24 @@ static inline __attribute__((always_inline)) void half_pair_body(tile_t *T, int 
     }
     for (int i = r; i < r + 1 + HAS_B; i++)
         if ((isnan(T->kd[i]) || isnan(T->kr[i])) && i < T->bad_at) T->bad_at = i;
-    const __mmask32 high = 0xAAAAAAAAu; /* the odd int16 lanes: row b's half of each pair */
-    for (int d = 0; d < dv; d += 32) {
-        __m512i la, ua, lb = _mm512_setzero_si512(), ub = lb;
-        half32_to_i32(ha + d, BF16, ida, &la, &ua);
-        store_i16x32(ka + d, la, ua);
+    for (int d = 0; d < dv; d += HSTEP) {
+        hvec_i la, ua, lb = hvec_zero_i(), ub = lb;
+        half_to_i32(ha + d, BF16, ida, &la, &ua);
+        store_i16(ka + d, la, ua);
         if (HAS_B) {
-            half32_to_i32(hb + d, BF16, idb, &lb, &ub);
-            store_i16x32(ka + D + d, lb, ub);
+            half_to_i32(hb + d, BF16, idb, &lb, &ub);
+            store_i16(ka + D + d, lb, ub);
         }
-        _mm512_store_si512((__m512i *)(vp + d), _mm512_mask_blend_epi16(high, la, _mm512_slli_epi32(lb, 16)));
-        _mm512_store_si512((__m512i *)(vp + d + 16), _mm512_mask_blend_epi16(high, ua, _mm512_slli_epi32(ub, 16)));
+        store_pairs(vp + d, la, lb);
+        store_pairs(vp + d + HSTEP / 2, ua, ub);
     }
-    for (int d = dv; d < D; d += 32) {
-        __m512i lo, hi;
-        half32_to_i32(ha + d, BF16, ira, &lo, &hi);
-        store_i16x32(ka + d, lo, hi);
+    for (int d = dv; d < D; d += HSTEP) {
+        hvec_i lo, hi;
+        half_to_i32(ha + d, BF16, ira, &lo, &hi);
+        store_i16(ka + d, lo, hi);
         if (HAS_B) {
-            half32_to_i32(hb + d, BF16, irb, &lo, &hi);
-            store_i16x32(ka + D + d, lo, hi);
+            half_to_i32(hb + d, BF16, irb, &lo, &hi);
+            store_i16(ka + D + d, lo, hi);
         }
     }
 }
@@ -597,7 +648,7 @@ static inline void pair_store512(int32_t *vp, __m512i va, __m512i vb) {
 static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
     const int D = L->D, DV = L->DV;
     T->bad_at = TILE;
-#if MINILLM_AVX512
+#if MINILLM_AVX2
     if (is_half(L->type)) { /* the value pairs' rows together (half_pair_to_i16) */
         for (int p = 0; 2 * p < nt; p++) {
             const uint8_t *a = L->cache + (size_t)(t0 + 2 * p) * L->rb;
@@ -606,6 +657,8 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
         }
         return;
     }
+#endif
+#if MINILLM_AVX512
     if (int8_block_keys(L)) { /* keys plus 128 and block scales; int16 value pairs */
         const int nbv = DV / QK;
         int16_t m[TILE][64]; /* nb <= MAX_WIDTH / 32 */
@@ -771,48 +824,71 @@ static inline __attribute__((always_inline)) void kq_f32_rows(const float *k, in
     for (int r = 0; r < R; r++) { _mm256_store_ps(s + r * LANES, a0[r]); _mm256_store_ps(s + r * LANES + 8, a1[r]); }
 }
 
-/* Scores of 8-bit rows: int16 row values against 16 int16 query rows, pairs of row values
- * broadcast as one int32 and vpmaddwd with the interleaved query pairs, one int32 sum per
- * row and query over the whole row, then times the row scale and the query scale. */
-static inline __attribute__((always_inline)) void kq_i16_store(__m256i a0, __m256i a1, float kd, const qgroup_t *g, float *s) {
-    const __m256 dk = _mm256_set1_ps(kd);
-    _mm256_store_ps(s, _mm256_mul_ps(_mm256_cvtepi32_ps(a0), _mm256_mul_ps(dk, _mm256_load_ps(g->qd))));
-    _mm256_store_ps(s + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(a1), _mm256_mul_ps(dk, _mm256_load_ps(g->qd + 8))));
-}
-
-static void kq_i16_rows1(const int16_t *ki, int D, const float *kd, const qgroup_t *g, float *s) {
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0;
-    const int32_t *qp = g->qi;
-    for (int d = 0; d < D; d += 2, qp += LANES) {
-        int32_t pair; memcpy(&pair, ki + d, 4);
-        const __m256i k = _mm256_set1_epi32(pair);
-        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(k, _mm256_load_si256((const __m256i *)qp)));
-        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(k, _mm256_load_si256((const __m256i *)(qp + 8))));
-    }
-    kq_i16_store(a0, a1, kd[0], g, s);
-}
-
-/* Six rows at once (12 accumulators, 2 query vectors, 1 broadcast: 15 registers). */
-static void kq_i16_rows6(const int16_t *ki, int D, const float *kd, const qgroup_t *g, float *s) {
+/* Scores of int16 rows: pairs of row values broadcast as one int32 and vpmaddwd with the
+ * interleaved query pairs (two products per lane).  The exact int32 sums over np pairs of R rows
+ * (k: their first pair, rows D apart; qp: the query pairs) against the 16 query rows, into a[2r]
+ * (heads 0-7) and a[2r + 1].  Six rows: 12 accumulators, 2 query vectors, 1 broadcast (15 of the 16
+ * registers), named, as arrays cost register moves in the loop. */
+static inline __attribute__((always_inline)) void kq_i16_pairs(const int16_t *k, int D, int np, const int32_t *qp,
+                                                               __m256i *a, const int R) {
     __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
     __m256i a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
-    const int32_t *qp = g->qi;
-    const int16_t *k = ki;
-    for (int n = D / 2; n > 0; n--, qp += LANES, k += 2) {
+    for (int n = np; n > 0; n--, qp += LANES, k += 2) {
         const __m256i q0 = _mm256_load_si256((const __m256i *)qp), q1 = _mm256_load_si256((const __m256i *)(qp + 8));
-#define ROW(r, x0, x1) { int32_t pair; memcpy(&pair, k + (size_t)(r) * D, 4); const __m256i kb = _mm256_set1_epi32(pair); \
+#define ROW(r, x0, x1) if (r < R) { int32_t pair; memcpy(&pair, k + (size_t)(r) * D, 4); const __m256i kb = _mm256_set1_epi32(pair); \
         x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(kb, q0)); x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(kb, q1)); }
         ROW(0, a00, a01) ROW(1, a10, a11) ROW(2, a20, a21) ROW(3, a30, a31) ROW(4, a40, a41) ROW(5, a50, a51)
 #undef ROW
         PIN(a00); PIN(a01); PIN(a10); PIN(a11); PIN(a20); PIN(a21);
         PIN(a30); PIN(a31); PIN(a40); PIN(a41); PIN(a50); PIN(a51);
     }
-    kq_i16_store(a00, a01, kd[0], g, s);
-    kq_i16_store(a10, a11, kd[1], g, s + LANES);
-    kq_i16_store(a20, a21, kd[2], g, s + 2 * LANES);
-    kq_i16_store(a30, a31, kd[3], g, s + 3 * LANES);
-    kq_i16_store(a40, a41, kd[4], g, s + 4 * LANES);
-    kq_i16_store(a50, a51, kd[5], g, s + 5 * LANES);
+    const __m256i all[12] = {a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51};
+    for (int i = 0; i < 2 * R; i++) a[i] = all[i];
+}
+
+/* R rows of one int16 scale each (the 8-bit caches, the MHA rows): one int32 sum over the whole
+ * row, times the row's and the query's scale */
+static inline __attribute__((always_inline)) void kq_i16_rows(const int16_t *ki, int D, const float *kd, const qgroup_t *g,
+                                                              float *s, const int R) {
+    __m256i a[12];
+    kq_i16_pairs(ki, D, D / 2, g->qi, a, R);
+    for (int r = 0; r < R; r++) {
+        const __m256 dk = _mm256_set1_ps(kd[r]);
+        _mm256_store_ps(s + r * LANES, _mm256_mul_ps(_mm256_cvtepi32_ps(a[2 * r]), _mm256_mul_ps(dk, _mm256_load_ps(g->qd))));
+        _mm256_store_ps(s + r * LANES + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(a[2 * r + 1]), _mm256_mul_ps(dk, _mm256_load_ps(g->qd + 8))));
+    }
+}
+
+/* sum[r·16 ...] = Σ over slices of `slice` values in [d0, d1) of the float of the slice's int32 sum
+ * (d0 < d1) */
+static inline __attribute__((always_inline)) void kq_i16_part(const int16_t *ki, int D, int d0, int d1, int slice,
+                                                              const int32_t *qp, float *sum, const int R) {
+    __m256i a[12];
+    int add = 0;
+    do {
+        kq_i16_pairs(ki + d0, D, ((d0 + slice < d1 ? d0 + slice : d1) - d0) / 2, qp, a, R);
+        for (int i = 0; i < 2 * R; i++) {
+            const __m256 x = _mm256_cvtepi32_ps(a[i]);
+            _mm256_store_ps(sum + 8 * i, add ? _mm256_add_ps(_mm256_load_ps(sum + 8 * i), x) : x);
+        }
+        d0 += slice, qp += (size_t)slice / 2 * LANES, add = 1;
+    } while (d0 < d1);
+}
+
+/* R half-cache rows (as kq_i16_rows512): the latent part [0, split) on the scales kd and g->qd, the
+ * rope part on kr and g->qd2, each part's int32 sums over slices of `slice` values */
+static inline __attribute__((always_inline)) void kq_i16_rows_sliced(const int16_t *ki, int D, int slice, int split,
+                                                                     const float *kd, const float *kr, const qgroup_t *g,
+                                                                     float *s, const int R) {
+    float f[6 * LANES] __attribute__((aligned(32))), rope[6 * LANES] __attribute__((aligned(32)));
+    kq_i16_part(ki, D, 0, split, slice, g->qi, f, R);
+    kq_i16_part(ki, D, split, D, slice, g->qi + (size_t)split / 2 * LANES, rope, R);
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < LANES; v += 8) {
+            const __m256 x = _mm256_mul_ps(_mm256_load_ps(f + r * LANES + v), _mm256_mul_ps(_mm256_set1_ps(kd[r]), _mm256_load_ps(g->qd + v)));
+            _mm256_store_ps(s + r * LANES + v,
+                            _mm256_fmadd_ps(_mm256_load_ps(rope + r * LANES + v), _mm256_mul_ps(_mm256_set1_ps(kr[r]), _mm256_load_ps(g->qd2 + v)), x));
+        }
 }
 #endif
 
@@ -1076,8 +1152,14 @@ static void tile_scores(const layout_t *L, const tile_t *T, const rows_t *seg, i
 #elif MINILLM_AVX2
     int r = 0;
     if (int_rows(L)) {
-        for (; r + 6 <= nt; r += 6) kq_i16_rows6(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES);
-        for (; r < nt; r++) kq_i16_rows1(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES);
+        if (!is_half(L->type)) {
+            for (; r + 6 <= nt; r += 6) kq_i16_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 6);
+            for (; r < nt; r++) kq_i16_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 1);
+            return;
+        }
+        const int slice = score_slice(L), split = key_split(L);
+        for (; r + 6 <= nt; r += 6) kq_i16_rows_sliced(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 6);
+        for (; r < nt; r++) kq_i16_rows_sliced(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 1);
         return;
     }
     for (int i = 0; i < nseg; i++) {
