@@ -105,7 +105,7 @@ typedef struct {
 } state_t;
 
 typedef struct {
-    float *kf;   /* [TILE][D] float rows: f16/bf16 below AVX-512 (scalar build: also the first DV values of 8-bit rows) */
+    float *kf;   /* [TILE][D] float rows: the scalar level's (there also the first DV values of 8-bit rows); AMX's rows */
     int16_t *ki; /* [TILE][D] int16 rows (8-bit caches: converted per tile; MHA: in mha_i16_t) ... */
     float *kd;   /* [TILE]    ... times this one scale per row */
     float *vd;   /* [TILE] the values' int16 scale: the 8-bit caches' kd, the MHA rows' own */
@@ -708,28 +708,16 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
     }
     for (int r = 0; r < nt; r++) {
         const uint8_t *src = L->cache + (size_t)(t0 + r) * L->rb;
-        float *kf = T->kf + (size_t)r * D; /* unused on AVX-512: every cache type becomes int16 there */
+        float *kf = T->kf + (size_t)r * D; /* the scalar level's float rows */
         int16_t *ki = T->ki + (size_t)r * D;
         (void)kf;
         switch (L->type) {
-        case ATTN_F16: {
-            const fp16_t *h = (const fp16_t *)src;
-#if MINILLM_AVX2
-            for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_f16x8(h + d));
-#else
-            for (int d = 0; d < D; d++) kf[d] = fp16_to_fp32(h[d]);
-#endif
+        case ATTN_F16: /* (the SIMD levels converted them above) */
+            for (int d = 0; d < D; d++) kf[d] = fp16_to_fp32(((const fp16_t *)src)[d]);
             break;
-        }
-        case ATTN_BF16: {
-            const uint16_t *h = (const uint16_t *)src;
-#if MINILLM_AVX2
-            for (int d = 0; d < D; d += 8) _mm256_store_ps(kf + d, load_bf16x8(h + d));
-#else
-            for (int d = 0; d < D; d++) kf[d] = bf16_to_fp32(h[d]);
-#endif
+        case ATTN_BF16:
+            for (int d = 0; d < D; d++) kf[d] = bf16_to_fp32(((const uint16_t *)src)[d]);
             break;
-        }
         case ATTN_Q8_0:
             T->kd[r] = q8_0_row_to_i16((const block_q8_0 *)src, L->nb, ki);
             break;
@@ -751,7 +739,6 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
 #endif
     }
 #if MINILLM_AVX2
-    if (!int_rows(L)) return;
     /* value rows in pairs (2p, 2p+1), interleaved value by value for vpmaddwd;
      * an odd last row pairs with zeros */
     for (int p = 0; 2 * p < nt; p++) {
@@ -803,27 +790,6 @@ static int tile_rows_at(const layout_t *L, const tile_t *T, int t0, rows_t *seg,
 
 /* ------------------------------------------------------------------ scores: S = rows · Qᵀ */
 #if MINILLM_AVX2
-/* R float rows (nd values each, ks floats apart) against 16 query rows (qf: their matching nd
- * values): 2R accumulators, broadcast row values; acc: add to the scores already in s */
-static inline __attribute__((always_inline)) void kq_f32_rows(const float *k, int ks, int nd, const float *qf,
-                                                              float *s, int acc, const int R) {
-    __m256 a0[6], a1[6];
-    for (int r = 0; r < R; r++) {
-        a0[r] = acc ? _mm256_load_ps(s + r * LANES) : _mm256_setzero_ps();
-        a1[r] = acc ? _mm256_load_ps(s + r * LANES + 8) : _mm256_setzero_ps();
-    }
-    for (int d = 0; d < nd; d++) {
-        const __m256 q0 = _mm256_load_ps(qf + d * LANES), q1 = _mm256_load_ps(qf + d * LANES + 8);
-        for (int r = 0; r < R; r++) {
-            const __m256 kb = _mm256_broadcast_ss(k + (size_t)r * ks + d);
-            a0[r] = _mm256_fmadd_ps(kb, q0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(kb, q1, a1[r]);
-        }
-        for (int r = 0; r < R; r++) { PIN(a0[r]); PIN(a1[r]); }
-    }
-    for (int r = 0; r < R; r++) { _mm256_store_ps(s + r * LANES, a0[r]); _mm256_store_ps(s + r * LANES + 8, a1[r]); }
-}
-
 /* Scores of int16 rows: pairs of row values broadcast as one int32 and vpmaddwd with the
  * interleaved query pairs (two products per lane).  The exact int32 sums over np pairs of R rows
  * (k: their first pair, rows D apart; qp: the query pairs) against the 16 query rows, into a[2r]
@@ -899,19 +865,6 @@ static inline __attribute__((always_inline)) void kq_i16_rows_sliced(const int16
  * the value GEMM of the AVX2 bodies with half the instructions (the 8-bit caches' int16 products
  * with vpdpwssd, which adds the pair products to int32 lanes in one instruction).  Exact integer
  * sums are the same; float sums are accumulated in another order (within the same bounds). */
-/* R float rows against the 16 query rows (as kq_f32_rows): R accumulators, broadcast row values */
-static inline __attribute__((always_inline)) void kq_f32_rows512(const float *k, int ks, int nd, const float *qf,
-                                                                 float *s, int acc, const int R) {
-    __m512 a[8];
-    for (int r = 0; r < R; r++) a[r] = acc ? _mm512_load_ps(s + r * LANES) : _mm512_setzero_ps();
-    for (int d = 0; d < nd; d++) {
-        const __m512 q = _mm512_load_ps(qf + d * LANES);
-        for (int r = 0; r < R; r++) a[r] = _mm512_fmadd_ps(_mm512_set1_ps(k[(size_t)r * ks + d]), q, a[r]);
-        for (int r = 0; r < R; r++) PIN512(a[r]);
-    }
-    for (int r = 0; r < R; r++) _mm512_store_ps(s + r * LANES, a[r]);
-}
-
 /* sum[r] = Σ over slices of `slice` values in [d0, d1) of the float of the slice's exact int32 sum
  * (vpdpwssd) of row r's values against the 16 int16 query rows (qp: their pairs from d0 on) */
 static inline __attribute__((always_inline)) void kq_i16_part512(const int16_t *ki, int D, int d0, int d1, int slice,
@@ -1003,7 +956,7 @@ static inline __attribute__((always_inline)) void kq_q8_0_rows512(const uint8_t 
     for (int r = 0; r < R; r++) _mm512_store_ps(s + r * LANES, f[r]);
 }
 
-static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
+static void tile_scores512(const layout_t *L, const tile_t *T, int nt, const qgroup_t *g) {
     const int D = L->D;
     int r;
     if (int8_block_keys(L)) {
@@ -1016,15 +969,6 @@ static void tile_scores512(const layout_t *L, const tile_t *T, const rows_t *seg
         for (r = 0; r + 8 <= nt; r += 8)
             kq_i8_rows512(T->k8 + (size_t)r * L->rb, L->rb, D, T->ksum + r, T->kd + r, g, T->s + r * LANES, 8);
         for (; r < nt; r++) kq_i8_rows512(T->k8 + (size_t)r * L->rb, L->rb, D, T->ksum + r, T->kd + r, g, T->s + r * LANES, 1);
-        return;
-    }
-    if (!int_rows(L)) {
-        for (int i = 0; i < nseg; i++) {
-            const rows_t k = seg[i];
-            const float *qf = g->qf + (size_t)k.d0 * LANES;
-            for (r = 0; r + 8 <= nt; r += 8) kq_f32_rows512(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 8);
-            for (; r < nt; r++) kq_f32_rows512(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 1);
-        }
         return;
     }
     const int slice = score_slice(L), split = key_split(L);
@@ -1058,31 +1002,8 @@ static void softmax_step512(state_t *st, float *s, int n, int DV, int nlanes) {
     }
 }
 
-/* NH heads x 32 values: 2 NH accumulators, broadcast probabilities */
-static inline __attribute__((always_inline)) void v_block512(const float *kf, int D, int DV, const float *p, int n,
-                                                             float *o0, const int NH) {
-    __m512 a0[8], a1[8];
-    for (int i = 0; i < NH; i++) {
-        a0[i] = _mm512_load_ps(o0 + (size_t)i * DV);
-        a1[i] = _mm512_load_ps(o0 + (size_t)i * DV + 16);
-    }
-    for (int t = 0; t < n; t++) {
-        const __m512 v0 = _mm512_loadu_ps(kf + (size_t)t * D), v1 = _mm512_loadu_ps(kf + (size_t)t * D + 16);
-        for (int i = 0; i < NH; i++) {
-            const __m512 pb = _mm512_set1_ps(p[t * LANES + i]);
-            a0[i] = _mm512_fmadd_ps(pb, v0, a0[i]);
-            a1[i] = _mm512_fmadd_ps(pb, v1, a1[i]);
-        }
-        for (int i = 0; i < NH; i++) { PIN512(a0[i]); PIN512(a1[i]); }
-    }
-    for (int i = 0; i < NH; i++) {
-        _mm512_store_ps(o0 + (size_t)i * DV, a0[i]);
-        _mm512_store_ps(o0 + (size_t)i * DV + 16, a1[i]);
-    }
-}
-
-/* the same for 8-bit rows: int32 sums of the int16 probability and value pairs (vpdpwssd), then
- * O += sum * scale */
+/* NH heads x 32 values: int32 sums of the int16 probability and value pairs (vpdpwssd), 2 NH
+ * accumulators, broadcast probability pairs; then O += sum * scale (or O = on a fresh state) */
 static inline __attribute__((always_inline)) void v_block_i16_512(const int32_t *vp, int DV, const int32_t *pp,
                                                                   int np, const float *sc, float *o0, int first,
                                                                   const int NH) {
@@ -1111,63 +1032,48 @@ static inline __attribute__((always_inline)) void v_block_i16_512(const int32_t 
     }
 }
 
-/* the value GEMM in blocks of 32 values x 8 heads; int16: 8-bit rows (vp, pp, sc of tile_values_int) */
-#define V_BLOCK512_CASES(call)                                                                       \
-    switch (nlanes - hb < 8 ? nlanes - hb : 8) {                                                     \
-    case 8: call(8); break;                                                                          \
-    case 7: call(7); break;                                                                          \
-    case 6: call(6); break;                                                                          \
-    case 5: call(5); break;                                                                          \
-    case 4: call(4); break;                                                                          \
-    case 3: call(3); break;                                                                          \
-    case 2: call(2); break;                                                                          \
-    default: call(1); break;                                                                         \
-    }
-static void tile_values512(tile_t *T, const float *kf, int D, int DV, int n, float *o, int nlanes, const int32_t *pp,
-                           const float *sc, int first) {
+/* the value GEMM in blocks of 32 values x 8 heads (T->vp, T->pp and sc of tile_values_int) */
+static void tile_values512(tile_t *T, int DV, int n, float *o, int nlanes, const float *sc, int first) {
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 32) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 32) {
         prefetch_some(T, pf_step);
         for (int hb = 0; hb < nlanes; hb += 8) {
             float *o0 = o + (size_t)hb * DV + dc;
-#define F32_CALL(nh) v_block512(kf + dc, D, DV, T->s + hb, n, o0, nh)
-#define I16_CALL(nh) v_block_i16_512(T->vp + dc, DV, pp + hb, (n + 1) / 2, sc + hb, o0, first, nh)
-            if (pp) {
-                V_BLOCK512_CASES(I16_CALL)
-            } else {
-                V_BLOCK512_CASES(F32_CALL)
+            const int32_t *vp = T->vp + dc, *pp = T->pp + hb;
+            const int np = (n + 1) / 2;
+            switch (nlanes - hb < 8 ? nlanes - hb : 8) {
+            case 8: v_block_i16_512(vp, DV, pp, np, sc + hb, o0, first, 8); break;
+            case 7: v_block_i16_512(vp, DV, pp, np, sc + hb, o0, first, 7); break;
+            case 6: v_block_i16_512(vp, DV, pp, np, sc + hb, o0, first, 6); break;
+            case 5: v_block_i16_512(vp, DV, pp, np, sc + hb, o0, first, 5); break;
+            case 4: v_block_i16_512(vp, DV, pp, np, sc + hb, o0, first, 4); break;
+            case 3: v_block_i16_512(vp, DV, pp, np, sc + hb, o0, first, 3); break;
+            case 2: v_block_i16_512(vp, DV, pp, np, sc + hb, o0, first, 2); break;
+            default: v_block_i16_512(vp, DV, pp, np, sc + hb, o0, first, 1); break;
             }
-#undef F32_CALL
-#undef I16_CALL
         }
     }
 }
 #endif
 
+/* The SIMD levels multiply every cache type's rows as integers (int_rows; AMX has tiles of its
+ * own); float rows (seg) are the scalar level's. */
 static void tile_scores(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
     const int D = L->D;
 #if MINILLM_AVX512
-    (void)D;
-    tile_scores512(L, T, seg, nseg, nt, g);
+    (void)D; (void)seg; (void)nseg;
+    tile_scores512(L, T, nt, g);
 #elif MINILLM_AVX2
+    (void)seg; (void)nseg;
     int r = 0;
-    if (int_rows(L)) {
-        if (!is_half(L->type)) {
-            for (; r + 6 <= nt; r += 6) kq_i16_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 6);
-            for (; r < nt; r++) kq_i16_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 1);
-            return;
-        }
-        const int slice = score_slice(L), split = key_split(L);
-        for (; r + 6 <= nt; r += 6) kq_i16_rows_sliced(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 6);
-        for (; r < nt; r++) kq_i16_rows_sliced(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 1);
+    if (!is_half(L->type)) {
+        for (; r + 6 <= nt; r += 6) kq_i16_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 6);
+        for (; r < nt; r++) kq_i16_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 1);
         return;
     }
-    for (int i = 0; i < nseg; i++) {
-        const rows_t k = seg[i];
-        const float *qf = g->qf + (size_t)k.d0 * LANES;
-        for (r = 0; r + 6 <= nt; r += 6) kq_f32_rows(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 6);
-        for (; r < nt; r++) kq_f32_rows(k.p + (size_t)r * k.stride, k.stride, k.d1 - k.d0, qf, T->s + r * LANES, i > 0, 1);
-    }
+    const int slice = score_slice(L), split = key_split(L);
+    for (; r + 6 <= nt; r += 6) kq_i16_rows_sliced(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 6);
+    for (; r < nt; r++) kq_i16_rows_sliced(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 1);
 #else
     for (int r = 0; r < nt; r++) {
         float *s = T->s + r * LANES;
@@ -1236,57 +1142,18 @@ static void softmax_step(state_t *st, float *s, int n, int DV, int nlanes) {
 #endif
 }
 
-/* O[h][:] += Σ_t p[t][h] · row_t[:DV] for the active heads. */
-#if MINILLM_AVX2
-/* NH heads x 16 values: 2·NH independent FMA chains (12 for NH=6 covers FMA latency x 2 ports). */
-static inline __attribute__((always_inline)) void v_block(const float *kf, int D, int DV, const float *p, int n,
-                                                          float *o0, const int NH) {
-    __m256 a0[6], a1[6];
-    for (int i = 0; i < NH; i++) { a0[i] = _mm256_load_ps(o0 + (size_t)i * DV); a1[i] = _mm256_load_ps(o0 + (size_t)i * DV + 8); }
-    for (int t = 0; t < n; t++) {
-        const __m256 v0 = _mm256_loadu_ps(kf + (size_t)t * D), v1 = _mm256_loadu_ps(kf + (size_t)t * D + 8);
-        for (int i = 0; i < NH; i++) {
-            const __m256 pb = _mm256_broadcast_ss(p + t * LANES + i);
-            a0[i] = _mm256_fmadd_ps(pb, v0, a0[i]);
-            a1[i] = _mm256_fmadd_ps(pb, v1, a1[i]);
-        }
-        for (int i = 0; i < NH; i++) { PIN(a0[i]); PIN(a1[i]); }
-    }
-    for (int i = 0; i < NH; i++) { _mm256_store_ps(o0 + (size_t)i * DV, a0[i]); _mm256_store_ps(o0 + (size_t)i * DV + 8, a1[i]); }
-}
-#endif
-
-/* the values of row t are kf[t·D ...] */
+/* O[h][:] += Σ_t p[t][h] · row_t[:DV] for the active heads: the scalar level's float rows (the
+ * values of row t are kf[t·D ...]); the SIMD levels take tile_values_int. */
+#if !MINILLM_AVX2
 static void tile_values(tile_t *T, const float *kf, int D, int DV, int n, float *o, int nlanes) {
     const float *p = T->s;
-#if MINILLM_AVX512
-    (void)p;
-    tile_values512(T, kf, D, DV, n, o, nlanes, NULL, NULL, 0);
-#elif MINILLM_AVX2
-    const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
-    for (int dc = 0; dc < DV; dc += 16) {
-        prefetch_some(T, pf_step);
-        for (int hb = 0; hb < nlanes; hb += 6) {
-            float *o0 = o + (size_t)hb * DV + dc;
-            const float *kc = kf + dc, *pc = p + hb;
-            switch (nlanes - hb < 6 ? nlanes - hb : 6) {
-            case 6: v_block(kc, D, DV, pc, n, o0, 6); break;
-            case 5: v_block(kc, D, DV, pc, n, o0, 5); break;
-            case 4: v_block(kc, D, DV, pc, n, o0, 4); break;
-            case 3: v_block(kc, D, DV, pc, n, o0, 3); break;
-            case 2: v_block(kc, D, DV, pc, n, o0, 2); break;
-            default: v_block(kc, D, DV, pc, n, o0, 1); break;
-            }
-        }
-    }
-#else
     for (int h = 0; h < nlanes; h++)
         for (int t = 0; t < n; t++) {
             const float pt = p[t * LANES + h];
             for (int d = 0; d < DV; d++) o[(size_t)h * DV + d] += pt * kf[(size_t)t * D + d];
         }
-#endif
 }
+#endif
 
 #if MINILLM_AVX2
 /* NH heads x 16 values over np row pairs: int32 sums of p16·v16 pairs, then O += sum·scale. */
@@ -1339,7 +1206,7 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
         }
     }
 #if MINILLM_AVX512
-    tile_values512(T, NULL, 0, DV, n, o, nlanes, T->pp, sc, first);
+    tile_values512(T, DV, n, o, nlanes, sc, first);
 #else
     (void)first; /* lazy states are AVX-512's (state_init) */
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
@@ -1450,11 +1317,10 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
             if (g[k].lane_lim) mask_lanes(T->s, t0, n, g[k].lane_lim, g[k].nlanes);
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
 #if MINILLM_AVX2
-            if (int_rows(L))
-                tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, value_pmax(L->type), st[k].fresh);
-            else
-#endif
+            tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, value_pmax(L->type), st[k].fresh);
+#else
             tile_values(T, v.p, v.stride, L->DV, n, st[k].o, g[k].nlanes);
+#endif
             st[k].fresh = 0;
         }
     }
