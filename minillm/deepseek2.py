@@ -175,7 +175,7 @@ def rope_tables(c: DeepSeek2Config, n_ctx: int) -> tuple[np.ndarray, np.ndarray]
 # this path: no AMX CPU here).
 MHA_MIN_TOKENS = 128
 # Where the absorbed tiles multiply int16 rows too (attention.tile_int16: the 8-bit caches, and on
-# AVX-512 f16/bf16, 1.2-1.3x faster there than on float rows) they hold out longer: with an f16 cache
+# AVX2 and up f16/bf16, 1.2-1.3x faster there than on float rows) they hold out longer: with an f16 cache
 # on Zen 4 (engine, IQ4_NL mixture, 2 threads, depths 1024 / 4096 / 8192), absorbed over decompressed
 # time was 1.05 / 0.83 / 0.78 for 128-token prompts, 1.07 / 1.01 / 0.96 for 192, 1.14 / 1.10 / 1.10
 # for 256 and 1.24 / 1.32 for 384; with a q8_0 cache 0.98 / 1.00 / 1.02 for 128, 0.92 / 0.99 / 0.99
