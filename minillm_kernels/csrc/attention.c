@@ -762,8 +762,9 @@ static void tile_convert(const layout_t *L, int t0, int nt, tile_t *T) {
 #endif
 }
 
-/* Where the float rows of a tile starting at row t0 are read: values d0 .. d1 of row t0 + r at
- * p[r * stride + (d - d0)] */
+#if !MINILLM_AVX2
+/* Where the float rows of a tile starting at row t0 are read (the scalar level: the SIMD levels
+ * multiply integer rows): values d0 .. d1 of row t0 + r at p[r * stride + (d - d0)] */
 typedef struct { const float *p; int stride, d0, d1; } rows_t;
 #define MAX_SEGMENTS 8 /* slices of the widest row (attention.pyx MAX_WIDTH = 2048) */
 _Static_assert(MAX_SEGMENTS * KQ_SLICE >= 2048, "score slices");
@@ -787,6 +788,7 @@ static int tile_rows_at(const layout_t *L, const tile_t *T, int t0, rows_t *seg,
     *v = (rows_t){T->kf, L->D, 0, L->DV};
     return n;
 }
+#endif
 
 /* ------------------------------------------------------------------ scores: S = rows · Qᵀ */
 #if MINILLM_AVX2
@@ -842,7 +844,8 @@ static inline __attribute__((always_inline)) void kq_i16_part(const int16_t *ki,
 }
 
 /* R half-cache rows (as kq_i16_rows512): the latent part [0, split) on the scales kd and g->qd, the
- * rope part on kr and g->qd2, each part's int32 sums over slices of `slice` values */
+ * rope part on kr and g->qd2, each part's int32 sums over slices of `slice` values (a row without a
+ * rope part, split == D: no pairs, kr 0, so its sums add 0) */
 static inline __attribute__((always_inline)) void kq_i16_rows_sliced(const int16_t *ki, int D, int slice, int split,
                                                                      const float *kd, const float *kr, const qgroup_t *g,
                                                                      float *s, const int R) {
@@ -1056,15 +1059,15 @@ static void tile_values512(tile_t *T, int DV, int n, float *o, int nlanes, const
 }
 #endif
 
-/* The SIMD levels multiply every cache type's rows as integers (int_rows; AMX has tiles of its
- * own); float rows (seg) are the scalar level's. */
-static void tile_scores(const layout_t *L, const tile_t *T, const rows_t *seg, int nseg, int nt, const qgroup_t *g) {
+/* The scores of the nt rows of the tile starting at row t0.  The SIMD levels multiply every cache
+ * type's rows as integers (int_rows; AMX has tiles of its own); float rows are the scalar level's. */
+static void tile_scores(const layout_t *L, const tile_t *T, int t0, int nt, const qgroup_t *g) {
     const int D = L->D;
 #if MINILLM_AVX512
-    (void)D; (void)seg; (void)nseg;
+    (void)D; (void)t0;
     tile_scores512(L, T, nt, g);
 #elif MINILLM_AVX2
-    (void)seg; (void)nseg;
+    (void)t0;
     int r = 0;
     if (!is_half(L->type)) {
         for (; r + 6 <= nt; r += 6) kq_i16_rows(T->ki + (size_t)r * D, D, T->kd + r, g, T->s + r * LANES, 6);
@@ -1075,6 +1078,8 @@ static void tile_scores(const layout_t *L, const tile_t *T, const rows_t *seg, i
     for (; r + 6 <= nt; r += 6) kq_i16_rows_sliced(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 6);
     for (; r < nt; r++) kq_i16_rows_sliced(T->ki + (size_t)r * D, D, slice, split, T->kd + r, T->kr + r, g, T->s + r * LANES, 1);
 #else
+    rows_t seg[MAX_SEGMENTS], v;
+    const int nseg = tile_rows_at(L, T, t0, seg, &v);
     for (int r = 0; r < nt; r++) {
         float *s = T->s + r * LANES;
         for (int h = 0; h < LANES; h++) {
@@ -1142,11 +1147,14 @@ static void softmax_step(state_t *st, float *s, int n, int DV, int nlanes) {
 #endif
 }
 
-/* O[h][:] += Σ_t p[t][h] · row_t[:DV] for the active heads: the scalar level's float rows (the
- * values of row t are kf[t·D ...]); the SIMD levels take tile_values_int. */
+/* O[h][:] += Σ_t p[t][h] · row_t[:DV] for the active heads: the scalar level's float rows, where
+ * tile_rows_at says they lie; the SIMD levels take tile_values_int. */
 #if !MINILLM_AVX2
-static void tile_values(tile_t *T, const float *kf, int D, int DV, int n, float *o, int nlanes) {
-    const float *p = T->s;
+static void tile_values(const layout_t *L, tile_t *T, int t0, int n, float *o, int nlanes) {
+    rows_t seg[MAX_SEGMENTS], v;
+    tile_rows_at(L, T, t0, seg, &v);
+    const float *p = T->s, *kf = v.p;
+    const int D = v.stride, DV = L->DV;
     for (int h = 0; h < nlanes; h++)
         for (int t = 0; t < n; t++) {
             const float pt = p[t * LANES + h];
@@ -1307,19 +1315,17 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
         const int n_next = r1 - (t0 + nt) < TILE ? r1 - (t0 + nt) : TILE;
         T->pf = (const char *)L->cache + (size_t)(t0 + nt) * L->rb;
         T->pf_end = n_next > 0 ? T->pf + (size_t)n_next * L->rb : T->pf;
-        rows_t seg[MAX_SEGMENTS], v;
-        const int nseg = tile_rows_at(L, T, t0, seg, &v);
         for (int k = 0; k < ng; k++) {
             const int n = lim[k] - t0 < nt ? lim[k] - t0 : nt;
             if (n <= 0) continue;
             if (n > T->bad_at) st[k].bad = 1;
-            tile_scores(L, T, seg, nseg, n, &g[k]);
+            tile_scores(L, T, t0, n, &g[k]);
             if (g[k].lane_lim) mask_lanes(T->s, t0, n, g[k].lane_lim, g[k].nlanes);
             softmax_step(&st[k], T->s, n, L->DV, g[k].nlanes);
 #if MINILLM_AVX2
             tile_values_int(T, n, L->DV, st[k].o, g[k].nlanes, value_pmax(L->type), st[k].fresh);
 #else
-            tile_values(T, v.p, v.stride, L->DV, n, st[k].o, g[k].nlanes);
+            tile_values(L, T, t0, n, st[k].o, g[k].nlanes);
 #endif
             st[k].fresh = 0;
         }
