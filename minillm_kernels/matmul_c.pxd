@@ -10,6 +10,7 @@ cdef extern from "type_table.h" nogil:
         int type_size
         int act_type
         void *pack8  # NULL: no packed GEMM
+        int rows_per_group  # > 1: interleaved row groups (IQ4_NL_R4)
     const type_traits *type_traits_get(int type)
     int type_traits_count()
     const type_traits *type_traits_at(int i)
@@ -21,7 +22,7 @@ cdef extern from "type_table.h" nogil:
 
 
 cdef extern from "matmul_driver.h" nogil:
-    int MM_OK, MM_ERR_TYPE, MM_ERR_NOMEM, MM_ERR_EXPERT_ID
+    int MM_OK, MM_ERR_TYPE, MM_ERR_NOMEM, MM_ERR_EXPERT_ID, MM_ERR_ROWS
     void mm_set_force_scalar(int on)
     int mm_get_force_scalar()
     int mm_max_threads()

@@ -127,9 +127,9 @@ def test_avx512_build_equals_avx2_build_without_amx():
     for t in sorted(a2.supported_types()):
         src = a2.INTERNAL_TYPES.get(t, t)
         k = 512 if a2.block_geometry(t)[0] > 1 else 77
-        raw = random_weights(src, (37, k), seed=t)
+        raw = random_weights(src, (40 if t == a2.IQ4_NL_ROWS4 else 37, k), seed=t)  # (R4: groups of 4 rows)
         if t != src:
-            raw = a2.repack(raw, src)[0]
+            raw = a2.repack(raw, src, target=t)[0]
         for n in (1, 5, 40):
             x = rng.standard_normal((n, k), dtype=np.float32)
             assert np.array_equal(a2.matmul(raw, t, x), a5.matmul(raw, t, x)), (t, n)

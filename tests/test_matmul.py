@@ -49,6 +49,7 @@ from minillm_kernels.random_blocks import TYPES, random_weights
 
 SUPPORTED = sorted(t for t in mm.supported_types() if t not in mm.INTERNAL_TYPES)  # the GGUF types
 IQ1_S, IQ1_S_R, IQ4_NL, IQ4_NL_R = 19, mm.IQ1_S_REPACKED, 20, mm.IQ4_NL_REPACKED
+R4 = mm.IQ4_NL_ROWS4  # IQ4_NL with 4 rows interleaved
 # Q4_K, Q5_K, Q6_K repacked to the transposed group order: the same values, rounded differently
 K_REPACKED = [mm.Q4_K_REPACKED, mm.Q5_K_REPACKED, mm.Q6_K_REPACKED]
 K_TYPES = {10, 12, 13, 14, 19}
@@ -70,7 +71,7 @@ def weights(t, shape, seed, scale=0.02):
     src = mm.INTERNAL_TYPES.get(t, t)
     raw = random_weights(src, shape, seed=seed, scale=scale)
     W = gguf_dequantize(raw, src).astype(np.float64)
-    return (mm.repack(raw, src)[0] if t != src else raw), W
+    return (mm.repack(raw, src, target=t)[0] if t != src else raw), W
 
 
 @pytest.fixture(autouse=True)
@@ -156,9 +157,9 @@ def test_supported_types_cover_the_project():
         assert mm.block_geometry(t)[:2] == TYPES[t][1:3]
     # the internal load-time conversion is a weight type too, outside ggml's id range
     assert mm.supported_types()[IQ1_S_R] == "IQ1_S_R" and IQ1_S_R not in TYPES
-    assert mm.INTERNAL_TYPES == {IQ1_S_R: IQ1_S, 1012: 12, 1013: 13, 1014: 14, IQ4_NL_R: IQ4_NL}
+    assert mm.INTERNAL_TYPES == {IQ1_S_R: IQ1_S, 1012: 12, 1013: 13, 1014: 14, IQ4_NL_R: IQ4_NL, R4: IQ4_NL}
     assert mm.block_geometry(IQ4_NL_R) == mm.block_geometry(IQ4_NL)
-    assert {mm.REPACKED[t]: t for t in mm.REPACKED} == mm.INTERNAL_TYPES
+    assert {mm.REPACKED[t]: t for t in mm.REPACKED} | {R4: IQ4_NL} == mm.INTERNAL_TYPES
     assert mm.block_geometry(IQ1_S_R) == (256, 74, "Q8_K")
     for t in K_REPACKED:  # the same bytes as the source type, transposed activations
         assert mm.block_geometry(t) == mm.block_geometry(mm.INTERNAL_TYPES[t])[:2] + ("Q8_K_T",)
@@ -596,9 +597,9 @@ def test_scalar_build_agrees():
         bs = sc.block_geometry(t)[0]
         k = 512 if bs > 1 else 77
         src = sc.INTERNAL_TYPES.get(t, t)
-        raw = random_weights(src, (13, k), seed=src)
+        raw = random_weights(src, (16 if t == R4 else 13, k), seed=src)  # (R4: groups of 4 rows)
         if t != src:
-            raw = sc.repack(raw, src)[0]
+            raw = sc.repack(raw, src, target=t)[0]
         x = np.random.default_rng(src).standard_normal((5, k), dtype=np.float32)
         ref[t] = sc.matmul(raw, t, x)
         ref["q", t] = sc.quantize_activations(x, t)
@@ -615,6 +616,8 @@ def test_scalar_build_agrees():
     # the repacked IQ1_S and IQ4_NL of the scalar build give the scalar originals' bits
     assert np.array_equal(ref[IQ1_S_R], ref[IQ1_S])
     assert np.array_equal(ref[IQ4_NL_R], ref[IQ4_NL])
+    x = np.random.default_rng(IQ4_NL).standard_normal((5, 512), dtype=np.float32)
+    assert np.array_equal(ref[R4], sc.matmul(random_weights(IQ4_NL, (16, 512), seed=IQ4_NL), IQ4_NL, x))
     # the repacked k-quants: their activations and results within the bound of the SIMD build's
     for t in K_REPACKED:
         src = mm.INTERNAL_TYPES[t]
@@ -628,13 +631,13 @@ def test_scalar_build_agrees():
 
 # ---- IQ1_S and IQ4_NL repacked (IQ1_S_R, IQ4_NL_R, load-time conversions): the originals' bits ----
 
-BIT_IDENTICAL = [IQ1_S_R, IQ4_NL_R]
+BIT_IDENTICAL = [IQ1_S_R, IQ4_NL_R, R4]
 
 
 def repacked_pair(t, shape, seed):
     """(random rows of t's GGUF type, the same rows repacked to t)"""
     raw = random_weights(mm.INTERNAL_TYPES[t], shape, seed=seed, scale=0.1)
-    return raw, mm.repack(raw, mm.INTERNAL_TYPES[t])[0]
+    return raw, mm.repack(raw, mm.INTERNAL_TYPES[t], target=t)[0]
 
 
 def iq1_s_pair(shape, seed):
@@ -653,6 +656,63 @@ def test_repack_iq1_s_layout():
     blocks, rblocks = raw.reshape(-1, 50), rep.reshape(-1, 74)
     assert np.array_equal(blocks[:, :2], rblocks[:, :2])
     assert mm.repack_iq1_s(np.empty((0, 50), np.uint8)).shape == (0, 74)
+
+
+# IQ4_NL_R4's matrices: rows a multiple of 4, a multiple of 128 values
+ROWS4_SHAPES = [(4, 128), (36, 640), (8, 2048)]
+
+
+def test_repack_rows4_layout():
+    """4 rows interleaved per block: the rows' 4 scales, then byte 16L + 4r + j of half H holds value
+    16L + 4H + j of row r (low nibble) and the value 8 after it (high nibble)"""
+    raw, rep = repacked_pair(R4, (2, 8, 3 * 128), seed=1)
+    assert rep.shape == raw.shape and rep.dtype == np.uint8
+    blocks = raw.reshape(2, 2, 4, 12, 18)                                # [matrix, group, row, block, byte]
+    codes = np.concatenate([blocks[..., 2:] & 15, blocks[..., 2:] >> 4], axis=-1)  # [..., row, block, value]
+    x4 = rep.reshape(2, 2, 12, 72)                                       # [matrix, group, block, byte]
+    assert np.array_equal(x4[..., :8].reshape(2, 2, 12, 4, 2), blocks[..., :2].transpose(0, 1, 3, 2, 4))
+    for h in range(2):
+        for low_lane in range(2):
+            for r in range(4):
+                for j in range(4):
+                    byte = x4[..., 8 + 32 * h + 16 * low_lane + 4 * r + j]
+                    v = 16 * low_lane + 4 * h + j
+                    assert np.array_equal(byte & 15, codes[:, :, r, :, v])
+                    assert np.array_equal(byte >> 4, codes[:, :, r, :, v + 8])
+    for nth in (1, 2):
+        assert np.array_equal(mm.repack(raw, IQ4_NL, n_threads=nth, target=R4)[0], rep)
+
+
+def test_repack_type_choice():
+    """repack's default for IQ4_NL: 4 rows interleaved at the avx2 level where the matrix allows it"""
+    rb = 2048 // 32 * 18
+    want = R4 if mm.isa_level() == "avx2" else IQ4_NL_R
+    assert mm.repack_type(IQ4_NL, (3, 8, rb)) == want
+    assert mm.repack_type(IQ4_NL, (6, rb)) == IQ4_NL_R                   # rows not a multiple of 4
+    assert mm.repack_type(IQ4_NL, (8, 5 * 18)) == IQ4_NL_R               # 160 values a row
+    assert mm.repack_type(IQ4_NL, (rb,)) == IQ4_NL_R
+    assert minillm_kernels.kernels("scalar").matmul.repack_type(IQ4_NL, (8, rb)) == IQ4_NL_R
+    assert mm.repack_type(IQ1_S, (8, 512 // 256 * 50)) == IQ1_S_R
+    raw = random_weights(IQ4_NL, (8, 2048))
+    assert mm.repack(raw, IQ4_NL)[1] == want
+
+
+def test_rows4_bad_shapes_raise():
+    raw, rep = repacked_pair(R4, (8, 256), seed=3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        mm.repack(raw[:6].copy(), IQ4_NL, target=R4)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        mm.repack(random_weights(IQ4_NL, (8, 160)), IQ4_NL, target=R4)
+    with pytest.raises(ValueError, match="no repack"):
+        mm.repack(raw, IQ4_NL, target=IQ1_S_R)
+    x = rand_x(1, 256, seed=0)
+    with pytest.raises(ValueError, match="groups of 4"):
+        mm.matmul(rep[:6].copy(), R4, x)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        mm.matmul(rep[:, :90].copy(), R4, rand_x(1, 160, seed=0))
+    with pytest.raises(ValueError, match="groups of 4"):
+        mm.dequantize_rows(rep[:6].copy(), R4, np.array([0]))
+    np.testing.assert_array_equal(mm.matmul(rep, R4, x), mm.matmul(raw, IQ4_NL, x))
 
 
 def test_repack_iq4_nl_layout():
@@ -676,7 +736,7 @@ def test_repack_iq4_nl_layout():
 def test_repacked_dequantize_rows_match_gguf(t, scalar):
     mm.set_force_scalar(scalar)
     src, k = mm.INTERNAL_TYPES[t], 3 * block(t) + (32 if block(t) == 32 else 0)
-    raw, rep = repacked_pair(t, (11, k), seed=2)
+    raw, rep = repacked_pair(t, (12 if t == R4 else 11, k), seed=2)
     ref = gguf_dequantize(raw, src)
     ids = np.array([3, 0, 10, 3, 7], dtype=np.int64)
     for nth in (1, 2):
@@ -689,7 +749,7 @@ def test_repacked_dequantize_rows_match_gguf(t, scalar):
 @pytest.mark.parametrize("n_tok", [1, 3, 17])
 def test_repacked_matmul_bit_identical(t, n_tok):
     src = mm.INTERNAL_TYPES[t]
-    for si, (m, k) in enumerate(shapes_for(src)):
+    for si, (m, k) in enumerate(ROWS4_SHAPES if t == R4 else shapes_for(src)):
         raw, rep = repacked_pair(t, (m, k), seed=10 + si)
         x = rand_x(n_tok, k, seed=si + n_tok)
         assert np.array_equal(mm.quantize_activations(x, t), mm.quantize_activations(x, src))
@@ -710,7 +770,7 @@ def test_repacked_matmul_bit_identical(t, n_tok):
 @pytest.mark.parametrize("t", BIT_IDENTICAL, ids=type_name)
 def test_repacked_matmul_batched_bit_identical(t):
     src = mm.INTERNAL_TYPES[t]
-    raw, rep = repacked_pair(t, (3, 9, 512), seed=4)
+    raw, rep = repacked_pair(t, (3, 8 if t == R4 else 9, 512), seed=4)
     for n in (1, 5, 12):
         x = rand_x(3 * n, 512, seed=n).reshape(3, n, 512)
         y = mm.matmul_batched(raw, src, x, n_threads=2)
@@ -722,7 +782,7 @@ def test_repacked_matmul_batched_bit_identical(t):
 @pytest.mark.parametrize("types", [(IQ1_S_R, IQ1_S_R, IQ1_S_R), (IQ1_S_R, IQ1_S_R, IQ4_NL),
                                    (IQ1_S_R, IQ1_S, IQ4_NL), (IQ1_S, IQ1_S_R, 12),
                                    (IQ1_S_R, IQ1_S_R, IQ4_NL_R), (IQ4_NL_R, IQ4_NL_R, IQ4_NL_R),
-                                   (IQ4_NL_R, IQ4_NL, IQ4_NL_R)],
+                                   (IQ4_NL_R, IQ4_NL, IQ4_NL_R), (R4, R4, IQ4_NL_R), (R4, IQ4_NL, 8)],
                          ids=lambda ts: "-".join(mm.supported_types()[t] for t in ts))
 def test_repacked_moe_bit_identical(types, n_tok):
     """gate/up/down in IQ1_S_R / IQ4_NL_R give the bits of the same experts in IQ1_S / IQ4_NL,
@@ -735,7 +795,7 @@ def test_repacked_moe_bit_identical(types, n_tok):
         src = mm.INTERNAL_TYPES.get(t, t)
         raw = random_weights(src, shape, seed=20 + i, scale=0.1)
         orig[i] = (raw, src)
-        mats.append((mm.repack(raw, src)[0] if t != src else raw, t))
+        mats.append((mm.repack(raw, src, target=t)[0] if t != src else raw, t))
     x = rand_x(n_tok, K, seed=5)
     ids = np.stack([rng.permutation(E)[:k_used] for _ in range(n_tok)]).astype(np.int32)
     ew = rng.uniform(0.1, 1.0, size=(n_tok, k_used)).astype(np.float32)
@@ -747,7 +807,7 @@ def test_repacked_moe_bit_identical(types, n_tok):
     if gt == ut:  # merged gate_up, repacked as one tensor
         merged = np.concatenate([g0, u0], axis=1)
         if gt != gt0:
-            merged = mm.repack(merged, gt0)[0]
+            merged = mm.repack(merged, gt0, target=gt)[0]
         outm = mm.moe_forward(x, ids, ew, merged, gt, None, ut, d, dt, merged_gate_up=True)
         assert np.array_equal(outm, ref)
     if n_tok == 3:  # the reference itself against numpy on gguf.quants weights

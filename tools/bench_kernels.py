@@ -65,7 +65,7 @@ def bench_weights(t, shape, seed):
     """(weights in type t, the same weights in their GGUF type): random valid GGUF blocks,
     converted as the model loader would for an internal type"""
     src = random_weights(gguf_type(t), shape, seed=seed)
-    return (mm.repack(src, gguf_type(t))[0] if t in mm.INTERNAL_TYPES else src), src
+    return (mm.repack(src, gguf_type(t), target=t)[0] if t in mm.INTERNAL_TYPES else src), src
 
 # ik_llama.cpp per-op figures on this machine kind (commit 8337e4cd3, native build), copied from
 # /work/shared/reference/ik_llama_cpp_ops.md (measured by the project's reference session):
@@ -201,7 +201,7 @@ def copies_of(w, pool_bytes):
 
 
 def converted_copies(t, ws_src):
-    return [mm.repack(w, gguf_type(t))[0] for w in ws_src] if t in mm.INTERNAL_TYPES else ws_src
+    return [mm.repack(w, gguf_type(t), target=t)[0] for w in ws_src] if t in mm.INTERNAL_TYPES else ws_src
 
 
 def ik_fig(tname, op_name, col):

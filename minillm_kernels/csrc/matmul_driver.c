@@ -102,6 +102,9 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     return MM_OK;
 }
 
+/* M rows of k's type are whole groups (every range the drivers hand a tile starts at a multiple of 16) */
+static int whole_groups(const kernel_t *k, int M) { return k->tt->rows_per_group < 2 || M % k->tt->rows_per_group == 0; }
+
 static inline int amx_batch(const kernel_t *k, int ntok) { return k->amx && ntok >= AMX_MIN_TOKENS; }
 
 /* the activation format gemm_rows reads for a batch of ntok tokens */
@@ -180,10 +183,16 @@ static void gemv_streams(const kernel_t *k, const uint8_t *w, int r0, int r1, co
         tile_call(k, w + (size_t)r * k->row_bytes, a, 0, out + r, 1, imin(k->gv, r1 - r), 1);
 }
 
-/* GEMV of this thread's share of the M rows (the share schedule(static) would give it) */
-static void gemv_share(const kernel_t *k, const uint8_t *w, int M, const uint8_t *a, float *out) {
-    const int T = omp_get_num_threads(), t = omp_get_thread_num();
-    gemv_streams(k, w, (int)((long)M * t / T), (int)((long)M * (t + 1) / T), a, out);
+/* GEMV work items: runs of rows that whichever thread is free takes next (schedule(dynamic)), about
+ * GEMV_ITEMS_PER_THREAD a thread, a multiple of 16 rows and at least GEMV_MIN_ITEM_ROWS.  With equal
+ * static shares, a core that runs slower for a while (a shared machine) makes the others wait at the
+ * barrier: a decode profile (Zen 3, 2 threads, IQ4_NL mixture) found 10-20 % of each thread's time in
+ * libgomp's barrier spin. */
+#define GEMV_ITEMS_PER_THREAD 8
+#define GEMV_MIN_ITEM_ROWS 64
+static long gemv_item_rows(long rows, int nth) {
+    const long r = (rows / ((long)nth * GEMV_ITEMS_PER_THREAD) + 15) & ~15L;
+    return r < GEMV_MIN_ITEM_ROWS ? GEMV_MIN_ITEM_ROWS : r;
 }
 
 /* A GEMM call's outputs are os floats apart, so each of its stores starts a cache line that is
@@ -329,6 +338,7 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
               const float *x, int N, int B, float *out, int n_threads) {
     kernel_t k;
     if (kernel_init(&k, wtype, K, row_bytes)) return MM_ERR_TYPE;
+    if (!whole_groups(&k, M)) return MM_ERR_ROWS;
     const long rows = (long)B * N;
     const int act = act_format(&k, N), nth = resolve_threads(n_threads);
     const size_t rb = act_row_bytes(act, K), as = N > 1 ? batch_stride(rb) : rb;
@@ -353,14 +363,17 @@ int mm_matmul(int wtype, const uint8_t *w, size_t row_bytes, size_t w_batch_stri
                 quantize_act_token(act, x + i * K, buf + (i / N) * nb * as, as, (int)(i % N), K, k.path);
         }
         if (N == 1) {
-            /* GEMV: each thread its share (schedule(static)'s) of all B * M rows, as streams where the
-             * type has them: a batch of small matrices (the absorbed k_b / v_b heads) is then read in
-             * long runs, not a short run of each head */
-            const int T = omp_get_num_threads(), t = omp_get_thread_num();
-            const long R0 = rows_total * t / T, R1 = rows_total * (t + 1) / T;
-            for (long b = R0 / M; b < B && b * M < R1; b++)
-                gemv_streams(&k, w + b * w_batch_stride, (int)(R0 > b * M ? R0 - b * M : 0),
-                             (int)(R1 < (b + 1) * M ? R1 - b * M : M), acts + b * as, out + b * M);
+            /* GEMV: work items of all B * M rows (gemv_item_rows), as streams where the type has them:
+             * a batch of small matrices (the absorbed k_b / v_b heads) is then read in long runs, not a
+             * short run of each head */
+            const long ir = gemv_item_rows(rows_total, nth), n_items = (rows_total + ir - 1) / ir;
+#pragma omp for schedule(dynamic, 1)
+            for (long i = 0; i < n_items; i++) {
+                const long R0 = i * ir, R1 = R0 + ir < rows_total ? R0 + ir : rows_total;
+                for (long b = R0 / M; b < B && b * M < R1; b++)
+                    gemv_streams(&k, w + b * w_batch_stride, (int)(R0 > b * M ? R0 - b * M : 0),
+                                 (int)(R1 < (b + 1) * M ? R1 - b * M : M), acts + b * as, out + b * M);
+            }
         } else
             for (int c0 = 0, nc; c0 < N; c0 += nc) {
                 /* the last chunk takes the rest: every chunk has >= GEMM_CHUNK_TOKENS tokens (or
@@ -398,6 +411,7 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     if (kernel_init(&kg, gate_type, K, gate_rb) || kernel_init(&ku, up_type, K, up_rb) ||
         kernel_init(&kd, down_type, F, down_rb))
         return MM_ERR_TYPE;
+    if (!whole_groups(&kg, F) || !whole_groups(&ku, F) || !whole_groups(&kd, K_out)) return MM_ERR_ROWS;
     const int S = N * k_used; /* one slot per (token, selected expert) */
     if (S == 0) return MM_OK;
     for (int s = 0; s < S; s++)
@@ -469,6 +483,9 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
     const int tile_f = imin(row_tile(&kg, max_count), row_tile(&ku, max_count)), tile_o = row_tile(&kd, max_count);
     const int n_items_f = make_items(counts, n_expert, F, tile_f, items_f);
     const int n_items_o = make_items(counts, n_expert, K_out, tile_o, items_o);
+    /* decode (max_count 1): GEMV work items of each slot's expert rows, about GEMV_ITEMS_PER_THREAD a thread */
+    const int rows_f1 = (int)gemv_item_rows((long)S * F, nth), items_f1 = (F + rows_f1 - 1) / rows_f1;
+    const int rows_o1 = (int)gemv_item_rows((long)S * K_out, nth), items_o1 = (K_out + rows_o1 - 1) / rows_o1;
 
 #pragma omp parallel num_threads(nth)
     {
@@ -489,13 +506,14 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
         gemm_rows(&ku, up + e * up_estride, r0, r1, acts_u + aoffs[e] * as_u, as_u, counts[e],           \
                   ubuf + (size_t)offs[e] * F, F, scratch);                                               \
     }
-        if (max_count == 1) { /* decode: every expert GEMVs one token; the threads share each one's rows */
-            for (int s = 0; s < S; s++) {
-                const int e = slot_expert[s];
-                gemv_share(&kg, gate + e * gate_estride, F, acts_g + aoffs[e] * as_g, gbuf + (size_t)s * F);
-                gemv_share(&ku, up + e * up_estride, F, acts_u + aoffs[e] * as_u, ubuf + (size_t)s * F);
+        if (max_count == 1) { /* decode: every expert GEMVs one token, in work items of its rows */
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < S * items_f1; i++) {
+                const int s = i / items_f1, e = slot_expert[s], r0 = (i % items_f1) * rows_f1;
+                const int r1 = imin(F, r0 + rows_f1);
+                gemv_streams(&kg, gate + e * gate_estride, r0, r1, acts_g + aoffs[e] * as_g, gbuf + (size_t)s * F);
+                gemv_streams(&ku, up + e * up_estride, r0, r1, acts_u + aoffs[e] * as_u, ubuf + (size_t)s * F);
             }
-#pragma omp barrier
         } else if (uniform) {
 #pragma omp for schedule(static)
             for (int i = 0; i < n_items_f; i++) GATE_UP_ITEM(i)
@@ -519,10 +537,12 @@ int mm_moe(const float *x, int N, int K, const int32_t *ids, const float *ew, in
                   counts[e], ybuf + (size_t)offs[e] * K_out, K_out, scratch);                            \
     }
         if (max_count == 1) {
-            for (int s = 0; s < S; s++)
-                gemv_share(&kd, down + slot_expert[s] * down_estride, K_out, hq + aoffs[slot_expert[s]] * as_d,
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < S * items_o1; i++) {
+                const int s = i / items_o1, e = slot_expert[s], r0 = (i % items_o1) * rows_o1;
+                gemv_streams(&kd, down + e * down_estride, r0, imin(K_out, r0 + rows_o1), hq + aoffs[e] * as_d,
                              ybuf + (size_t)s * K_out);
-#pragma omp barrier
+            }
         } else if (uniform) {
 #pragma omp for schedule(static)
             for (int i = 0; i < n_items_o; i++) DOWN_ITEM(i)
@@ -550,6 +570,7 @@ int mm_dequantize_rows(int wtype, const uint8_t *w, size_t row_bytes, int K, con
     const type_traits *tt = type_traits_get(wtype);
     if (!tt) return MM_ERR_TYPE;
     const dequantize_row_fn dq = tt->dequantize_row[force_scalar ? PATH_SCALAR : PATH_BEST];
+    if (!dq) return MM_ERR_TYPE; /* interleaved rows: matmul.pyx un-interleaves them first */
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(n_threads)) if (n > 4)
     for (int i = 0; i < n; i++) dq(w + ids[i] * row_bytes, out + (size_t)i * K, K);
     return MM_OK;

@@ -30,7 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { MM_OK = 0, MM_ERR_TYPE = -1, MM_ERR_NOMEM = -2, MM_ERR_EXPERT_ID = -3 };
+/* MM_ERR_ROWS: a type of interleaved row groups (rows_per_group) with a row count it does not divide */
+enum { MM_OK = 0, MM_ERR_TYPE = -1, MM_ERR_NOMEM = -2, MM_ERR_EXPERT_ID = -3, MM_ERR_ROWS = -4 };
 
 /* When set, the drivers use the scalar C kernels (for testing the SIMD bodies against them). */
 void mm_set_force_scalar(int on);

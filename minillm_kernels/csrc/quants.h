@@ -94,6 +94,15 @@ typedef struct { fp16_t d; uint8_t qs[QK / 2]; } block_iq4_nl;                /*
  * blocks after the last whole group stay IQ4_NL blocks.  The values and every result are
  * IQ4_NL's, bit for bit. */
 typedef struct { fp16_t d[4]; uint8_t qs[4 * QK / 2]; } block_iq4_nl_r4;     /* 72 B */
+/* IQ4_NL_R4 (minillm's load-time repack of IQ4_NL matrices at the avx2 level, not a GGUF type): 4
+ * rows interleaved.  Block i of rows 4g .. 4g+3 is one block_iq4_nl_x4 of the same 72 bytes: the 4
+ * rows' scales, then 2 halves of 32 bytes where byte 16L + 4r + j of half H holds value
+ * 16L + 4H + j of row r (low nibble) and value 16L + 4H + 8 + j (high nibble), L, H < 2, j < 4.
+ * So one 32-byte load, an AND (a shift) and a shuffle give 4 values of each of the 4 rows in each
+ * 128-bit lane, and vpmaddwd's int32 lanes are the 4 rows' sums: no horizontal sums per row.
+ * Groups are 4 * row_bytes apart (the rows' own bytes); a matrix takes it when its rows are a
+ * multiple of 4 and its row a multiple of 128 values.  Every result is IQ4_NL's, bit for bit. */
+typedef struct { fp16_t d[4]; uint8_t qs[4 * QK / 2]; } block_iq4_nl_x4;     /* 72 B */
 typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; fp16_t d; fp16_t dmin; } block_q2_K; /* 84 B */
 typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;        /* 144 B */
 typedef struct { fp16_t d; fp16_t dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K; /* 176 B */
@@ -116,7 +125,7 @@ typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_
 _Static_assert(sizeof(block_q8_0) == 34, "q8_0");
 _Static_assert(sizeof(block_q4_0) == 18, "q4_0");
 _Static_assert(sizeof(block_q5_0) == 22, "q5_0");
-_Static_assert(sizeof(block_iq4_nl) == 18 && sizeof(block_iq4_nl_r4) == 72, "iq4_nl");
+_Static_assert(sizeof(block_iq4_nl) == 18 && sizeof(block_iq4_nl_r4) == 72 && sizeof(block_iq4_nl_x4) == 72, "iq4_nl");
 _Static_assert(sizeof(block_q2_K) == 84, "q2_K");
 _Static_assert(sizeof(block_q4_K) == 144, "q4_K");
 _Static_assert(sizeof(block_q5_K) == 176, "q5_K");

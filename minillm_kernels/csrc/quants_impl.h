@@ -52,6 +52,13 @@ DECLARE_TYPE(iq4_nl, scalar)
 DECLARE_TYPE(iq4_nl_r, scalar)
 /* IQ4_NL rows -> IQ4_NL_R rows (block_iq4_nl_r4), n values, the same bytes */
 void repack_row_iq4_nl_r(const void *iq4_nl_row, void *y, int n);
+/* IQ4_NL_R4 (quants.h block_iq4_nl_x4): 4 IQ4_NL rows rb bytes apart <-> 4 interleaved rows; the
+ * inverse takes blocks [i0, i1) to IQ4_NL rows rb_out bytes apart.  Its tiles take whole groups of 4
+ * rows (nr a multiple of 4, groups 4 * w_stride bytes apart). */
+void repack_rows4_iq4_nl_r4(const void *w, size_t rb, void *y, int n);
+void unrepack_rows4_iq4_nl_r4(const void *x, int i0, int i1, void *out, size_t rb_out);
+void tile_iq4_nl_r4_scalar(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out,
+                           size_t out_stride, int nr, int nc);
 
 #if MINILLM_AVX2
 void quantize_row_q8_0_avx2(const float *x, void *y, int n);
@@ -70,6 +77,8 @@ DECLARE_AVX2(q4_0)
 DECLARE_AVX2(q5_0)
 DECLARE_AVX2(iq4_nl)
 DECLARE_AVX2(iq4_nl_r)
+void tile_iq4_nl_r4_avx2(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out,
+                         size_t out_stride, int nr, int nc);
 /* interleaved-row GEMM for the 32-value integer types (quants_avx2.c), on block_q8_0_pm activations:
  * the signed ones (Q8_0, IQ4_NL, IQ4_NL_R) on 16 rows at the AVX-512 level, 8 on AVX2; Q4_0 and Q5_0
  * on 8 rows */
@@ -81,12 +90,14 @@ size_t packed16s_bytes(int n);
 void pack16_q8_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack16_iq4_nl(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack16_iq4_nl_r(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack16_iq4_nl_r4(int n, const void *w, size_t w_stride, int nr, void *dst);
 DECLARE_GEMM8(gemm16_signed_avx512)
 #else
 size_t packed8s_bytes(int n);
 void pack8_q8_0(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_iq4_nl(int n, const void *w, size_t w_stride, int nr, void *dst);
 void pack8_iq4_nl_r(int n, const void *w, size_t w_stride, int nr, void *dst);
+void pack8_iq4_nl_r4(int n, const void *w, size_t w_stride, int nr, void *dst);
 DECLARE_GEMM8(gemm8_signed_avx2)
 #endif
 size_t packed8u_bytes(int n);

@@ -201,3 +201,76 @@ float vec_dot_iq4_nl_r_scalar(int n, const void *w, const void *a) {
     }
     return s;
 }
+
+/* ---- IQ4_NL_R4 (quants.h): 4 IQ4_NL rows <-> interleaved blocks ---- */
+
+/* the nibble of value v in an IQ4_NL block: values 0..15 are the low nibbles, 16..31 the high ones */
+static inline int iq4_nl_code(const block_iq4_nl *b, int v) { return v < 16 ? b->qs[v] & 0xF : b->qs[v - 16] >> 4; }
+
+/* 4 IQ4_NL rows (rb bytes apart) of n values -> their interleaved blocks (4 * rb bytes at y) */
+void repack_rows4_iq4_nl_r4(const void *w, size_t rb, void *vy, int n) {
+    block_iq4_nl_x4 *y = (block_iq4_nl_x4 *)vy;
+    for (int i = 0; i < n / QK; i++)
+        for (int r = 0; r < 4; r++) {
+            const block_iq4_nl *b = (const block_iq4_nl *)((const uint8_t *)w + r * rb) + i;
+            y[i].d[r] = b->d;
+            for (int h = 0; h < 2; h++)
+                for (int l = 0; l < 2; l++)
+                    for (int j = 0; j < 4; j++) {
+                        const int v = 16 * l + 4 * h + j;
+                        y[i].qs[32 * h + 16 * l + 4 * r + j] = (uint8_t)(iq4_nl_code(b, v) | iq4_nl_code(b, v + 8) << 4);
+                    }
+        }
+}
+
+/* block x of 4 interleaved rows -> the rows' 4 IQ4_NL blocks b[0..3] */
+static void x4_to_blocks(const block_iq4_nl_x4 *x, block_iq4_nl *b) {
+    for (int r = 0; r < 4; r++) {
+        b[r].d = x->d[r];
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 2; l++)
+                for (int j = 0; j < 4; j++) {
+                    const uint8_t c = x->qs[32 * h + 16 * l + 4 * r + j];
+                    const int v = 4 * h + j; /* values v (+8) of the low half, their byte also holds v + 16 (+24) */
+                    if (l == 0) {
+                        b[r].qs[v] = (uint8_t)((b[r].qs[v] & 0xF0) | (c & 0xF));
+                        b[r].qs[v + 8] = (uint8_t)((b[r].qs[v + 8] & 0xF0) | (c >> 4));
+                    } else {
+                        b[r].qs[v] = (uint8_t)((b[r].qs[v] & 0x0F) | (c << 4));
+                        b[r].qs[v + 8] = (uint8_t)((b[r].qs[v + 8] & 0x0F) | (c & 0xF0));
+                    }
+                }
+    }
+}
+
+/* blocks [i0, i1) of the 4 interleaved rows at x -> IQ4_NL rows of i1 - i0 blocks, rb_out bytes apart */
+void unrepack_rows4_iq4_nl_r4(const void *vx, int i0, int i1, void *out, size_t rb_out) {
+    const block_iq4_nl_x4 *x = (const block_iq4_nl_x4 *)vx;
+    for (int i = i0; i < i1; i++) {
+        block_iq4_nl b[4];
+        x4_to_blocks(&x[i], b);
+        for (int r = 0; r < 4; r++) ((block_iq4_nl *)((uint8_t *)out + r * rb_out))[i - i0] = b[r];
+    }
+}
+
+/* nr rows (a multiple of 4: groups 4 * ws bytes apart) x nc activation rows: vec_dot_iq4_nl_scalar's
+ * steps, block by block */
+void tile_iq4_nl_r4_scalar(int n, const void *vw, size_t ws, const void *va, size_t as, float *out, size_t os,
+                           int nr, int nc) {
+    for (int g = 0; g < nr / 4; g++)
+        for (int c = 0; c < nc; c++) {
+            const block_iq4_nl_x4 *x = (const block_iq4_nl_x4 *)((const uint8_t *)vw + (size_t)4 * g * ws);
+            const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)va + c * as);
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int i = 0; i < n / QK; i++) {
+                block_iq4_nl b[4];
+                int8_t q[QK];
+                x4_to_blocks(&x[i], b);
+                for (int r = 0; r < 4; r++) {
+                    unpack_iq4_nl(&b[r], q);
+                    s[r] += fp16_to_fp32(b[r].d) * fp16_to_fp32(y[i].d) * (float)dot_i8(q, y[i].qs);
+                }
+            }
+            for (int r = 0; r < 4; r++) out[c * os + 4 * g + r] = s[r];
+        }
+}

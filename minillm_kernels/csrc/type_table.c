@@ -92,6 +92,12 @@ void quantize_row_f16_s(const float *x, void *y, int n) { BEST(quantize_row_f16_
 #define K_PACK8_Q6 NO_PACK8
 #endif
 
+#if MINILLM_AVX2
+#define R4_TILE tile_iq4_nl_r4_avx2
+#else
+#define R4_TILE tile_iq4_nl_r4_scalar
+#endif
+
 static const type_traits TABLE[] = {
     OWN_TYPE(GGML_F32, f32, 1, 4, ACT_F32, dequantize_row_f32_scalar, 4, 3, 4, NO_PACK8, 0, FLOAT_GEMM(f32)),
     /* F16 weights pair with fp16 activations (as in ggml): a 6-token group of a 2048-row in L1 is
@@ -104,6 +110,9 @@ static const type_traits TABLE[] = {
     OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, DQ32(iq4_nl), 4, 4, 4, PACK8_S(iq4_nl), 4),
     /* internal: repack_row_iq4_nl_r of IQ4_NL rows */
     OWN_TYPE(MINILLM_IQ4_NL_R, iq4_nl_r, QK, 18, ACT_Q8_0, DQ32(iq4_nl_r), 4, 4, 4, PACK8_S(iq4_nl_r), 4),
+    /* internal: repack_rows4_iq4_nl_r4 of IQ4_NL matrices; 16 rows (4 groups, 4 streams) per GEMV call */
+    {MINILLM_IQ4_NL_R4, "iq4_nl_r4", QK, 18, ACT_Q8_0, {NULL, NULL}, {NULL, NULL},
+     {R4_TILE, tile_iq4_nl_r4_scalar}, 4, 4, 16, PACK8_S(iq4_nl_r4), .gemv_streams = 0, .rows_per_group = 4},
 #if HAVE_KQUANTS
     K_TYPE_NAMED(GGML_Q2_K, "q2_K", q2_K, 84, K_PACK8(q2_K)),
     K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K)),
@@ -179,8 +188,8 @@ void quantize_act_row(int act_type, const float *x, void *y, int k, int path) {
  * repacked k-quants' bodies are scalar (2.8-4.7 ns per value against 0.23-0.38 for the others, one
  * thread): they keep the packed integer GEMM, which is faster for them (Q4_K_R MoE prefill 49 against
  * 165 GFLOP/s, tools/bench_kernels.py). */
-int type_amx_ok(int type) {
-    return type != MINILLM_Q4_K_R && type != MINILLM_Q5_K_R && type != MINILLM_Q6_K_R;
+int type_amx_ok(int type) { /* (IQ4_NL_R4 has no per-row decoder: the level that takes it has no AMX) */
+    return type != MINILLM_Q4_K_R && type != MINILLM_Q5_K_R && type != MINILLM_Q6_K_R && type != MINILLM_IQ4_NL_R4;
 }
 
 int simd_compiled(void) { return MINILLM_AVX2; }

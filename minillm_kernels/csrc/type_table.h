@@ -28,6 +28,9 @@ enum { MINILLM_Q4_K_R = 1012, MINILLM_Q5_K_R = 1013, MINILLM_Q6_K_R = 1014 };
 /* IQ4_NL_R: IQ4_NL rows in groups of 4 blocks (quants.h block_iq4_nl_r4), the same bytes, results
  * bit-identical to IQ4_NL's, fewer instructions per block. */
 enum { MINILLM_IQ4_NL_R = 1020 };
+/* IQ4_NL_R4: IQ4_NL matrices with 4 rows interleaved (quants.h block_iq4_nl_x4), the same bytes,
+ * results bit-identical to IQ4_NL's; rows_per_group 4 (no per-row dequantize_row or vec_dot). */
+enum { MINILLM_IQ4_NL_R4 = 1021 };
 
 /* Activation formats are named by the ggml type they are stored in; ACT_Q8_0_PM
  * (block_q8_0_pm, internal) feeds the packed GEMM of the 32-value types, ACT_Q8_K_T
@@ -59,6 +62,8 @@ typedef struct {
     int gemv_streams;                   /* GEMV: rows far apart read in turn per thread (0: in order) */
     gemmf_fn gemm_float;                /* float types, many tokens, in K blocks (best path only; or NULL):
                                            bit-identical to the tile */
+    int rows_per_group;                 /* > 1: rows interleaved in groups (the tiles take whole groups;
+                                           no per-row dequantize_row / vec_dot); 0: single rows */
 } type_traits;
 
 const type_traits *type_traits_get(int type); /* NULL if unsupported */
