@@ -169,15 +169,19 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
 }
 
 /* GEMV of rows [r0, r1) as S = gemv_streams ranges of Q rows, read in turn: row j of every
- * range per tile call.  S concurrent streams far apart keep more reads in flight than one
- * sequential stream.  Types without streams (S < 2) read their rows in order. */
-#define MAX_GEMV_STREAMS 4 /* a tile call takes at most 4 rows */
+ * range per tile call (of interleaved rows, group j of every range: Q whole groups, the groups
+ * Q rows apart).  S concurrent streams far apart keep more reads in flight than one sequential
+ * stream.  Types without streams (S < 2) read their rows in order. */
+#define MAX_GEMV_STREAMS 4 /* a tile call takes at most 4 rows (4 groups) */
+#define MAX_GROUP_ROWS 4
 static void gemv_streams(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *a, float *out) {
-    const int S = imin(k->tt->gemv_streams, MAX_GEMV_STREAMS), Q = S > 1 ? (r1 - r0) / S : 0;
-    float o[MAX_GEMV_STREAMS];
-    for (int j = 0; j < Q; j++) {
-        tile_call_ws(k, w + (size_t)(r0 + j) * k->row_bytes, (size_t)Q * k->row_bytes, a, 0, o, 1, S, 1);
-        for (int s = 0; s < S; s++) out[r0 + s * Q + j] = o[s];
+    const int S = imin(k->tt->gemv_streams, MAX_GEMV_STREAMS), g = imax(1, k->tt->rows_per_group);
+    const int Q = S > 1 ? (r1 - r0) / S / g * g : 0;
+    float o[MAX_GEMV_STREAMS * MAX_GROUP_ROWS];
+    for (int j = 0; j < Q; j += g) {
+        tile_call_ws(k, w + (size_t)(r0 + j) * k->row_bytes, (size_t)Q * k->row_bytes / g, a, 0, o, 1, S * g, 1);
+        for (int s = 0; s < S; s++)
+            for (int i = 0; i < g; i++) out[r0 + s * Q + j + i] = o[s * g + i];
     }
     for (int r = r0 + S * Q; r < r1; r += k->gv)
         tile_call(k, w + (size_t)r * k->row_bytes, a, 0, out + r, 1, imin(k->gv, r1 - r), 1);

@@ -383,98 +383,129 @@ ALWAYS_INLINE void unpack4_iq4_nl_r(const block_iq4_nl *b, __m256i *q) {
 #define UNPACK4_IQ4_NL_R(unpack, b, q) unpack4_iq4_nl_r(b, q)
 DEFINE_Q32_TILE_G(iq4_nl_r, block_iq4_nl, unpack_iq4_nl, block_dot, SCALES4_IQ4_NL_R, UNPACK4_IQ4_NL_R)
 
-/* IQ4_NL_R4 (quants.h block_iq4_nl_x4): G groups of 4 interleaved rows (4 * ws bytes apart) x C
- * activation rows.  For each block and activation row, the 4 dwords of its 32 values are broadcast
- * in each 128-bit lane (lane 0: values 4k..4k+3, lane 1: 16+4k..), so vpmaddwd's lanes r and 4 + r
- * are row r's sums over the block's values 0-15 and 16-31: the two halves IQ4_NL's tile folds each
- * block's lanes into.  Block i goes to accumulator i % 4, and the end sums them as hsum_ps sums
- * IQ4_NL's 8 lanes (lanes k, k + 4 hold blocks = k mod 4 there), so every result is IQ4_NL's bit for
- * bit.  In GEMV, 4 groups per call read 4 streams and share each block's activation work; measured
- * against the IQ4_NL_R tile (1 thread, hot rows, Zen 3): 1.25-1.3x the rows per second. */
-ALWAYS_INLINE void tile_iq4_nl_r4_gc(int n, const uint8_t *w, size_t ws, const uint8_t *a, size_t as, float *out,
-                                     size_t os, const int G, const int C) {
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
-    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256 acc[4][4][4]; /* [group][activation row][block mod 4] */
-    for (int g = 0; g < G; g++)
-        for (int c = 0; c < C; c++)
-            for (int j = 0; j < 4; j++) acc[g][c][j] = _mm256_setzero_ps();
-    for (int i4 = 0; i4 < n / QK; i4 += 4)
-        for (int j = 0; j < 4; j++) {
-            const int i = i4 + j;
-            __m256i yb[4][4], ay[4][4];
-            __m256 dy[4];
-            for (int c = 0; c < C; c++) {
-                const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;
-                const __m256i yv = load_y(y);
-                yb[c][0] = _mm256_shuffle_epi32(yv, 0x00);
-                yb[c][1] = _mm256_shuffle_epi32(yv, 0x55);
-                yb[c][2] = _mm256_shuffle_epi32(yv, 0xaa);
-                yb[c][3] = _mm256_shuffle_epi32(yv, 0xff);
-                for (int k = 0; k < 4; k++) ay[c][k] = _mm256_sign_epi8(yb[c][k], yb[c][k]);
-                dy[c] = _mm256_set1_ps(fp16_to_fp32(y->d));
-            }
-            for (int g = 0; g < G; g++) {
-                const block_iq4_nl_x4 *x = (const block_iq4_nl_x4 *)(w + (size_t)4 * g * ws) + i;
-                if (C == 1) {
-                    _mm_prefetch((const char *)x + GEMV_PREFETCH_BYTES, _MM_HINT_T0);
-                    _mm_prefetch((const char *)x + 64 + GEMV_PREFETCH_BYTES, _MM_HINT_T0);
-                }
-                long long bits;
-                memcpy(&bits, x->d, 8);
-                const __m128 d4 = _mm_cvtph_ps(_mm_cvtsi64_si128(bits));
-                const __m256 dw = _mm256_set_m128(d4, d4);
-                const __m256i b0 = _mm256_loadu_si256((const __m256i *)x->qs);
-                const __m256i b1 = _mm256_loadu_si256((const __m256i *)(x->qs + 32));
-                __m256i q[4]; /* values 4k.. (lane 0) and 16+4k.. (lane 1) of the 4 rows */
-                q[0] = _mm256_shuffle_epi8(table, _mm256_and_si256(b0, m4));
-                q[1] = _mm256_shuffle_epi8(table, _mm256_and_si256(b1, m4));
-                q[2] = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(b0, 4), m4));
-                q[3] = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(b1, 4), m4));
-                for (int c = 0; c < C; c++) {
-                    __m256i p[4];
-                    for (int k = 0; k < 4; k++)
-                        p[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(ay[c][k], _mm256_sign_epi8(q[k], yb[c][k])), ones);
-                    const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3]));
-                    acc[g][c][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy[c]), _mm256_cvtepi32_ps(sum), acc[g][c][j]);
-                }
-            }
-        }
-    for (int g = 0; g < G; g++)
-        for (int c = 0; c < C; c++) {
-            __m128 h[4];
-            for (int j = 0; j < 4; j++)
-                h[j] = _mm_add_ps(_mm256_castps256_ps128(acc[g][c][j]), _mm256_extractf128_ps(acc[g][c][j], 1));
-            _mm_storeu_ps(out + c * os + 4 * g, _mm_add_ps(_mm_add_ps(h[0], h[2]), _mm_add_ps(h[1], h[3])));
-        }
+/* IQ4_NL_R4 (quants.h block_iq4_nl_x4): groups of 4 interleaved rows (4 * ws bytes apart).  For each
+ * block and activation row, the 4 dwords of its 32 values are broadcast in each 128-bit lane (lane 0:
+ * values 4k..4k+3, lane 1: 16+4k..), so vpmaddwd's lanes r and 4 + r are row r's sums over the
+ * block's values 0-15 and 16-31: the two halves IQ4_NL's tile folds each block's lanes into.  Block
+ * i goes to accumulator i % 4, and the end sums them as hsum_ps sums IQ4_NL's 8 lanes (lanes k, k + 4
+ * hold the blocks = k mod 4 there), so every result is IQ4_NL's bit for bit.  The GEMV takes 4 groups
+ * a call, one from each of 4 streams (gemv_streams), which share each block's activation work:
+ * against the IQ4_NL_R tile, 1 thread, Zen 3, 1.25-1.3x the rows per second on hot rows and
+ * 1.05-1.12x on rows from RAM. */
+
+/* activation block y: yb[k] its dword k broadcast in each lane (values 4k.. and 16 + 4k..), ay[k] |yb[k]| */
+ALWAYS_INLINE void x4_activation(const block_q8_0 *y, __m256i *yb, __m256i *ay) {
+    const __m256i yv = load_y(y);
+    yb[0] = _mm256_shuffle_epi32(yv, 0x00);
+    yb[1] = _mm256_shuffle_epi32(yv, 0x55);
+    yb[2] = _mm256_shuffle_epi32(yv, 0xaa);
+    yb[3] = _mm256_shuffle_epi32(yv, 0xff);
+    for (int k = 0; k < 4; k++) ay[k] = _mm256_sign_epi8(yb[k], yb[k]);
+}
+/* the 4 rows' values of block x: q[k] values 4k..4k+3 (lane 0) and 16+4k.. (lane 1) of rows 0-3 */
+ALWAYS_INLINE void x4_unpack(const block_iq4_nl_x4 *x, __m256i table, __m256i *q) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i b0 = _mm256_loadu_si256((const __m256i *)x->qs), b1 = _mm256_loadu_si256((const __m256i *)(x->qs + 32));
+    q[0] = _mm256_shuffle_epi8(table, _mm256_and_si256(b0, m4));
+    q[1] = _mm256_shuffle_epi8(table, _mm256_and_si256(b1, m4));
+    q[2] = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(b0, 4), m4));
+    q[3] = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(b1, 4), m4));
+}
+/* the exact int32 sums of q against an activation block (x4_activation): lanes r, 4 + r row r's halves */
+ALWAYS_INLINE __m256i x4_dot(const __m256i *q, const __m256i *yb, const __m256i *ay) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i s01 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(ay[0], _mm256_sign_epi8(q[0], yb[0])), ones),
+                                         _mm256_madd_epi16(_mm256_maddubs_epi16(ay[1], _mm256_sign_epi8(q[1], yb[1])), ones));
+    const __m256i s23 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(ay[2], _mm256_sign_epi8(q[2], yb[2])), ones),
+                                         _mm256_madd_epi16(_mm256_maddubs_epi16(ay[3], _mm256_sign_epi8(q[3], yb[3])), ones));
+    return _mm256_add_epi32(s01, s23);
+}
+/* the 4 rows' scales of block x as [d0 d1 d2 d3 | d0 d1 d2 d3] */
+ALWAYS_INLINE __m256 x4_scales(const block_iq4_nl_x4 *x) {
+    long long bits;
+    memcpy(&bits, x->d, 8);
+    const __m128 d4 = _mm_cvtph_ps(_mm_cvtsi64_si128(bits));
+    return _mm256_set_m128(d4, d4);
+}
+/* the 4 rows' dots from the accumulators of the blocks = j mod 4, summed as hsum_ps sums IQ4_NL's lanes */
+ALWAYS_INLINE void x4_store(const __m256 *acc, float *out, size_t os) {
+    __m128 h[4];
+    for (int j = 0; j < 4; j++) h[j] = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
+    const __m128 s = _mm_add_ps(_mm_add_ps(h[0], h[2]), _mm_add_ps(h[1], h[3]));
+    for (int r = 0; r < 4; r++) out[r * os] = s[r];
 }
 
+/* GEMV: G groups (4 * ws bytes apart) against one activation row */
+ALWAYS_INLINE void gemv_iq4_nl_r4(int n, const uint8_t *w, size_t ws, const uint8_t *a, float *out, const int G) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+    __m256 acc[4][4];
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < 4; j++) acc[g][j] = _mm256_setzero_ps();
+    const block_q8_0 *y = (const block_q8_0 *)a;
+    for (int i = 0; i < n / QK; i++) {
+        __m256i yb[4], ay[4], q[4];
+        x4_activation(&y[i], yb, ay);
+        const __m256 dy = _mm256_set1_ps(fp16_to_fp32(y[i].d));
+        for (int g = 0; g < G; g++) {
+            const block_iq4_nl_x4 *x = (const block_iq4_nl_x4 *)(w + (size_t)4 * g * ws) + i;
+            _mm_prefetch((const char *)x + GEMV_PREFETCH_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)x + 64 + GEMV_PREFETCH_BYTES, _MM_HINT_T0);
+            const __m256 d = _mm256_mul_ps(x4_scales(x), dy);
+            x4_unpack(x, table, q);
+            acc[g][i & 3] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(x4_dot(q, yb, ay)), acc[g][i & 3]);
+        }
+    }
+    for (int g = 0; g < G; g++) x4_store(acc[g], out + 4 * g, 1);
+}
+
+/* a few tokens: one group against C activation rows (as bytes apart), its blocks unpacked once */
+ALWAYS_INLINE void tile_iq4_nl_r4_c(int n, const uint8_t *w, const uint8_t *a, size_t as, float *out, size_t os,
+                                    const int C) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+    __m256 acc[4][4];
+    for (int c = 0; c < C; c++)
+        for (int j = 0; j < 4; j++) acc[c][j] = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK; i++) {
+        const block_iq4_nl_x4 *x = (const block_iq4_nl_x4 *)w + i;
+        __m256i q[4];
+        x4_unpack(x, table, q);
+        const __m256 dw = x4_scales(x);
+        for (int c = 0; c < C; c++) {
+            const block_q8_0 *y = (const block_q8_0 *)(a + c * as) + i;
+            __m256i yb[4], ay[4];
+            x4_activation(y, yb, ay);
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(fp16_to_fp32(y->d)));
+            acc[c][i & 3] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(x4_dot(q, yb, ay)), acc[c][i & 3]);
+        }
+    }
+    for (int c = 0; c < C; c++) x4_store(acc[c], out + c * os, 1);
+}
+
+/* nr rows (a multiple of 4: nr / 4 groups) x nc activation rows */
 void tile_iq4_nl_r4_avx2(int n, const void *vw, size_t ws, const void *va, size_t as, float *out, size_t os,
                          int nr, int nc) {
     const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
-    for (int g = 0; g < nr / 4; g += 4) { /* C == 1: up to 4 groups a call; more activation rows: 1 */
+    for (int g = 0; g < nr / 4; g += 4) { /* the GEMV: up to 4 groups a call */
         const int G = nr / 4 - g < 4 ? nr / 4 - g : 4;
         const uint8_t *wg = w + (size_t)4 * g * ws;
-        float *og = out + 4 * g;
         if (nc == 1) {
             switch (G) {
-            case 4: tile_iq4_nl_r4_gc(n, wg, ws, a, as, og, os, 4, 1); break;
-            case 3: tile_iq4_nl_r4_gc(n, wg, ws, a, as, og, os, 3, 1); break;
-            case 2: tile_iq4_nl_r4_gc(n, wg, ws, a, as, og, os, 2, 1); break;
-            default: tile_iq4_nl_r4_gc(n, wg, ws, a, as, og, os, 1, 1); break;
+            case 4: gemv_iq4_nl_r4(n, wg, ws, a, out + 4 * g, 4); break;
+            case 3: gemv_iq4_nl_r4(n, wg, ws, a, out + 4 * g, 3); break;
+            case 2: gemv_iq4_nl_r4(n, wg, ws, a, out + 4 * g, 2); break;
+            default: gemv_iq4_nl_r4(n, wg, ws, a, out + 4 * g, 1); break;
             }
             continue;
         }
-        for (int gg = 0; gg < G; gg++)
+        for (int gg = g; gg < g + G; gg++)
             for (int c = 0; c < nc; c += 4) {
-                const uint8_t *ac = a + c * as;
-                float *oc = og + 4 * gg + c * os;
-                const uint8_t *wgg = wg + (size_t)4 * gg * ws;
+                const uint8_t *wc = w + (size_t)4 * gg * ws, *ac = a + c * as;
+                float *oc = out + 4 * gg + c * os;
                 switch (nc - c < 4 ? nc - c : 4) {
-                case 4: tile_iq4_nl_r4_gc(n, wgg, ws, ac, as, oc, os, 1, 4); break;
-                case 3: tile_iq4_nl_r4_gc(n, wgg, ws, ac, as, oc, os, 1, 3); break;
-                case 2: tile_iq4_nl_r4_gc(n, wgg, ws, ac, as, oc, os, 1, 2); break;
-                default: tile_iq4_nl_r4_gc(n, wgg, ws, ac, as, oc, os, 1, 1); break;
+                case 4: tile_iq4_nl_r4_c(n, wc, ac, as, oc, os, 4); break;
+                case 3: tile_iq4_nl_r4_c(n, wc, ac, as, oc, os, 3); break;
+                case 2: tile_iq4_nl_r4_c(n, wc, ac, as, oc, os, 2); break;
+                default: tile_iq4_nl_r4_c(n, wc, ac, as, oc, os, 1); break;
                 }
             }
     }
@@ -614,18 +645,31 @@ void PACK_S(iq4_nl_r)(int n, const void *vw, size_t ws, int nr, void *dst) {
         }
     if (nb > n4) PACK_S(iq4_nl)((nb - n4) * QK, w + n4 * sizeof(block_iq4_nl), ws, nr, p + n4);
 }
-/* IQ4_NL_R4: the groups' blocks back to IQ4_NL rows (on the stack, PACK_R4_BLOCKS at a time), packed
- * as IQ4_NL's: the same packed blocks */
-#define PACK_R4_BLOCKS 16
+/* IQ4_NL_R4: 8 rows are 2 groups; packed vector k of a block (values 4k.. of the 8 rows) is lane 0
+ * of both groups' x4_unpack q[k], vector 4 + k their lane 1: the packed blocks of the same rows as
+ * IQ4_NL, without a transpose */
 void PACK_S(iq4_nl_r4)(int n, const void *vw, size_t ws, int nr, void *dst) {
-    block_iq4_nl rows[SIGNED_ROWS][PACK_R4_BLOCKS];
-    const uint8_t *w = (const uint8_t *)vw;
-    for (int i0 = 0; i0 < n / QK; i0 += PACK_R4_BLOCKS) {
-        const int i1 = n / QK - i0 < PACK_R4_BLOCKS ? n / QK : i0 + PACK_R4_BLOCKS;
-        for (int g = 0; g < nr / 4; g++)
-            unrepack_rows4_iq4_nl_r4(w + (size_t)4 * g * ws, i0, i1, rows[4 * g], sizeof(rows[0]));
-        PACK_S(iq4_nl)((i1 - i0) * QK, rows, sizeof(rows[0]), nr, (PACKED_S *)dst + i0);
-    }
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+    PACKED_S *p = (PACKED_S *)dst;
+    for (int i = 0; i < n / QK; i++)
+        for (int h = 0; h < SIGNED_ROWS / 8; h++) {
+            __m256i q[2][4], v[8];
+            for (int s = 0; s < 2; s++) {
+                const int g = 2 * h + s; /* rows 4g .. 4g + 3 */
+                const block_iq4_nl_x4 *x = (const block_iq4_nl_x4 *)((const uint8_t *)vw + (size_t)4 * g * ws) + i;
+                if (4 * g < nr)
+                    x4_unpack(x, table, q[s]);
+                for (int k = 0; k < 4; k++) {
+                    if (4 * g >= nr) q[s][k] = _mm256_setzero_si256();
+                    p[i].d[4 * g + k] = 4 * g < nr ? fp16_to_fp32(x->d[k]) : 0.0f;
+                }
+            }
+            for (int k = 0; k < 4; k++) {
+                v[k] = _mm256_permute2x128_si256(q[0][k], q[1][k], 0x20);
+                v[4 + k] = _mm256_permute2x128_si256(q[0][k], q[1][k], 0x31);
+            }
+            STORE_PACKED_S(&p[i], h, v);
+        }
 }
 DEFINE_PACK(8, q4_0, block_q4_0, code_q4_0, packed8u_block, store_packed8u)
 DEFINE_PACK(8, q5_0, block_q5_0, code_q5_0, packed8u_block, store_packed8u)

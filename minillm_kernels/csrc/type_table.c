@@ -110,9 +110,9 @@ static const type_traits TABLE[] = {
     OWN_TYPE(GGML_IQ4_NL, iq4_nl, QK, 18, ACT_Q8_0, DQ32(iq4_nl), 4, 4, 4, PACK8_S(iq4_nl), 4),
     /* internal: repack_row_iq4_nl_r of IQ4_NL rows */
     OWN_TYPE(MINILLM_IQ4_NL_R, iq4_nl_r, QK, 18, ACT_Q8_0, DQ32(iq4_nl_r), 4, 4, 4, PACK8_S(iq4_nl_r), 4),
-    /* internal: repack_rows4_iq4_nl_r4 of IQ4_NL matrices; 16 rows (4 groups, 4 streams) per GEMV call */
+    /* internal: repack_rows4_iq4_nl_r4 of IQ4_NL matrices; in GEMV a group from each of 4 streams a call */
     {MINILLM_IQ4_NL_R4, "iq4_nl_r4", QK, 18, ACT_Q8_0, {NULL, NULL}, {NULL, NULL},
-     {R4_TILE, tile_iq4_nl_r4_scalar}, 4, 4, 16, PACK8_S(iq4_nl_r4), .gemv_streams = 0, .rows_per_group = 4},
+     {R4_TILE, tile_iq4_nl_r4_scalar}, 4, 4, 16, PACK8_S(iq4_nl_r4), .gemv_streams = 4, .rows_per_group = 4},
 #if HAVE_KQUANTS
     K_TYPE_NAMED(GGML_Q2_K, "q2_K", q2_K, 84, K_PACK8(q2_K)),
     K_TYPE_NAMED(GGML_Q4_K, "q4_K", q4_K, 144, K_PACK8(q4_K)),
