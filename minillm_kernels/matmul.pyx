@@ -52,7 +52,7 @@ cdef extern from "kquants.h" nogil:
 cdef extern from "quants_impl.h" nogil:
     void repack_row_iq4_nl_r(const void *iq4_nl_row, void *y, int n)
     void repack_rows4_iq4_nl_r4(const void *w, size_t rb, void *y, int n)
-    void unrepack_rows4_iq4_nl_r4(const void *x, int i0, int i1, void *out, size_t rb_out)
+    void unrepack_rows4_iq4_nl_r4(const void *x, void *out, size_t rb, int n)
 
 ctypedef void (*repack_row_fn)(const void *, void *, int) noexcept nogil
 
@@ -306,14 +306,14 @@ cdef _unrepack_rows4(w_raw):
     if w_raw.shape[0] % 4:
         raise ValueError(f"IQ4_NL_ROWS4 rows come in groups of 4, not {w_raw.shape[0]}")
     cdef Py_ssize_t rb = w_raw.shape[1], g, n_groups = w_raw.shape[0] // 4
-    cdef int nb = rb // 18
+    cdef int k = _row_values(_traits(IQ4_NL_ROWS4), rb, "w_raw")
     out = np.empty(w_raw.shape, dtype=np.uint8)
     cdef cnp.ndarray aw = np.ascontiguousarray(w_raw), ao = out
     cdef const uint8_t *pw = _u8(aw)
     cdef uint8_t *po = <uint8_t *> cnp.PyArray_DATA(ao)
     with nogil:
         for g in range(n_groups):
-            unrepack_rows4_iq4_nl_r4(pw + 4 * g * rb, 0, nb, po + 4 * g * rb, rb)
+            unrepack_rows4_iq4_nl_r4(pw + 4 * g * rb, po + 4 * g * rb, rb, k)
     return out
 
 

@@ -102,7 +102,8 @@ static int kernel_init(kernel_t *k, int wtype, int K, size_t row_bytes) {
     return MM_OK;
 }
 
-/* M rows of k's type are whole groups (every range the drivers hand a tile starts at a multiple of 16) */
+/* M rows of k's type are whole groups of its interleaved rows; then every range the drivers hand a tile
+ * is too: GEMV items and row tiles start at multiples of 16 and end at one or at M */
 static int whole_groups(const kernel_t *k, int M) { return k->tt->rows_per_group < 2 || M % k->tt->rows_per_group == 0; }
 
 static inline int amx_batch(const kernel_t *k, int ntok) { return k->amx && ntok >= AMX_MIN_TOKENS; }
@@ -173,7 +174,7 @@ static inline void tile_call(const kernel_t *k, const uint8_t *w, const uint8_t 
  * Q rows apart).  S concurrent streams far apart keep more reads in flight than one sequential
  * stream.  Types without streams (S < 2) read their rows in order. */
 #define MAX_GEMV_STREAMS 4 /* a tile call takes at most 4 rows (4 groups) */
-#define MAX_GROUP_ROWS 4
+#define MAX_GROUP_ROWS 4 /* rows_per_group at most (IQ4_NL_R4's) */
 static void gemv_streams(const kernel_t *k, const uint8_t *w, int r0, int r1, const uint8_t *a, float *out) {
     const int S = imin(k->tt->gemv_streams, MAX_GEMV_STREAMS), g = imax(1, k->tt->rows_per_group);
     const int Q = S > 1 ? (r1 - r0) / S / g * g : 0;
@@ -187,11 +188,12 @@ static void gemv_streams(const kernel_t *k, const uint8_t *w, int r0, int r1, co
         tile_call(k, w + (size_t)r * k->row_bytes, a, 0, out + r, 1, imin(k->gv, r1 - r), 1);
 }
 
-/* GEMV work items: runs of rows that whichever thread is free takes next (schedule(dynamic)), about
- * GEMV_ITEMS_PER_THREAD a thread, a multiple of 16 rows and at least GEMV_MIN_ITEM_ROWS.  With equal
- * static shares, a core that runs slower for a while (a shared machine) makes the others wait at the
- * barrier: a decode profile (Zen 3, 2 threads, IQ4_NL mixture) found 10-20 % of each thread's time in
- * libgomp's barrier spin. */
+/* GEMV work items: runs of rows, a multiple of 16 (so every range starts on a whole group of the
+ * interleaved types: rows_per_group) and at least GEMV_MIN_ITEM_ROWS, about GEMV_ITEMS_PER_THREAD a
+ * thread, that whichever thread is free takes next (schedule(dynamic)).  Against equal static shares
+ * (which a slower core makes the others wait for: a decode profile on Zen 3 found 10-20 % of each
+ * thread's time in libgomp's barrier spin) they measured no faster by themselves (engine decode A/B,
+ * within the noise). */
 #define GEMV_ITEMS_PER_THREAD 8
 #define GEMV_MIN_ITEM_ROWS 64
 static long gemv_item_rows(long rows, int nth) {

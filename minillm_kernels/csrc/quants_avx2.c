@@ -428,11 +428,10 @@ ALWAYS_INLINE __m256 x4_scales(const block_iq4_nl_x4 *x) {
     return _mm256_set_m128(d4, d4);
 }
 /* the 4 rows' dots from the accumulators of the blocks = j mod 4, summed as hsum_ps sums IQ4_NL's lanes */
-ALWAYS_INLINE void x4_store(const __m256 *acc, float *out, size_t os) {
+ALWAYS_INLINE void x4_store(const __m256 *acc, float *out) {
     __m128 h[4];
     for (int j = 0; j < 4; j++) h[j] = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
-    const __m128 s = _mm_add_ps(_mm_add_ps(h[0], h[2]), _mm_add_ps(h[1], h[3]));
-    for (int r = 0; r < 4; r++) out[r * os] = s[r];
+    _mm_storeu_ps(out, _mm_add_ps(_mm_add_ps(h[0], h[2]), _mm_add_ps(h[1], h[3])));
 }
 
 /* GEMV: G groups (4 * ws bytes apart) against one activation row */
@@ -455,7 +454,7 @@ ALWAYS_INLINE void gemv_iq4_nl_r4(int n, const uint8_t *w, size_t ws, const uint
             acc[g][i & 3] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(x4_dot(q, yb, ay)), acc[g][i & 3]);
         }
     }
-    for (int g = 0; g < G; g++) x4_store(acc[g], out + 4 * g, 1);
+    for (int g = 0; g < G; g++) x4_store(acc[g], out + 4 * g);
 }
 
 /* a few tokens: one group against C activation rows (as bytes apart), its blocks unpacked once */
@@ -478,37 +477,37 @@ ALWAYS_INLINE void tile_iq4_nl_r4_c(int n, const uint8_t *w, const uint8_t *a, s
             acc[c][i & 3] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(x4_dot(q, yb, ay)), acc[c][i & 3]);
         }
     }
-    for (int c = 0; c < C; c++) x4_store(acc[c], out + c * os, 1);
+    for (int c = 0; c < C; c++) x4_store(acc[c], out + c * os);
 }
 
 /* nr rows (a multiple of 4: nr / 4 groups) x nc activation rows */
 void tile_iq4_nl_r4_avx2(int n, const void *vw, size_t ws, const void *va, size_t as, float *out, size_t os,
                          int nr, int nc) {
     const uint8_t *w = (const uint8_t *)vw, *a = (const uint8_t *)va;
-    for (int g = 0; g < nr / 4; g += 4) { /* the GEMV: up to 4 groups a call */
-        const int G = nr / 4 - g < 4 ? nr / 4 - g : 4;
-        const uint8_t *wg = w + (size_t)4 * g * ws;
-        if (nc == 1) {
-            switch (G) {
+    const int ng = nr / 4;
+    if (nc == 1) { /* GEMV: 4 groups a call (gemv_streams: one from each stream) */
+        for (int g = 0; g < ng; g += 4) {
+            const uint8_t *wg = w + (size_t)4 * g * ws;
+            switch (ng - g < 4 ? ng - g : 4) {
             case 4: gemv_iq4_nl_r4(n, wg, ws, a, out + 4 * g, 4); break;
             case 3: gemv_iq4_nl_r4(n, wg, ws, a, out + 4 * g, 3); break;
             case 2: gemv_iq4_nl_r4(n, wg, ws, a, out + 4 * g, 2); break;
             default: gemv_iq4_nl_r4(n, wg, ws, a, out + 4 * g, 1); break;
             }
-            continue;
         }
-        for (int gg = g; gg < g + G; gg++)
-            for (int c = 0; c < nc; c += 4) {
-                const uint8_t *wc = w + (size_t)4 * gg * ws, *ac = a + c * as;
-                float *oc = out + 4 * gg + c * os;
-                switch (nc - c < 4 ? nc - c : 4) {
-                case 4: tile_iq4_nl_r4_c(n, wc, ac, as, oc, os, 4); break;
-                case 3: tile_iq4_nl_r4_c(n, wc, ac, as, oc, os, 3); break;
-                case 2: tile_iq4_nl_r4_c(n, wc, ac, as, oc, os, 2); break;
-                default: tile_iq4_nl_r4_c(n, wc, ac, as, oc, os, 1); break;
-                }
-            }
+        return;
     }
+    for (int g = 0; g < ng; g++) /* a few tokens: each group against up to 4 activation rows a call */
+        for (int c = 0; c < nc; c += 4) {
+            const uint8_t *wg = w + (size_t)4 * g * ws, *ac = a + c * as;
+            float *oc = out + 4 * g + c * os;
+            switch (nc - c < 4 ? nc - c : 4) {
+            case 4: tile_iq4_nl_r4_c(n, wg, ac, as, oc, os, 4); break;
+            case 3: tile_iq4_nl_r4_c(n, wg, ac, as, oc, os, 3); break;
+            case 2: tile_iq4_nl_r4_c(n, wg, ac, as, oc, os, 2); break;
+            default: tile_iq4_nl_r4_c(n, wg, ac, as, oc, os, 1); break;
+            }
+        }
 }
 
 DEFINE_FLOAT_TILE(f32, 4, f32)

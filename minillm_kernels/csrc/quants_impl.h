@@ -52,11 +52,10 @@ DECLARE_TYPE(iq4_nl, scalar)
 DECLARE_TYPE(iq4_nl_r, scalar)
 /* IQ4_NL rows -> IQ4_NL_R rows (block_iq4_nl_r4), n values, the same bytes */
 void repack_row_iq4_nl_r(const void *iq4_nl_row, void *y, int n);
-/* IQ4_NL_R4 (quants.h block_iq4_nl_x4): 4 IQ4_NL rows rb bytes apart <-> 4 interleaved rows; the
- * inverse takes blocks [i0, i1) to IQ4_NL rows rb_out bytes apart.  Its tiles take whole groups of 4
- * rows (nr a multiple of 4, groups 4 * w_stride bytes apart). */
+/* IQ4_NL_R4 (quants.h block_iq4_nl_x4): 4 IQ4_NL rows of n values, rb bytes apart <-> 4 interleaved
+ * rows.  Its tiles take whole groups of 4 rows (nr a multiple of 4, groups 4 * w_stride bytes apart). */
 void repack_rows4_iq4_nl_r4(const void *w, size_t rb, void *y, int n);
-void unrepack_rows4_iq4_nl_r4(const void *x, int i0, int i1, void *out, size_t rb_out);
+void unrepack_rows4_iq4_nl_r4(const void *x, void *out, size_t rb, int n);
 void tile_iq4_nl_r4_scalar(int n, const void *w, size_t w_stride, const void *a, size_t a_stride, float *out,
                            size_t out_stride, int nr, int nc);
 

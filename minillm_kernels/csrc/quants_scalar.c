@@ -243,13 +243,13 @@ static void x4_to_blocks(const block_iq4_nl_x4 *x, block_iq4_nl *b) {
     }
 }
 
-/* blocks [i0, i1) of the 4 interleaved rows at x -> IQ4_NL rows of i1 - i0 blocks, rb_out bytes apart */
-void unrepack_rows4_iq4_nl_r4(const void *vx, int i0, int i1, void *out, size_t rb_out) {
+/* the inverse of repack_rows4_iq4_nl_r4: 4 interleaved rows of n values -> 4 IQ4_NL rows rb bytes apart */
+void unrepack_rows4_iq4_nl_r4(const void *vx, void *out, size_t rb, int n) {
     const block_iq4_nl_x4 *x = (const block_iq4_nl_x4 *)vx;
-    for (int i = i0; i < i1; i++) {
+    for (int i = 0; i < n / QK; i++) {
         block_iq4_nl b[4];
         x4_to_blocks(&x[i], b);
-        for (int r = 0; r < 4; r++) ((block_iq4_nl *)((uint8_t *)out + r * rb_out))[i - i0] = b[r];
+        for (int r = 0; r < 4; r++) ((block_iq4_nl *)((uint8_t *)out + r * rb))[i] = b[r];
     }
 }
 
