@@ -12,7 +12,7 @@ runs; the C code runs without the GIL.
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, uint32_t
 
 from minillm_kernels.attention_c cimport *
 
@@ -114,8 +114,20 @@ def _check_f32(a, name, int ndim, writable=False):
         raise ValueError(f"{name} must be writable")
 
 
-def _check_finite(a, name):
-    if not np.isfinite(a).all():
+cdef uint32_t _largest_magnitude(const uint32_t *bits, Py_ssize_t n) noexcept nogil:
+    """the largest |x| of n floats as their bits (a max the compiler vectorizes)"""
+    cdef uint32_t m = 0, v
+    cdef Py_ssize_t i
+    for i in range(n):
+        v = bits[i] & 0x7fffffff
+        m = v if v > m else m
+    return m
+
+
+def _check_finite(cnp.ndarray a, name):
+    """a: a C-contiguous float32 array (_check_f32).  In C: numpy's isfinite(a).all() took ~6 us a
+    decode call (a temporary array), a fifth of a shallow mla_decode"""
+    if _largest_magnitude(<const uint32_t *>cnp.PyArray_DATA(a), cnp.PyArray_SIZE(a)) >= 0x7f800000:
         raise ValueError(f"{name} contains NaN or infinity")
 
 

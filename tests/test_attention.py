@@ -546,6 +546,26 @@ def test_bad_inputs_raise(caches, token):
                          np.zeros((4, H + 1, KV_LORA), np.float32))
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("at", [0, 7, -1])
+def test_one_nonfinite_value_is_refused(caches, token, value, at):
+    """Queries and rows are checked for NaN and inf value by value (in C, see _check_finite): one
+    anywhere is refused; the largest finite float32 is not."""
+    q_lat, _ = token
+    cache = caches["f16"].layer(0).copy()
+    out = np.zeros((H, KV_LORA), np.float32)
+    q = q_lat.copy()
+    q.reshape(-1)[at] = value
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        attn.mla_decode(q, cache, "f16", 10, SCALE, out, "kparallel", 1)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        attn.mla_prefill(q[None], cache, "f16", 9, SCALE, out[None], 1)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        attn.kv_cache_store(cache, "f16", 3, q)
+    q.reshape(-1)[at] = np.copysign(np.finfo(np.float32).max, value)
+    attn.mla_decode(q, cache, "f16", 10, SCALE, out, "kparallel", 1)
+
+
 def test_auto_reports_the_strategy_it_chose(caches, token):
     q_lat, _ = token
     out = np.zeros((H, KV_LORA), np.float32)

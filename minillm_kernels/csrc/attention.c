@@ -114,7 +114,7 @@ typedef struct {
     int32_t *ksum; /* int8 keys: [TILE] each row's stored sum of its int8 values */
     uint8_t *ku; /* q8_0 int8 keys: [TILE][D] each row's int8 values plus 128 (unsigned bytes) ... */
     float *kdb;  /* ... [TILE][nb] and its block scales */
-    void *own[3]; /* the allocations behind ki, kd, vp (int16 MHA rows: those point into mha_i16_t) */
+    void *mem;   /* the one block behind the buffers (tile_place), if tile_init allocated it */
     float *s;    /* [TILE][LANES] scores, then probabilities */
     int32_t *vp; /* int_rows: [TILE/2][DV] ki of row pairs as interleaved int16 pairs */
     int32_t *pp; /* int_rows: [TILE/2][LANES] quantized probabilities of row pairs */
@@ -339,17 +339,33 @@ static void qgroup_prepare(const layout_t *L, const float *rows, size_t stride, 
         return;
     }
     const int qmax = query_qmax(L), split = key_split(L);
-    int16_t q[2048];
-    for (int h = 0; h < LANES; h++) {
-        g->qd[h] = g->qd2[h] = 0.0f;
-        if (h < nq) {
-            g->qd[h] = attn_quantize_i16(rows + h * stride, scale, split, qmax, q);
-            if (split < D) g->qd2[h] = attn_quantize_i16(rows + h * stride + split, scale, D - split, qmax, q + split);
-        } else {
-            memset(q, 0, sizeof(int16_t) * (size_t)D);
+    int16_t q[8][2048] __attribute__((aligned(32))); /* 8 heads' int16 values, then their pairs transposed */
+    for (int h0 = 0; h0 < LANES; h0 += 8) {
+        for (int i = 0; i < 8; i++) {
+            const int h = h0 + i;
+            g->qd[h] = g->qd2[h] = 0.0f;
+            if (h < nq) {
+                g->qd[h] = attn_quantize_i16(rows + h * stride, scale, split, qmax, q[i]);
+                if (split < D) g->qd2[h] = attn_quantize_i16(rows + h * stride + split, scale, D - split, qmax, q[i] + split);
+            } else {
+                memset(q[i], 0, sizeof(int16_t) * (size_t)D);
+            }
         }
-        for (int d = 0; d < D; d += 2)
-            g->qi[(d / 2) * LANES + h] = (int32_t)((uint32_t)(uint16_t)q[d] | (uint32_t)(uint16_t)q[d + 1] << 16);
+        int j = 0; /* pair j of head h0 + i to qi[j][h0 + i]: one int32 column per head */
+#if MINILLM_AVX2
+        /* 8 pairs of the 8 heads at a time (an 8x8 int32 transpose): the scalar scatter of 64-byte
+         * strided stores was most of the query's preparation, ~5 us of a shallow decode */
+        for (; j + 8 <= D / 2; j += 8) {
+            __m256i r[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_load_si256((const __m256i *)(q[i] + 2 * j));
+            transpose8_epi32(r);
+            for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(g->qi + (size_t)(j + k) * LANES + h0), r[k]);
+        }
+#endif
+        for (; j < D / 2; j++)
+            for (int i = 0; i < 8; i++)
+                g->qi[(size_t)j * LANES + h0 + i] =
+                    (int32_t)((uint32_t)(uint16_t)q[i][2 * j] | (uint32_t)(uint16_t)q[i][2 * j + 1] << 16);
     }
 }
 
@@ -1122,6 +1138,7 @@ static void softmax_step(state_t *st, float *s, int n, int DV, int nlanes) {
         }
         _mm256_storeu_ps(st->l + v, _mm256_fmadd_ps(_mm256_loadu_ps(st->l + v), alpha, lsum));
         _mm256_storeu_ps(st->m + v, mnew);
+        if (st->fresh) continue; /* no values yet to rescale */
         int changed = _mm256_movemask_ps(_mm256_cmp_ps(alpha, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ));
         float a[8];
         _mm256_storeu_ps(a, alpha);
@@ -1166,7 +1183,7 @@ static void tile_values(const layout_t *L, tile_t *T, int t0, int n, float *o, i
 #if MINILLM_AVX2
 /* NH heads x 16 values over np row pairs: int32 sums of p16·v16 pairs, then O += sum·scale. */
 static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp, int DV, const int32_t *pp, int np,
-                                                              const float *sc, float *o0, const int NH) {
+                                                              const float *sc, float *o0, int first, const int NH) {
     __m256i a0[6], a1[6];
     for (int i = 0; i < NH; i++) { a0[i] = _mm256_setzero_si256(); a1[i] = _mm256_setzero_si256(); }
     for (int t = 0; t < np; t++) {
@@ -1182,6 +1199,11 @@ static inline __attribute__((always_inline)) void v_block_i16(const int32_t *vp,
     for (int i = 0; i < NH; i++) {
         const __m256 c = _mm256_set1_ps(sc[i]);
         float *o = o0 + (size_t)i * DV;
+        if (first) {
+            _mm256_store_ps(o, _mm256_mul_ps(_mm256_cvtepi32_ps(a0[i]), c));
+            _mm256_store_ps(o + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(a1[i]), c));
+            continue;
+        }
         _mm256_store_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[i]), c, _mm256_load_ps(o)));
         _mm256_store_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[i]), c, _mm256_load_ps(o + 8)));
     }
@@ -1216,7 +1238,6 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
 #if MINILLM_AVX512
     tile_values512(T, DV, n, o, nlanes, sc, first);
 #else
-    (void)first; /* lazy states are AVX-512's (state_init) */
     const size_t pf_step = ((size_t)(T->pf_end - T->pf) / (DV / 16) + 64) & ~(size_t)63;
     for (int dc = 0; dc < DV; dc += 16) {
         prefetch_some(T, pf_step);
@@ -1224,12 +1245,12 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
             float *o0 = o + (size_t)hb * DV + dc;
             const int32_t *vp = T->vp + dc, *pp = T->pp + hb;
             switch (nlanes - hb < 6 ? nlanes - hb : 6) {
-            case 6: v_block_i16(vp, DV, pp, np, sc + hb, o0, 6); break;
-            case 5: v_block_i16(vp, DV, pp, np, sc + hb, o0, 5); break;
-            case 4: v_block_i16(vp, DV, pp, np, sc + hb, o0, 4); break;
-            case 3: v_block_i16(vp, DV, pp, np, sc + hb, o0, 3); break;
-            case 2: v_block_i16(vp, DV, pp, np, sc + hb, o0, 2); break;
-            default: v_block_i16(vp, DV, pp, np, sc + hb, o0, 1); break;
+            case 6: v_block_i16(vp, DV, pp, np, sc + hb, o0, first, 6); break;
+            case 5: v_block_i16(vp, DV, pp, np, sc + hb, o0, first, 5); break;
+            case 4: v_block_i16(vp, DV, pp, np, sc + hb, o0, first, 4); break;
+            case 3: v_block_i16(vp, DV, pp, np, sc + hb, o0, first, 3); break;
+            case 2: v_block_i16(vp, DV, pp, np, sc + hb, o0, first, 2); break;
+            default: v_block_i16(vp, DV, pp, np, sc + hb, o0, first, 1); break;
             }
         }
     }
@@ -1237,12 +1258,12 @@ static void tile_values_int(tile_t *T, int n, int DV, float *o, int nlanes, floa
 }
 #endif
 
-/* lazy: leave o unwritten (fresh) where the first value step stores it (AVX-512's int16 value tiles);
- * clearing the 32 KB of each decode chunk's o took ~5 % of the decode at 1024-16384 rows */
+/* lazy: leave o unwritten (fresh) where the first value step stores it (the int16 value tiles);
+ * clearing the 32 KB of each decode chunk's o took ~5 % of the decode at 1024-16384 rows (AVX-512) */
 static void state_init(state_t *st, int DV, int lazy) {
     for (int h = 0; h < LANES; h++) { st->m[h] = -INFINITY; st->l[h] = 0.0f; }
     st->bad = 0;
-    st->fresh = MINILLM_AVX512 && lazy;
+    st->fresh = MINILLM_AVX2 && lazy;
     if (!st->fresh) memset(st->o, 0, sizeof(float) * LANES * (size_t)DV);
 }
 
@@ -1332,30 +1353,47 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
     }
 }
 
-static int tile_alloc(const layout_t *L, tile_t *T) {
-    T->kf = xalloc(sizeof(float) * TILE * (size_t)L->D);
-    T->own[0] = T->ki = xalloc(sizeof(int16_t) * TILE * (size_t)L->D);
-    T->own[1] = T->vd = T->kd = xalloc(sizeof(float) * TILE); /* 8-bit rows: one scale for both */
-    T->kr = xalloc(sizeof(float) * TILE);
-    T->ksum = xalloc(sizeof(int32_t) * TILE);
-    T->ku = xalloc((size_t)TILE * L->D);
-    T->kdb = xalloc(sizeof(float) * TILE * (size_t)L->nb);
-    T->k8 = NULL;
-    T->s = xalloc(sizeof(float) * TILE * LANES);
-    T->own[2] = T->vp = xalloc(sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
-    T->pp = xalloc(sizeof(int32_t) * (TILE / 2) * LANES);
-    int ok = T->kf && T->ki && T->kd && T->kr && T->ksum && T->ku && T->kdb && T->s && T->vp && T->pp;
+/* A tile's buffers as parts of one block at mem (64-byte aligned); its size.  mem NULL: the size alone */
+static size_t tile_place(const layout_t *L, tile_t *T, char *mem) {
+    const size_t D = L->D;
+    size_t at = 0;
+#define PART(field, bytes) do { const size_t o = workspace_part(&at, bytes); if (mem) T->field = (void *)(mem + o); } while (0)
+    PART(kf, sizeof(float) * TILE * D);
+    PART(ki, sizeof(int16_t) * TILE * D);
+    PART(kd, sizeof(float) * TILE);
+    PART(kr, sizeof(float) * TILE);
+    PART(ksum, sizeof(int32_t) * TILE);
+    PART(ku, TILE * D);
+    PART(kdb, sizeof(float) * TILE * (size_t)L->nb);
+    PART(s, sizeof(float) * TILE * LANES);
+    PART(vp, sizeof(int32_t) * (TILE / 2) * (size_t)L->DV);
+    PART(pp, sizeof(int32_t) * (TILE / 2) * LANES);
+#undef PART
+    if (mem) {
+        T->vd = T->kd; /* 8-bit rows: one scale for both */
+        T->k8 = NULL;
+        T->mem = NULL;
+    }
+    return at;
+}
+
+/* A tile in the block mem (tile_place), or with mem NULL in one it allocates; 0 when out of memory */
+static int tile_init(const layout_t *L, tile_t *T, char *mem) {
+    char *own = mem ? NULL : xalloc(tile_place(L, NULL, NULL));
+    if (!mem && !own) return 0;
+    tile_place(L, T, mem ? mem : own);
+    T->mem = own;
+    int ok = 1;
 #if MINILLM_AMX
     T->amx = use_amx(L);
     memset(&T->ar, 0, sizeof T->ar);
-    if (T->amx) ok = amx_rows_alloc(&T->ar, L->D, L->DV) && ok;
+    if (T->amx) ok = amx_rows_alloc(&T->ar, L->D, L->DV);
 #endif
     return ok;
 }
 
 static void tile_free(tile_t *T) {
-    free(T->kf); free(T->kr); free(T->ksum); free(T->ku); free(T->kdb); free(T->s); free(T->pp);
-    for (int i = 0; i < 3; i++) free(T->own[i]);
+    free(T->mem);
 #if MINILLM_AMX
     amx_rows_free(&T->ar);
 #endif
@@ -1401,6 +1439,9 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
     const size_t o_q = workspace_part(&at, sizeof(float) * qfl * ng), o_g = workspace_part(&at, sizeof(qgroup_t) * ng);
     const size_t o_lim = workspace_part(&at, sizeof(int) * ng), o_st = workspace_part(&at, sizeof(state_t) * (size_t)ng * n_chunks);
     const size_t o_o = workspace_part(&at, sizeof(float) * (size_t)ng * n_chunks * LANES * DV);
+    /* and the threads' tiles (~170 KB each): allocated per call, their pages came back from the OS
+     * (heap trimming) on every call */
+    const size_t tile_bytes = tile_place(L, NULL, NULL), o_t = workspace_part(&at, tile_bytes * nthr);
     char *ws = workspace_get(at);
     if (!ws) return -1;
     float *qmem = (float *)(ws + o_q), *omem = (float *)(ws + o_o);
@@ -1417,7 +1458,7 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
 #pragma omp parallel num_threads(nthr)
     {
         tile_t T;
-        const int ok = tile_alloc(L, &T);
+        const int ok = tile_init(L, &T, ws + o_t + tile_bytes * omp_get_thread_num());
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -1640,7 +1681,7 @@ typedef struct { tile_t T; float *qmem, *omem; } prefill_bufs_t;
 static int prefill_bufs_alloc(const layout_t *L, int ng, state_t *st, prefill_bufs_t *B) {
     B->qmem = xalloc(sizeof(float) * qgroup_floats(L) * ng);
     B->omem = xalloc(sizeof(float) * ng * LANES * (size_t)L->DV);
-    const int ok = tile_alloc(L, &B->T) && B->qmem && B->omem;
+    const int ok = tile_init(L, &B->T, NULL) && B->qmem && B->omem;
     for (int k = 0; ok && k < ng; k++) st[k].o = B->omem + (size_t)k * LANES * L->DV;
     return ok;
 }
