@@ -1353,7 +1353,8 @@ static void attend_range(const layout_t *L, int r0, int r1, const qgroup_t *g, s
     }
 }
 
-/* A tile's buffers as parts of one block at mem (64-byte aligned); its size.  mem NULL: the size alone */
+/* A tile's buffers as parts of one block at mem (64-byte aligned); returns the block's size.  mem
+ * NULL: the size alone */
 static size_t tile_place(const layout_t *L, tile_t *T, char *mem) {
     const size_t D = L->D;
     size_t at = 0;
@@ -1372,24 +1373,24 @@ static size_t tile_place(const layout_t *L, tile_t *T, char *mem) {
     if (mem) {
         T->vd = T->kd; /* 8-bit rows: one scale for both */
         T->k8 = NULL;
-        T->mem = NULL;
     }
     return at;
 }
 
-/* A tile in the block mem (tile_place), or with mem NULL in one it allocates; 0 when out of memory */
+/* A tile in the block mem (tile_place), or with mem NULL in a block of its own; 0 when out of
+ * memory (tile_free is safe either way) */
 static int tile_init(const layout_t *L, tile_t *T, char *mem) {
-    char *own = mem ? NULL : xalloc(tile_place(L, NULL, NULL));
-    if (!mem && !own) return 0;
-    tile_place(L, T, mem ? mem : own);
-    T->mem = own;
-    int ok = 1;
+    T->mem = mem ? NULL : xalloc(tile_place(L, NULL, NULL));
 #if MINILLM_AMX
     T->amx = use_amx(L);
     memset(&T->ar, 0, sizeof T->ar);
-    if (T->amx) ok = amx_rows_alloc(&T->ar, L->D, L->DV);
 #endif
-    return ok;
+    if (!mem && !T->mem) return 0;
+    tile_place(L, T, mem ? mem : T->mem);
+#if MINILLM_AMX
+    if (T->amx) return amx_rows_alloc(&T->ar, L->D, L->DV);
+#endif
+    return 1;
 }
 
 static void tile_free(tile_t *T) {
@@ -1439,8 +1440,8 @@ static int decode_kparallel(const layout_t *L, const float *q, int H, int n_kv, 
     const size_t o_q = workspace_part(&at, sizeof(float) * qfl * ng), o_g = workspace_part(&at, sizeof(qgroup_t) * ng);
     const size_t o_lim = workspace_part(&at, sizeof(int) * ng), o_st = workspace_part(&at, sizeof(state_t) * (size_t)ng * n_chunks);
     const size_t o_o = workspace_part(&at, sizeof(float) * (size_t)ng * n_chunks * LANES * DV);
-    /* and the threads' tiles (~170 KB each): allocated per call, their pages came back from the OS
-     * (heap trimming) on every call */
+    /* and the threads' tiles (~170 KB each at DeepSeek2's width), kept with the rest rather than ten
+     * mallocs per thread and call */
     const size_t tile_bytes = tile_place(L, NULL, NULL), o_t = workspace_part(&at, tile_bytes * nthr);
     char *ws = workspace_get(at);
     if (!ws) return -1;
