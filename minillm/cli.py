@@ -156,30 +156,41 @@ def cmd_sweep(args) -> int:
     path = _model_path(args)
     n_gen = _flat(args.n_gen, 32)[0]
     args.repetitions = args.repetitions or 1
-    ours_runs, ik_runs, peaks, m = [], [], None, None
+    ours_runs, ik_runs = [], []
     bw_readings = []               # the read bandwidth before and after every run: one reading can be a transient
-    peer_error = None
-    for rep in range(args.repetitions):
+    state = {"peaks": None, "n_threads": None, "peer_error": None}
+
+    def run_ours(rep: int) -> None:
         m = load(path, n_ctx=args.ctx_size, cache_type=args.cache_type, n_threads=args.threads,
                  n_ubatch=args.ubatch_size)
-        n_threads = m.n_threads
-        if peaks is None:
-            peaks = sw.measure_peaks(n_threads, args.bw_bytes, args.cache_type)
-            bw_readings.append(peaks.read_bw)
-        ours_runs.append([sw.add_rooflines(r, m, peaks)
+        state["n_threads"] = m.n_threads
+        if state["peaks"] is None:
+            state["peaks"] = sw.measure_peaks(m.n_threads, args.bw_bytes, args.cache_type)
+            bw_readings.append(state["peaks"].read_bw)
+        ours_runs.append([sw.add_rooflines(r, m, state["peaks"])
                           for r in sw.sweep_rows(m, n_gen, args.ctx_size, seed=rep, progress=True)])
-        m = None                   # free our weights: the peer maps its own copy of the file
+        del m                      # free our weights: the peer maps its own copy of the file
         gc.collect()
-        bw_readings.append(bench.read_bandwidth(n_threads, args.bw_bytes))
-        if args.vs_ik and peer_error is None:
-            try:
-                ik_runs.append(ik_native.sweep(args.vs_ik, path, args.ctx_size, args.ubatch_size, n_gen, n_threads,
-                                               _peer_cache_type(args), progress=True))
-            except ValueError as e:   # the peer's failure costs its columns, not the run measured before it
-                peer_error = str(e)
-                print(f"minillm: warning: {peer_error}\nminillm: the sweep shows minillm's rows only", file=sys.stderr)
-            else:
-                bw_readings.append(bench.read_bandwidth(n_threads, args.bw_bytes))
+        bw_readings.append(bench.read_bandwidth(state["n_threads"], args.bw_bytes))
+
+    def run_peer(rep: int) -> None:
+        if not args.vs_ik or state["peer_error"] is not None:
+            return
+        try:
+            ik_runs.append(ik_native.sweep(args.vs_ik, path, args.ctx_size, args.ubatch_size, n_gen,
+                                           state["n_threads"], _peer_cache_type(args), progress=True))
+        except ValueError as e:   # the peer's failure costs its columns, not the run measured before it
+            state["peer_error"] = str(e)
+            print(f"minillm: warning: {state['peer_error']}\nminillm: the sweep shows minillm's rows only", file=sys.stderr)
+        else:
+            bw_readings.append(bench.read_bandwidth(state["n_threads"], args.bw_bytes))
+
+    for rep in range(args.repetitions):
+        # odd repetitions run the peer first (ours, ik, ik, ours, ...): a machine whose speed drifts
+        # over the runs then weighs on both engines' medians alike
+        for run in ((run_ours, run_peer) if rep % 2 == 0 else (run_peer, run_ours)):
+            run(rep)
+    peaks, peer_error = state["peaks"], state["peer_error"]
     peaks = dataclasses.replace(peaks, read_bw=float(np.median(bw_readings)))
     ours = sw.median_rows(ours_runs)
     for r in ours:

@@ -249,6 +249,29 @@ def test_cli_sweep_peer_cache_type(tmp_path, capsys):
     assert "cache q8_KV" in out and "its cache q8_0, run alternately" in out
 
 
+def test_cli_sweep_repetitions_alternate_which_engine_goes_first(tmp_path, capsys, monkeypatch):
+    """-r 3 runs ours, ik, ik, ours, ours, ik: a drift of the machine's speed over the runs falls on
+    both engines' medians alike."""
+    log = tmp_path / "order.log"
+    record = f'if "-ctk" in a: open({str(log)!r}, "a").write("ik\\n")'   # not the --version call
+    _fake(tmp_path, "llama-sweep-bench", SWEEP_SCRIPT.replace('open(a[0] + ".args", "w").write(json.dumps(a[1:]))', record))
+    sweep_rows = sw.sweep_rows
+
+    def ours_then_log(*a, **kw):
+        with open(log, "a") as f:
+            f.write("ours\n")
+        return sweep_rows(*a, **kw)
+
+    monkeypatch.setattr(sw, "sweep_rows", ours_then_log)
+    assert main(["bench", "--sweep", "-c", "64", "-ub", "32", "-n", "4", "-t", "2", "--bw-bytes", "64M", "-r", "3",
+                 "--vs-ik", str(tmp_path), "-o", "json"]) == 0
+    order = log.read_text().split()
+    assert order == ["ours", "ik", "ik", "ours", "ours", "ik"]
+    out = json.loads(capsys.readouterr().out)
+    assert out["info"]["repetitions"] == 3 and len(out["info"]["read_bw_readings_gbs"]) == 7
+    assert [r["n_kv"] for r in out["ik_llama.cpp"]] == [0, 32]
+
+
 def test_cli_sweep_keeps_its_rows_when_the_peer_fails(tmp_path, capsys):
     """ik's sweep-bench aborting (as it does on a q8_KV cache) costs the ik columns, not our run."""
     _fake(tmp_path, "llama-sweep-bench", "import sys\nsys.stderr.write('GGML_ASSERT in concat')\nsys.exit(134)\n")
